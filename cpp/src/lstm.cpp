@@ -229,13 +229,13 @@ void lstm_step(S* h_out, S* c_out, S* z, const S* x, const S* h, const S* c, con
   require(h_out, "h_out", B * H);
   require(c_out, "c_out", B * H);
   require(x, "x", B * I);
-  require(h, "h", B * H);
-  require(c, "c", B * H);
   require(W, "W", G * I);
   require(R, "R", G * H);
   gemm(Op::N, Op::T, B, G, I, S(1), x, I, W, I, S(0), z, G);  // [B,4H]
-  gemm(Op::N, Op::T, B, G, H, S(1), h, H, R, H, S(1), z, G);  // h is read in full before h_out is written
-  cell_forward_step<false>(h_out, c_out, static_cast<S*>(nullptr), z, c, b, B, H);
+  // h is read in full here, before h_out (which may alias it) is written.
+  if (h) gemm(Op::N, Op::T, B, G, H, S(1), h, H, R, H, S(1), z, G);
+  if (!c) std::fill(c_out, c_out + B * H, S(0));
+  cell_forward_step<false>(h_out, c_out, static_cast<S*>(nullptr), z, c ? c : c_out, b, B, H);
 }
 
 #define LSTM_EXT_INSTANTIATE(S)                                                               \

@@ -85,7 +85,7 @@ def backward(cache, dy, dh=None, dc=None):
 
 
 def step(x, h, c, W, R, b=None):
-    """One LSTM step for streaming inference: x [B,I], h and c [B,H].
+    """One LSTM step for streaming inference: x [B,I], h and c [B,H] (None: zeros).
 
     Returns ``StepResult(h, c)``, the new state, in new arrays. Feeding the
     steps of a sequence one by one gives what ``forward`` gives.

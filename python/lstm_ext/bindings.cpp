@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -95,9 +96,13 @@ carray<S> private_copy(const py::array& view, const py::object& original) {
   return c;
 }
 
+// An optional argument: absent (None) is nullopt, which the core reads as zeros.
 template <typename S>
-const S* ptr_or_null(const carray<S>& a) {
-  return a ? a.data() : nullptr;
+using opt_carray = std::optional<carray<S>>;
+
+template <typename S>
+const S* ptr_or_null(const opt_carray<S>& a) {
+  return a ? a->data() : nullptr;
 }
 
 template <typename S>
@@ -147,8 +152,9 @@ Arg opt_arg(const char* name, const py::object& obj) {
 }
 
 template <typename S>
-carray<S> opt_contiguous(const Arg& a) {
-  return a.original.is_none() ? carray<S>() : contiguous<S>(a.a);
+opt_carray<S> opt_contiguous(const Arg& a) {
+  if (a.original.is_none()) return std::nullopt;
+  return contiguous<S>(a.a);
 }
 
 template <typename S>
@@ -164,8 +170,8 @@ py::tuple forward_impl(const Arg& x_arg, const Weights& w, const Arg& h0_arg, co
   const carray<S> x = training ? private_copy<S>(x_tb, x_arg.original) : contiguous<S>(x_tb);
   const carray<S> W = training ? private_copy<S>(w.W.a, w.W.original) : contiguous<S>(w.W.a);
   const carray<S> R = training ? private_copy<S>(w.R.a, w.R.original) : contiguous<S>(w.R.a);
-  const carray<S> b = opt_contiguous<S>(w.b), h0 = opt_contiguous<S>(h0_arg),
-                  c0 = opt_contiguous<S>(c0_arg);
+  const opt_carray<S> b = opt_contiguous<S>(w.b), h0 = opt_contiguous<S>(h0_arg),
+                      c0 = opt_contiguous<S>(c0_arg);
   carray<S> y = empty<S>({d.T, d.B, d.H}), hT = empty<S>({d.B, d.H}), cT = empty<S>({d.B, d.H});
   carray<S> ws = empty<S>({ws_size});
   {
@@ -197,10 +203,10 @@ template <typename S>
 py::tuple backward_impl(const Cache& cache, const Arg& dy_arg, const Arg& dh_arg,
                         const Arg& dc_arg) {
   const Dims& d = cache.d;
-  const carray<S> dy = dy_arg.original.is_none()
-                           ? carray<S>()
-                           : contiguous<S>(cache.batch_first ? swap01(dy_arg.a) : dy_arg.a);
-  const carray<S> dh = opt_contiguous<S>(dh_arg), dc = opt_contiguous<S>(dc_arg);
+  opt_carray<S> dy;
+  if (!dy_arg.original.is_none())
+    dy = contiguous<S>(cache.batch_first ? swap01(dy_arg.a) : dy_arg.a);
+  const opt_carray<S> dh = opt_contiguous<S>(dh_arg), dc = opt_contiguous<S>(dc_arg);
   const carray<S> x = carray<S>::ensure(cache.x), W = carray<S>::ensure(cache.W),
                   R = carray<S>::ensure(cache.R), ws = carray<S>::ensure(cache.workspace);
   carray<S> dx = empty<S>({d.T, d.B, d.I}), dh0 = empty<S>({d.B, d.H}),
@@ -248,15 +254,15 @@ py::tuple backward(const py::object& cache_obj, const py::object& dy_obj, const 
 template <typename S>
 py::tuple step_impl(const Arg& x_arg, const Arg& h_arg, const Arg& c_arg, const Weights& w,
                     const Dims& d) {
-  const carray<S> x = contiguous<S>(x_arg.a), h = contiguous<S>(h_arg.a),
-                  c = contiguous<S>(c_arg.a), W = contiguous<S>(w.W.a),
-                  R = contiguous<S>(w.R.a), b = opt_contiguous<S>(w.b);
+  const carray<S> x = contiguous<S>(x_arg.a), W = contiguous<S>(w.W.a), R = contiguous<S>(w.R.a);
+  const opt_carray<S> h = opt_contiguous<S>(h_arg), c = opt_contiguous<S>(c_arg),
+                      b = opt_contiguous<S>(w.b);
   carray<S> h_out = empty<S>({d.B, d.H}), c_out = empty<S>({d.B, d.H});
   carray<S> scratch = empty<S>({lstm_ext::step_scratch_size(d)});
   {
     S *ph = h_out.mutable_data(), *pc = c_out.mutable_data(), *ps = scratch.mutable_data();
     py::gil_scoped_release nogil;
-    lstm_ext::lstm_step(ph, pc, ps, x.data(), h.data(), c.data(), W.data(), R.data(),
+    lstm_ext::lstm_step(ph, pc, ps, x.data(), ptr_or_null(h), ptr_or_null(c), W.data(), R.data(),
                         ptr_or_null(b), d);
   }
   return py::make_tuple(h_out, c_out);
@@ -270,7 +276,7 @@ py::tuple step(const py::object& x_obj, const py::object& h_obj, const py::objec
   const Weights w{arg("W", W_obj), arg("R", R_obj), opt_arg("b", b_obj)};
   Dims d = check_weights(w, size, x.a.shape(1));
   d.B = x.a.shape(0);
-  const Arg h = arg("h", h_obj), c = arg("c", c_obj);
+  const Arg h = opt_arg("h", h_obj), c = opt_arg("c", c_obj);
   check_state(h, size, d, "x");
   check_state(c, size, d, "x");
   return size == 4 ? step_impl<float>(x, h, c, w, d) : step_impl<double>(x, h, c, w, d);

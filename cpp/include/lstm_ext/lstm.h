@@ -90,7 +90,7 @@ void lstm_backward(S* dx, S* dh0, S* dc0, S* dW, S* dR, S* db, S* scratch,  //
 //   h_out, c_out out [B,H]   may alias h and c: the step updates in place
 //   scratch      out [step_scratch_size(d)]
 //   x            in  [B,I]
-//   h, c         in  [B,H]
+//   h, c         in  [B,H]   nullptr means zeros
 //   W, R, b      as in forward (b may be nullptr)
 template <typename S>
 void lstm_step(S* h_out, S* c_out, S* scratch,  //

@@ -1,0 +1,51 @@
+"""Random LSTM problems and the tolerance check every test uses."""
+
+import numpy as np
+
+
+def make_problem(rng, T, B, I, H, dtype=np.float64, scale=0.5):
+    """Inputs of one forward/backward call, float64 values rounded to `dtype`.
+
+    Weights have standard deviation 2·scale/√fan_in, which keeps most gates
+    out of saturation, so no gradient is all near zero and every term of the
+    math is exercised.
+    """
+
+    def r(*shape, s=1.0):
+        return (s * rng.standard_normal(shape)).astype(dtype)
+
+    return dict(
+        x=r(T, B, I),
+        W=r(4 * H, I, s=scale / max(I, 1) ** 0.5 * 2),
+        R=r(4 * H, H, s=scale / max(H, 1) ** 0.5 * 2),
+        b=r(4 * H, s=scale),
+        h0=r(B, H, s=0.5),
+        c0=r(B, H),
+        dy=r(T, B, H),
+        dh=r(B, H),
+        dc=r(B, H),
+    )
+
+
+def assert_close(name, ours, ref, rtol):
+    """|ours - ref| <= rtol·(|ref| + max(max|ref|, 1)), elementwise.
+
+    The second term is the per-tensor atol. Entries of dW, dR, db and dx are
+    sums over T·B terms, and any entry can be a difference of O(1) terms
+    (the problems from make_problem have O(1) inputs), so cancellation can
+    leave an entry far smaller than the rounding error of its terms; a purely
+    relative bound would judge the summation order, not the code.
+    """
+    ours = np.asarray(ours)
+    ref = np.asarray(ref, dtype=np.float64)
+    assert ours.shape == ref.shape, f"{name}: shape {ours.shape} != {ref.shape}"
+    scale = max(np.abs(ref).max(initial=0.0), 1.0)
+    err = np.abs(ours.astype(np.float64) - ref)
+    bound = rtol * (np.abs(ref) + scale)
+    if err.size == 0:
+        return
+    worst = np.unravel_index(np.argmax(err / bound), err.shape)
+    assert np.all(err <= bound), (
+        f"{name}: error {err[worst]:.3g} at {worst} exceeds {bound[worst]:.3g} "
+        f"(ours {ours[worst]!r}, ref {ref[worst]!r}, max|ref| {scale:.3g})"
+    )

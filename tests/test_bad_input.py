@@ -1,0 +1,162 @@
+"""Every bad argument gives a TypeError (wrong kind or dtype) or a ValueError
+(wrong shape), whose message names the argument and shows what was expected
+and what was given."""
+
+import numpy as np
+import pytest
+
+import lstm_ext
+
+T, B, I, H = 3, 2, 4, 5
+
+
+def good(dtype=np.float64):
+    r = np.random.default_rng(0)
+    return dict(
+        x=r.standard_normal((T, B, I)).astype(dtype),
+        W=r.standard_normal((4 * H, I)).astype(dtype),
+        R=r.standard_normal((4 * H, H)).astype(dtype),
+        b=r.standard_normal(4 * H).astype(dtype),
+        h0=r.standard_normal((B, H)).astype(dtype),
+        c0=r.standard_normal((B, H)).astype(dtype),
+    )
+
+
+def call_forward(**changes):
+    a = dict(good(), **changes)
+    return lstm_ext.forward(a["x"], a["W"], a["R"], a["b"], a["h0"], a["c0"])
+
+
+F64 = np.zeros((), np.float64)  # dtype token
+
+
+@pytest.mark.parametrize(
+    "changes, error, words",
+    [
+        # wrong number of dimensions
+        (dict(x=np.zeros((T, I))), ValueError, ["x", "3 dimensions", "[T,B,I]", "(3, 4)"]),
+        (dict(W=np.zeros(4 * H * I)), ValueError, ["W", "2 dimensions", "[4H,I]", "(80,)"]),
+        (dict(R=np.zeros((4 * H, H, 1))), ValueError, ["R", "2 dimensions", "(20, 5, 1)"]),
+        # wrong shapes
+        (dict(W=np.zeros((4 * H, I + 1))), ValueError, ["W", "[4H,I]", "(20, 4)", "(20, 5)"]),
+        (dict(R=np.zeros((4 * H, H + 1))), ValueError, ["R", "[4H,H]", "(24, 6)", "(20, 6)"]),
+        (dict(R=np.zeros((H, H))), ValueError, ["R", "(20, 5)", "(5, 5)"]),
+        (dict(b=np.zeros(H)), ValueError, ["b", "[4H]", "(20,)", "(5,)"]),
+        (dict(b=np.zeros((1, 4 * H))), ValueError, ["b", "(20,)", "(1, 20)"]),
+        (dict(h0=np.zeros((B + 1, H))), ValueError, ["h0", "[B,H]", "(2, 5)", "(3, 5)"]),
+        (dict(c0=np.zeros((B, H, 1))), ValueError, ["c0", "[B,H]", "(2, 5)", "(2, 5, 1)"]),
+        (dict(h0=np.zeros(H)), ValueError, ["h0", "(2, 5)", "(5,)"]),
+        # wrong dtypes
+        (dict(x=np.zeros((T, B, I), np.int64)), TypeError, ["x", "float32 or float64", "int64"]),
+        (dict(x=np.zeros((T, B, I), np.complex128)), TypeError, ["x", "complex128"]),
+        (dict(x=np.zeros((T, B, I), np.float16)), TypeError, ["x", "float16"]),
+        (dict(x=np.zeros((T, B, I), bool)), TypeError, ["x", "bool"]),
+        (dict(W=np.zeros((4 * H, I), np.int32)), TypeError, ["W", "int32"]),
+        (dict(b=np.zeros(4 * H, np.uint8)), TypeError, ["b", "uint8"]),
+        (dict(h0=np.zeros((B, H), object)), TypeError, ["h0", "object"]),
+        (dict(x="not an array"), TypeError, ["x", "<U12"]),
+        (dict(x=None), TypeError, ["x", "object"]),
+        # mixed float32 / float64
+        (dict(W=np.zeros((4 * H, I), np.float32)), TypeError, ["W", "float64", "float32"]),
+        (dict(R=np.zeros((4 * H, H), np.float32)), TypeError, ["R", "float64", "float32"]),
+        (dict(b=np.zeros(4 * H, np.float32)), TypeError, ["b", "float64", "float32"]),
+        (dict(c0=np.zeros((B, H), np.float32)), TypeError, ["c0", "float64", "float32"]),
+    ],
+    ids=lambda v: "-".join(v) if isinstance(v, dict) else None,
+)
+def test_forward_rejects(changes, error, words):
+    with pytest.raises(error) as e:
+        call_forward(**changes)
+    for w in words:
+        assert w in str(e.value), f"{w!r} not in {str(e.value)!r}"
+
+
+def test_forward_float32_x_with_float64_weights():
+    with pytest.raises(TypeError, match=r"W: expected dtype float32 to match x, got float64"):
+        call_forward(x=good()["x"].astype(np.float32))
+
+
+def test_forward_batch_first_shape_letters():
+    with pytest.raises(ValueError, match=r"x: expected 3 dimensions \[B,T,I\]"):
+        lstm_ext.forward(np.zeros((2, 2)), np.zeros((4, 2)), np.zeros((4, 1)), batch_first=True)
+
+
+def test_sizes_past_64_bit_byte_counts_are_refused_before_allocating():
+    # A broadcast view takes no memory, so only the size check stands between
+    # this call and an absurd allocation.
+    x = np.broadcast_to(np.float32(0), (2**30, 2**30, 1))  # 2^60 elements
+    with pytest.raises(ValueError, match="overflow"):
+        lstm_ext.forward(x, np.zeros((4, 1), np.float32), np.zeros((4, 1), np.float32))
+
+
+def test_forward_keywords_are_keyword_only():
+    a = good()
+    with pytest.raises(TypeError):
+        lstm_ext.forward(a["x"], a["W"], a["R"], a["b"], a["h0"], a["c0"], True)
+
+
+@pytest.fixture
+def cache():
+    a = good()
+    return lstm_ext.forward(a["x"], a["W"], a["R"], a["b"]).cache
+
+
+@pytest.mark.parametrize(
+    "changes, error, words",
+    [
+        (dict(dy=np.zeros((T, B, H + 1))), ValueError, ["dy", "[T,B,H]", "(3, 2, 5)", "(3, 2, 6)"]),
+        (dict(dy=np.zeros((B, T, H))), ValueError, ["dy", "(3, 2, 5)", "(2, 3, 5)"]),
+        (dict(dy=np.zeros((T, B))), ValueError, ["dy", "(3, 2, 5)", "(3, 2)"]),
+        (dict(dh=np.zeros((B, H + 1))), ValueError, ["dh", "[B,H]", "(2, 5)", "(2, 6)"]),
+        (dict(dc=np.zeros((1, B, H))), ValueError, ["dc", "(2, 5)", "(1, 2, 5)"]),
+        (dict(dy=np.zeros((T, B, H), np.float32)), TypeError, ["dy", "float64", "float32"]),
+        (dict(dy=np.zeros((T, B, H), np.int64)), TypeError, ["dy", "int64"]),
+        (dict(dh=np.zeros((B, H), np.float32)), TypeError, ["dh", "float64", "float32"]),
+    ],
+    ids=lambda v: "-".join(v) if isinstance(v, dict) else None,
+)
+def test_backward_rejects(cache, changes, error, words):
+    a = {"dy": np.zeros((T, B, H)), "dh": None, "dc": None, **changes}
+    with pytest.raises(error) as e:
+        lstm_ext.backward(cache, a["dy"], a["dh"], a["dc"])
+    for w in words:
+        assert w in str(e.value), f"{w!r} not in {str(e.value)!r}"
+
+
+def test_backward_batch_first_dy_shape():
+    a = good()
+    x = np.ascontiguousarray(a["x"].swapaxes(0, 1))
+    c = lstm_ext.forward(x, a["W"], a["R"], batch_first=True).cache
+    with pytest.raises(ValueError, match=r"dy: expected shape \[B,T,H\].*\(2, 3, 5\), got \(3, 2, 5\)"):
+        lstm_ext.backward(c, np.zeros((T, B, H)))
+
+
+def test_backward_without_a_cache():
+    a = good()
+    out = lstm_ext.forward(a["x"], a["W"], a["R"], training=False)
+    with pytest.raises(TypeError, match="training=True"):
+        lstm_ext.backward(out.cache, np.zeros((T, B, H)))
+    with pytest.raises(TypeError, match="cache: expected the cache returned by lstm_ext.forward, got dict"):
+        lstm_ext.backward({}, np.zeros((T, B, H)))
+
+
+@pytest.mark.parametrize(
+    "changes, error, words",
+    [
+        (dict(x=np.zeros((1, B, I))), ValueError, ["x", "2 dimensions", "[B,I]"]),
+        (dict(x=np.zeros((B, I + 1))), ValueError, ["W", "(20, 5)", "(20, 4)"]),
+        (dict(h=np.zeros((B, H + 1))), ValueError, ["h", "[B,H]", "(2, 5)", "(2, 6)"]),
+        (dict(c=np.zeros((B + 1, H))), ValueError, ["c", "(2, 5)", "(3, 5)"]),
+        (dict(h="h"), TypeError, ["h", "<U1"]),
+        (dict(c=np.zeros((B, H), np.float32)), TypeError, ["c", "float64", "float32"]),
+        (dict(x=np.zeros((B, I), np.int8)), TypeError, ["x", "int8"]),
+    ],
+    ids=lambda v: "-".join(v) if isinstance(v, dict) else None,
+)
+def test_step_rejects(changes, error, words):
+    g = good()
+    a = {"x": g["x"][0], "h": g["h0"], "c": g["c0"], **changes}
+    with pytest.raises(error) as e:
+        lstm_ext.step(a["x"], a["h"], a["c"], g["W"], g["R"], g["b"])
+    for w in words:
+        assert w in str(e.value), f"{w!r} not in {str(e.value)!r}"
