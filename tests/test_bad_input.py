@@ -127,7 +127,9 @@ def test_backward_batch_first_dy_shape():
     a = good()
     x = np.ascontiguousarray(a["x"].swapaxes(0, 1))
     c = lstm_ext.forward(x, a["W"], a["R"], batch_first=True).cache
-    with pytest.raises(ValueError, match=r"dy: expected shape \[B,T,H\].*\(2, 3, 5\), got \(3, 2, 5\)"):
+    with pytest.raises(
+        ValueError, match=r"dy: expected shape \[B,T,H\].*\(2, 3, 5\), got \(3, 2, 5\)"
+    ):
         lstm_ext.backward(c, np.zeros((T, B, H)))
 
 
@@ -136,7 +138,9 @@ def test_backward_without_a_cache():
     out = lstm_ext.forward(a["x"], a["W"], a["R"], training=False)
     with pytest.raises(TypeError, match="training=True"):
         lstm_ext.backward(out.cache, np.zeros((T, B, H)))
-    with pytest.raises(TypeError, match="cache: expected the cache returned by lstm_ext.forward, got dict"):
+    with pytest.raises(
+        TypeError, match=r"cache: expected the cache returned by lstm_ext\.forward, got dict"
+    ):
         lstm_ext.backward({}, np.zeros((T, B, H)))
 
 

@@ -51,15 +51,15 @@ def test_forward_and_backward_match_reference(rng, shape, dtype):
     p = make_problem(rng, *shape, dtype=dtype)
     outs, grads = run_reference(p)
     fwd = lstm_ext.forward(p["x"], p["W"], p["R"], p["b"], p["h0"], p["c0"])
-    for name, ours, want in zip(OUT, fwd[:3], outs):
+    for name, ours, want in zip(OUT, fwd[:3], outs, strict=True):
         assert ours.dtype == dtype
         assert_close(name, ours, want, RTOL[dtype])
     bwd = lstm_ext.backward(fwd.cache, p["dy"], p["dh"], p["dc"])
-    for name, ours, want in zip(GRAD, bwd, grads):
+    for name, ours, want in zip(GRAD, bwd, grads, strict=True):
         assert ours.dtype == dtype
         assert_close(name, ours, want, RTOL[dtype])
 
     inf = lstm_ext.forward(p["x"], p["W"], p["R"], p["b"], p["h0"], p["c0"], training=False)
     assert inf.cache is None
-    for name, ours, want in zip(OUT, inf[:3], outs):
+    for name, ours, want in zip(OUT, inf[:3], outs, strict=True):
         assert_close("inference " + name, ours, want, RTOL[dtype])

@@ -9,9 +9,9 @@ one, so the last bits can differ).
 
 import numpy as np
 import pytest
-from helpers import assert_close, make_problem
 
 import lstm_ext
+from helpers import assert_close, make_problem
 
 RTOL = {np.float32: 1e-5, np.float64: 1e-12}
 DTYPES = [np.float32, np.float64]
@@ -74,16 +74,16 @@ def test_none_means_zeros(rng):
     z = np.zeros((2, 4))
     a = lstm_ext.forward(p["x"], p["W"], p["R"])
     b = lstm_ext.forward(p["x"], p["W"], p["R"], np.zeros(16), z, z)
-    for u, v in zip(a[:3], b[:3]):
+    for u, v in zip(a[:3], b[:3], strict=True):
         np.testing.assert_array_equal(u, v)
     ga = lstm_ext.backward(a.cache, p["dy"])
     gb = lstm_ext.backward(b.cache, p["dy"], z, z)
-    for u, v in zip(ga, gb):
+    for u, v in zip(ga, gb, strict=True):
         np.testing.assert_array_equal(u, v)
     # dy=None: only the final state carries a gradient.
     gn = lstm_ext.backward(a.cache, None, p["dh"])
     g0 = lstm_ext.backward(a.cache, np.zeros_like(p["dy"]), p["dh"])
-    for u, v in zip(gn, g0):
+    for u, v in zip(gn, g0, strict=True):
         np.testing.assert_array_equal(u, v)
 
 
@@ -109,7 +109,9 @@ def test_any_memory_layout_gives_the_same_answer(rng, dtype):
             q = dict(p, **{name: v})
             got = fwd(q)
             got_g = lstm_ext.backward(got.cache, q["dy"], q["dh"], q["dc"])
-            for u, w in zip(list(got[:3]) + list(got_g), list(want[:3]) + list(want_g)):
+            for u, w in zip(
+                list(got[:3]) + list(got_g), list(want[:3]) + list(want_g), strict=True
+            ):
                 np.testing.assert_array_equal(u, w, err_msg=f"{name} {kind}")
 
 
@@ -134,7 +136,7 @@ def test_cache_is_private_and_reusable(rng, dtype):
     out.y[...] = 7
     g2 = lstm_ext.backward(out.cache, p["dy"], p["dh"], p["dc"])
     # ...and one cache serves several backward calls with the same answer.
-    for name, u, v in zip(lstm_ext.GradResult._fields, g1, g2):
+    for name, u, v in zip(lstm_ext.GradResult._fields, g1, g2, strict=True):
         np.testing.assert_array_equal(u, v, err_msg=name)
     c = out.cache
     assert (c.T, c.B, c.I, c.H, c.dtype, c.batch_first) == (6, 2, 3, 4, np.dtype(dtype), False)
@@ -149,7 +151,7 @@ def test_results_are_deterministic(rng, dtype):
         out = fwd(p)
         runs.append(list(out[:3]) + list(lstm_ext.backward(out.cache, p["dy"], p["dh"], p["dc"])))
     for run in runs[1:]:
-        for u, v in zip(runs[0], run):
+        for u, v in zip(runs[0], run, strict=True):
             np.testing.assert_array_equal(u, v)
 
 

@@ -17,7 +17,13 @@ def loss(p):
 def test_gradients_match_central_differences(rng, shape):
     p = make_problem(rng, *shape)
     _, _, _, cache = ref.forward(p["x"], p["W"], p["R"], p["b"], p["h0"], p["c0"])
-    grads = dict(zip(["x", "h0", "c0", "W", "R", "b"], ref.backward(cache, p["dy"], p["dh"], p["dc"])))
+    grads = dict(
+        zip(
+            ["x", "h0", "c0", "W", "R", "b"],
+            ref.backward(cache, p["dy"], p["dh"], p["dc"]),
+            strict=True,
+        )
+    )
     # Central differences: truncation error ~ eps²·|L'''| ~ 1e-12 and rounding
     # error ~ 1e-16·|L|/eps ~ 1e-10 for eps = 1e-6, so agreement to 1e-7
     # relative (to the largest gradient entry) leaves margin and still catches

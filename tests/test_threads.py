@@ -4,9 +4,9 @@ import threading
 import time
 
 import numpy as np
-from helpers import make_problem
 
 import lstm_ext
+from helpers import make_problem
 
 
 def run_in_threads(fns):
@@ -42,8 +42,8 @@ def test_two_threads_get_their_own_right_answers():
     alone = [forward_backward(p) for p in problems]
     for _ in range(5):
         together = run_in_threads([lambda p=p: forward_backward(p) for p in problems])
-        for a, b in zip(alone, together):
-            for u, v in zip(a, b):
+        for a, b in zip(alone, together, strict=True):
+            for u, v in zip(a, b, strict=True):
                 np.testing.assert_array_equal(u, v)
 
 

@@ -1,10 +1,10 @@
 #include "blas.h"
 
+#include <cblas.h>
+
 #include <climits>
 #include <stdexcept>
 #include <string>
-
-#include <cblas.h>
 
 // The scipy-openblas wheels prefix every symbol (scipy_cblas_sgemm); a plain
 // OpenBLAS does not. LSTM_EXT_BLAS_PREFIX is set by CMake.
@@ -51,8 +51,8 @@ void gemm_impl(F blas, Op opA, Op opB, int64_t M, int64_t N, int64_t K, S alpha,
 
 }  // namespace
 
-void gemm(Op opA, Op opB, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
-          int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+void gemm(Op opA, Op opB, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+          const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   gemm_impl(LSTM_EXT_BLAS(cblas_sgemm), opA, opB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 

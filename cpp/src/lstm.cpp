@@ -75,16 +75,17 @@ void copy_or_zero(S* dst, const S* src, int64_t n) {
 // The fused forward pass of one step. z[B,4H] holds x W^T + h R^T on entry;
 // with kSave it holds the activated gates on exit. c_out may alias c_prev.
 template <bool kSave, typename S>
-void cell_forward_step(S* h_out, S* c_out, S* y_out, S* z, const S* c_prev, const S* b,
-                       int64_t B, int64_t H) {
+void cell_forward_step(S* h_out, S* c_out, S* y_out, S* z, const S* c_prev, const S* b, int64_t B,
+                       int64_t H) {
   for (int64_t n = 0; n < B; ++n) {
     S* zn = z + n * 4 * H;  // [4H]
     for (int64_t j = 0; j < H; ++j) {
       const S bi = b ? b[j] : S(0), bf = b ? b[H + j] : S(0);
       const S bg = b ? b[2 * H + j] : S(0), bo = b ? b[3 * H + j] : S(0);
       S h;
-      const auto a = cell::cell_forward(zn[j] + bi, zn[H + j] + bf, zn[2 * H + j] + bg,
-                                        zn[3 * H + j] + bo, c_prev[n * H + j], &c_out[n * H + j], &h);
+      const auto a =
+          cell::cell_forward(zn[j] + bi, zn[H + j] + bf, zn[2 * H + j] + bg, zn[3 * H + j] + bo,
+                             c_prev[n * H + j], &c_out[n * H + j], &h);
       h_out[n * H + j] = h;
       if (y_out) y_out[n * H + j] = h;
       if (kSave) {
@@ -140,8 +141,8 @@ int64_t step_scratch_size(const Dims& d) {
 }
 
 template <typename S>
-void lstm_forward(S* y, S* hT, S* cT, S* ws, const S* x, const S* h0, const S* c0, const S* W,
-                  const S* R, const S* b, const Dims& d, bool training) {
+void lstm_forward(S* y, S* hT, S* cT, S* ws, In<S> x, In<S> h0, In<S> c0, In<S> W, In<S> R, In<S> b,
+                  const Dims& d, bool training) {
   check_dims(d);
   const int64_t T = d.T, B = d.B, I = d.I, H = d.H, BH = B * H, G = 4 * H;
   require(y, "y", T * BH);
@@ -158,10 +159,10 @@ void lstm_forward(S* y, S* hT, S* cT, S* ws, const S* x, const S* h0, const S* c
     copy_or_zero(s.c, c0, BH);
     gemm(Op::N, Op::T, T * B, G, I, S(1), x, I, W, I, S(0), s.z, G);  // [T*B,4H]
     for (int64_t t = 0; t < T; ++t) {
-      S* z = s.z + t * B * G;                                            // [B,4H]
+      S* z = s.z + t * B * G;  // [B,4H]
       gemm(Op::N, Op::T, B, G, H, S(1), s.h + t * BH, H, R, H, S(1), z, G);
-      cell_forward_step<true>(s.h + (t + 1) * BH, s.c + (t + 1) * BH, y + t * BH, z,
-                              s.c + t * BH, b, B, H);
+      cell_forward_step<true>(s.h + (t + 1) * BH, s.c + (t + 1) * BH, y + t * BH, z, s.c + t * BH,
+                              b, B, H);
     }
     copy_or_zero(hT, s.h + T * BH, BH);
     copy_or_zero(cT, s.c + T * BH, BH);
@@ -185,9 +186,8 @@ void lstm_forward(S* y, S* hT, S* cT, S* ws, const S* x, const S* h0, const S* c
 }
 
 template <typename S>
-void lstm_backward(S* dx, S* dh0, S* dc0, S* dW, S* dR, S* db, S* dz_all, const S* ws,
-                   const S* x, const S* W, const S* R, const S* dy, const S* dhT, const S* dcT,
-                   const Dims& d) {
+void lstm_backward(S* dx, S* dh0, S* dc0, S* dW, S* dR, S* db, S* dz_all, In<S> ws, In<S> x,
+                   In<S> W, In<S> R, In<S> dy, In<S> dhT, In<S> dcT, const Dims& d) {
   check_dims(d);
   const int64_t T = d.T, B = d.B, I = d.I, H = d.H, BH = B * H, G = 4 * H;
   require(dx, "dx", T * B * I);
@@ -222,8 +222,8 @@ void lstm_backward(S* dx, S* dh0, S* dc0, S* dW, S* dR, S* db, S* dz_all, const 
 }
 
 template <typename S>
-void lstm_step(S* h_out, S* c_out, S* z, const S* x, const S* h, const S* c, const S* W,
-               const S* R, const S* b, const Dims& d) {
+void lstm_step(S* h_out, S* c_out, S* z, In<S> x, In<S> h, In<S> c, In<S> W, In<S> R, In<S> b,
+               const Dims& d) {
   const int64_t B = d.B, I = d.I, H = d.H, G = 4 * H;
   require(z, "scratch", step_scratch_size(d));
   require(h_out, "h_out", B * H);
@@ -238,13 +238,12 @@ void lstm_step(S* h_out, S* c_out, S* z, const S* x, const S* h, const S* c, con
   cell_forward_step<false>(h_out, c_out, static_cast<S*>(nullptr), z, c ? c : c_out, b, B, H);
 }
 
-#define LSTM_EXT_INSTANTIATE(S)                                                               \
-  template void lstm_forward<S>(S*, S*, S*, S*, const S*, const S*, const S*, const S*,       \
-                                const S*, const S*, const Dims&, bool);                       \
-  template void lstm_backward<S>(S*, S*, S*, S*, S*, S*, S*, const S*, const S*, const S*,    \
-                                 const S*, const S*, const S*, const S*, const Dims&);        \
-  template void lstm_step<S>(S*, S*, S*, const S*, const S*, const S*, const S*, const S*,    \
-                             const S*, const Dims&);
+#define LSTM_EXT_INSTANTIATE(S)                                                                 \
+  template void lstm_forward<S>(S*, S*, S*, S*, In<S>, In<S>, In<S>, In<S>, In<S>, In<S>,       \
+                                const Dims&, bool);                                             \
+  template void lstm_backward<S>(S*, S*, S*, S*, S*, S*, S*, In<S>, In<S>, In<S>, In<S>, In<S>, \
+                                 In<S>, In<S>, const Dims&);                                    \
+  template void lstm_step<S>(S*, S*, S*, In<S>, In<S>, In<S>, In<S>, In<S>, In<S>, const Dims&);
 LSTM_EXT_INSTANTIATE(float)
 LSTM_EXT_INSTANTIATE(double)
 

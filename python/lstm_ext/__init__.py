@@ -13,10 +13,11 @@ later step of that sequence); they are not checked for. Calls release the GIL.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import numpy as np
 import scipy_openblas32  # noqa: F401  (loads libscipy_openblas before _core needs it)
+from numpy.typing import ArrayLike
 
 from . import _core
 from ._core import Cache
@@ -38,7 +39,7 @@ class ForwardResult(NamedTuple):
     y: np.ndarray  #: [T,B,H] (or [B,T,H]): h_t of every step
     h: np.ndarray  #: [B,H] h after the last step
     c: np.ndarray  #: [B,H] c after the last step
-    cache: Optional[Cache]  #: what backward needs; None when training=False
+    cache: Cache | None  #: what backward needs; None when training=False
 
 
 class GradResult(NamedTuple):
@@ -55,7 +56,17 @@ class StepResult(NamedTuple):
     c: np.ndarray  #: [B,H]
 
 
-def forward(x, W, R, b=None, h0=None, c0=None, *, batch_first=False, training=True):
+def forward(
+    x: ArrayLike,
+    W: ArrayLike,
+    R: ArrayLike,
+    b: ArrayLike | None = None,
+    h0: ArrayLike | None = None,
+    c0: ArrayLike | None = None,
+    *,
+    batch_first: bool = False,
+    training: bool = True,
+) -> ForwardResult:
     """Run the LSTM over a whole sequence.
 
     x: [T,B,I] (``[B,T,I]`` if batch_first); W: [4H,I]; R: [4H,H]; b: [4H] or
@@ -72,7 +83,9 @@ def forward(x, W, R, b=None, h0=None, c0=None, *, batch_first=False, training=Tr
     )
 
 
-def backward(cache, dy, dh=None, dc=None):
+def backward(
+    cache: Cache, dy: ArrayLike | None, dh: ArrayLike | None = None, dc: ArrayLike | None = None
+) -> GradResult:
     """Backpropagation through time from a forward call's cache.
 
     dy: dL/dy, shaped like forward's y, or None (zeros); dh, dc: dL/dh and
@@ -84,7 +97,14 @@ def backward(cache, dy, dh=None, dc=None):
     return GradResult(*_core.backward(cache, dy, dh, dc))
 
 
-def step(x, h, c, W, R, b=None):
+def step(
+    x: ArrayLike,
+    h: ArrayLike | None,
+    c: ArrayLike | None,
+    W: ArrayLike,
+    R: ArrayLike,
+    b: ArrayLike | None = None,
+) -> StepResult:
     """One LSTM step for streaming inference: x [B,I], h and c [B,H] (None: zeros).
 
     Returns ``StepResult(h, c)``, the new state, in new arrays. Feeding the

@@ -45,7 +45,8 @@ Arg arg(const char* name, const py::object& obj) {
   } catch (py::error_already_set&) {
   }
   if (!a)
-    throw py::type_error(std::string(name) + ": expected a NumPy array of float32 or float64, got " +
+    throw py::type_error(std::string(name) +
+                         ": expected a NumPy array of float32 or float64, got " +
                          py::str(py::type::of(obj).attr("__name__")).cast<std::string>());
   return {name, obj, a};
 }
@@ -209,9 +210,8 @@ py::tuple backward_impl(const Cache& cache, const Arg& dy_arg, const Arg& dh_arg
   const opt_carray<S> dh = opt_contiguous<S>(dh_arg), dc = opt_contiguous<S>(dc_arg);
   const carray<S> x = carray<S>::ensure(cache.x), W = carray<S>::ensure(cache.W),
                   R = carray<S>::ensure(cache.R), ws = carray<S>::ensure(cache.workspace);
-  carray<S> dx = empty<S>({d.T, d.B, d.I}), dh0 = empty<S>({d.B, d.H}),
-            dc0 = empty<S>({d.B, d.H}), dW = empty<S>({4 * d.H, d.I}),
-            dR = empty<S>({4 * d.H, d.H}), db = empty<S>({4 * d.H});
+  carray<S> dx = empty<S>({d.T, d.B, d.I}), dh0 = empty<S>({d.B, d.H}), dc0 = empty<S>({d.B, d.H}),
+            dW = empty<S>({4 * d.H, d.I}), dR = empty<S>({4 * d.H, d.H}), db = empty<S>({4 * d.H});
   carray<S> scratch = empty<S>({lstm_ext::backward_scratch_size(d)});
   {
     S *pdx = dx.mutable_data(), *pdh0 = dh0.mutable_data(), *pdc0 = dc0.mutable_data(),

@@ -88,7 +88,12 @@ def backward(cache, dy, dh=None, dc=None):
         dh = dh + dy[t]
         dc = dc + dh * o * (1 - tc**2)
         dz = np.concatenate(
-            [dc * g * i * (1 - i), dc * cs[t] * f * (1 - f), dc * i * (1 - g**2), dh * tc * o * (1 - o)],
+            [
+                dc * g * i * (1 - i),
+                dc * cs[t] * f * (1 - f),
+                dc * i * (1 - g**2),
+                dh * tc * o * (1 - o),
+            ],
             axis=1,
         )
         dx[t] = dz @ W
@@ -103,5 +108,5 @@ def backward(cache, dy, dh=None, dc=None):
 def step(x, h, c, W, R, b=None):
     """Returns (h, c) after one step from x [B,I]."""
     x = np.asarray(x)
-    y, h, c, _ = forward(x[None], W, R, b, h, c, training=False)
+    _, h, c, _ = forward(x[None], W, R, b, h, c, training=False)
     return h, c

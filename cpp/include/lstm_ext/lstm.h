@@ -33,6 +33,16 @@ struct Dims {
   int64_t T = 0, B = 0, I = 0, H = 0;
 };
 
+// The functions below exist for S = float and S = double. S is deduced from
+// the first argument alone (In<S> does not take part), so nullptr may be
+// passed for the optional inputs.
+template <typename S>
+struct InputOf {
+  using type = const S*;
+};
+template <typename S>
+using In = typename InputOf<S>::type;
+
 // Elements (not bytes) of the workspace forward needs.
 //   training: gates[T,B,4H] (activated), h[T+1,B,H] (h[0] = h0), c[T+1,B,H] (c[0] = c0)
 //   inference: the input projection of a chunk of at most kInferenceChunk
@@ -61,8 +71,8 @@ int64_t step_scratch_size(const Dims& d);
 // No output may alias an input or another output.
 template <typename S>
 void lstm_forward(S* y, S* hT, S* cT, S* workspace,  //
-                  const S* x, const S* h0, const S* c0,  //
-                  const S* W, const S* R, const S* b,    //
+                  In<S> x, In<S> h0, In<S> c0,       //
+                  In<S> W, In<S> R, In<S> b,         //
                   const Dims& d, bool training);
 
 // Backward through time, from a workspace that lstm_forward(training=true)
@@ -82,8 +92,8 @@ void lstm_forward(S* y, S* hT, S* cT, S* workspace,  //
 // No output may alias an input or another output.
 template <typename S>
 void lstm_backward(S* dx, S* dh0, S* dc0, S* dW, S* dR, S* db, S* scratch,  //
-                   const S* workspace, const S* x, const S* W, const S* R,   //
-                   const S* dy, const S* dhT, const S* dcT,                  //
+                   In<S> workspace, In<S> x, In<S> W, In<S> R,              //
+                   In<S> dy, In<S> dhT, In<S> dcT,                          //
                    const Dims& d);
 
 // One step, for streaming inference (d.T is ignored).
@@ -94,7 +104,6 @@ void lstm_backward(S* dx, S* dh0, S* dc0, S* dW, S* dR, S* db, S* scratch,  //
 //   W, R, b      as in forward (b may be nullptr)
 template <typename S>
 void lstm_step(S* h_out, S* c_out, S* scratch,  //
-               const S* x, const S* h, const S* c, const S* W, const S* R, const S* b,
-               const Dims& d);
+               In<S> x, In<S> h, In<S> c, In<S> W, In<S> R, In<S> b, const Dims& d);
 
 }  // namespace lstm_ext
