@@ -1,0 +1,201 @@
+"""lstm_ext forward and backward times, float32, against NumPy's GEMM rate and the peers.
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_lstm.py
+
+One row per case and pass: "fwd" is forward(training=False), "fwd+bwd" is
+forward(training=True) then backward(cache, dy). Times are the median of
+--repeat calls after warming up. A forward costs 8*T*B*H*(I+H) FLOP (the
+two GEMMs), a backward twice that. torch.nn.LSTM and onnxruntime's LSTM are
+timed on the same case when installed. README.md in this folder explains the
+columns.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import time
+
+import numpy as np
+
+import lstm_ext
+
+CASES = [  # (T, B, I, H)
+    (100, 1, 128, 128),
+    (100, 16, 256, 256),
+    (100, 64, 512, 512),
+    (50, 128, 1024, 1024),
+]
+GEMM_N = 2048
+WARM_UP_S = 0.3
+SLOW_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+ROW = "{:<18} {:>7} {:>9} {:>8} {:>6} {:>9} {:>7} {:>9}"
+HEAD = ("case T,B,I,H", "pass", "ms", "GFLOP/s", "/GEMM", "torch ms", "speedup", "ORT ms")
+
+
+def median_ms(fn, repeat):
+    # Warm up with one call, or more for WARM_UP_S: NumPy, lstm_ext and torch
+    # each keep a thread pool whose idle threads spin for up to ~0.1 s after the
+    # last call, and on 2 cores the previous library's would compete with fn's.
+    stop = time.perf_counter() + WARM_UP_S
+    fn()
+    while time.perf_counter() < stop:
+        fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+def gflops(flop, ms):
+    return flop / ms / 1e6
+
+
+def numpy_gemm_gflops(rng, repeat):
+    a, b = (rng.standard_normal((GEMM_N, GEMM_N), dtype=np.float32) for _ in range(2))
+    return gflops(2 * GEMM_N**3, median_ms(lambda: a @ b, max(repeat, 5)))
+
+
+def problem(rng, T, B, I, H):
+    def r(*shape, s=1.0):
+        return (s * rng.standard_normal(shape)).astype(np.float32)
+
+    return dict(
+        x=r(T, B, I),
+        W=r(4 * H, I, s=I**-0.5),
+        R=r(4 * H, H, s=H**-0.5),
+        b=r(4 * H, s=0.1),
+        h0=r(B, H),
+        c0=r(B, H),
+        dy=r(T, B, H),
+    )
+
+
+def time_ours(p, repeat):
+    args = [p[k] for k in ("x", "W", "R", "b", "h0", "c0")]
+    fwd = median_ms(lambda: lstm_ext.forward(*args, training=False), repeat)
+    fwd_bwd = median_ms(lambda: lstm_ext.backward(lstm_ext.forward(*args).cache, p["dy"]), repeat)
+    return fwd, fwd_bwd
+
+
+def time_torch(torch, p, repeat):
+    """torch.nn.LSTM with the same weights; fwd+bwd takes every gradient ours does."""
+    t = {k: torch.from_numpy(v) for k, v in p.items()}
+    I, H = p["W"].shape[1], p["R"].shape[1]
+    lstm = torch.nn.LSTM(I, H)
+    with torch.no_grad():
+        for param, v in zip(lstm.parameters(), (t["W"], t["R"], t["b"], 0 * t["b"]), strict=True):
+            param.copy_(v)
+    state = (t["h0"][None], t["c0"][None])
+
+    def fwd():
+        with torch.no_grad():
+            lstm(t["x"], state)
+
+    def fwd_bwd():
+        x, h0, c0 = (a.detach().requires_grad_() for a in (t["x"], *state))
+        y, _ = lstm(x, (h0, c0))
+        torch.autograd.grad(y, [x, h0, c0, *lstm.parameters()], t["dy"])
+
+    return median_ms(fwd, repeat), median_ms(fwd_bwd, repeat)
+
+
+def time_ort(ort, p, repeat, threads):
+    """onnxruntime's LSTM (ONNX gate order i, o, f, c), forward only."""
+    from onnx import TensorProto, helper
+
+    T, B, _ = p["x"].shape
+    H = p["R"].shape[1]
+    gates = lambda a: np.concatenate([a[k * H : (k + 1) * H] for k in (0, 3, 1, 2)])  # noqa: E731
+    feed = dict(X=p["x"], W=gates(p["W"])[None], R=gates(p["R"])[None])
+    feed.update(B=np.concatenate([gates(p["b"]), 0 * p["b"]])[None])
+    feed.update(initial_h=p["h0"][None], initial_c=p["c0"][None])
+    f32 = TensorProto.FLOAT
+    inputs = [helper.make_tensor_value_info(k, f32, v.shape) for k, v in feed.items()]
+    output = helper.make_tensor_value_info("Y", f32, [T, 1, B, H])
+    names = ["X", "W", "R", "B", "", "initial_h", "initial_c"]
+    node = helper.make_node("LSTM", names, ["Y"], hidden_size=H)
+    graph = helper.make_graph([node], "lstm", inputs, [output])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(model.SerializeToString(), options, ["CPUExecutionProvider"])
+    return median_ms(lambda: session.run(None, feed), repeat)
+
+
+def optional_import(name):
+    try:
+        return __import__(name)
+    except ImportError:
+        return None
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--repeat", type=int, default=5, help="timed calls per cell (median)")
+    ap.add_argument("--sizes", choices=["all", "small"], default="all", help="small: first case")
+    ap.add_argument("--threads", type=int, help="threads for torch and onnxruntime")
+    ap.add_argument("--json", metavar="PATH", help="also write the results here")
+    args = ap.parse_args()
+
+    torch, onnx, ort = (optional_import(m) for m in ("torch", "onnx", "onnxruntime"))
+    if onnx is None:
+        ort = None  # onnx builds the model onnxruntime runs
+    if torch is not None and args.threads:
+        torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(0)
+    gemm = numpy_gemm_gflops(rng, args.repeat)
+
+    machine = dict(
+        date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        processor=platform.processor() or " ".join(platform.uname()).strip(),
+        cores=os.cpu_count(),
+        numpy=np.__version__,
+        lstm_ext=lstm_ext.__version__,
+        torch=torch and f"{torch.__version__}, {torch.get_num_threads()} threads",
+        onnxruntime=ort and ort.__version__,
+        OPENBLAS_NUM_THREADS=os.environ.get("OPENBLAS_NUM_THREADS"),
+    )
+    for k, v in machine.items():
+        print(f"# {k}: {v if v is not None else '-'}")
+    print(f"# numpy float32 GEMM {GEMM_N}^3: {gemm:.1f} GFLOP/s (median of {max(args.repeat, 5)})")
+    for var in SLOW_ENV:
+        if var in os.environ:
+            unset = " ".join(f"-u {v}" for v in SLOW_ENV)
+            print(f"# warning: {var}={os.environ[var]} can slow OpenBLAS; run with env {unset}")
+
+    print(ROW.format(*HEAD))
+    rows = []
+    for case in CASES[:1] if args.sizes == "small" else CASES:
+        T, B, I, H = case
+        p = problem(rng, *case)
+        flop = 8 * T * B * H * (I + H)  # forward; backward is twice that
+        ours = time_ours(p, args.repeat)
+        torch_ms = time_torch(torch, p, args.repeat) if torch else (None, None)
+        ort_ms = (time_ort(ort, p, args.repeat, args.threads) if ort else None, None)
+        for k, name in enumerate(("fwd", "fwd+bwd")):
+            ms, rate = ours[k], gflops((1, 3)[k] * flop, ours[k])
+            row = {"case": case, "pass": name, "ms": ms, "gflops": rate, "gemm_ratio": rate / gemm}
+            row.update(torch_ms=torch_ms[k], ort_ms=ort_ms[k])
+            row["speedup"] = torch_ms[k] / ms if torch_ms[k] else None
+            rows.append(row)
+            ours_cells = [f"{ms:.2f}", f"{rate:.1f}", f"{rate / gemm:.2f}"]
+            peer_cells = [
+                f"{v:.2f}" if v else "-" for v in (torch_ms[k], row["speedup"], ort_ms[k])
+            ]
+            print(ROW.format(",".join(map(str, case)), name, *ours_cells, *peer_cells), flush=True)
+
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(
+                dict(machine, numpy_gemm_gflops=gemm, repeat=args.repeat, rows=rows), f, indent=1
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,17 @@
+"""The README's NumPy example runs as written (keeps the README true)."""
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_numpy_example_runs():
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    assert blocks, "no python block in README.md"
+    env: dict = {}
+    exec(compile(blocks[0], str(README), "exec"), env)
+    assert env["y"].shape == (50, 8, 32) and env["dW"].shape == (128, 16)
+    assert np.all(np.isfinite(env["dx"]))
