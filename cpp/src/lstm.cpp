@@ -1,15 +1,27 @@
 // CPU forward and backward. One GEMM projects the inputs of all steps, one
 // GEMM per step adds the recurrent term, and one fused pass per step applies
 // the gate non-linearities and the cell update (cell_math.h). Backward runs a
-// fused pass and one GEMM per step, then dx, dW, dR and db as whole-sequence
-// products.
+// fused pass and one GEMM per step, then dx, dW, dR, db (and dW_hr) as
+// whole-sequence products.
+//
+// Ragged batches and the reverse direction run on a packed schedule: rows
+// are ordered by decreasing length, so the sequences still running at
+// processing step k are the first batch[k] rows, and packed row (k, j) is
+// sequence perm[j] at time k (or len[j]-1-k in reverse). Inputs are gathered
+// into that order once, outputs scattered back; the GEMMs see only valid
+// rows. Without lengths and in the forward direction the schedule is the
+// identity and nothing is gathered.
 #include "lstm_ext/lstm.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <limits>
+#include <numeric>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
+#include <vector>
 
 #include "blas.h"
 #include "lstm_ext/cell_math.h"
@@ -17,9 +29,11 @@
 namespace lstm_ext {
 namespace {
 
-// a*b, refusing results past what a byte count of S can hold.
+// ---- sizes ----------------------------------------------------------------
+
+// a*b, refusing results past what a byte count of double can hold.
 int64_t mul(int64_t a, int64_t b) {
-  constexpr int64_t kMax = std::numeric_limits<int64_t>::max() / 8;  // bytes of a double
+  constexpr int64_t kMax = std::numeric_limits<int64_t>::max() / 8;
   if (a != 0 && b > kMax / a)
     throw std::length_error("lstm_ext: size " + std::to_string(a) + " x " + std::to_string(b) +
                             " overflows a 64-bit byte count");
@@ -32,15 +46,228 @@ int64_t add(int64_t a, int64_t b) {
   return a + b;
 }
 
-void check_dims(const Dims& d) {
-  if (d.T < 0 || d.B < 0 || d.I < 0 || d.H < 0)
-    throw std::invalid_argument("lstm_ext: sizes must be >= 0, got T=" + std::to_string(d.T) +
-                                " B=" + std::to_string(d.B) + " I=" + std::to_string(d.I) +
-                                " H=" + std::to_string(d.H));
-  // Every product used below, checked once: T*B*4H, T*B*I, 4H*(I+H).
-  mul(mul(add(d.T, 1), d.B), mul(4, d.H));
-  mul(mul(d.T, d.B), d.I);
-  mul(mul(4, d.H), add(d.I, d.H));
+std::string str(const Config& c) {
+  return "T=" + std::to_string(c.T) + " B=" + std::to_string(c.B) + " I=" + std::to_string(c.I) +
+         " H=" + std::to_string(c.H) + " P=" + std::to_string(c.P);
+}
+
+void check_config(const Config& c) {
+  if (c.T < 0 || c.B < 0 || c.I < 0 || c.H < 0 || c.P < 0)
+    throw std::invalid_argument("lstm_ext: sizes must be >= 0, got " + str(c));
+  if (!(c.clip >= 0))
+    throw std::invalid_argument("lstm_ext: clip must be >= 0 (0: no clipping), got " +
+                                std::to_string(c.clip));
+  // Every product used below, checked once.
+  const int64_t widest = add(add(mul(4, c.H), c.I), add(mul(2, c.H), c.O()));
+  mul(mul(add(c.T, 1), c.B), widest);
+  mul(mul(4, c.H), add(c.I, c.O()));
+  mul(c.P, c.H);
+}
+
+bool gathers(const Config& c) { return c.lengths != nullptr || c.reverse; }
+
+// Element offsets of the buffers in the forward workspace, for a batch whose
+// packed rows number at most T*B. One place for forward, backward and sizes.
+struct ForwardLayout {
+  int64_t xp, z, c, hp, m, h, cs, total;
+};
+
+ForwardLayout forward_layout(const Config& c, bool training) {
+  const int64_t rows = mul(training ? c.T : std::min(c.T, kInferenceChunk), c.B);
+  ForwardLayout L{};
+  int64_t at = 0;
+  auto take = [&](int64_t n) {
+    const int64_t start = at;
+    at = add(at, n);
+    return start;
+  };
+  L.xp = take(gathers(c) ? mul(rows, c.I) : 0);                // [rows,I] gathered inputs
+  L.z = take(mul(rows, 4 * c.H));                                // [rows,4H] gates
+  L.c = take(training ? mul(add(rows, c.B), c.H) : 0);           // [B+rows,H] c0, then c_t
+  L.hp = take(training ? mul(rows, c.O()) : 0);                  // [rows,O] h_{t-1}
+  L.m = take(c.P > 0 ? mul(training ? rows : c.B, c.H) : 0);     // [rows or B,H] m_t
+  L.h = take(mul(c.B, c.O()));                                   // [B,O] current h
+  L.cs = take(training ? 0 : mul(c.B, c.H));                     // [B,H] current c
+  L.total = at;
+  return L;
+}
+
+struct BackwardLayout {
+  int64_t dz, dh_all, dm, dh, dc, dxp, total;
+};
+
+BackwardLayout backward_layout(const Config& c) {
+  const int64_t rows = mul(c.T, c.B);
+  BackwardLayout L{};
+  int64_t at = 0;
+  auto take = [&](int64_t n) {
+    const int64_t start = at;
+    at = add(at, n);
+    return start;
+  };
+  L.dz = take(mul(rows, 4 * c.H));                      // [rows,4H]
+  L.dh_all = take(c.P > 0 ? mul(rows, c.P) : 0);        // [rows,P] dL/dh_t
+  L.dm = take(c.P > 0 ? mul(c.B, c.H) : 0);             // [B,H]
+  L.dh = take(mul(c.B, c.O()));                         // [B,O] running dL/dh
+  L.dc = take(mul(c.B, c.H));                           // [B,H] running dL/dc
+  L.dxp = take(gathers(c) ? mul(rows, c.I) : 0);        // [rows,I]
+  L.total = at;
+  return L;
+}
+
+// ---- the packed schedule --------------------------------------------------
+
+struct Schedule {
+  int64_t K = 0;                // processing steps
+  bool reverse = false;
+  std::vector<int64_t> perm;    // [B] row j holds sequence perm[j]
+  std::vector<int64_t> len;     // [B] its length; non-increasing in j
+  std::vector<int64_t> batch;   // [K] rows still running at step k
+  std::vector<int64_t> offset;  // [K+1] packed index of row (k, 0)
+
+  int64_t N() const { return offset[K]; }
+  // The [T*B] row of packed row (k, j).
+  int64_t row(int64_t k, int64_t j, int64_t B) const {
+    return (reverse ? len[j] - 1 - k : k) * B + perm[j];
+  }
+};
+
+Schedule make_schedule(const Config& c) {
+  Schedule s;
+  s.reverse = c.reverse;
+  s.perm.resize(c.B);
+  std::iota(s.perm.begin(), s.perm.end(), int64_t(0));
+  s.len.assign(c.B, c.T);
+  if (c.lengths) {
+    for (int64_t b = 0; b < c.B; ++b)
+      if (c.lengths[b] < 0 || c.lengths[b] > c.T)
+        throw std::invalid_argument("lstm_ext: lengths[" + std::to_string(b) +
+                                    "] = " + std::to_string(c.lengths[b]) + " is outside [0, " +
+                                    std::to_string(c.T) + "]");
+    std::stable_sort(s.perm.begin(), s.perm.end(),
+                     [&](int64_t a, int64_t b) { return c.lengths[a] > c.lengths[b]; });
+    for (int64_t j = 0; j < c.B; ++j) s.len[j] = c.lengths[s.perm[j]];
+  }
+  s.K = c.B > 0 ? s.len[0] : 0;
+  s.batch.resize(s.K);
+  s.offset.assign(s.K + 1, 0);
+  int64_t active = c.B;
+  for (int64_t k = 0; k < s.K; ++k) {
+    while (active > 0 && s.len[active - 1] <= k) --active;
+    s.batch[k] = active;
+    s.offset[k + 1] = s.offset[k] + active;
+  }
+  return s;
+}
+
+// dst[j] = src[perm[j]] for j < n (rows of `width`), or zeros if src is null.
+template <typename S>
+void gather_state(S* dst, const S* src, const Schedule& s, int64_t n, int64_t width) {
+  for (int64_t j = 0; j < n; ++j) {
+    if (src)
+      std::memcpy(dst + j * width, src + s.perm[j] * width, sizeof(S) * width);
+    else
+      std::fill(dst + j * width, dst + (j + 1) * width, S(0));
+  }
+}
+
+// dst[perm[j]] = src[j].
+template <typename S>
+void scatter_state(S* dst, const S* src, const Schedule& s, int64_t n, int64_t width) {
+  for (int64_t j = 0; j < n; ++j)
+    std::memcpy(dst + s.perm[j] * width, src + j * width, sizeof(S) * width);
+}
+
+// Packed rows [k0, k1) of a [T,B,width] array, into dst.
+template <typename S>
+void gather_steps(S* dst, const S* src, const Schedule& s, int64_t k0, int64_t k1, int64_t B,
+                  int64_t width) {
+  for (int64_t k = k0; k < k1; ++k)
+    for (int64_t j = 0; j < s.batch[k]; ++j)
+      std::memcpy(dst + (s.offset[k] - s.offset[k0] + j) * width, src + s.row(k, j, B) * width,
+                  sizeof(S) * width);
+}
+
+// Step k's rows of src ([batch[k],width]) into their places of a [T,B,width] array.
+template <typename S>
+void scatter_step(S* dst, const S* src, const Schedule& s, int64_t k, int64_t B, int64_t width) {
+  for (int64_t j = 0; j < s.batch[k]; ++j)
+    std::memcpy(dst + s.row(k, j, B) * width, src + j * width, sizeof(S) * width);
+}
+
+// ---- the fused pointwise passes --------------------------------------------
+
+// Calls f(std::bool_constant<v0>{}, std::bool_constant<v1>{}, ...) for the
+// run-time flags v0, v1, ...: features become template parameters.
+template <bool... kDone, typename F>
+void dispatch(F&& f) {
+  f(std::bool_constant<kDone>{}...);
+}
+template <bool... kDone, typename F, typename... Rest>
+void dispatch(F&& f, bool v, Rest... rest) {
+  if (v)
+    dispatch<kDone..., true>(f, rest...);
+  else
+    dispatch<kDone..., false>(f, rest...);
+}
+
+template <typename S>
+cell::Peep<S> peep_at(const S* p, int64_t j, int64_t H) {
+  return p ? cell::Peep<S>{p[j], p[H + j], p[2 * H + j]} : cell::Peep<S>{S(0), S(0), S(0)};
+}
+
+// Forward for nb rows. z [nb,4H]: x W^T + h R^T on entry; with kSave the
+// activated gates (or, with kClip, the final pre-activations) on exit.
+// c [nb,H] out (may alias c_prev); m [nb,H] out.
+template <bool kSave, bool kPeep, bool kClip, bool kCoupled, typename S>
+void cell_forward_rows(S* z, S* c, S* m, const S* c_prev, const S* b, const S* peep, S clip,
+                       int64_t nb, int64_t H) {
+  for (int64_t n = 0; n < nb; ++n) {
+    S* zn = z + n * 4 * H;  // [4H]
+    for (int64_t j = 0; j < H; ++j) {
+      cell::Gates<S> zz{zn[j], zn[H + j], zn[2 * H + j], zn[3 * H + j]};
+      if (b) zz = {zz.i + b[j], zz.f + b[H + j], zz.g + b[2 * H + j], zz.o + b[3 * H + j]};
+      const int64_t k = n * H + j;
+      const auto a = cell::cell_forward<kPeep, kClip, kCoupled>(&zz, c_prev[k], peep_at(peep, j, H),
+                                                                 clip, &c[k], &m[k]);
+      if (kSave) {
+        const cell::Gates<S>& keep = kClip ? zz : a;
+        zn[j] = keep.i;
+        zn[H + j] = keep.f;
+        zn[2 * H + j] = keep.g;
+        zn[3 * H + j] = keep.o;
+      }
+    }
+  }
+}
+
+// Backward for nb rows.
+//   dz [nb,4H] out;  dc [nb,H] in/out (dL/dc_t -> dL/dc_{t-1})
+//   saved [nb,4H] what forward kept;  c_prev, c [nb,H];  dm [nb,H]
+//   dpeep [3H] accumulated (+=) when kPeep
+template <bool kPeep, bool kClip, bool kCoupled, typename S>
+void cell_backward_rows(S* dz, S* dc, S* dpeep, const S* saved, const S* c_prev, const S* c,
+                        const S* dm, const S* peep, S clip, int64_t nb, int64_t H) {
+  for (int64_t n = 0; n < nb; ++n) {
+    const S* sn = saved + n * 4 * H;
+    S* dzn = dz + n * 4 * H;
+    for (int64_t j = 0; j < H; ++j) {
+      const int64_t k = n * H + j;
+      const cell::Gates<S> kept{sn[j], sn[H + j], sn[2 * H + j], sn[3 * H + j]};
+      const cell::Gates<S> a = kClip ? cell::activate<kClip, kCoupled>(kept, clip) : kept;
+      const auto d = cell::cell_backward<kPeep, kClip, kCoupled>(
+          a, kept, c_prev[k], c[k], dm[k], peep_at(peep, j, H), clip, &dc[k]);
+      dzn[j] = d.i;
+      dzn[H + j] = d.f;
+      dzn[2 * H + j] = d.g;
+      dzn[3 * H + j] = d.o;
+      if (kPeep) {  // ONNX order i, o, f
+        dpeep[j] += d.i * c_prev[k];
+        dpeep[H + j] += d.o * c[k];
+        dpeep[2 * H + j] += d.f * c_prev[k];
+      }
+    }
+  }
 }
 
 void require(const void* p, const char* name, int64_t size) {
@@ -48,202 +275,197 @@ void require(const void* p, const char* name, int64_t size) {
     throw std::invalid_argument(std::string("lstm_ext: buffer ") + name + " is null");
 }
 
-// Pointers into a training workspace.
 template <typename S>
-struct Saved {
-  S* z;  // [T,B,4H] activated gates
-  S* h;  // [T+1,B,H], h[0] = h0
-  S* c;  // [T+1,B,H], c[0] = c0
-};
-
-template <typename S>
-Saved<S> saved(S* ws, const Dims& d) {
-  const int64_t BH = d.B * d.H;
-  S* h = ws + d.T * d.B * 4 * d.H;
-  return {ws, h, h + (d.T + 1) * BH};
-}
-
-template <typename S>
-void copy_or_zero(S* dst, const S* src, int64_t n) {
-  if (n == 0) return;
-  if (src)
-    std::memcpy(dst, src, sizeof(S) * n);
-  else
-    std::fill(dst, dst + n, S(0));
-}
-
-// The fused forward pass of one step. z[B,4H] holds x W^T + h R^T on entry;
-// with kSave it holds the activated gates on exit. c_out may alias c_prev.
-template <bool kSave, typename S>
-void cell_forward_step(S* h_out, S* c_out, S* y_out, S* z, const S* c_prev, const S* b, int64_t B,
-                       int64_t H) {
-  for (int64_t n = 0; n < B; ++n) {
-    S* zn = z + n * 4 * H;  // [4H]
-    for (int64_t j = 0; j < H; ++j) {
-      const S bi = b ? b[j] : S(0), bf = b ? b[H + j] : S(0);
-      const S bg = b ? b[2 * H + j] : S(0), bo = b ? b[3 * H + j] : S(0);
-      S h;
-      const auto a =
-          cell::cell_forward(zn[j] + bi, zn[H + j] + bf, zn[2 * H + j] + bg, zn[3 * H + j] + bo,
-                             c_prev[n * H + j], &c_out[n * H + j], &h);
-      h_out[n * H + j] = h;
-      if (y_out) y_out[n * H + j] = h;
-      if (kSave) {
-        zn[j] = a.i;
-        zn[H + j] = a.f;
-        zn[2 * H + j] = a.g;
-        zn[3 * H + j] = a.o;
-      }
-    }
-  }
-}
-
-// The fused backward pass of one step.
-//   dz   out [B,4H]  dL/dz_t
-//   dc   in/out [B,H]  dL/dc_t from step t+1 -> dL/dc_{t-1}
-//   dh   in [B,H]  dL/dh_t from step t+1;  dy in [B,H] or nullptr
-//   a    in [B,4H] activated gates;  c_prev, c in [B,H]
-template <typename S>
-void cell_backward_step(S* dz, S* dc, const S* dh, const S* dy, const S* a, const S* c_prev,
-                        const S* c, int64_t B, int64_t H) {
-  for (int64_t n = 0; n < B; ++n) {
-    const S* an = a + n * 4 * H;
-    S* dzn = dz + n * 4 * H;
-    for (int64_t j = 0; j < H; ++j) {
-      const int64_t k = n * H + j;
-      const cell::Gates<S> g{an[j], an[H + j], an[2 * H + j], an[3 * H + j]};
-      const S dht = dh[k] + (dy ? dy[k] : S(0));
-      const auto d = cell::cell_backward(g, c_prev[k], c[k], dht, &dc[k]);
-      dzn[j] = d.i;
-      dzn[H + j] = d.f;
-      dzn[2 * H + j] = d.g;
-      dzn[3 * H + j] = d.o;
-    }
-  }
+void require_weights(const Weights<S>& w, const Config& c) {
+  require(w.W, "W", 4 * c.H * c.I);
+  require(w.R, "R", 4 * c.H * c.O());
+  if (c.P > 0) require(w.W_hr, "W_hr", c.P * c.H);
 }
 
 }  // namespace
 
-int64_t forward_workspace_size(const Dims& d, bool training) {
-  check_dims(d);
-  if (training) return add(mul(mul(d.T, d.B), 4 * d.H), mul(mul(2 * (d.T + 1), d.B), d.H));
-  return mul(mul(std::min(d.T, kInferenceChunk), d.B), 4 * d.H);
+int64_t forward_workspace_size(const Config& c, bool training) {
+  check_config(c);
+  return forward_layout(c, training).total;
 }
 
-int64_t backward_scratch_size(const Dims& d) {
-  check_dims(d);
-  return mul(mul(d.T, d.B), 4 * d.H);
+int64_t backward_scratch_size(const Config& c) {
+  check_config(c);
+  return backward_layout(c).total;
 }
 
-int64_t step_scratch_size(const Dims& d) {
-  check_dims(Dims{0, d.B, d.I, d.H});
-  return mul(d.B, 4 * d.H);
+int64_t step_scratch_size(const Config& c) {
+  Config one = c;
+  one.T = 1;
+  check_config(one);
+  return add(mul(c.B, 4 * c.H), c.P > 0 ? mul(c.B, c.H) : 0);  // z [B,4H], m [B,H]
 }
 
 template <typename S>
-void lstm_forward(S* y, S* hT, S* cT, S* ws, In<S> x, In<S> h0, In<S> c0, In<S> W, In<S> R, In<S> b,
-                  const Dims& d, bool training) {
-  check_dims(d);
-  const int64_t T = d.T, B = d.B, I = d.I, H = d.H, BH = B * H, G = 4 * H;
-  require(y, "y", T * BH);
-  require(hT, "hT", BH);
-  require(cT, "cT", BH);
-  require(ws, "workspace", forward_workspace_size(d, training));
+void lstm_forward(S* y, S* hT, S* cT, S* cell_states, S* ws, In<S> x, In<S> h0, In<S> c0,
+                  const Weights<S>& w, const Config& cfg, bool training) {
+  check_config(cfg);
+  const int64_t T = cfg.T, B = cfg.B, I = cfg.I, H = cfg.H, P = cfg.P, O = cfg.O(), G = 4 * H;
+  const ForwardLayout L = forward_layout(cfg, training);
+  require(y, "y", T * B * O);
+  require(hT, "hT", B * O);
+  require(cT, "cT", B * H);
+  require(ws, "workspace", L.total);
   require(x, "x", T * B * I);
-  require(W, "W", G * I);
-  require(R, "R", G * H);
+  require_weights(w, cfg);
+  const Schedule s = make_schedule(cfg);
+  const S clip = S(cfg.clip);
 
-  if (training) {
-    const Saved<S> s = saved(ws, d);
-    copy_or_zero(s.h, h0, BH);
-    copy_or_zero(s.c, c0, BH);
-    gemm(Op::N, Op::T, T * B, G, I, S(1), x, I, W, I, S(0), s.z, G);  // [T*B,4H]
-    for (int64_t t = 0; t < T; ++t) {
-      S* z = s.z + t * B * G;  // [B,4H]
-      gemm(Op::N, Op::T, B, G, H, S(1), s.h + t * BH, H, R, H, S(1), z, G);
-      cell_forward_step<true>(s.h + (t + 1) * BH, s.c + (t + 1) * BH, y + t * BH, z, s.c + t * BH,
-                              b, B, H);
-    }
-    copy_or_zero(hT, s.h + T * BH, BH);
-    copy_or_zero(cT, s.c + T * BH, BH);
-    return;
+  S *Xp = ws + L.xp, *Z = ws + L.z, *Hp = ws + L.hp, *M = ws + L.m, *h = ws + L.h;
+  // c_{k} rows in schedule order; k = -1 is c0. Inference keeps one [B,H] state.
+  auto c_at = [&](int64_t k) {
+    return training ? ws + L.c + (k < 0 ? 0 : B + s.offset[k]) * H : ws + L.cs;
+  };
+  gather_state(h, h0, s, B, O);
+  gather_state(c_at(-1), c0, s, B, H);
+  if (gathers(cfg)) {
+    std::fill(y, y + T * B * O, S(0));
+    if (cell_states) std::fill(cell_states, cell_states + T * B * H, S(0));
   }
 
-  // Inference: the state lives in y (h) and cT (c); the input projection is
-  // done kInferenceChunk steps at a time into ws.
-  copy_or_zero(cT, c0, BH);
-  for (int64_t t0 = 0; t0 < T; t0 += kInferenceChunk) {
-    const int64_t steps = std::min(kInferenceChunk, T - t0);
-    gemm(Op::N, Op::T, steps * B, G, I, S(1), x + t0 * B * I, I, W, I, S(0), ws, G);
-    for (int64_t t = t0; t < t0 + steps; ++t) {
-      S* z = ws + (t - t0) * B * G;  // [B,4H]
-      const S* h_prev = t == 0 ? h0 : y + (t - 1) * BH;
-      if (h_prev) gemm(Op::N, Op::T, B, G, H, S(1), h_prev, H, R, H, S(1), z, G);
-      cell_forward_step<false>(y + t * BH, cT, static_cast<S*>(nullptr), z, cT, b, B, H);
+  const int64_t chunk = training ? std::max<int64_t>(s.K, 1) : kInferenceChunk;
+  for (int64_t k0 = 0; k0 < s.K; k0 += chunk) {
+    const int64_t k1 = std::min(s.K, k0 + chunk), r0 = s.offset[k0], rows = s.offset[k1] - r0;
+    const int64_t at = training ? r0 : 0;  // where this chunk sits in Xp and Z
+    const S* xin = x + r0 * I;
+    if (gathers(cfg)) {
+      gather_steps(Xp + at * I, x, s, k0, k1, B, I);
+      xin = Xp + at * I;
+    }
+    gemm(Op::N, Op::T, rows, G, I, S(1), xin, I, w.W, I, S(0), Z + at * G, G);  // [rows,4H]
+
+    for (int64_t k = k0; k < k1; ++k) {
+      const int64_t nb = s.batch[k];
+      S* z = Z + (at + s.offset[k] - r0) * G;  // [nb,4H]
+      if (training) std::memcpy(Hp + s.offset[k] * O, h, sizeof(S) * nb * O);
+      gemm(Op::N, Op::T, nb, G, O, S(1), h, O, w.R, O, S(1), z, G);
+      S* c = c_at(k);
+      S* m = P > 0 ? M + (training ? s.offset[k] * H : 0) : h;  // [nb,H]
+      dispatch(
+          [&](auto save, auto peep, auto clipped, auto coupled) {
+            cell_forward_rows<decltype(save)::value, decltype(peep)::value,
+                              decltype(clipped)::value, decltype(coupled)::value>(
+                z, c, m, c_at(k - 1), w.b, w.peephole, clip, nb, H);
+          },
+          training, w.peephole != nullptr, cfg.clip > 0, cfg.input_forget);
+      if (P > 0) gemm(Op::N, Op::T, nb, P, H, S(1), m, H, w.W_hr, H, S(0), h, P);  // [nb,P]
+      scatter_step(y, h, s, k, B, O);
+      if (cell_states) scatter_step(cell_states, c, s, k, B, H);
     }
   }
-  copy_or_zero(hT, T == 0 ? h0 : y + (T - 1) * BH, BH);
+
+  scatter_state(hT, h, s, B, O);
+  for (int64_t j = 0; j < B; ++j)  // each row's c after its last valid step
+    std::memcpy(cT + s.perm[j] * H, c_at(training ? s.len[j] - 1 : 0) + j * H, sizeof(S) * H);
 }
 
 template <typename S>
-void lstm_backward(S* dx, S* dh0, S* dc0, S* dW, S* dR, S* db, S* dz_all, In<S> ws, In<S> x,
-                   In<S> W, In<S> R, In<S> dy, In<S> dhT, In<S> dcT, const Dims& d) {
-  check_dims(d);
-  const int64_t T = d.T, B = d.B, I = d.I, H = d.H, BH = B * H, G = 4 * H;
+void lstm_backward(S* dx, S* dh0, S* dc0, const Grads<S>& g, S* scr, In<S> ws, In<S> x, In<S> dy,
+                   In<S> dhT, In<S> dcT, const Weights<S>& w, const Config& cfg) {
+  check_config(cfg);
+  const int64_t T = cfg.T, B = cfg.B, I = cfg.I, H = cfg.H, P = cfg.P, O = cfg.O(), G = 4 * H;
+  const ForwardLayout L = forward_layout(cfg, true);
+  const BackwardLayout BL = backward_layout(cfg);
   require(dx, "dx", T * B * I);
-  require(dh0, "dh0", BH);
-  require(dc0, "dc0", BH);
-  require(dW, "dW", G * I);
-  require(dR, "dR", G * H);
-  require(db, "db", G);
-  require(dz_all, "scratch", backward_scratch_size(d));
-  require(ws, "workspace", forward_workspace_size(d, true));
+  require(dh0, "dh0", B * O);
+  require(dc0, "dc0", B * H);
+  require(g.dW, "dW", G * I);
+  require(g.dR, "dR", G * O);
+  require(g.db, "db", G);
+  if (P > 0) require(g.dW_hr, "dW_hr", P * H);
+  if (w.peephole) require(g.dpeephole, "dpeephole", 3 * H);
+  require(scr, "scratch", BL.total);
+  require(ws, "workspace", L.total);
   require(x, "x", T * B * I);
-  require(W, "W", G * I);
-  require(R, "R", G * H);
+  require_weights(w, cfg);
+  const Schedule s = make_schedule(cfg);
+  const S clip = S(cfg.clip);
 
-  // dh0 and dc0 carry the running dL/dh and dL/dc back through the steps.
-  const Saved<S> s = saved(const_cast<S*>(ws), d);
-  copy_or_zero(dh0, dhT, BH);
-  copy_or_zero(dc0, dcT, BH);
-  for (int64_t t = T - 1; t >= 0; --t) {
-    S* dz = dz_all + t * B * G;  // [B,4H]
-    cell_backward_step(dz, dc0, dh0, dy ? dy + t * BH : nullptr, s.z + t * B * G, s.c + t * BH,
-                       s.c + (t + 1) * BH, B, H);
-    gemm(Op::N, Op::N, B, H, G, S(1), dz, G, R, H, S(0), dh0, H);  // dL/dh_{t-1} [B,H]
+  const S *Xp = gathers(cfg) ? ws + L.xp : x, *Z = ws + L.z, *Hp = ws + L.hp, *M = ws + L.m;
+  auto c_at = [&](int64_t k) { return ws + L.c + (k < 0 ? 0 : B + s.offset[k]) * H; };
+  S *dZ = scr + BL.dz, *DH = scr + BL.dh_all, *dm = scr + BL.dm, *dh = scr + BL.dh,
+    *dc = scr + BL.dc, *dXp = gathers(cfg) ? scr + BL.dxp : dx;
+  gather_state(dh, dhT, s, B, O);
+  gather_state(dc, dcT, s, B, H);
+  if (w.peephole) std::fill(g.dpeephole, g.dpeephole + 3 * H, S(0));
+
+  for (int64_t k = s.K - 1; k >= 0; --k) {
+    const int64_t nb = s.batch[k];
+    if (dy)  // dh = dL/dh_k in total
+      for (int64_t j = 0; j < nb; ++j) {
+        const S* dyj = dy + s.row(k, j, B) * O;
+        for (int64_t u = 0; u < O; ++u) dh[j * O + u] += dyj[u];
+      }
+    const S* dmk = dh;
+    if (P > 0) {
+      std::memcpy(DH + s.offset[k] * P, dh, sizeof(S) * nb * P);
+      gemm(Op::N, Op::N, nb, H, P, S(1), dh, P, w.W_hr, H, S(0), dm, H);  // [nb,H]
+      dmk = dm;
+    }
+    S* dz = dZ + s.offset[k] * G;  // [nb,4H]
+    dispatch(
+        [&](auto peep, auto clipped, auto coupled) {
+          cell_backward_rows<decltype(peep)::value, decltype(clipped)::value,
+                             decltype(coupled)::value>(dz, dc, g.dpeephole, Z + s.offset[k] * G,
+                                                       c_at(k - 1), c_at(k), dmk, w.peephole,
+                                                       clip, nb, H);
+        },
+        w.peephole != nullptr, cfg.clip > 0, cfg.input_forget);
+    gemm(Op::N, Op::N, nb, O, G, S(1), dz, G, w.R, O, S(0), dh, O);  // dL/dh_{k-1} [nb,O]
   }
 
-  gemm(Op::N, Op::N, T * B, I, G, S(1), dz_all, G, W, I, S(0), dx, I);    // [T*B,I]
-  gemm(Op::T, Op::N, G, I, T * B, S(1), dz_all, G, x, I, S(0), dW, I);    // [4H,I]
-  gemm(Op::T, Op::N, G, H, T * B, S(1), dz_all, G, s.h, H, S(0), dR, H);  // [4H,H], h[0..T-1]
-  std::fill(db, db + G, S(0));
-  for (int64_t r = 0; r < T * B; ++r)
-    for (int64_t k = 0; k < G; ++k) db[k] += dz_all[r * G + k];
+  const int64_t N = s.N();
+  gemm(Op::N, Op::N, N, I, G, S(1), dZ, G, w.W, I, S(0), dXp, I);  // [N,I]
+  if (gathers(cfg)) {
+    std::fill(dx, dx + T * B * I, S(0));
+    for (int64_t k = 0; k < s.K; ++k) scatter_step(dx, dXp + s.offset[k] * I, s, k, B, I);
+  }
+  gemm(Op::T, Op::N, G, I, N, S(1), dZ, G, Xp, I, S(0), g.dW, I);  // [4H,I]
+  gemm(Op::T, Op::N, G, O, N, S(1), dZ, G, Hp, O, S(0), g.dR, O);  // [4H,O]
+  std::fill(g.db, g.db + G, S(0));
+  for (int64_t r = 0; r < N; ++r)
+    for (int64_t q = 0; q < G; ++q) g.db[q] += dZ[r * G + q];
+  if (P > 0) gemm(Op::T, Op::N, P, H, N, S(1), DH, P, M, H, S(0), g.dW_hr, H);  // [P,H]
+  scatter_state(dh0, dh, s, B, O);
+  scatter_state(dc0, dc, s, B, H);
 }
 
 template <typename S>
-void lstm_step(S* h_out, S* c_out, S* z, In<S> x, In<S> h, In<S> c, In<S> W, In<S> R, In<S> b,
-               const Dims& d) {
-  const int64_t B = d.B, I = d.I, H = d.H, G = 4 * H;
-  require(z, "scratch", step_scratch_size(d));
-  require(h_out, "h_out", B * H);
+void lstm_step(S* h_out, S* c_out, S* scr, In<S> x, In<S> h, In<S> c, const Weights<S>& w,
+               const Config& cfg) {
+  const int64_t B = cfg.B, I = cfg.I, H = cfg.H, P = cfg.P, O = cfg.O(), G = 4 * H;
+  require(scr, "scratch", step_scratch_size(cfg));
+  require(h_out, "h_out", B * O);
   require(c_out, "c_out", B * H);
   require(x, "x", B * I);
-  require(W, "W", G * I);
-  require(R, "R", G * H);
-  gemm(Op::N, Op::T, B, G, I, S(1), x, I, W, I, S(0), z, G);  // [B,4H]
+  require_weights(w, cfg);
+  S* z = scr;  // [B,4H]
+  gemm(Op::N, Op::T, B, G, I, S(1), x, I, w.W, I, S(0), z, G);
   // h is read in full here, before h_out (which may alias it) is written.
-  if (h) gemm(Op::N, Op::T, B, G, H, S(1), h, H, R, H, S(1), z, G);
+  if (h) gemm(Op::N, Op::T, B, G, O, S(1), h, O, w.R, O, S(1), z, G);
   if (!c) std::fill(c_out, c_out + B * H, S(0));
-  cell_forward_step<false>(h_out, c_out, static_cast<S*>(nullptr), z, c ? c : c_out, b, B, H);
+  S* m = P > 0 ? scr + B * G : h_out;  // [B,H]
+  dispatch(
+      [&](auto peep, auto clipped, auto coupled) {
+        cell_forward_rows<false, decltype(peep)::value, decltype(clipped)::value,
+                          decltype(coupled)::value>(z, c_out, m, c ? c : c_out, w.b, w.peephole,
+                                                    S(cfg.clip), B, H);
+      },
+      w.peephole != nullptr, cfg.clip > 0, cfg.input_forget);
+  if (P > 0) gemm(Op::N, Op::T, B, P, H, S(1), m, H, w.W_hr, H, S(0), h_out, P);
 }
 
-#define LSTM_EXT_INSTANTIATE(S)                                                                 \
-  template void lstm_forward<S>(S*, S*, S*, S*, In<S>, In<S>, In<S>, In<S>, In<S>, In<S>,       \
-                                const Dims&, bool);                                             \
-  template void lstm_backward<S>(S*, S*, S*, S*, S*, S*, S*, In<S>, In<S>, In<S>, In<S>, In<S>, \
-                                 In<S>, In<S>, const Dims&);                                    \
-  template void lstm_step<S>(S*, S*, S*, In<S>, In<S>, In<S>, In<S>, In<S>, In<S>, const Dims&);
+#define LSTM_EXT_INSTANTIATE(S)                                                                  \
+  template void lstm_forward<S>(S*, S*, S*, S*, S*, In<S>, In<S>, In<S>, const Weights<S>&,     \
+                                const Config&, bool);                                            \
+  template void lstm_backward<S>(S*, S*, S*, const Grads<S>&, S*, In<S>, In<S>, In<S>, In<S>,   \
+                                 In<S>, const Weights<S>&, const Config&);                       \
+  template void lstm_step<S>(S*, S*, S*, In<S>, In<S>, In<S>, const Weights<S>&, const Config&);
 LSTM_EXT_INSTANTIATE(float)
 LSTM_EXT_INSTANTIATE(double)
 

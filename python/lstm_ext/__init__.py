@@ -26,7 +26,9 @@ from ._version import __version__
 __all__ = [
     "Cache",
     "ForwardResult",
+    "ForwardResultWithCells",
     "GradResult",
+    "GradResultWithExtras",
     "StepResult",
     "__version__",
     "backward",
@@ -36,23 +38,42 @@ __all__ = [
 
 
 class ForwardResult(NamedTuple):
-    y: np.ndarray  #: [T,B,H] (or [B,T,H]): h_t of every step
-    h: np.ndarray  #: [B,H] h after the last step
-    c: np.ndarray  #: [B,H] c after the last step
+    y: np.ndarray  #: [T,B,O] (or [B,T,O]): h_t of every step, 0 past a sequence's end
+    h: np.ndarray  #: [B,O] h after each sequence's last valid step
+    c: np.ndarray  #: [B,H] c after each sequence's last valid step
     cache: Cache | None  #: what backward needs; None when training=False
+
+
+class ForwardResultWithCells(NamedTuple):
+    y: np.ndarray
+    h: np.ndarray
+    c: np.ndarray
+    cache: Cache | None
+    cell_states: np.ndarray  #: [T,B,H] (or [B,T,H]): c_t of every step, 0 past the end
 
 
 class GradResult(NamedTuple):
     dx: np.ndarray  #: [T,B,I] (or [B,T,I])
-    dh0: np.ndarray  #: [B,H]
+    dh0: np.ndarray  #: [B,O]
     dc0: np.ndarray  #: [B,H]
     dW: np.ndarray  #: [4H,I]
-    dR: np.ndarray  #: [4H,H]
+    dR: np.ndarray  #: [4H,O]
     db: np.ndarray  #: [4H]
 
 
+class GradResultWithExtras(NamedTuple):
+    dx: np.ndarray
+    dh0: np.ndarray
+    dc0: np.ndarray
+    dW: np.ndarray
+    dR: np.ndarray
+    db: np.ndarray
+    dW_hr: np.ndarray | None  #: [P,H] when forward had W_hr
+    dpeephole: np.ndarray | None  #: [3H] when forward had peephole
+
+
 class StepResult(NamedTuple):
-    h: np.ndarray  #: [B,H]
+    h: np.ndarray  #: [B,O]
     c: np.ndarray  #: [B,H]
 
 
@@ -66,35 +87,69 @@ def forward(
     *,
     batch_first: bool = False,
     training: bool = True,
-) -> ForwardResult:
-    """Run the LSTM over a whole sequence.
+    reverse: bool = False,
+    lengths: ArrayLike | None = None,
+    W_hr: ArrayLike | None = None,
+    peephole: ArrayLike | None = None,
+    clip: float | None = None,
+    input_forget: bool = False,
+    return_cell_states: bool = False,
+) -> ForwardResult | ForwardResultWithCells:
+    """Run one LSTM layer in one direction over a whole batch of sequences.
 
-    x: [T,B,I] (``[B,T,I]`` if batch_first); W: [4H,I]; R: [4H,H]; b: [4H] or
-    None (zeros); h0, c0: [B,H] or None (zeros). With ``training=False`` no
-    cache is kept and the call needs only O(B*H) memory beyond ``y``.
+    Shapes (O is P with a projection, else H):
+    x [T,B,I] ([B,T,I] if batch_first); W [4H,I]; R [4H,O]; b [4H] or None
+    (zeros); h0 [B,O], c0 [B,H] or None (zeros).
 
-    Returns ``ForwardResult(y, h, c, cache)``. The cache holds private copies
-    of x, W and R, so changing those arrays afterwards does not change what
+    Options:
+    - ``reverse``: run from the last step to the first.
+    - ``lengths`` [B] integers in [0,T]: a ragged batch on a padded array.
+      Steps at or past a sequence's length give y = 0 and leave its state
+      alone; h and c are each sequence's state after its last valid step; in
+      reverse, each sequence starts at its own last valid step. The work
+      scales with the sum of the lengths, not with T·B.
+    - ``W_hr`` [P,H]: projection (LSTMP, PyTorch's proj_size): h = (o*tanh(c)) W_hrᵀ.
+    - ``peephole`` [3H] in ONNX's order (i, o, f): i and f see c_{t-1}, o sees c_t.
+    - ``clip`` > 0: clamp every gate pre-activation to [-clip, clip] (ONNX's clip).
+    - ``input_forget``: coupled gates, f = 1 - i (ONNX's input_forget=1).
+    - ``training=False``: keep no cache; then only O(B*H) memory beyond y.
+    - ``return_cell_states``: add c_t of every step, [T,B,H], as a fifth result.
+
+    Returns ``ForwardResult(y, h, c, cache)``, or ``ForwardResultWithCells(y,
+    h, c, cache, cell_states)``. The cache holds private copies of x and the
+    weights, so changing those arrays afterwards does not change what
     backward computes. Non-contiguous inputs are copied once. Raises
-    TypeError for a wrong dtype, ValueError for a wrong shape.
+    TypeError for a wrong dtype, ValueError for a wrong shape or value.
     """
-    return ForwardResult(
-        *_core.forward(x, W, R, b, h0, c0, batch_first=batch_first, training=training)
-    )
+    y, h, c, cache, cs = _core.forward(
+        x, W, R, b, h0, c0,
+        batch_first=batch_first, training=training, reverse=reverse, lengths=lengths,
+        W_hr=W_hr, peephole=peephole, clip=clip, input_forget=input_forget,
+        return_cell_states=return_cell_states,
+    )  # fmt: skip
+    if return_cell_states:
+        return ForwardResultWithCells(y, h, c, cache, cs)
+    return ForwardResult(y, h, c, cache)
 
 
 def backward(
     cache: Cache, dy: ArrayLike | None, dh: ArrayLike | None = None, dc: ArrayLike | None = None
-) -> GradResult:
+) -> GradResult | GradResultWithExtras:
     """Backpropagation through time from a forward call's cache.
 
-    dy: dL/dy, shaped like forward's y, or None (zeros); dh, dc: dL/dh and
-    dL/dc of the final state, [B,H] or None (zeros). The cache is only read:
-    it may serve several backward calls.
+    dy: dL/dy, shaped like forward's y, or None (zeros); its values past a
+    sequence's end are ignored. dh [B,O], dc [B,H]: dL/dh and dL/dc of the
+    final state, or None (zeros). The cache is only read: it may serve
+    several backward calls.
 
-    Returns ``GradResult(dx, dh0, dc0, dW, dR, db)``.
+    Returns ``GradResult(dx, dh0, dc0, dW, dR, db)``; when forward had W_hr
+    or peephole, ``GradResultWithExtras`` with ``dW_hr`` and ``dpeephole``
+    added (None for the one it did not have).
     """
-    return GradResult(*_core.backward(cache, dy, dh, dc))
+    g = _core.backward(cache, dy, dh, dc)
+    if cache.P > 0 or g[7] is not None:
+        return GradResultWithExtras(*g)
+    return GradResult(*g[:6])
 
 
 def step(
@@ -104,10 +159,20 @@ def step(
     W: ArrayLike,
     R: ArrayLike,
     b: ArrayLike | None = None,
+    *,
+    W_hr: ArrayLike | None = None,
+    peephole: ArrayLike | None = None,
+    clip: float | None = None,
+    input_forget: bool = False,
 ) -> StepResult:
-    """One LSTM step for streaming inference: x [B,I], h and c [B,H] (None: zeros).
+    """One LSTM step for streaming inference: x [B,I], h [B,O] and c [B,H] (None: zeros).
 
     Returns ``StepResult(h, c)``, the new state, in new arrays. Feeding the
-    steps of a sequence one by one gives what ``forward`` gives.
+    steps of a sequence one by one gives what ``forward`` gives; the options
+    mean what they mean there.
     """
-    return StepResult(*_core.step(x, h, c, W, R, b))
+    return StepResult(
+        *_core.step(
+            x, h, c, W, R, b, W_hr=W_hr, peephole=peephole, clip=clip, input_forget=input_forget
+        )
+    )

@@ -4,6 +4,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <cmath>
 #include <cstdint>
 #include <optional>
 #include <sstream>
@@ -13,9 +14,11 @@
 #include "lstm_ext/lstm.h"
 
 namespace py = pybind11;
-using lstm_ext::Dims;
+using lstm_ext::Config;
 
 namespace {
+
+// ---- describing arrays in messages ----------------------------------------
 
 std::string shape_str(const std::vector<int64_t>& s) {
   std::ostringstream o;
@@ -31,11 +34,19 @@ std::vector<int64_t> shape_of(const py::array& a) {
 
 std::string dtype_str(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
 
+std::string type_name(const py::handle& obj) {
+  return py::str(py::type::of(obj).attr("__name__")).cast<std::string>();
+}
+
+// ---- checking arguments -----------------------------------------------------
+
 // An argument as the user passed it, converted to an ndarray (lists work).
+// `a` is empty when the argument is optional and None.
 struct Arg {
   const char* name;
   py::object original;
   py::array a;
+  bool given() const { return !original.is_none(); }
 };
 
 Arg arg(const char* name, const py::object& obj) {
@@ -45,10 +56,12 @@ Arg arg(const char* name, const py::object& obj) {
   } catch (py::error_already_set&) {
   }
   if (!a)
-    throw py::type_error(std::string(name) +
-                         ": expected a NumPy array of float32 or float64, got " +
-                         py::str(py::type::of(obj).attr("__name__")).cast<std::string>());
+    throw py::type_error(std::string(name) + ": expected a NumPy array, got " + type_name(obj));
   return {name, obj, a};
+}
+
+Arg opt_arg(const char* name, const py::object& obj) {
+  return obj.is_none() ? Arg{name, obj, py::array()} : arg(name, obj);
 }
 
 // The item size (4 or 8) of a float32/float64 array, or a TypeError.
@@ -66,7 +79,7 @@ void check_dtype(const Arg& a, int size, const char* of_what) {
                          dtype_str(a.a));
 }
 
-void check_shape(const Arg& a, const std::vector<int64_t>& want, const char* letters) {
+void check_shape(const Arg& a, const std::vector<int64_t>& want, const std::string& letters) {
   if (shape_of(a.a) != want)
     throw py::value_error(std::string(a.name) + ": expected shape " + letters + " = " +
                           shape_str(want) + ", got " + shape_str(shape_of(a.a)));
@@ -79,13 +92,32 @@ void check_ndim(const Arg& a, int ndim, const char* letters) {
                           " with shape " + shape_str(shape_of(a.a)));
 }
 
+// An optional [B,width] state: dtype and shape.
+void check_state(const Arg& s, int size, int64_t B, int64_t width, const char* letters,
+                 const char* of_what) {
+  if (!s.given()) return;
+  check_dtype(s, size, of_what);
+  check_shape(s, {B, width}, letters);
+}
+
+// ---- contiguous copies --------------------------------------------------------
+
 template <typename S>
 using carray = py::array_t<S, py::array::c_style | py::array::forcecast>;
+// An optional argument: absent (None) is nullopt, which the core reads as zeros.
+template <typename S>
+using opt_carray = std::optional<carray<S>>;
 
 // C-contiguous, native byte order; a copy only where needed.
 template <typename S>
 carray<S> contiguous(const py::array& a) {
   return carray<S>::ensure(a);
+}
+
+template <typename S>
+opt_carray<S> opt_contiguous(const Arg& a) {
+  if (!a.given()) return std::nullopt;
+  return contiguous<S>(a.a);
 }
 
 // As contiguous(), but never sharing memory with what the user holds, so that
@@ -97,13 +129,20 @@ carray<S> private_copy(const py::array& view, const py::object& original) {
   return c;
 }
 
-// An optional argument: absent (None) is nullopt, which the core reads as zeros.
 template <typename S>
-using opt_carray = std::optional<carray<S>>;
+opt_carray<S> opt_private_copy(const Arg& a) {
+  if (!a.given()) return std::nullopt;
+  return private_copy<S>(a.a, a.original);
+}
 
 template <typename S>
 const S* ptr_or_null(const opt_carray<S>& a) {
   return a ? a->data() : nullptr;
+}
+
+template <typename S>
+S* mut_or_null(opt_carray<S>& a) {
+  return a ? a->mutable_data() : nullptr;
 }
 
 template <typename S>
@@ -113,115 +152,202 @@ carray<S> empty(const std::vector<int64_t>& shape) {
 
 py::array swap01(const py::array& a) { return a.attr("swapaxes")(0, 1); }
 
-// What forward keeps for backward: private copies of x, W, R and the
-// workspace lstm_forward filled.
-struct Cache {
-  Dims d;
-  bool batch_first;
-  py::array x, W, R, workspace;  // x is [T,B,I]
-  int item_size() const { return int(workspace.itemsize()); }
+py::object or_none(const py::object& a, bool present) { return present ? a : py::none(); }
+
+// ---- one layer's weights and switches -------------------------------------------
+
+struct LayerArgs {
+  Arg W, R, b, W_hr, peephole;
+  Config cfg;  // I, H, P, clip, input_forget from the arguments
 };
 
-// The arguments of forward/step after checking: H from R, the rest from x.
-struct Weights {
-  Arg W, R, b;
-};
-
-Dims check_weights(const Weights& w, int size, int64_t I) {
-  check_dtype(w.W, size, "x");
-  check_dtype(w.R, size, "x");
-  check_ndim(w.R, 2, "[4H,H]");
-  const int64_t H = w.R.a.shape(1);
-  check_shape(w.R, {4 * H, H}, "[4H,H]");
-  check_ndim(w.W, 2, "[4H,I]");
-  check_shape(w.W, {4 * H, I}, "[4H,I]");
-  if (!w.b.original.is_none()) {
-    check_dtype(w.b, size, "x");
-    check_shape(w.b, {4 * H}, "[4H]");
+// H and P from the weights (H from W_hr when projecting, else from R), then
+// every weight's dtype and shape. The letters in messages are lstm.h's.
+LayerArgs check_layer(const py::object& W, const py::object& R, const py::object& b,
+                      const py::object& W_hr, const py::object& peephole, const py::object& clip,
+                      bool input_forget, int size, int64_t I) {
+  LayerArgs l{arg("W", W), arg("R", R), opt_arg("b", b), opt_arg("W_hr", W_hr),
+              opt_arg("peephole", peephole), Config{}};
+  check_dtype(l.W, size, "x");
+  check_dtype(l.R, size, "x");
+  check_ndim(l.R, 2, l.W_hr.given() ? "[4H,P]" : "[4H,H]");
+  int64_t H = l.R.a.shape(1), P = 0;
+  if (l.W_hr.given()) {
+    check_dtype(l.W_hr, size, "x");
+    check_ndim(l.W_hr, 2, "[P,H]");
+    P = l.W_hr.a.shape(0);
+    H = l.W_hr.a.shape(1);
+    if (P == 0) throw py::value_error("W_hr: expected P >= 1 rows [P,H], got shape " +
+                                      shape_str(shape_of(l.W_hr.a)));
+    check_shape(l.R, {4 * H, P}, "[4H,P] (H=" + std::to_string(H) + " from W_hr)");
+  } else {
+    check_shape(l.R, {4 * H, H}, "[4H,H]");
   }
-  return Dims{0, 0, I, H};
+  check_ndim(l.W, 2, "[4H,I]");
+  check_shape(l.W, {4 * H, I}, "[4H,I]");
+  if (l.b.given()) {
+    check_dtype(l.b, size, "x");
+    check_shape(l.b, {4 * H}, "[4H]");
+  }
+  if (l.peephole.given()) {
+    check_dtype(l.peephole, size, "x");
+    check_shape(l.peephole, {3 * H}, "[3H] (i, o, f)");
+  }
+  l.cfg.I = I;
+  l.cfg.H = H;
+  l.cfg.P = P;
+  l.cfg.input_forget = input_forget;
+  if (!clip.is_none()) {
+    const double v = clip.cast<double>();
+    if (!(v > 0))
+      throw py::value_error("clip: expected a number > 0 (or None for no clipping), got " +
+                            py::str(clip).cast<std::string>());
+    l.cfg.clip = v;
+  }
+  return l;
 }
 
-void check_state(const Arg& s, int size, const Dims& d, const char* of_what) {
-  if (s.original.is_none()) return;
-  check_dtype(s, size, of_what);
-  check_shape(s, {d.B, d.H}, "[B,H]");
+// lengths: integers [B], as int64 (the core checks the range against T).
+std::optional<py::array_t<int64_t>> check_lengths(const py::object& obj, int64_t B) {
+  if (obj.is_none()) return std::nullopt;
+  const Arg a = arg("lengths", obj);
+  const char kind = a.a.dtype().kind();
+  if (kind != 'i' && kind != 'u')
+    throw py::type_error("lengths: expected an integer array, got dtype " + dtype_str(a.a));
+  check_shape(a, {B}, "[B]");
+  py::array_t<int64_t> out(std::vector<py::ssize_t>{py::ssize_t(B)});
+  // Through NumPy's own cast, with a private copy for the cache.
+  out[py::ellipsis()] = a.a;
+  return out;
 }
 
-Arg opt_arg(const char* name, const py::object& obj) {
-  return obj.is_none() ? Arg{name, obj, py::array()} : arg(name, obj);
-}
+// What a layer needs from its checked arguments as contiguous arrays.
+template <typename S>
+struct LayerArrays {
+  carray<S> W, R;
+  opt_carray<S> b, W_hr, peephole;
+  lstm_ext::Weights<S> weights() const {
+    return {W.data(), R.data(), ptr_or_null(b), ptr_or_null(W_hr), ptr_or_null(peephole)};
+  }
+};
 
 template <typename S>
-opt_carray<S> opt_contiguous(const Arg& a) {
-  if (a.original.is_none()) return std::nullopt;
-  return contiguous<S>(a.a);
+LayerArrays<S> layer_arrays(const LayerArgs& l, bool private_copies) {
+  if (private_copies)
+    return {private_copy<S>(l.W.a, l.W.original), private_copy<S>(l.R.a, l.R.original),
+            opt_private_copy<S>(l.b), opt_private_copy<S>(l.W_hr), opt_private_copy<S>(l.peephole)};
+  return {contiguous<S>(l.W.a), contiguous<S>(l.R.a), opt_contiguous<S>(l.b),
+          opt_contiguous<S>(l.W_hr), opt_contiguous<S>(l.peephole)};
 }
 
+// ---- the cache ------------------------------------------------------------------
+
+// What forward keeps for backward: its configuration, private copies of its
+// inputs and weights, and the workspace lstm_forward filled. Type-erased over
+// the dtype (the arrays carry it).
+struct Cache {
+  Config cfg;  // cfg.lengths is re-pointed at `lengths` for each call
+  bool batch_first;
+  py::array x, W, R;             // x is [T,B,I]
+  py::object b, W_hr, peephole;  // arrays, or None where forward had none
+  py::array workspace;
+  std::optional<py::array_t<int64_t>> lengths;
+};
+
 template <typename S>
-py::tuple forward_impl(const Arg& x_arg, const Weights& w, const Arg& h0_arg, const Arg& c0_arg,
-                       Dims d, bool batch_first, bool training) {
+py::tuple forward_impl(const Arg& x_arg, const LayerArgs& l, const Arg& h0_arg, const Arg& c0_arg,
+                       const py::object& lengths_obj, bool batch_first, bool training,
+                       bool reverse, bool return_cell_states) {
   const py::array x_tb = batch_first ? swap01(x_arg.a) : x_arg.a;
-  d.T = x_tb.shape(0);
-  d.B = x_tb.shape(1);
-  check_state(h0_arg, sizeof(S), d, "x");
-  check_state(c0_arg, sizeof(S), d, "x");
-  const int64_t ws_size = lstm_ext::forward_workspace_size(d, training);  // throws on overflow
+  Config cfg = l.cfg;
+  cfg.T = x_tb.shape(0);
+  cfg.B = x_tb.shape(1);
+  cfg.reverse = reverse;
+  check_state(h0_arg, sizeof(S), cfg.B, cfg.O(), cfg.P ? "[B,P]" : "[B,H]", "x");
+  check_state(c0_arg, sizeof(S), cfg.B, cfg.H, "[B,H]", "x");
+  const auto lengths = check_lengths(lengths_obj, cfg.B);
+  if (lengths) cfg.lengths = lengths->data();
+  const int64_t ws_size = lstm_ext::forward_workspace_size(cfg, training);  // throws on overflow
 
   const carray<S> x = training ? private_copy<S>(x_tb, x_arg.original) : contiguous<S>(x_tb);
-  const carray<S> W = training ? private_copy<S>(w.W.a, w.W.original) : contiguous<S>(w.W.a);
-  const carray<S> R = training ? private_copy<S>(w.R.a, w.R.original) : contiguous<S>(w.R.a);
-  const opt_carray<S> b = opt_contiguous<S>(w.b), h0 = opt_contiguous<S>(h0_arg),
-                      c0 = opt_contiguous<S>(c0_arg);
-  carray<S> y = empty<S>({d.T, d.B, d.H}), hT = empty<S>({d.B, d.H}), cT = empty<S>({d.B, d.H});
-  carray<S> ws = empty<S>({ws_size});
+  const LayerArrays<S> w = layer_arrays<S>(l, training);
+  const opt_carray<S> h0 = opt_contiguous<S>(h0_arg), c0 = opt_contiguous<S>(c0_arg);
+  carray<S> y = empty<S>({cfg.T, cfg.B, cfg.O()}), hT = empty<S>({cfg.B, cfg.O()}),
+            cT = empty<S>({cfg.B, cfg.H}), ws = empty<S>({ws_size});
+  opt_carray<S> cs;
+  if (return_cell_states) cs = empty<S>({cfg.T, cfg.B, cfg.H});
   {
     S *py_ = y.mutable_data(), *ph = hT.mutable_data(), *pc = cT.mutable_data(),
-      *pw = ws.mutable_data();
+      *pcs = mut_or_null(cs), *pw = ws.mutable_data();
+    const lstm_ext::Weights<S> weights = w.weights();
     py::gil_scoped_release nogil;
-    lstm_ext::lstm_forward(py_, ph, pc, pw, x.data(), ptr_or_null(h0), ptr_or_null(c0), W.data(),
-                           R.data(), ptr_or_null(b), d, training);
+    lstm_ext::lstm_forward(py_, ph, pc, pcs, pw, x.data(), ptr_or_null(h0), ptr_or_null(c0),
+                           weights, cfg, training);
   }
   py::object cache = py::none();
-  if (training) cache = py::cast(Cache{d, batch_first, x, W, R, ws});
-  return py::make_tuple(batch_first ? swap01(y) : py::array(y), hT, cT, cache);
+  if (training) {
+    auto arr = [](const opt_carray<S>& a) { return a ? py::object(*a) : py::object(py::none()); };
+    cache = py::cast(Cache{cfg, batch_first, x, w.W, w.R, arr(w.b), arr(w.W_hr), arr(w.peephole),
+                           ws, lengths});
+  }
+  auto tb = [&](const py::array& a) { return batch_first ? swap01(a) : a; };
+  return py::make_tuple(tb(y), hT, cT, cache, cs ? py::object(tb(*cs)) : py::object(py::none()));
 }
 
-py::tuple forward(const py::object& x_obj, const py::object& W_obj, const py::object& R_obj,
-                  const py::object& b_obj, const py::object& h0_obj, const py::object& c0_obj,
-                  bool batch_first, bool training) {
+py::tuple forward(const py::object& x_obj, const py::object& W, const py::object& R,
+                  const py::object& b, const py::object& h0_obj, const py::object& c0_obj,
+                  bool batch_first, bool training, bool reverse, const py::object& lengths,
+                  const py::object& W_hr, const py::object& peephole, const py::object& clip,
+                  bool input_forget, bool return_cell_states) {
   const Arg x = arg("x", x_obj);
   const int size = float_size(x);
   check_ndim(x, 3, batch_first ? "[B,T,I]" : "[T,B,I]");
-  const Weights w{arg("W", W_obj), arg("R", R_obj), opt_arg("b", b_obj)};
-  const Dims d = check_weights(w, size, x.a.shape(2));
+  const LayerArgs l =
+      check_layer(W, R, b, W_hr, peephole, clip, input_forget, size, x.a.shape(2));
   const Arg h0 = opt_arg("h0", h0_obj), c0 = opt_arg("c0", c0_obj);
-  return size == 4 ? forward_impl<float>(x, w, h0, c0, d, batch_first, training)
-                   : forward_impl<double>(x, w, h0, c0, d, batch_first, training);
+  auto run = [&](auto zero) {
+    using S = decltype(zero);
+    return forward_impl<S>(x, l, h0, c0, lengths, batch_first, training, reverse,
+                           return_cell_states);
+  };
+  return size == 4 ? run(0.0f) : run(0.0);
 }
 
 template <typename S>
 py::tuple backward_impl(const Cache& cache, const Arg& dy_arg, const Arg& dh_arg,
                         const Arg& dc_arg) {
-  const Dims& d = cache.d;
+  Config cfg = cache.cfg;
+  if (cache.lengths) cfg.lengths = cache.lengths->data();
+  const int64_t T = cfg.T, B = cfg.B, I = cfg.I, H = cfg.H, P = cfg.P, O = cfg.O();
   opt_carray<S> dy;
-  if (!dy_arg.original.is_none())
-    dy = contiguous<S>(cache.batch_first ? swap01(dy_arg.a) : dy_arg.a);
+  if (dy_arg.given()) dy = contiguous<S>(cache.batch_first ? swap01(dy_arg.a) : dy_arg.a);
   const opt_carray<S> dh = opt_contiguous<S>(dh_arg), dc = opt_contiguous<S>(dc_arg);
-  const carray<S> x = carray<S>::ensure(cache.x), W = carray<S>::ensure(cache.W),
-                  R = carray<S>::ensure(cache.R), ws = carray<S>::ensure(cache.workspace);
-  carray<S> dx = empty<S>({d.T, d.B, d.I}), dh0 = empty<S>({d.B, d.H}), dc0 = empty<S>({d.B, d.H}),
-            dW = empty<S>({4 * d.H, d.I}), dR = empty<S>({4 * d.H, d.H}), db = empty<S>({4 * d.H});
-  carray<S> scratch = empty<S>({lstm_ext::backward_scratch_size(d)});
+  auto get = [](const py::object& a) {
+    return a.is_none() ? opt_carray<S>() : opt_carray<S>(carray<S>::ensure(a));
+  };
+  const opt_carray<S> x = get(cache.x), W = get(cache.W), R = get(cache.R), b = get(cache.b),
+                      W_hr = get(cache.W_hr), peep = get(cache.peephole),
+                      ws = get(cache.workspace);
+  carray<S> dx = empty<S>({T, B, I}), dh0 = empty<S>({B, O}), dc0 = empty<S>({B, H}),
+            dW = empty<S>({4 * H, I}), dR = empty<S>({4 * H, O}), db = empty<S>({4 * H});
+  opt_carray<S> dW_hr, dpeep;
+  if (P > 0) dW_hr = empty<S>({P, H});
+  if (peep) dpeep = empty<S>({3 * H});
+  carray<S> scratch = empty<S>({lstm_ext::backward_scratch_size(cfg)});
   {
+    const lstm_ext::Grads<S> g{dW.mutable_data(), dR.mutable_data(), db.mutable_data(),
+                               mut_or_null(dW_hr), mut_or_null(dpeep)};
+    const lstm_ext::Weights<S> w{ptr_or_null(W), ptr_or_null(R), ptr_or_null(b),
+                                 ptr_or_null(W_hr), ptr_or_null(peep)};
     S *pdx = dx.mutable_data(), *pdh0 = dh0.mutable_data(), *pdc0 = dc0.mutable_data(),
-      *pdW = dW.mutable_data(), *pdR = dR.mutable_data(), *pdb = db.mutable_data(),
       *pscr = scratch.mutable_data();
     py::gil_scoped_release nogil;
-    lstm_ext::lstm_backward(pdx, pdh0, pdc0, pdW, pdR, pdb, pscr, ws.data(), x.data(), W.data(),
-                            R.data(), ptr_or_null(dy), ptr_or_null(dh), ptr_or_null(dc), d);
+    lstm_ext::lstm_backward(pdx, pdh0, pdc0, g, pscr, ptr_or_null(ws), ptr_or_null(x),
+                            ptr_or_null(dy), ptr_or_null(dh), ptr_or_null(dc), w, cfg);
   }
-  return py::make_tuple(cache.batch_first ? swap01(dx) : py::array(dx), dh0, dc0, dW, dR, db);
+  auto opt = [](const opt_carray<S>& a) { return a ? py::object(*a) : py::object(py::none()); };
+  return py::make_tuple(cache.batch_first ? swap01(dx) : py::array(dx), dh0, dc0, dW, dR, db,
+                        opt(dW_hr), opt(dpeep));
 }
 
 py::tuple backward(const py::object& cache_obj, const py::object& dy_obj, const py::object& dh_obj,
@@ -232,54 +358,59 @@ py::tuple backward(const py::object& cache_obj, const py::object& dy_obj, const 
         "training=True to take gradients");
   if (!py::isinstance<Cache>(cache_obj))
     throw py::type_error("cache: expected the cache returned by lstm_ext.forward, got " +
-                         py::str(py::type::of(cache_obj).attr("__name__")).cast<std::string>());
+                         type_name(cache_obj));
   const Cache& cache = cache_obj.cast<const Cache&>();
-  const Dims& d = cache.d;
-  const int size = cache.item_size();
+  const Config& c = cache.cfg;
+  const int size = int(cache.workspace.itemsize());
   const char* of_what = "the cache";
   const Arg dy = opt_arg("dy", dy_obj), dh = opt_arg("dh", dh_obj), dc = opt_arg("dc", dc_obj);
-  if (!dy_obj.is_none()) {
+  if (dy.given()) {
     check_dtype(dy, size, of_what);
+    const std::string o = c.P ? "P" : "H";
     if (cache.batch_first)
-      check_shape(dy, {d.B, d.T, d.H}, "[B,T,H] (from the cache)");
+      check_shape(dy, {c.B, c.T, c.O()}, "[B,T," + o + "] (from the cache)");
     else
-      check_shape(dy, {d.T, d.B, d.H}, "[T,B,H] (from the cache)");
+      check_shape(dy, {c.T, c.B, c.O()}, "[T,B," + o + "] (from the cache)");
   }
-  check_state(dh, size, d, of_what);
-  check_state(dc, size, d, of_what);
+  check_state(dh, size, c.B, c.O(), c.P ? "[B,P]" : "[B,H]", of_what);
+  check_state(dc, size, c.B, c.H, "[B,H]", of_what);
   return size == 4 ? backward_impl<float>(cache, dy, dh, dc)
                    : backward_impl<double>(cache, dy, dh, dc);
 }
 
 template <typename S>
-py::tuple step_impl(const Arg& x_arg, const Arg& h_arg, const Arg& c_arg, const Weights& w,
-                    const Dims& d) {
-  const carray<S> x = contiguous<S>(x_arg.a), W = contiguous<S>(w.W.a), R = contiguous<S>(w.R.a);
-  const opt_carray<S> h = opt_contiguous<S>(h_arg), c = opt_contiguous<S>(c_arg),
-                      b = opt_contiguous<S>(w.b);
-  carray<S> h_out = empty<S>({d.B, d.H}), c_out = empty<S>({d.B, d.H});
-  carray<S> scratch = empty<S>({lstm_ext::step_scratch_size(d)});
+py::tuple step_impl(const Arg& x_arg, const Arg& h_arg, const Arg& c_arg, const LayerArgs& l,
+                    const Config& cfg) {
+  const carray<S> x = contiguous<S>(x_arg.a);
+  const LayerArrays<S> w = layer_arrays<S>(l, false);
+  const opt_carray<S> h = opt_contiguous<S>(h_arg), c = opt_contiguous<S>(c_arg);
+  carray<S> h_out = empty<S>({cfg.B, cfg.O()}), c_out = empty<S>({cfg.B, cfg.H});
+  carray<S> scratch = empty<S>({lstm_ext::step_scratch_size(cfg)});
   {
     S *ph = h_out.mutable_data(), *pc = c_out.mutable_data(), *ps = scratch.mutable_data();
+    const lstm_ext::Weights<S> weights = w.weights();
     py::gil_scoped_release nogil;
-    lstm_ext::lstm_step(ph, pc, ps, x.data(), ptr_or_null(h), ptr_or_null(c), W.data(), R.data(),
-                        ptr_or_null(b), d);
+    lstm_ext::lstm_step(ph, pc, ps, x.data(), ptr_or_null(h), ptr_or_null(c), weights, cfg);
   }
   return py::make_tuple(h_out, c_out);
 }
 
 py::tuple step(const py::object& x_obj, const py::object& h_obj, const py::object& c_obj,
-               const py::object& W_obj, const py::object& R_obj, const py::object& b_obj) {
+               const py::object& W, const py::object& R, const py::object& b,
+               const py::object& W_hr, const py::object& peephole, const py::object& clip,
+               bool input_forget) {
   const Arg x = arg("x", x_obj);
   const int size = float_size(x);
   check_ndim(x, 2, "[B,I]");
-  const Weights w{arg("W", W_obj), arg("R", R_obj), opt_arg("b", b_obj)};
-  Dims d = check_weights(w, size, x.a.shape(1));
-  d.B = x.a.shape(0);
+  const LayerArgs l =
+      check_layer(W, R, b, W_hr, peephole, clip, input_forget, size, x.a.shape(1));
+  Config cfg = l.cfg;
+  cfg.T = 1;
+  cfg.B = x.a.shape(0);
   const Arg h = opt_arg("h", h_obj), c = opt_arg("c", c_obj);
-  check_state(h, size, d, "x");
-  check_state(c, size, d, "x");
-  return size == 4 ? step_impl<float>(x, h, c, w, d) : step_impl<double>(x, h, c, w, d);
+  check_state(h, size, cfg.B, cfg.O(), cfg.P ? "[B,P]" : "[B,H]", "x");
+  check_state(c, size, cfg.B, cfg.H, "[B,H]", "x");
+  return size == 4 ? step_impl<float>(x, h, c, l, cfg) : step_impl<double>(x, h, c, l, cfg);
 }
 
 }  // namespace
@@ -288,29 +419,41 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "lstm_ext's compiled core; use the functions re-exported by lstm_ext.";
 
   py::class_<Cache>(m, "Cache", "What forward keeps for backward: opaque, read-only.")
-      .def_property_readonly("T", [](const Cache& c) { return c.d.T; })
-      .def_property_readonly("B", [](const Cache& c) { return c.d.B; })
-      .def_property_readonly("I", [](const Cache& c) { return c.d.I; })
-      .def_property_readonly("H", [](const Cache& c) { return c.d.H; })
+      .def_property_readonly("T", [](const Cache& c) { return c.cfg.T; })
+      .def_property_readonly("B", [](const Cache& c) { return c.cfg.B; })
+      .def_property_readonly("I", [](const Cache& c) { return c.cfg.I; })
+      .def_property_readonly("H", [](const Cache& c) { return c.cfg.H; })
+      .def_property_readonly("P", [](const Cache& c) { return c.cfg.P; })
+      .def_property_readonly("reverse", [](const Cache& c) { return c.cfg.reverse; })
       .def_property_readonly("dtype", [](const Cache& c) { return c.workspace.dtype(); })
       .def_property_readonly("batch_first", [](const Cache& c) { return c.batch_first; })
       .def_property_readonly("nbytes",
                              [](const Cache& c) {
-                               return c.x.nbytes() + c.W.nbytes() + c.R.nbytes() +
+                               py::ssize_t n = 0;
+                               for (const py::object* a :
+                                    {&c.b, &c.W_hr, &c.peephole})
+                                 if (!a->is_none()) n += a->cast<py::array>().nbytes();
+                               return n + c.x.nbytes() + c.W.nbytes() + c.R.nbytes() +
                                       c.workspace.nbytes();
                              })
       .def("__repr__", [](const Cache& c) {
-        return "<lstm_ext Cache T=" + std::to_string(c.d.T) + " B=" + std::to_string(c.d.B) +
-               " I=" + std::to_string(c.d.I) + " H=" + std::to_string(c.d.H) + " " +
-               dtype_str(c.workspace) + ">";
+        return "<lstm_ext Cache T=" + std::to_string(c.cfg.T) + " B=" + std::to_string(c.cfg.B) +
+               " I=" + std::to_string(c.cfg.I) + " H=" + std::to_string(c.cfg.H) +
+               (c.cfg.P ? " P=" + std::to_string(c.cfg.P) : "") + " " + dtype_str(c.workspace) +
+               ">";
       });
 
   m.def("forward", &forward, py::arg("x"), py::arg("W"), py::arg("R"), py::arg("b") = py::none(),
         py::arg("h0") = py::none(), py::arg("c0") = py::none(), py::kw_only(),
-        py::arg("batch_first") = false, py::arg("training") = true);
+        py::arg("batch_first") = false, py::arg("training") = true, py::arg("reverse") = false,
+        py::arg("lengths") = py::none(), py::arg("W_hr") = py::none(),
+        py::arg("peephole") = py::none(), py::arg("clip") = py::none(),
+        py::arg("input_forget") = false, py::arg("return_cell_states") = false);
   m.def("backward", &backward, py::arg("cache"), py::arg("dy"), py::arg("dh") = py::none(),
         py::arg("dc") = py::none());
   m.def("step", &step, py::arg("x"), py::arg("h"), py::arg("c"), py::arg("W"), py::arg("R"),
-        py::arg("b") = py::none());
+        py::arg("b") = py::none(), py::kw_only(), py::arg("W_hr") = py::none(),
+        py::arg("peephole") = py::none(), py::arg("clip") = py::none(),
+        py::arg("input_forget") = false);
   m.attr("inference_chunk") = lstm_ext::kInferenceChunk;
 }

@@ -1,41 +1,64 @@
-// lstm_ext: a single-layer, single-direction LSTM over a whole sequence,
-// forward and backpropagation through time, float and double.
+// lstm_ext: one LSTM layer in one direction over a whole (possibly ragged)
+// batch of sequences, forward and backpropagation through time, float and
+// double. Stacks and bidirectional layers are built from these calls.
 //
 // Letters, used the same way in every function and comment of the project:
 //   T  time steps        B  batch          I  input features
-//   H  hidden units      G = 4H, the gate axis, ordered i, f, g, o (PyTorch's)
+//   H  hidden units      P  projection size (0: none)
+//   O  the size of h: P if P > 0, else H
+//   4H the gate axis, ordered i, f, g, o (PyTorch's)
 // Arrays are dense, row-major, last index fastest: x[T,B,I] holds x[t][b][i]
 // at ((t*B)+b)*I+i.
 //
-// The math (sigma: logistic sigmoid; all products elementwise but the GEMMs):
+// The math (sigma: logistic sigmoid; products elementwise but the GEMMs):
 //   z_t = x_t W^T + h_{t-1} R^T + b                  [B,4H]
-//   i = sigma(z_i)  f = sigma(z_f)  g = tanh(z_g)  o = sigma(z_o)
+//   (peepholes)  z_i += p_i*c_{t-1}   z_f += p_f*c_{t-1}
+//   (clip)       every z clamped to [-clip, clip] before its non-linearity
+//   i = sigma(z_i)  f = sigma(z_f) (or 1 - i, coupled)  g = tanh(z_g)
 //   c_t = f*c_{t-1} + i*g
-//   h_t = o*tanh(c_t),   y_t = h_t
+//   (peepholes)  z_o += p_o*c_t
+//   o = sigma(z_o)
+//   m_t = o*tanh(c_t)
+//   h_t = m_t W_hr^T (projection, [B,P]) or m_t;   y_t = h_t
+//
+// Ragged batches: lengths[b] in [0,T] valid steps for sequence b. Steps at or
+// past it give y = 0 and leave that sequence's state alone; its final state
+// is the one after its last valid step; in reverse, it starts at its own last
+// valid step. The work done scales with the sum of the lengths.
 //
 // Memory belongs to the caller. Forward in training mode leaves what backward
 // needs in a workspace of forward_workspace_size() elements; backward needs a
-// scratch of backward_scratch_size() elements. Nothing is allocated inside,
-// nothing is kept between calls, and calls on different buffers may run on
-// different threads at once.
+// scratch of backward_scratch_size() elements. Nothing is kept between calls
+// and nothing is allocated in the step loops (a ragged batch's schedule,
+// O(B+T) integers, is allocated once per call). Calls on different buffers
+// may run on different threads at once. The same inputs give bit-identical
+// results on every run.
 //
-// Errors (bad sizes, a null buffer that is needed, a size whose byte count
-// overflows, a GEMM dimension past BLAS's 32-bit range) throw std::invalid_argument
-// or std::length_error before anything is written. Nothing exits or aborts.
-// NaN and Inf in inputs propagate as IEEE arithmetic does.
+// Errors (bad sizes or lengths, a needed buffer that is null, a size whose
+// byte count overflows, a GEMM dimension past BLAS's 32-bit range) throw
+// std::invalid_argument or std::length_error before anything is written.
+// Nothing exits or aborts. NaN and Inf in inputs propagate as IEEE
+// arithmetic does.
 #pragma once
 
 #include <cstdint>
 
 namespace lstm_ext {
 
-struct Dims {
+// The shape and switches of one layer-direction call.
+struct Config {
   int64_t T = 0, B = 0, I = 0, H = 0;
+  int64_t P = 0;                      // projection size; 0: none
+  bool reverse = false;               // run from the last step to the first
+  bool input_forget = false;          // coupled gates: f = 1 - i
+  double clip = 0;                    // > 0: clamp pre-activations to [-clip, clip]
+  const int64_t* lengths = nullptr;   // [B], each in [0,T]; nullptr: all T
+  int64_t O() const { return P > 0 ? P : H; }
 };
 
 // The functions below exist for S = float and S = double. S is deduced from
-// the first argument alone (In<S> does not take part), so nullptr may be
-// passed for the optional inputs.
+// the output arguments (In<S> does not take part), so nullptr may be passed
+// for the optional inputs.
 template <typename S>
 struct InputOf {
   using type = const S*;
@@ -43,67 +66,83 @@ struct InputOf {
 template <typename S>
 using In = typename InputOf<S>::type;
 
-// Elements (not bytes) of the workspace forward needs.
-//   training: gates[T,B,4H] (activated), h[T+1,B,H] (h[0] = h0), c[T+1,B,H] (c[0] = c0)
-//   inference: the input projection of a chunk of at most kInferenceChunk
-//              steps, [min(T,kInferenceChunk),B,4H]: O(B*H), whatever T is.
-// Throws std::length_error where the count would overflow.
+template <typename S>
+struct Weights {
+  In<S> W = nullptr;         // [4H,I]
+  In<S> R = nullptr;         // [4H,O]
+  In<S> b = nullptr;         // [4H]; nullptr: zeros
+  In<S> W_hr = nullptr;      // [P,H]; required when P > 0
+  In<S> peephole = nullptr;  // [3H] in ONNX order (i, o, f); nullptr: none
+};
+
+// Parameter gradients, each overwritten (not accumulated) and shaped as its
+// weight. dW_hr is required when P > 0; dpeephole when the forward call had
+// peepholes.
+template <typename S>
+struct Grads {
+  S* dW = nullptr;
+  S* dR = nullptr;
+  S* db = nullptr;
+  S* dW_hr = nullptr;
+  S* dpeephole = nullptr;
+};
+
+// Elements (not bytes) of the workspace forward needs. Training keeps the
+// gates, cell states and inputs of every step (O(T*B*(I+H+O))); inference
+// keeps a chunk of kInferenceChunk steps' input projection and the state,
+// O(B*H) whatever T is. Throws std::length_error where a count overflows.
 constexpr int64_t kInferenceChunk = 16;
-int64_t forward_workspace_size(const Dims& d, bool training);
+int64_t forward_workspace_size(const Config& cfg, bool training);
 
-// Elements of the scratch backward needs: dz[T,B,4H], the gradient of every
-// step's gate pre-activations.
-int64_t backward_scratch_size(const Dims& d);
+// Elements of the scratch backward needs.
+int64_t backward_scratch_size(const Config& cfg);
 
-// Elements of the scratch step() needs: z[B,4H].
-int64_t step_scratch_size(const Dims& d);
+// Elements of the scratch step() needs.
+int64_t step_scratch_size(const Config& cfg);
 
 // Forward over the whole sequence.
-//   y          out [T,B,H]
-//   hT, cT     out [B,H]   the state after the last step
-//   workspace  out [forward_workspace_size(d, training)]
-//              training: kept for backward; inference: scratch
-//   x          in  [T,B,I]
-//   h0, c0     in  [B,H]   nullptr means zeros
-//   W          in  [4H,I]
-//   R          in  [4H,H]
-//   b          in  [4H]    nullptr means zeros
+//   y            out [T,B,O]
+//   hT           out [B,O]   state after each sequence's last valid step
+//   cT           out [B,H]
+//   cell_states  out [T,B,H] c_t of every step (0 past a sequence's end), or nullptr
+//   workspace    out [forward_workspace_size(cfg, training)]
+//   x            in  [T,B,I]
+//   h0           in  [B,O]   nullptr: zeros
+//   c0           in  [B,H]   nullptr: zeros
 // No output may alias an input or another output.
 template <typename S>
-void lstm_forward(S* y, S* hT, S* cT, S* workspace,  //
-                  In<S> x, In<S> h0, In<S> c0,       //
-                  In<S> W, In<S> R, In<S> b,         //
-                  const Dims& d, bool training);
+void lstm_forward(S* y, S* hT, S* cT, S* cell_states, S* workspace,  //
+                  In<S> x, In<S> h0, In<S> c0,                        //
+                  const Weights<S>& w, const Config& cfg, bool training);
 
-// Backward through time, from a workspace that lstm_forward(training=true)
-// filled with the same x, W, R and d. The workspace is only read, so one
-// forward can serve several backward calls.
-//   dx        out [T,B,I]
-//   dh0, dc0  out [B,H]
-//   dW        out [4H,I]     overwritten, not accumulated
-//   dR        out [4H,H]     overwritten
-//   db        out [4H]       overwritten
-//   scratch   out [backward_scratch_size(d)]
-//   workspace in  [forward_workspace_size(d, true)]
+// Backward through time, from the workspace of lstm_forward(training=true)
+// with the same x, w and cfg. The workspace is only read, so one forward can
+// serve several backward calls.
+//   dx        out [T,B,I]   (0 at steps past a sequence's end)
+//   dh0       out [B,O]
+//   dc0       out [B,H]
+//   g         out the parameter gradients
+//   scratch   out [backward_scratch_size(cfg)]
+//   workspace in
 //   x         in  [T,B,I]
-//   W, R      in  as in forward
-//   dy        in  [T,B,H]    dL/dy; nullptr means zeros
-//   dhT, dcT  in  [B,H]      dL/dh_T, dL/dc_T; nullptr means zeros
+//   dy        in  [T,B,O]   dL/dy; nullptr: zeros. Ignored past a sequence's end.
+//   dhT       in  [B,O]     dL/dh_T; nullptr: zeros
+//   dcT       in  [B,H]     dL/dc_T; nullptr: zeros
 // No output may alias an input or another output.
 template <typename S>
-void lstm_backward(S* dx, S* dh0, S* dc0, S* dW, S* dR, S* db, S* scratch,  //
-                   In<S> workspace, In<S> x, In<S> W, In<S> R,              //
-                   In<S> dy, In<S> dhT, In<S> dcT,                          //
-                   const Dims& d);
+void lstm_backward(S* dx, S* dh0, S* dc0, const Grads<S>& g, S* scratch,  //
+                   In<S> workspace, In<S> x, In<S> dy, In<S> dhT, In<S> dcT,  //
+                   const Weights<S>& w, const Config& cfg);
 
-// One step, for streaming inference (d.T is ignored).
-//   h_out, c_out out [B,H]   may alias h and c: the step updates in place
-//   scratch      out [step_scratch_size(d)]
-//   x            in  [B,I]
-//   h, c         in  [B,H]   nullptr means zeros
-//   W, R, b      as in forward (b may be nullptr)
+// One step, for streaming inference (cfg.T, reverse and lengths are ignored).
+//   h_out    out [B,O]   may alias h: the step can update in place
+//   c_out    out [B,H]   may alias c
+//   scratch  out [step_scratch_size(cfg)]
+//   x        in  [B,I]
+//   h        in  [B,O]   nullptr: zeros
+//   c        in  [B,H]   nullptr: zeros
 template <typename S>
 void lstm_step(S* h_out, S* c_out, S* scratch,  //
-               In<S> x, In<S> h, In<S> c, In<S> W, In<S> R, In<S> b, const Dims& d);
+               In<S> x, In<S> h, In<S> c, const Weights<S>& w, const Config& cfg);
 
 }  // namespace lstm_ext
