@@ -1,0 +1,269 @@
+"""lstm_ext.nn.LSTM: a drop-in for torch.nn.LSTM.
+
+Checked three ways: against torch.nn.LSTM where torch is installed (every
+output, final state, input, state and parameter gradient); by central finite
+differences in float64 (independent of torch); and for its errors.
+
+Tolerances against torch (|ours - theirs| <= rtol*|theirs| + atol*max(1,
+max|theirs|), as in test_peers): float64 rtol 1e-10, atol 1e-12; float32
+rtol 1e-4, atol 1e-5. Stacking feeds one layer's rounding into the next, but
+each layer is contractive (|f| < 1), so errors stay those of test_peers'
+single layers times the depth. Worst seen over the cases below and 5 seeds
+(absolute; for parameter gradients relative to max(1, max|theirs|)):
+float64 4e-16 on outputs and states, 8e-16 on parameter gradients; float32
+4e-7 and 5e-7. The bounds leave margins of 100x and more.
+"""
+
+import numpy as np
+import pytest
+
+from lstm_ext.nn import LSTM
+
+TOL = {np.float64: (1e-10, 1e-12), np.float32: (1e-4, 1e-5)}
+
+
+def close(name, ours, theirs, dtype):
+    rtol, atol = TOL[dtype]
+    atol *= max(1.0, np.abs(theirs).max(initial=0.0))
+    np.testing.assert_allclose(ours, theirs, rtol=rtol, atol=atol, err_msg=name)
+
+
+def inputs(rng, lstm, T, B, lengths=None):
+    """x, state, dy, dstate for one call (x and dy batch_first if the LSTM is)."""
+    L, D, H, O = lstm.num_layers, lstm.num_directions, lstm.hidden_size, lstm.output_size
+    dt = lstm.dtype
+
+    def r(*shape):
+        return rng.standard_normal(shape).astype(dt)
+
+    xshape = (B, T, lstm.input_size) if lstm.batch_first else (T, B, lstm.input_size)
+    yshape = (B, T, D * O) if lstm.batch_first else (T, B, D * O)
+    dy = r(*yshape)
+    if lengths is not None:  # padded outputs are constant 0: their gradient is meaningless
+        for b, n in enumerate(lengths):
+            (dy[b, n:] if lstm.batch_first else dy[n:, b])[...] = 0
+    return r(*xshape), (r(L * D, B, O), r(L * D, B, H)), dy, (r(L * D, B, O), r(L * D, B, H))
+
+
+# ---- against torch.nn.LSTM ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def torch():
+    return pytest.importorskip("torch", reason="torch not installed: no torch.nn.LSTM check")
+
+
+def run_torch(torch, lstm, x, state, dy, dstate, lengths):
+    """torch.nn.LSTM with lstm's state_dict: outputs and every gradient, as NumPy."""
+    t = torch.nn.LSTM(
+        lstm.input_size, lstm.hidden_size, lstm.num_layers, lstm.bias, lstm.batch_first,
+        0.0, lstm.bidirectional, lstm.proj_size, dtype=getattr(torch, lstm.dtype.name),
+    )  # fmt: skip
+    t.load_state_dict({k: torch.from_numpy(v) for k, v in lstm.state_dict().items()})
+    xt = torch.from_numpy(x.copy()).requires_grad_()
+    h0, c0 = (torch.from_numpy(s.copy()).requires_grad_() for s in state)
+    if lengths is None:
+        out, (hn, cn) = t(xt, (h0, c0))
+    else:
+        pack = torch.nn.utils.rnn
+        packed = pack.pack_padded_sequence(
+            xt, torch.tensor(lengths), batch_first=lstm.batch_first, enforce_sorted=False
+        )
+        out, (hn, cn) = t(packed, (h0, c0))
+        T = x.shape[1] if lstm.batch_first else x.shape[0]
+        out, _ = pack.pad_packed_sequence(out, batch_first=lstm.batch_first, total_length=T)
+    dh, dc = (torch.from_numpy(s) for s in dstate)
+    ((out * torch.from_numpy(dy)).sum() + (hn * dh).sum() + (cn * dc).sum()).backward()
+    grads = {k: p.grad.numpy() for k, p in t.named_parameters()}
+    n = lambda a: a.detach().numpy()  # noqa: E731
+    return n(out), n(hn), n(cn), n(xt.grad), n(h0.grad), n(c0.grad), grads
+
+
+TORCH_CASES = {  # (num_layers, bidirectional, proj_size, batch_first, ragged)
+    "1-layer": (1, False, 0, False, False),
+    "1-layer-bidirectional": (1, True, 0, False, False),
+    "2-layer-bidirectional": (2, True, 0, False, False),
+    "3-layer": (3, False, 0, True, False),
+    "2-layer-proj": (2, False, 3, False, False),
+    "2-layer-bidirectional-proj-batch_first": (2, True, 3, True, False),
+    "1-layer-ragged": (1, False, 0, False, True),
+    "3-layer-bidirectional-ragged": (3, True, 0, False, True),
+    "2-layer-bidirectional-proj-ragged-batch_first": (2, True, 2, True, True),
+}
+
+
+# torch says so when its oneDNN path does not take projections; nothing to act on.
+@pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", TORCH_CASES, ids=str)
+def test_matches_torch(torch, rng, case, dtype):
+    layers, bidi, proj, bf, ragged = TORCH_CASES[case]
+    T, B = 7, 5
+    lstm = LSTM(4, 6, layers, batch_first=bf, bidirectional=bidi, proj_size=proj,
+                dtype=dtype, seed=1)  # fmt: skip
+    lengths = [7, 3, 1, 7, 5] if ragged else None  # torch refuses length 0
+    x, state, dy, dstate = inputs(rng, lstm, T, B, lengths)
+    out, (hn, cn) = lstm(x, state, lengths)
+    dx, (dh0, dc0) = lstm.backward(dy, dstate)
+    want = run_torch(torch, lstm, x, state, dy, dstate, lengths)
+    for name, a, b in zip(["out", "h_n", "c_n", "dx", "dh0", "dc0"],
+                          [out, hn, cn, dx, dh0, dc0], want[:6], strict=True):  # fmt: skip
+        assert a.dtype == dtype, name
+        close(name, a, b, dtype)
+    assert set(lstm.grads) == set(want[6])
+    for name, g in want[6].items():
+        close(name, lstm.grads[name], g, dtype)
+
+
+@pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
+def test_state_dict_moves_both_ways(torch):
+    t = torch.nn.LSTM(3, 5, 2, bidirectional=True, proj_size=2)
+    ours = LSTM(3, 5, 2, bidirectional=True, proj_size=2)
+    ours.load_state_dict({k: v.numpy() for k, v in t.state_dict().items()})
+    assert list(ours.state_dict()) == list(t.state_dict())
+    t2 = torch.nn.LSTM(3, 5, 2, bidirectional=True, proj_size=2)
+    t2.load_state_dict({k: torch.from_numpy(v) for k, v in ours.state_dict().items()})
+    for k, v in t.state_dict().items():
+        np.testing.assert_array_equal(t2.state_dict()[k].numpy(), v.numpy())
+
+
+def test_initialisation_matches_torch_distribution(torch):
+    t = torch.nn.LSTM(7, 9, 2, bidirectional=True)
+    ours = LSTM(7, 9, 2, bidirectional=True, seed=0)
+    k = 1 / np.sqrt(9)
+    for name, v in t.state_dict().items():
+        p = ours.params[name]
+        assert p.shape == tuple(v.shape) and p.dtype == np.float32
+        assert np.abs(p).max() <= k and np.abs(p).max() > 0.8 * k
+
+
+# ---- without torch ------------------------------------------------------------------
+
+
+def loss_of(lstm, x, state, dy, dstate, lengths):
+    out, (hn, cn) = lstm(x, state, lengths)
+    return np.sum(out * dy) + np.sum(hn * dstate[0]) + np.sum(cn * dstate[1])
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+def test_gradients_match_central_differences(rng, dropout):
+    """Every parameter, x and the state, by central differences in float64;
+    with dropout, each evaluation redraws the same masks from the same seed."""
+    lstm = LSTM(3, 4, 2, bidirectional=True, proj_size=2, dropout=dropout, dtype=np.float64)
+    lengths = [5, 2, 0]
+    x, state, dy, dstate = inputs(rng, lstm, 5, 3, lengths)
+
+    def loss():
+        lstm._rng = np.random.default_rng(7)
+        return loss_of(lstm, x, state, dy, dstate, lengths)
+
+    loss()
+    lstm.zero_grad()
+    dx, (dh0, dc0) = lstm.backward(dy, dstate)
+    grads = dict(lstm.grads, x=dx, h0=dh0, c0=dc0)
+    arrays = dict(lstm.params, x=x, h0=state[0], c0=state[1])
+    eps = 1e-6  # error ~ eps² + 1e-16/eps ~ 1e-10, as in test_reference
+    for name, g in grads.items():
+        a = arrays[name]
+        flat = rng.choice(a.size, size=min(a.size, 12), replace=False)
+        for f in flat:
+            k = np.unravel_index(f, a.shape)
+            orig = a[k]
+            a[k] = orig + eps
+            up = loss()
+            a[k] = orig - eps
+            down = loss()
+            a[k] = orig
+            num = (up - down) / (2 * eps)
+            assert abs(g[k] - num) <= 1e-7 * max(1.0, abs(num)), (name, k, g[k], num)
+
+
+def test_shapes_and_modes(rng):
+    lstm = LSTM(3, 5, 2, bidirectional=True, proj_size=2, batch_first=True, dropout=0.3, seed=4)
+    x = rng.standard_normal((4, 6, 3)).astype(np.float32)
+    out, (hn, cn) = lstm(x)
+    assert out.shape == (4, 6, 4) and hn.shape == (4, 4, 2) and cn.shape == (4, 4, 5)
+    dx = lstm.backward(np.ones_like(out))  # no state given: dx alone
+    assert isinstance(dx, np.ndarray) and dx.shape == x.shape
+    # eval: no dropout, deterministic, no cache unless asked for
+    lstm.eval()
+    a, _ = lstm(x)
+    b, _ = lstm(x)
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(RuntimeError, match="keep_cache=True"):
+        lstm.backward(np.ones_like(a))
+    c, _ = lstm(x, keep_cache=True)
+    np.testing.assert_array_equal(a, c)
+    lstm.backward(np.ones_like(c))
+    # dropout only in training mode, and seeded
+    no_drop = LSTM(3, 5, 2, bidirectional=True, proj_size=2, batch_first=True, seed=4).eval()
+    np.testing.assert_array_equal(no_drop(x)[0], a)
+    t1 = LSTM(3, 5, 2, dropout=0.5, seed=9)(x.swapaxes(0, 1))[0]
+    t2 = LSTM(3, 5, 2, dropout=0.5, seed=9)(x.swapaxes(0, 1))[0]
+    np.testing.assert_array_equal(t1, t2)
+
+
+def test_grads_accumulate_until_zero_grad(rng):
+    lstm = LSTM(2, 3, dtype=np.float64, seed=0)
+    x = rng.standard_normal((4, 2, 2))
+    out, _ = lstm(x)
+    lstm.backward(np.ones_like(out))
+    once = {k: g.copy() for k, g in lstm.grads.items()}
+    lstm.backward(np.ones_like(out))
+    for k, g in lstm.grads.items():
+        np.testing.assert_allclose(g, 2 * once[k], rtol=1e-15)
+    lstm.zero_grad()
+    assert all(not g.any() for g in lstm.grads.values())
+
+
+def test_load_state_dict_errors():
+    lstm = LSTM(3, 4, bidirectional=True)
+    good = lstm.state_dict()
+    bad = dict(good)
+    del bad["weight_hh_l0_reverse"]
+    bad["weight_hh_l1"] = np.zeros((16, 4))
+    bad["bias_ih_l0"] = np.zeros(15)
+    with pytest.raises(ValueError) as e:
+        lstm.load_state_dict(bad)
+    msg = str(e.value)
+    assert "missing keys ['weight_hh_l0_reverse']" in msg
+    assert "unexpected keys ['weight_hh_l1']" in msg
+    assert "bias_ih_l0: expected shape (16,), got (15,)" in msg
+    lstm.load_state_dict({k: v.astype(np.float64) for k, v in good.items()})
+    assert lstm.params["weight_ih_l0"].dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(input_size=3, hidden_size=0), ValueError, "hidden_size: expected an integer >= 1"),
+        (dict(input_size=3, hidden_size=4, num_layers=0), ValueError, "num_layers"),
+        (dict(input_size=3, hidden_size=4, proj_size=4), ValueError, "proj_size: expected < hidden_size = 4"),
+        (dict(input_size=3, hidden_size=4, dropout=1.0), ValueError, "dropout"),
+        (dict(input_size=3, hidden_size=4, dtype=np.int32), TypeError, "dtype"),
+        (dict(input_size=3.5, hidden_size=4), ValueError, "input_size"),
+    ],
+)
+def test_constructor_errors(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        LSTM(**kwargs)
+
+
+def test_call_errors(rng):
+    lstm = LSTM(3, 4, 2)
+    x = np.zeros((5, 2, 3), np.float32)
+    with pytest.raises(RuntimeError, match="no forward call"):
+        lstm.backward(np.zeros((5, 2, 4), np.float32))
+    with pytest.raises(TypeError, match="x: expected dtype float32"):
+        lstm(x.astype(np.float64))
+    with pytest.raises(ValueError, match="x: expected 3 input features"):
+        lstm(np.zeros((5, 2, 4), np.float32))
+    with pytest.raises(ValueError, match=r"x: expected 3 dimensions \[T,B,I\]"):
+        lstm(np.zeros((5, 3), np.float32))
+    with pytest.raises(ValueError, match=r"state\[0\] \(h0\): expected shape .* \(2, 2, 4\)"):
+        lstm(x, (np.zeros((1, 2, 4), np.float32), np.zeros((2, 2, 4), np.float32)))
+    lstm(x)
+    with pytest.raises(ValueError, match=r"dy: expected the shape of out, \(5, 2, 4\)"):
+        lstm.backward(np.zeros((5, 2, 3), np.float32))
+    with pytest.raises(ValueError, match=r"lengths\[1\] = 6"):
+        lstm(x, lengths=[5, 6])
