@@ -21,6 +21,7 @@ import time
 import numpy as np
 
 import lstm_ext
+from lstm_ext.nn import LSTM
 
 CASES = [  # (T, B, I, H)
     (100, 1, 128, 128),
@@ -28,6 +29,8 @@ CASES = [  # (T, B, I, H)
     (100, 64, 512, 512),
     (50, 128, 1024, 1024),
 ]
+STACK = (100, 32, 256, 256, 2)  # (T, B, I, H, layers), bidirectional
+RAGGED = (100, 64, 512, 512)  # lengths uniform in [1, T]
 GEMM_N = 2048
 WARM_UP_S = 0.3
 SLOW_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
@@ -128,6 +131,53 @@ def time_ort(ort, p, repeat, threads):
     return median_ms(lambda: session.run(None, feed), repeat)
 
 
+def time_stack(torch, rng, repeat):
+    """A 2-layer bidirectional nn.LSTM, ours and torch's, fwd and fwd+bwd."""
+    T, B, I, H, layers = STACK
+    ours = LSTM(I, H, layers, bidirectional=True, seed=0)
+    x = rng.standard_normal((T, B, I), dtype=np.float32)
+    dy = rng.standard_normal((T, B, 2 * H), dtype=np.float32)
+
+    def ours_fwd_bwd():
+        ours(x)
+        ours.backward(dy)
+
+    ours.eval()
+    fwd = median_ms(lambda: ours(x), repeat)
+    ours.train()
+    result = [fwd, median_ms(ours_fwd_bwd, repeat), None, None]
+    if torch:
+        t = torch.nn.LSTM(I, H, layers, bidirectional=True)
+        xt, dyt = torch.from_numpy(x), torch.from_numpy(dy)
+
+        def torch_fwd():
+            with torch.no_grad():
+                t(xt)
+
+        def torch_fwd_bwd():
+            xg = xt.detach().requires_grad_()
+            y, _ = t(xg)
+            torch.autograd.grad(y, [xg, *t.parameters()], dyt)
+
+        result[2:] = median_ms(torch_fwd, repeat), median_ms(torch_fwd_bwd, repeat)
+    # each layer and direction: 8*T*B*H*(I_layer + H)
+    flop = 2 * 8 * T * B * H * ((I + H) + (layers - 1) * (2 * H + H))
+    return result, flop
+
+
+def time_ragged(rng, repeat):
+    """fwd+bwd on a ragged batch (lengths uniform in [1, T]) and on it padded."""
+    T, B, I, H = RAGGED
+    p = problem(rng, T, B, I, H)
+    lengths = rng.integers(1, T + 1, B)
+    args = [p[k] for k in ("x", "W", "R", "b", "h0", "c0")]
+
+    def run(**kw):
+        return lambda: lstm_ext.backward(lstm_ext.forward(*args, **kw).cache, p["dy"])
+
+    return median_ms(run(lengths=lengths), repeat), median_ms(run(), repeat), lengths.mean() / T
+
+
 def optional_import(name):
     try:
         return __import__(name)
@@ -190,10 +240,39 @@ def main():
             ]
             print(ROW.format(",".join(map(str, case)), name, *ours_cells, *peer_cells), flush=True)
 
+    stack = ragged = None
+    if args.sizes == "all":
+        (ms_f, ms_fb, t_f, t_fb), flop = time_stack(torch, rng, args.repeat)
+        print(f"\n2-layer bidirectional, (T,B,I,H) = {STACK[:4]}")
+        print(ROW.format(*HEAD[:-1], ""))
+        stack = []
+        for name, ms, tms, k in (("fwd", ms_f, t_f, 1), ("fwd+bwd", ms_fb, t_fb, 3)):
+            rate = gflops(k * flop, ms)
+            stack.append(dict(pass_=name, ms=ms, gflops=rate, torch_ms=tms))
+            cells = [f"{ms:.2f}", f"{rate:.1f}", f"{rate / gemm:.2f}"]
+            cells += [f"{tms:.2f}", f"{tms / ms:.2f}"] if tms else ["-", "-"]
+            print(ROW.format("stack", name, *cells, ""), flush=True)
+        r_ms, p_ms, valid = time_ragged(rng, args.repeat)
+        ragged = dict(ragged_ms=r_ms, padded_ms=p_ms, ratio=r_ms / p_ms, valid_fraction=valid)
+        print(f"\nragged fwd+bwd, (T,B,I,H) = {RAGGED}, lengths uniform in [1,T]")
+        print(
+            f"ragged {r_ms:.2f} ms, padded {p_ms:.2f} ms, ratio {r_ms / p_ms:.2f} "
+            f"(valid steps: {valid:.2f} of the padded ones)"
+        )
+
     if args.json:
         with open(args.json, "w") as f:
             json.dump(
-                dict(machine, numpy_gemm_gflops=gemm, repeat=args.repeat, rows=rows), f, indent=1
+                dict(
+                    machine,
+                    numpy_gemm_gflops=gemm,
+                    repeat=args.repeat,
+                    rows=rows,
+                    stack=stack,
+                    ragged=ragged,
+                ),
+                f,
+                indent=1,
             )
 
 
