@@ -15,6 +15,10 @@ class Cache:
     @property
     def H(self) -> int: ...
     @property
+    def P(self) -> int: ...
+    @property
+    def reverse(self) -> bool: ...
+    @property
     def dtype(self) -> np.dtype: ...
     @property
     def batch_first(self) -> bool: ...
@@ -31,13 +35,29 @@ def forward(
     *,
     batch_first: bool = False,
     training: bool = True,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, Cache | None]: ...
+    reverse: bool = False,
+    lengths: ArrayLike | None = None,
+    W_hr: ArrayLike | None = None,
+    peephole: ArrayLike | None = None,
+    clip: float | None = None,
+    input_forget: bool = False,
+    return_cell_states: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, Cache | None, np.ndarray | None]: ...
 def backward(
     cache: Cache,
     dy: ArrayLike | None,
     dh: ArrayLike | None = None,
     dc: ArrayLike | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]: ...
+) -> tuple[
+    np.ndarray,
+    np.ndarray,
+    np.ndarray,
+    np.ndarray,
+    np.ndarray,
+    np.ndarray,
+    np.ndarray | None,
+    np.ndarray | None,
+]: ...
 def step(
     x: ArrayLike,
     h: ArrayLike | None,
@@ -45,4 +65,9 @@ def step(
     W: ArrayLike,
     R: ArrayLike,
     b: ArrayLike | None = None,
+    *,
+    W_hr: ArrayLike | None = None,
+    peephole: ArrayLike | None = None,
+    clip: float | None = None,
+    input_forget: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]: ...
