@@ -238,7 +238,11 @@ def test_load_state_dict_errors():
     [
         (dict(input_size=3, hidden_size=0), ValueError, "hidden_size: expected an integer >= 1"),
         (dict(input_size=3, hidden_size=4, num_layers=0), ValueError, "num_layers"),
-        (dict(input_size=3, hidden_size=4, proj_size=4), ValueError, "proj_size: expected < hidden_size = 4"),
+        (
+            dict(input_size=3, hidden_size=4, proj_size=4),
+            ValueError,
+            "proj_size: expected < hidden_size",
+        ),
         (dict(input_size=3, hidden_size=4, dropout=1.0), ValueError, "dropout"),
         (dict(input_size=3, hidden_size=4, dtype=np.int32), TypeError, "dtype"),
         (dict(input_size=3.5, hidden_size=4), ValueError, "input_size"),

@@ -19,9 +19,10 @@ import numpy as np
 import scipy_openblas32  # noqa: F401  (loads libscipy_openblas before _core needs it)
 from numpy.typing import ArrayLike
 
-from . import _core
+from . import _core, convert, nn
 from ._core import Cache
 from ._version import __version__
+from .onnx import onnx_lstm
 
 __all__ = [
     "Cache",
@@ -32,7 +33,10 @@ __all__ = [
     "StepResult",
     "__version__",
     "backward",
+    "convert",
     "forward",
+    "nn",
+    "onnx_lstm",
     "step",
 ]
 

@@ -63,7 +63,9 @@ def onnx_lstm(
     a sequence's length are 0, and Y_h, Y_c [D,B,H] (layout 0) or [B,D,H]
     (layout 1), each sequence's state after its last valid step; the reverse
     direction starts at each sequence's own last valid step. ``clip`` clamps
-    the gate pre-activations; ``input_forget=1`` couples f = 1 - i.
+    the gate pre-activations; ``input_forget=1`` couples f = 1 - i. A
+    sequence of length 0 gives Y = 0 and keeps its initial state as Y_h, Y_c
+    (the ONNX spec leaves this open; onnxruntime 1.32 returns zeros there).
 
     The node runs through ``lstm_ext.forward``, once per direction, with
     b = Wb + Rb; arrays share X's dtype (float32 or float64) as there.
@@ -91,9 +93,10 @@ def onnx_lstm(
                 f"activations: only the defaults {['Sigmoid', 'Tanh', 'Tanh'] * D} are "
                 f"supported, got {list(activations)}"
             )
-    for name, value in (("activation_alpha", activation_alpha), ("activation_beta", activation_beta)):
-        if value is not None:
-            raise NotImplementedError(f"{name}: not supported (the default activations take none)")
+    if activation_alpha is not None or activation_beta is not None:
+        raise NotImplementedError(
+            "activation_alpha, activation_beta: not supported (the default activations take none)"
+        )
 
     X = np.asarray(X)
     if X.ndim != 3:
