@@ -14,4 +14,5 @@ def test_readme_numpy_example_runs():
     env: dict = {}
     exec(compile(blocks[0], str(README), "exec"), env)
     assert env["y"].shape == (50, 8, 32) and env["dW"].shape == (128, 16)
+    assert env["out"].shape == (50, 8, 64) and env["h_n"].shape == (4, 8, 32)
     assert np.all(np.isfinite(env["dx"]))

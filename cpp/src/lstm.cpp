@@ -81,13 +81,13 @@ ForwardLayout forward_layout(const Config& c, bool training) {
     at = add(at, n);
     return start;
   };
-  L.xp = take(gathers(c) ? mul(rows, c.I) : 0);                // [rows,I] gathered inputs
-  L.z = take(mul(rows, 4 * c.H));                                // [rows,4H] gates
-  L.c = take(training ? mul(add(rows, c.B), c.H) : 0);           // [B+rows,H] c0, then c_t
-  L.hp = take(training ? mul(rows, c.O()) : 0);                  // [rows,O] h_{t-1}
-  L.m = take(c.P > 0 ? mul(training ? rows : c.B, c.H) : 0);     // [rows or B,H] m_t
-  L.h = take(mul(c.B, c.O()));                                   // [B,O] current h
-  L.cs = take(training ? 0 : mul(c.B, c.H));                     // [B,H] current c
+  L.xp = take(gathers(c) ? mul(rows, c.I) : 0);               // [rows,I] gathered inputs
+  L.z = take(mul(rows, 4 * c.H));                             // [rows,4H] gates
+  L.c = take(training ? mul(add(rows, c.B), c.H) : 0);        // [B+rows,H] c0, then c_t
+  L.hp = take(training ? mul(rows, c.O()) : 0);               // [rows,O] h_{t-1}
+  L.m = take(c.P > 0 ? mul(training ? rows : c.B, c.H) : 0);  // [rows or B,H] m_t
+  L.h = take(mul(c.B, c.O()));                                // [B,O] current h
+  L.cs = take(training ? 0 : mul(c.B, c.H));                  // [B,H] current c
   L.total = at;
   return L;
 }
@@ -105,12 +105,12 @@ BackwardLayout backward_layout(const Config& c) {
     at = add(at, n);
     return start;
   };
-  L.dz = take(mul(rows, 4 * c.H));                      // [rows,4H]
-  L.dh_all = take(c.P > 0 ? mul(rows, c.P) : 0);        // [rows,P] dL/dh_t
-  L.dm = take(c.P > 0 ? mul(c.B, c.H) : 0);             // [B,H]
-  L.dh = take(mul(c.B, c.O()));                         // [B,O] running dL/dh
-  L.dc = take(mul(c.B, c.H));                           // [B,H] running dL/dc
-  L.dxp = take(gathers(c) ? mul(rows, c.I) : 0);        // [rows,I]
+  L.dz = take(mul(rows, 4 * c.H));                // [rows,4H]
+  L.dh_all = take(c.P > 0 ? mul(rows, c.P) : 0);  // [rows,P] dL/dh_t
+  L.dm = take(c.P > 0 ? mul(c.B, c.H) : 0);       // [B,H]
+  L.dh = take(mul(c.B, c.O()));                   // [B,O] running dL/dh
+  L.dc = take(mul(c.B, c.H));                     // [B,H] running dL/dc
+  L.dxp = take(gathers(c) ? mul(rows, c.I) : 0);  // [rows,I]
   L.total = at;
   return L;
 }
@@ -118,7 +118,7 @@ BackwardLayout backward_layout(const Config& c) {
 // ---- the packed schedule --------------------------------------------------
 
 struct Schedule {
-  int64_t K = 0;                // processing steps
+  int64_t K = 0;  // processing steps
   bool reverse = false;
   std::vector<int64_t> perm;    // [B] row j holds sequence perm[j]
   std::vector<int64_t> len;     // [B] its length; non-increasing in j
@@ -229,7 +229,7 @@ void cell_forward_rows(S* z, S* c, S* m, const S* c_prev, const S* b, const S* p
       if (b) zz = {zz.i + b[j], zz.f + b[H + j], zz.g + b[2 * H + j], zz.o + b[3 * H + j]};
       const int64_t k = n * H + j;
       const auto a = cell::cell_forward<kPeep, kClip, kCoupled>(&zz, c_prev[k], peep_at(peep, j, H),
-                                                                 clip, &c[k], &m[k]);
+                                                                clip, &c[k], &m[k]);
       if (kSave) {
         const cell::Gates<S>& keep = kClip ? zz : a;
         zn[j] = keep.i;
@@ -255,8 +255,8 @@ void cell_backward_rows(S* dz, S* dc, S* dpeep, const S* saved, const S* c_prev,
       const int64_t k = n * H + j;
       const cell::Gates<S> kept{sn[j], sn[H + j], sn[2 * H + j], sn[3 * H + j]};
       const cell::Gates<S> a = kClip ? cell::activate<kClip, kCoupled>(kept, clip) : kept;
-      const auto d = cell::cell_backward<kPeep, kClip, kCoupled>(
-          a, kept, c_prev[k], c[k], dm[k], peep_at(peep, j, H), clip, &dc[k]);
+      const auto d = cell::cell_backward<kPeep, kClip, kCoupled>(a, kept, c_prev[k], c[k], dm[k],
+                                                                 peep_at(peep, j, H), clip, &dc[k]);
       dzn[j] = d.i;
       dzn[H + j] = d.f;
       dzn[2 * H + j] = d.g;
@@ -302,7 +302,7 @@ int64_t step_scratch_size(const Config& c) {
 }
 
 template <typename S>
-void lstm_forward(S* y, S* hT, S* cT, S* cell_states, S* ws, In<S> x, In<S> h0, In<S> c0,
+void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, In<S> h0, In<S> c0,
                   const Weights<S>& w, const Config& cfg, bool training) {
   check_config(cfg);
   const int64_t T = cfg.T, B = cfg.B, I = cfg.I, H = cfg.H, P = cfg.P, O = cfg.O(), G = 4 * H;
@@ -412,8 +412,8 @@ void lstm_backward(S* dx, S* dh0, S* dc0, const Grads<S>& g, S* scr, In<S> ws, I
         [&](auto peep, auto clipped, auto coupled) {
           cell_backward_rows<decltype(peep)::value, decltype(clipped)::value,
                              decltype(coupled)::value>(dz, dc, g.dpeephole, Z + s.offset[k] * G,
-                                                       c_at(k - 1), c_at(k), dmk, w.peephole,
-                                                       clip, nb, H);
+                                                       c_at(k - 1), c_at(k), dmk, w.peephole, clip,
+                                                       nb, H);
         },
         w.peephole != nullptr, cfg.clip > 0, cfg.input_forget);
     gemm(Op::N, Op::N, nb, O, G, S(1), dz, G, w.R, O, S(0), dh, O);  // dL/dh_{k-1} [nb,O]
@@ -460,11 +460,11 @@ void lstm_step(S* h_out, S* c_out, S* scr, In<S> x, In<S> h, In<S> c, const Weig
   if (P > 0) gemm(Op::N, Op::T, B, P, H, S(1), m, H, w.W_hr, H, S(0), h_out, P);
 }
 
-#define LSTM_EXT_INSTANTIATE(S)                                                                  \
-  template void lstm_forward<S>(S*, S*, S*, S*, S*, In<S>, In<S>, In<S>, const Weights<S>&,     \
-                                const Config&, bool);                                            \
-  template void lstm_backward<S>(S*, S*, S*, const Grads<S>&, S*, In<S>, In<S>, In<S>, In<S>,   \
-                                 In<S>, const Weights<S>&, const Config&);                       \
+#define LSTM_EXT_INSTANTIATE(S)                                                               \
+  template void lstm_forward<S>(S*, S*, S*, MaybeOut<S>, S*, In<S>, In<S>, In<S>,             \
+                                const Weights<S>&, const Config&, bool);                      \
+  template void lstm_backward<S>(S*, S*, S*, const Grads<S>&, S*, In<S>, In<S>, In<S>, In<S>, \
+                                 In<S>, const Weights<S>&, const Config&);                    \
   template void lstm_step<S>(S*, S*, S*, In<S>, In<S>, In<S>, const Weights<S>&, const Config&);
 LSTM_EXT_INSTANTIATE(float)
 LSTM_EXT_INSTANTIATE(double)

@@ -166,8 +166,12 @@ struct LayerArgs {
 LayerArgs check_layer(const py::object& W, const py::object& R, const py::object& b,
                       const py::object& W_hr, const py::object& peephole, const py::object& clip,
                       bool input_forget, int size, int64_t I) {
-  LayerArgs l{arg("W", W), arg("R", R), opt_arg("b", b), opt_arg("W_hr", W_hr),
-              opt_arg("peephole", peephole), Config{}};
+  LayerArgs l{arg("W", W),
+              arg("R", R),
+              opt_arg("b", b),
+              opt_arg("W_hr", W_hr),
+              opt_arg("peephole", peephole),
+              Config{}};
   check_dtype(l.W, size, "x");
   check_dtype(l.R, size, "x");
   check_ndim(l.R, 2, l.W_hr.given() ? "[4H,P]" : "[4H,H]");
@@ -177,8 +181,9 @@ LayerArgs check_layer(const py::object& W, const py::object& R, const py::object
     check_ndim(l.W_hr, 2, "[P,H]");
     P = l.W_hr.a.shape(0);
     H = l.W_hr.a.shape(1);
-    if (P == 0) throw py::value_error("W_hr: expected P >= 1 rows [P,H], got shape " +
-                                      shape_str(shape_of(l.W_hr.a)));
+    if (P == 0)
+      throw py::value_error("W_hr: expected P >= 1 rows [P,H], got shape " +
+                            shape_str(shape_of(l.W_hr.a)));
     check_shape(l.R, {4 * H, P}, "[4H,P] (H=" + std::to_string(H) + " from W_hr)");
   } else {
     check_shape(l.R, {4 * H, H}, "[4H,H]");
@@ -256,8 +261,8 @@ struct Cache {
 
 template <typename S>
 py::tuple forward_impl(const Arg& x_arg, const LayerArgs& l, const Arg& h0_arg, const Arg& c0_arg,
-                       const py::object& lengths_obj, bool batch_first, bool training,
-                       bool reverse, bool return_cell_states) {
+                       const py::object& lengths_obj, bool batch_first, bool training, bool reverse,
+                       bool return_cell_states) {
   const py::array x_tb = batch_first ? swap01(x_arg.a) : x_arg.a;
   Config cfg = l.cfg;
   cfg.T = x_tb.shape(0);
@@ -287,8 +292,8 @@ py::tuple forward_impl(const Arg& x_arg, const LayerArgs& l, const Arg& h0_arg, 
   py::object cache = py::none();
   if (training) {
     auto arr = [](const opt_carray<S>& a) { return a ? py::object(*a) : py::object(py::none()); };
-    cache = py::cast(Cache{cfg, batch_first, x, w.W, w.R, arr(w.b), arr(w.W_hr), arr(w.peephole),
-                           ws, lengths});
+    cache = py::cast(
+        Cache{cfg, batch_first, x, w.W, w.R, arr(w.b), arr(w.W_hr), arr(w.peephole), ws, lengths});
   }
   auto tb = [&](const py::array& a) { return batch_first ? swap01(a) : a; };
   return py::make_tuple(tb(y), hT, cT, cache, cs ? py::object(tb(*cs)) : py::object(py::none()));
@@ -302,8 +307,7 @@ py::tuple forward(const py::object& x_obj, const py::object& W, const py::object
   const Arg x = arg("x", x_obj);
   const int size = float_size(x);
   check_ndim(x, 3, batch_first ? "[B,T,I]" : "[T,B,I]");
-  const LayerArgs l =
-      check_layer(W, R, b, W_hr, peephole, clip, input_forget, size, x.a.shape(2));
+  const LayerArgs l = check_layer(W, R, b, W_hr, peephole, clip, input_forget, size, x.a.shape(2));
   const Arg h0 = opt_arg("h0", h0_obj), c0 = opt_arg("c0", c0_obj);
   auto run = [&](auto zero) {
     using S = decltype(zero);
@@ -326,8 +330,7 @@ py::tuple backward_impl(const Cache& cache, const Arg& dy_arg, const Arg& dh_arg
     return a.is_none() ? opt_carray<S>() : opt_carray<S>(carray<S>::ensure(a));
   };
   const opt_carray<S> x = get(cache.x), W = get(cache.W), R = get(cache.R), b = get(cache.b),
-                      W_hr = get(cache.W_hr), peep = get(cache.peephole),
-                      ws = get(cache.workspace);
+                      W_hr = get(cache.W_hr), peep = get(cache.peephole), ws = get(cache.workspace);
   carray<S> dx = empty<S>({T, B, I}), dh0 = empty<S>({B, O}), dc0 = empty<S>({B, H}),
             dW = empty<S>({4 * H, I}), dR = empty<S>({4 * H, O}), db = empty<S>({4 * H});
   opt_carray<S> dW_hr, dpeep;
@@ -337,8 +340,8 @@ py::tuple backward_impl(const Cache& cache, const Arg& dy_arg, const Arg& dh_arg
   {
     const lstm_ext::Grads<S> g{dW.mutable_data(), dR.mutable_data(), db.mutable_data(),
                                mut_or_null(dW_hr), mut_or_null(dpeep)};
-    const lstm_ext::Weights<S> w{ptr_or_null(W), ptr_or_null(R), ptr_or_null(b),
-                                 ptr_or_null(W_hr), ptr_or_null(peep)};
+    const lstm_ext::Weights<S> w{ptr_or_null(W), ptr_or_null(R), ptr_or_null(b), ptr_or_null(W_hr),
+                                 ptr_or_null(peep)};
     S *pdx = dx.mutable_data(), *pdh0 = dh0.mutable_data(), *pdc0 = dc0.mutable_data(),
       *pscr = scratch.mutable_data();
     py::gil_scoped_release nogil;
@@ -402,8 +405,7 @@ py::tuple step(const py::object& x_obj, const py::object& h_obj, const py::objec
   const Arg x = arg("x", x_obj);
   const int size = float_size(x);
   check_ndim(x, 2, "[B,I]");
-  const LayerArgs l =
-      check_layer(W, R, b, W_hr, peephole, clip, input_forget, size, x.a.shape(1));
+  const LayerArgs l = check_layer(W, R, b, W_hr, peephole, clip, input_forget, size, x.a.shape(1));
   Config cfg = l.cfg;
   cfg.T = 1;
   cfg.B = x.a.shape(0);
@@ -430,8 +432,7 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("nbytes",
                              [](const Cache& c) {
                                py::ssize_t n = 0;
-                               for (const py::object* a :
-                                    {&c.b, &c.W_hr, &c.peephole})
+                               for (const py::object* a : {&c.b, &c.W_hr, &c.peephole})
                                  if (!a->is_none()) n += a->cast<py::array>().nbytes();
                                return n + c.x.nbytes() + c.W.nbytes() + c.R.nbytes() +
                                       c.workspace.nbytes();

@@ -48,23 +48,26 @@ namespace lstm_ext {
 // The shape and switches of one layer-direction call.
 struct Config {
   int64_t T = 0, B = 0, I = 0, H = 0;
-  int64_t P = 0;                      // projection size; 0: none
-  bool reverse = false;               // run from the last step to the first
-  bool input_forget = false;          // coupled gates: f = 1 - i
-  double clip = 0;                    // > 0: clamp pre-activations to [-clip, clip]
-  const int64_t* lengths = nullptr;   // [B], each in [0,T]; nullptr: all T
+  int64_t P = 0;                     // projection size; 0: none
+  bool reverse = false;              // run from the last step to the first
+  bool input_forget = false;         // coupled gates: f = 1 - i
+  double clip = 0;                   // > 0: clamp pre-activations to [-clip, clip]
+  const int64_t* lengths = nullptr;  // [B], each in [0,T]; nullptr: all T
   int64_t O() const { return P > 0 ? P : H; }
 };
 
 // The functions below exist for S = float and S = double. S is deduced from
-// the output arguments (In<S> does not take part), so nullptr may be passed
-// for the optional inputs.
+// the required outputs; In<S> (an input) and MaybeOut<S> (an optional
+// output) do not take part, so nullptr may be passed for them.
 template <typename S>
-struct InputOf {
-  using type = const S*;
+struct NonDeduced {
+  using in = const S*;
+  using out = S*;
 };
 template <typename S>
-using In = typename InputOf<S>::type;
+using In = typename NonDeduced<S>::in;
+template <typename S>
+using MaybeOut = typename NonDeduced<S>::out;
 
 template <typename S>
 struct Weights {
@@ -111,8 +114,8 @@ int64_t step_scratch_size(const Config& cfg);
 //   c0           in  [B,H]   nullptr: zeros
 // No output may alias an input or another output.
 template <typename S>
-void lstm_forward(S* y, S* hT, S* cT, S* cell_states, S* workspace,  //
-                  In<S> x, In<S> h0, In<S> c0,                        //
+void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* workspace,  //
+                  In<S> x, In<S> h0, In<S> c0,                                //
                   const Weights<S>& w, const Config& cfg, bool training);
 
 // Backward through time, from the workspace of lstm_forward(training=true)
@@ -130,7 +133,7 @@ void lstm_forward(S* y, S* hT, S* cT, S* cell_states, S* workspace,  //
 //   dcT       in  [B,H]     dL/dc_T; nullptr: zeros
 // No output may alias an input or another output.
 template <typename S>
-void lstm_backward(S* dx, S* dh0, S* dc0, const Grads<S>& g, S* scratch,  //
+void lstm_backward(S* dx, S* dh0, S* dc0, const Grads<S>& g, S* scratch,      //
                    In<S> workspace, In<S> x, In<S> dy, In<S> dhT, In<S> dcT,  //
                    const Weights<S>& w, const Config& cfg);
 
