@@ -66,6 +66,17 @@ void check_config(const Config& c) {
 
 bool gathers(const Config& c) { return c.lengths != nullptr || c.reverse; }
 
+// Consecutive buffers carved from one: take(n) gives the offset of the next n
+// elements.
+struct Carve {
+  int64_t used = 0;
+  int64_t operator()(int64_t n) {
+    const int64_t start = used;
+    used = add(used, n);
+    return start;
+  }
+};
+
 // Element offsets of the buffers in the forward workspace, for a batch whose
 // packed rows number at most T*B. One place for forward, backward and sizes.
 struct ForwardLayout {
@@ -75,12 +86,7 @@ struct ForwardLayout {
 ForwardLayout forward_layout(const Config& c, bool training) {
   const int64_t rows = mul(training ? c.T : std::min(c.T, kInferenceChunk), c.B);
   ForwardLayout L{};
-  int64_t at = 0;
-  auto take = [&](int64_t n) {
-    const int64_t start = at;
-    at = add(at, n);
-    return start;
-  };
+  Carve take;
   L.xp = take(gathers(c) ? mul(rows, c.I) : 0);               // [rows,I] gathered inputs
   L.z = take(mul(rows, 4 * c.H));                             // [rows,4H] gates
   L.c = take(training ? mul(add(rows, c.B), c.H) : 0);        // [B+rows,H] c0, then c_t
@@ -88,7 +94,7 @@ ForwardLayout forward_layout(const Config& c, bool training) {
   L.m = take(c.P > 0 ? mul(training ? rows : c.B, c.H) : 0);  // [rows or B,H] m_t
   L.h = take(mul(c.B, c.O()));                                // [B,O] current h
   L.cs = take(training ? 0 : mul(c.B, c.H));                  // [B,H] current c
-  L.total = at;
+  L.total = take.used;
   return L;
 }
 
@@ -99,19 +105,14 @@ struct BackwardLayout {
 BackwardLayout backward_layout(const Config& c) {
   const int64_t rows = mul(c.T, c.B);
   BackwardLayout L{};
-  int64_t at = 0;
-  auto take = [&](int64_t n) {
-    const int64_t start = at;
-    at = add(at, n);
-    return start;
-  };
+  Carve take;
   L.dz = take(mul(rows, 4 * c.H));                // [rows,4H]
   L.dh_all = take(c.P > 0 ? mul(rows, c.P) : 0);  // [rows,P] dL/dh_t
   L.dm = take(c.P > 0 ? mul(c.B, c.H) : 0);       // [B,H]
   L.dh = take(mul(c.B, c.O()));                   // [B,O] running dL/dh
   L.dc = take(mul(c.B, c.H));                     // [B,H] running dL/dc
   L.dxp = take(gathers(c) ? mul(rows, c.I) : 0);  // [rows,I]
-  L.total = at;
+  L.total = take.used;
   return L;
 }
 
