@@ -164,3 +164,61 @@ def test_step_rejects(changes, error, words):
         lstm_ext.step(a["x"], a["h"], a["c"], g["W"], g["R"], g["b"])
     for w in words:
         assert w in str(e.value), f"{w!r} not in {str(e.value)!r}"
+
+
+def test_cache_cannot_be_made_by_hand():
+    with pytest.raises(TypeError, match=r"made only by lstm_ext\.forward"):
+        lstm_ext.Cache.__new__(lstm_ext.Cache)
+    with pytest.raises(TypeError):
+        lstm_ext.Cache()
+
+
+def test_cache_does_not_share_memory_with_array_likes():
+    """An object whose __array__ hands out its own buffer: forward must copy it."""
+
+    class Wrap:
+        def __init__(self, a):
+            self.a = a
+
+        def __array__(self, dtype=None, copy=None):
+            return self.a
+
+    a = good()
+    wx, wW = Wrap(a["x"].copy()), Wrap(a["W"].copy())
+    out = lstm_ext.forward(wx, wW, a["R"])
+    g1 = lstm_ext.backward(out.cache, np.ones((T, B, H)))
+    wx.a[...] = 7
+    wW.a[...] = 7
+    g2 = lstm_ext.backward(out.cache, np.ones((T, B, H)))
+    for u, v in zip(g1, g2, strict=True):
+        np.testing.assert_array_equal(u, v)
+
+
+@pytest.mark.parametrize(
+    "clip, error, match",
+    [
+        ("a", TypeError, "clip: expected a number > 0 or None, got str"),
+        (np.array([1.0, 2.0]), TypeError, "clip: expected a number"),
+        (10**400, TypeError, "clip: expected a number"),
+        (1e-60, ValueError, r"clip: expected a number > 0 \(at least"),  # 0 in float32
+    ],
+)
+def test_clip_of_the_wrong_kind(clip, error, match):
+    a = good(np.float32)
+    with pytest.raises(error, match=match):
+        lstm_ext.forward(a["x"], a["W"], a["R"], clip=clip)
+
+
+def test_lengths_report_the_value_given():
+    a = good()
+    with pytest.raises(ValueError, match=r"lengths\[0\] = 18446744073709551615 is outside"):
+        lstm_ext.forward(a["x"], a["W"], a["R"], lengths=np.array([2**64 - 1, 1], np.uint64))
+    out = lstm_ext.forward(np.zeros((T, 0, I)), a["W"], a["R"], lengths=[])  # B = 0
+    assert out.y.shape == (T, 0, H)
+
+
+def test_gemm_dimensions_past_32_bits_are_refused_before_writing():
+    x = np.broadcast_to(np.float32(0), (2**16, 2**16, 1))  # T*B = 2^32 rows
+    W = R = np.zeros((4, 1), np.float32)
+    with pytest.raises(ValueError, match="exceeds the BLAS limit"):
+        lstm_ext.forward(x, W, R, training=False)

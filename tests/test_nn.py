@@ -116,6 +116,32 @@ def test_matches_torch(torch, rng, case, dtype):
 
 
 @pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
+def test_unbatched_input_matches_torch(torch, rng):
+    lstm = LSTM(3, 4, 2, bidirectional=True, dtype=np.float64, seed=2)
+    x, state, dy, dstate = inputs(rng, lstm, 6, 1)
+    x, dy = x[:, 0], dy[:, 0]
+    state = tuple(s[:, 0] for s in state)
+    dstate = tuple(s[:, 0] for s in dstate)
+    out, (hn, cn) = lstm(x, state)
+    assert out.shape == (6, 8) and hn.shape == (4, 4)
+    dx, (dh0, dc0) = lstm.backward(dy, dstate)
+    want = run_torch(torch, lstm, x, state, dy, dstate, None)
+    for name, a, b in zip(["out", "h_n", "c_n", "dx", "dh0", "dc0"],
+                          [out, hn, cn, dx, dh0, dc0], want[:6], strict=True):  # fmt: skip
+        close(name, a, b, np.float64)
+    for name, g in want[6].items():
+        close(name, lstm.grads[name], g, np.float64)
+
+
+def test_dropout_one_zeroes_between_layers(rng):
+    lstm = LSTM(3, 4, 2, dropout=1.0, dtype=np.float64, seed=0)
+    x = rng.standard_normal((5, 2, 3))
+    lstm(x)  # layer 1 sees zeros: its output is a function of its weights alone
+    lstm.backward(np.ones((5, 2, 4)))
+    assert not lstm.grads["weight_ih_l1"].any()
+
+
+@pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
 def test_state_dict_moves_both_ways(torch):
     t = torch.nn.LSTM(3, 5, 2, bidirectional=True, proj_size=2)
     ours = LSTM(3, 5, 2, bidirectional=True, proj_size=2)
@@ -243,7 +269,7 @@ def test_load_state_dict_errors():
             ValueError,
             "proj_size: expected < hidden_size",
         ),
-        (dict(input_size=3, hidden_size=4, dropout=1.0), ValueError, "dropout"),
+        (dict(input_size=3, hidden_size=4, dropout=1.5), ValueError, "dropout"),
         (dict(input_size=3, hidden_size=4, dtype=np.int32), TypeError, "dtype"),
         (dict(input_size=3.5, hidden_size=4), ValueError, "input_size"),
     ],
@@ -263,8 +289,10 @@ def test_call_errors(rng):
     with pytest.raises(ValueError, match="x: expected 3 input features"):
         lstm(np.zeros((5, 2, 4), np.float32))
     with pytest.raises(ValueError, match=r"x: expected 3 dimensions \[T,B,I\]"):
-        lstm(np.zeros((5, 3), np.float32))
-    with pytest.raises(ValueError, match=r"state\[0\] \(h0\): expected shape .* \(2, 2, 4\)"):
+        lstm(np.zeros(5, np.float32))
+    with pytest.raises(TypeError, match=r"state\[1\] \(c0\): expected dtype float32"):
+        lstm(x, (np.zeros((2, 2, 4), np.float32), np.zeros((2, 2, 4), np.float64)))
+    with pytest.raises(ValueError, match=r"state\[0\] \(h0\): expected shape \(2, 2, 4\), got"):
         lstm(x, (np.zeros((1, 2, 4), np.float32), np.zeros((2, 2, 4), np.float32)))
     lstm(x)
     with pytest.raises(ValueError, match=r"dy: expected the shape of out, \(5, 2, 4\)"):

@@ -1,5 +1,7 @@
 #include "blas.h"
 
+#include "lstm_ext/runtime.h"
+
 #include <cblas.h>
 
 #include <climits>
@@ -59,6 +61,28 @@ void gemm(Op opA, Op opB, int64_t M, int64_t N, int64_t K, float alpha, const fl
 void gemm(Op opA, Op opB, int64_t M, int64_t N, int64_t K, double alpha, const double* A,
           int64_t lda, const double* B, int64_t ldb, double beta, double* C, int64_t ldc) {
   gemm_impl(LSTM_EXT_BLAS(cblas_dgemm), opA, opB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+std::string blas_config() { return LSTM_EXT_BLAS(openblas_get_config)(); }
+
+int blas_num_threads() { return LSTM_EXT_BLAS(openblas_get_num_threads)(); }
+
+std::string build_description() {
+  std::string s;
+#if defined(__clang__)
+  s = "clang " __clang_version__;
+#elif defined(__GNUC__)
+  s = "gcc " __VERSION__;
+#else
+  s = "unknown compiler";
+#endif
+  s += ", C++ " + std::to_string(__cplusplus);
+#ifdef NDEBUG
+  s += ", optimised (NDEBUG)";
+#else
+  s += ", debug";
+#endif
+  return s;
 }
 
 }  // namespace lstm_ext

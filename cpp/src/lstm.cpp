@@ -57,6 +57,13 @@ void check_config(const Config& c) {
   if (!(c.clip >= 0))
     throw std::invalid_argument("lstm_ext: clip must be >= 0 (0: no clipping), got " +
                                 std::to_string(c.clip));
+  // BLAS takes 32-bit dimensions: refuse what no GEMM below could take,
+  // before anything is written.
+  const int64_t gemm_dims[] = {mul(c.T, c.B), mul(4, c.H), c.I, c.O()};
+  for (int64_t v : gemm_dims)
+    if (v > std::numeric_limits<int>::max())
+      throw std::length_error("lstm_ext: a GEMM dimension of " + std::to_string(v) + " (" +
+                              str(c) + ") exceeds the BLAS limit of 2^31-1");
   // Every product used below, checked once.
   const int64_t widest = add(add(mul(4, c.H), c.I), add(mul(2, c.H), c.O()));
   mul(mul(add(c.T, 1), c.B), widest);

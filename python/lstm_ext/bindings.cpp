@@ -6,12 +6,14 @@
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "lstm_ext/lstm.h"
+#include "lstm_ext/runtime.h"
 
 namespace py = pybind11;
 using lstm_ext::Config;
@@ -122,11 +124,14 @@ opt_carray<S> opt_contiguous(const Arg& a) {
 
 // As contiguous(), but never sharing memory with what the user holds, so that
 // changing the user's array after forward cannot change what backward sees.
+// Only a conversion of an ndarray is known to be fresh; anything else (a
+// view, the array itself, what an __array__ method handed out) is copied.
 template <typename S>
 carray<S> private_copy(const py::array& view, const py::object& original) {
   carray<S> c = contiguous<S>(view);
-  if (c.ptr() == original.ptr() || !c.owndata()) return carray<S>(c.request());  // copies
-  return c;
+  const bool fresh = py::isinstance<py::array>(original) && c.ptr() != original.ptr() &&
+                     c.ptr() != view.ptr() && c.owndata();
+  return fresh ? c : carray<S>(c.request());  // the constructor copies
 }
 
 template <typename S>
@@ -203,27 +208,43 @@ LayerArgs check_layer(const py::object& W, const py::object& R, const py::object
   l.cfg.P = P;
   l.cfg.input_forget = input_forget;
   if (!clip.is_none()) {
-    const double v = clip.cast<double>();
-    if (!(v > 0))
-      throw py::value_error("clip: expected a number > 0 (or None for no clipping), got " +
+    double v;
+    try {
+      v = py::float_(clip).cast<double>();
+    } catch (py::error_already_set&) {
+      throw py::type_error("clip: expected a number > 0 or None, got " + type_name(clip));
+    }
+    // The smallest normal number of the dtype: a smaller clip would round to 0.
+    const double tiny = size == 4 ? double(std::numeric_limits<float>::min())
+                                   : std::numeric_limits<double>::min();
+    if (!(v >= tiny))
+      throw py::value_error("clip: expected a number > 0 (at least " + std::to_string(tiny) +
+                            " in this dtype), or None for no clipping, got " +
                             py::str(clip).cast<std::string>());
     l.cfg.clip = v;
   }
   return l;
 }
 
-// lengths: integers [B], as int64 (the core checks the range against T).
-std::optional<py::array_t<int64_t>> check_lengths(const py::object& obj, int64_t B) {
+// lengths: integers [B] in [0,T], as a private int64 array. Checked here, in
+// the argument's own dtype, so that the message shows the value given.
+std::optional<py::array_t<int64_t>> check_lengths(const py::object& obj, int64_t B, int64_t T) {
   if (obj.is_none()) return std::nullopt;
   const Arg a = arg("lengths", obj);
   const char kind = a.a.dtype().kind();
-  if (kind != 'i' && kind != 'u')
+  if (a.a.size() > 0 && kind != 'i' && kind != 'u')
     throw py::type_error("lengths: expected an integer array, got dtype " + dtype_str(a.a));
   check_shape(a, {B}, "[B]");
-  py::array_t<int64_t> out(std::vector<py::ssize_t>{py::ssize_t(B)});
-  // Through NumPy's own cast, with a private copy for the cache.
-  out[py::ellipsis()] = a.a;
-  return out;
+  const py::object np = py::module_::import("numpy");
+  const py::array bad = np.attr("flatnonzero")(
+      np.attr("logical_or")(np.attr("less")(a.a, 0), np.attr("greater")(a.a, T)));
+  if (bad.size() > 0) {
+    const py::object b = bad.attr("__getitem__")(0);
+    throw py::value_error("lengths[" + py::str(b).cast<std::string>() + "] = " +
+                          py::str(a.a.attr("__getitem__")(b)).cast<std::string>() +
+                          " is outside [0, " + std::to_string(T) + "]");
+  }
+  return py::array_t<int64_t>(np.attr("array")(a.a, "int64"));
 }
 
 // What a layer needs from its checked arguments as contiguous arrays.
@@ -270,7 +291,7 @@ py::tuple forward_impl(const Arg& x_arg, const LayerArgs& l, const Arg& h0_arg, 
   cfg.reverse = reverse;
   check_state(h0_arg, sizeof(S), cfg.B, cfg.O(), cfg.P ? "[B,P]" : "[B,H]", "x");
   check_state(c0_arg, sizeof(S), cfg.B, cfg.H, "[B,H]", "x");
-  const auto lengths = check_lengths(lengths_obj, cfg.B);
+  const auto lengths = check_lengths(lengths_obj, cfg.B, cfg.T);
   if (lengths) cfg.lengths = lengths->data();
   const int64_t ws_size = lstm_ext::forward_workspace_size(cfg, training);  // throws on overflow
 
@@ -284,10 +305,10 @@ py::tuple forward_impl(const Arg& x_arg, const LayerArgs& l, const Arg& h0_arg, 
   {
     S *py_ = y.mutable_data(), *ph = hT.mutable_data(), *pc = cT.mutable_data(),
       *pcs = mut_or_null(cs), *pw = ws.mutable_data();
+    const S *px = x.data(), *ph0 = ptr_or_null(h0), *pc0 = ptr_or_null(c0);
     const lstm_ext::Weights<S> weights = w.weights();
     py::gil_scoped_release nogil;
-    lstm_ext::lstm_forward(py_, ph, pc, pcs, pw, x.data(), ptr_or_null(h0), ptr_or_null(c0),
-                           weights, cfg, training);
+    lstm_ext::lstm_forward(py_, ph, pc, pcs, pw, px, ph0, pc0, weights, cfg, training);
   }
   py::object cache = py::none();
   if (training) {
@@ -344,9 +365,10 @@ py::tuple backward_impl(const Cache& cache, const Arg& dy_arg, const Arg& dh_arg
                                  ptr_or_null(peep)};
     S *pdx = dx.mutable_data(), *pdh0 = dh0.mutable_data(), *pdc0 = dc0.mutable_data(),
       *pscr = scratch.mutable_data();
+    const S *pws = ptr_or_null(ws), *px = ptr_or_null(x), *pdy = ptr_or_null(dy),
+            *pdh = ptr_or_null(dh), *pdc = ptr_or_null(dc);
     py::gil_scoped_release nogil;
-    lstm_ext::lstm_backward(pdx, pdh0, pdc0, g, pscr, ptr_or_null(ws), ptr_or_null(x),
-                            ptr_or_null(dy), ptr_or_null(dh), ptr_or_null(dc), w, cfg);
+    lstm_ext::lstm_backward(pdx, pdh0, pdc0, g, pscr, pws, px, pdy, pdh, pdc, w, cfg);
   }
   auto opt = [](const opt_carray<S>& a) { return a ? py::object(*a) : py::object(py::none()); };
   return py::make_tuple(cache.batch_first ? swap01(dx) : py::array(dx), dh0, dc0, dW, dR, db,
@@ -391,9 +413,10 @@ py::tuple step_impl(const Arg& x_arg, const Arg& h_arg, const Arg& c_arg, const 
   carray<S> scratch = empty<S>({lstm_ext::step_scratch_size(cfg)});
   {
     S *ph = h_out.mutable_data(), *pc = c_out.mutable_data(), *ps = scratch.mutable_data();
+    const S *px = x.data(), *phi = ptr_or_null(h), *pci = ptr_or_null(c);
     const lstm_ext::Weights<S> weights = w.weights();
     py::gil_scoped_release nogil;
-    lstm_ext::lstm_step(ph, pc, ps, x.data(), ptr_or_null(h), ptr_or_null(c), weights, cfg);
+    lstm_ext::lstm_step(ph, pc, ps, px, phi, pci, weights, cfg);
   }
   return py::make_tuple(h_out, c_out);
 }
@@ -421,6 +444,11 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "lstm_ext's compiled core; use the functions re-exported by lstm_ext.";
 
   py::class_<Cache>(m, "Cache", "What forward keeps for backward: opaque, read-only.")
+      // Only forward makes one: Cache.__new__(Cache) would be an uninitialised object.
+      .def_static("__new__",
+                  [](const py::args&, const py::kwargs&) -> py::object {
+                    throw py::type_error("Cache: made only by lstm_ext.forward(training=True)");
+                  })
       .def_property_readonly("T", [](const Cache& c) { return c.cfg.T; })
       .def_property_readonly("B", [](const Cache& c) { return c.cfg.B; })
       .def_property_readonly("I", [](const Cache& c) { return c.cfg.I; })
@@ -457,4 +485,8 @@ PYBIND11_MODULE(_core, m) {
         py::arg("peephole") = py::none(), py::arg("clip") = py::none(),
         py::arg("input_forget") = false);
   m.attr("inference_chunk") = lstm_ext::kInferenceChunk;
+  m.def("blas_config", &lstm_ext::blas_config, "The BLAS's description of its build.");
+  m.def("blas_num_threads", &lstm_ext::blas_num_threads, "Threads the BLAS uses.");
+  m.def("build_description", &lstm_ext::build_description, "Compiler and options of the core.");
+  m.attr("cuda_compiled") = false;  // the CUDA path is not written yet
 }

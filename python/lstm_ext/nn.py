@@ -1,6 +1,14 @@
-"""Layers over the functional core. ``LSTM`` is a drop-in for ``torch.nn.LSTM``:
-the same constructor, parameter names and shapes, initialisation, state
-layout and output shapes, with NumPy arrays and an explicit ``backward``.
+"""Layers over the functional core, each with ``forward`` and ``backward``
+side by side. ``LSTM`` is a drop-in for ``torch.nn.LSTM``: the same
+constructor, parameter names and shapes, initialisation, state layout and
+output shapes, with NumPy arrays and an explicit ``backward``. ``Linear``
+and ``Embedding`` follow PyTorch's too; ``Sequential`` chains them.
+
+Every module keeps its parameters in ``params`` and their gradients in
+``grads`` (same names and shapes). backward *adds* into ``grads``;
+``zero_grad()`` clears them. Parameter arrays are updated in place, never
+replaced, so an optimiser's references stay valid. A module keeps what its
+last forward call needs for backward: do not share one between threads.
 """
 
 from __future__ import annotations
@@ -14,7 +22,178 @@ from . import _core
 _BIAS_NAMES = ("bias_ih", "bias_hh")
 
 
-class LSTM:
+def _check_size(name: str, v, low: int) -> None:
+    if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < low:
+        raise ValueError(f"{name}: expected an integer >= {low}, got {v!r}")
+
+
+def _float_dtype(dtype) -> np.dtype:
+    dt = np.dtype(dtype)
+    if dt not in (np.float32, np.float64):
+        raise TypeError(f"dtype: expected float32 or float64, got {dt}")
+    return dt
+
+
+class Module:
+    """What every layer shares: parameters, gradients, modes, state dicts."""
+
+    params: dict[str, np.ndarray]
+    grads: dict[str, np.ndarray]
+    training: bool = True
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def _init_grads(self) -> None:
+        self.grads = {name: np.zeros_like(p) for name, p in self.params.items()}
+
+    def train(self, mode: bool = True):
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def zero_grad(self) -> None:
+        for g in self.grads.values():
+            g.fill(0)
+
+    def named_parameters(self) -> Iterator[tuple[str, np.ndarray]]:
+        yield from self.params.items()
+
+    def num_parameters(self) -> int:
+        return sum(p.size for p in self.params.values())
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Copies of the parameters, by name (PyTorch's names for its layers)."""
+        return {name: p.copy() for name, p in self.params.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Copy ``state`` into the parameters, in place. Every key must be
+        present with its shape, and no other key; values are cast to the
+        module's dtype. A torch state dict converted with ``.numpy()`` works."""
+        params = self.params
+        missing = [k for k in params if k not in state]
+        extra = [k for k in state if k not in params]
+        wrong = [
+            f"{k}: expected shape {params[k].shape}, got {np.shape(state[k])}"
+            for k in params
+            if k in state and np.shape(state[k]) != params[k].shape
+        ]
+        if missing or extra or wrong:
+            parts = []
+            if missing:
+                parts.append(f"missing keys {missing}")
+            if extra:
+                parts.append(f"unexpected keys {extra}")
+            raise ValueError("state: " + "; ".join(parts + wrong))
+        for k, p in params.items():
+            p[...] = np.asarray(state[k])
+
+    def config(self) -> dict:
+        """The constructor's arguments, JSON-serialisable: ``from_config``
+        rebuilds the module (with fresh parameters) from it."""
+        raise NotImplementedError
+
+
+class Linear(Module):
+    """y = x Wᵀ + b over the last axis: ``Linear(in_features, out_features,
+    bias=True, *, dtype=np.float32, seed=None)``, PyTorch's initialisation
+    (uniform ±1/√in_features) and names (``weight`` [out,in], ``bias`` [out])."""
+
+    def __init__(self, in_features, out_features, bias=True, *, dtype=np.float32, seed=None):
+        _check_size("in_features", in_features, 1)
+        _check_size("out_features", out_features, 1)
+        self.in_features, self.out_features, self.bias = in_features, out_features, bool(bias)
+        self.dtype = _float_dtype(dtype)
+        rng = np.random.default_rng(seed)
+        k = 1 / np.sqrt(in_features)
+        self.params = {"weight": rng.uniform(-k, k, (out_features, in_features)).astype(self.dtype)}
+        if bias:
+            self.params["bias"] = rng.uniform(-k, k, out_features).astype(self.dtype)
+        self._init_grads()
+        self._x = None
+
+    def config(self) -> dict:
+        return dict(type="Linear", in_features=self.in_features, out_features=self.out_features,
+                    bias=self.bias, dtype=self.dtype.name)  # fmt: skip
+
+    def forward(self, x):
+        """x [..., in_features] -> [..., out_features]."""
+        x = np.asarray(x)
+        if x.dtype != self.dtype:
+            raise TypeError(f"x: expected dtype {self.dtype} (the Linear's), got {x.dtype}")
+        if x.ndim < 1 or x.shape[-1] != self.in_features:
+            raise ValueError(f"x: expected shape [..., {self.in_features}], got {x.shape}")
+        self._x = x.copy()  # backward must not see later changes to the caller's array
+        y = x @ self.params["weight"].T
+        if self.bias:
+            y += self.params["bias"]
+        return y
+
+    def backward(self, dy):
+        """dy [..., out_features] -> dx [..., in_features]; adds dW, db into grads."""
+        if self._x is None:
+            raise RuntimeError("backward: call forward first")
+        dy = np.asarray(dy)
+        if dy.dtype != self.dtype:
+            raise TypeError(f"dy: expected dtype {self.dtype} (the Linear's), got {dy.dtype}")
+        if dy.shape != (*self._x.shape[:-1], self.out_features):
+            want = (*self._x.shape[:-1], self.out_features)
+            raise ValueError(f"dy: expected the shape of forward's output, {want}, got {dy.shape}")
+        x2 = self._x.reshape(-1, self.in_features)
+        dy2 = dy.reshape(-1, self.out_features)
+        self.grads["weight"] += dy2.T @ x2
+        if self.bias:
+            self.grads["bias"] += dy2.sum(axis=0)
+        return (dy2 @ self.params["weight"]).reshape(self._x.shape)
+
+
+class Embedding(Module):
+    """Integer tokens to vectors: ``Embedding(num_embeddings, embedding_dim, *,
+    dtype=np.float32, seed=None)``; ``weight`` [num,dim] ~ N(0,1), PyTorch's
+    initialisation. backward adds into the rows used and returns None."""
+
+    def __init__(self, num_embeddings, embedding_dim, *, dtype=np.float32, seed=None):
+        _check_size("num_embeddings", num_embeddings, 1)
+        _check_size("embedding_dim", embedding_dim, 1)
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.dtype = _float_dtype(dtype)
+        rng = np.random.default_rng(seed)
+        w = rng.standard_normal((num_embeddings, embedding_dim)).astype(self.dtype)
+        self.params = {"weight": w}
+        self._init_grads()
+        self._idx = None
+
+    def config(self) -> dict:
+        return dict(type="Embedding", num_embeddings=self.num_embeddings,
+                    embedding_dim=self.embedding_dim, dtype=self.dtype.name)  # fmt: skip
+
+    def forward(self, idx):
+        """idx: integers in [0, num_embeddings), any shape -> [*idx.shape, dim]."""
+        idx = np.asarray(idx)
+        if idx.dtype.kind not in "iu":
+            raise TypeError(f"idx: expected integer tokens, got dtype {idx.dtype}")
+        if idx.size and (idx.min() < 0 or idx.max() >= self.num_embeddings):
+            bad = idx.min() if idx.min() < 0 else idx.max()
+            raise ValueError(f"idx: expected tokens in [0, {self.num_embeddings}), got {bad}")
+        self._idx = idx.copy()
+        return self.params["weight"][idx]
+
+    def backward(self, dy):
+        if self._idx is None:
+            raise RuntimeError("backward: call forward first")
+        dy = np.asarray(dy)
+        if dy.dtype != self.dtype or dy.shape != (*self._idx.shape, self.embedding_dim):
+            raise ValueError(
+                f"dy: expected {self.dtype} {(*self._idx.shape, self.embedding_dim)}, "
+                f"got {dy.dtype} {dy.shape}"
+            )
+        dy = dy.reshape(-1, self.embedding_dim)
+        np.add.at(self.grads["weight"], self._idx.reshape(-1), dy)
+
+
+class LSTM(Module):
     """A stack of LSTM layers, optionally bidirectional and projected.
 
     ``LSTM(input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
@@ -60,31 +239,27 @@ class LSTM:
         seed: int | None = None,
     ):
         for name, v, low in (
-            ("input_size", input_size, 0),
+            ("input_size", input_size, 1),
             ("hidden_size", hidden_size, 1),
             ("num_layers", num_layers, 1),
             ("proj_size", proj_size, 0),
         ):
-            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < low:
-                raise ValueError(f"{name}: expected an integer >= {low}, got {v!r}")
+            _check_size(name, v, low)
         if proj_size >= hidden_size and proj_size > 0:
             raise ValueError(f"proj_size: expected < hidden_size = {hidden_size}, got {proj_size}")
-        if not 0 <= dropout < 1:
-            raise ValueError(f"dropout: expected a probability in [0, 1), got {dropout!r}")
-        if np.dtype(dtype) not in (np.float32, np.float64):
-            raise TypeError(f"dtype: expected float32 or float64, got {np.dtype(dtype)}")
+        if not 0 <= dropout <= 1:
+            raise ValueError(f"dropout: expected a probability in [0, 1], got {dropout!r}")
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
         self.bidirectional, self.proj_size = bidirectional, proj_size
-        self.dtype = np.dtype(dtype)
-        self.training = True
+        self.dtype = _float_dtype(dtype)
         self._rng = np.random.default_rng(seed)
         k = 1 / np.sqrt(hidden_size)
         self.params = {
             name: self._rng.uniform(-k, k, shape).astype(self.dtype)
             for name, shape in self._shapes().items()
         }
-        self.grads = {name: np.zeros_like(p) for name, p in self.params.items()}
+        self._init_grads()
         self._saved = None  # what the last forward kept for backward
 
     # ---- shapes and names ------------------------------------------------------
@@ -125,79 +300,44 @@ class LSTM:
             kw["W_hr"] = p["weight_hr" + s]
         return s, kw
 
-    # ---- modes, parameters ------------------------------------------------------
-
-    def train(self, mode: bool = True) -> LSTM:
-        self.training = bool(mode)
-        return self
-
-    def eval(self) -> LSTM:
-        return self.train(False)
-
-    def zero_grad(self) -> None:
-        for g in self.grads.values():
-            g.fill(0)
-
-    def named_parameters(self) -> Iterator[tuple[str, np.ndarray]]:
-        yield from self.params.items()
-
-    def state_dict(self) -> dict[str, np.ndarray]:
-        """Copies of the parameters, as ``torch_lstm.load_state_dict`` takes them
-        (after ``torch.from_numpy``)."""
-        return {name: p.copy() for name, p in self.params.items()}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Load ``{k: v.numpy() for k, v in torch_lstm.state_dict().items()}``,
-        or a ``state_dict()`` of this class. Every key must be present with its
-        shape, and no other key; values are cast to this LSTM's dtype."""
-        shapes = self._shapes()
-        missing = [k for k in shapes if k not in state]
-        extra = [k for k in state if k not in shapes]
-        wrong = [
-            f"{k}: expected shape {shapes[k]}, got {np.shape(state[k])}"
-            for k in shapes
-            if k in state and np.shape(state[k]) != shapes[k]
-        ]
-        if missing or extra or wrong:
-            parts = []
-            if missing:
-                parts.append(f"missing keys {missing}")
-            if extra:
-                parts.append(f"unexpected keys {extra}")
-            parts += wrong
-            raise ValueError("state: " + "; ".join(parts))
-        for k in shapes:
-            self.params[k] = np.array(state[k], dtype=self.dtype, copy=True)
+    def config(self) -> dict:
+        return dict(type="LSTM", input_size=self.input_size, hidden_size=self.hidden_size,
+                    num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,
+                    dropout=self.dropout, bidirectional=self.bidirectional,
+                    proj_size=self.proj_size, dtype=self.dtype.name)  # fmt: skip
 
     # ---- forward and backward ----------------------------------------------------
-
-    def __call__(self, x, state=None, lengths=None, *, keep_cache=None):
-        return self.forward(x, state, lengths, keep_cache=keep_cache)
 
     def forward(self, x, state=None, lengths=None, *, keep_cache=None):
         """See the class docstring. Returns ``out, (h_n, c_n)``."""
         x = np.asarray(x)
-        if x.ndim != 3:
+        if x.ndim not in (2, 3):
             raise ValueError(
-                f"x: expected 3 dimensions {'[B,T,I]' if self.batch_first else '[T,B,I]'}, "
-                f"got shape {x.shape}"
+                f"x: expected 3 dimensions {'[B,T,I]' if self.batch_first else '[T,B,I]'} "
+                f"(or 2, [T,I], for one sequence), got shape {x.shape}"
             )
         if x.dtype != self.dtype:
             raise TypeError(f"x: expected dtype {self.dtype} (the LSTM's), got {x.dtype}")
-        if x.shape[2] != self.input_size:
+        if x.shape[-1] != self.input_size:
             raise ValueError(f"x: expected {self.input_size} input features, got shape {x.shape}")
-        x = x.swapaxes(0, 1) if self.batch_first else x  # [T,B,I]
+        unbatched = x.ndim == 2  # one sequence [T,I], as torch takes it
+        if unbatched:
+            x = x[:, None]
+        elif self.batch_first:
+            x = x.swapaxes(0, 1)  # [T,B,I]
         B = x.shape[1]
         L, D, H, O = self.num_layers, self.num_directions, self.hidden_size, self.output_size
         h0 = c0 = None
         if state is not None:
             h0, c0 = (np.asarray(s) for s in state)
             for name, s, width in (("state[0] (h0)", h0, O), ("state[1] (c0)", c0, H)):
-                if s.shape != (L * D, B, width):
-                    raise ValueError(
-                        f"{name}: expected shape [L*D,B,{'O' if width == O else 'H'}] = "
-                        f"{(L * D, B, width)}, got {s.shape}"
-                    )
+                want = (L * D, width) if unbatched else (L * D, B, width)
+                if s.shape != want:
+                    raise ValueError(f"{name}: expected shape {want}, got {s.shape}")
+                if s.dtype != self.dtype:
+                    raise TypeError(f"{name}: expected dtype {self.dtype}, got {s.dtype}")
+            if unbatched:
+                h0, c0 = h0[:, None], c0[:, None]
         keep = self.training if keep_cache is None else keep_cache
         h_n = np.empty((L * D, B, O), self.dtype)
         c_n = np.empty((L * D, B, H), self.dtype)
@@ -221,10 +361,13 @@ class LSTM:
             mask = None
             if self.training and self.dropout > 0 and layer < L - 1:
                 keep_p = 1 - self.dropout
-                mask = (self._rng.random(inp.shape) < keep_p).astype(self.dtype) / keep_p
+                drawn = self._rng.random(inp.shape) < keep_p
+                mask = drawn.astype(self.dtype) / keep_p if keep_p > 0 else np.zeros_like(inp)
                 inp = inp * mask
             masks.append(mask)
-        self._saved = (caches, masks, state is not None) if keep else None
+        self._saved = (caches, masks, state is not None, unbatched) if keep else None
+        if unbatched:
+            return inp[:, 0], (h_n[:, 0], c_n[:, 0])
         out = inp.swapaxes(0, 1) if self.batch_first else inp
         return out, (h_n, c_n)
 
@@ -235,18 +378,28 @@ class LSTM:
                 "backward: no forward call kept what backward needs; call forward in "
                 "training mode or with keep_cache=True first"
             )
-        caches, masks, had_state = self._saved
+        caches, masks, had_state, unbatched = self._saved
         L, D, H, O = self.num_layers, self.num_directions, self.hidden_size, self.output_size
         T, B = caches[0][0].T, caches[0][0].B
         dy = np.asarray(dy)
-        want = (B, T, D * O) if self.batch_first else (T, B, D * O)
+        if unbatched:
+            want = (T, D * O)
+        else:
+            want = (B, T, D * O) if self.batch_first else (T, B, D * O)
         if dy.shape != want:
             raise ValueError(f"dy: expected the shape of out, {want}, got {dy.shape}")
-        dy = dy.swapaxes(0, 1) if self.batch_first else dy
+        if unbatched:
+            dy = dy[:, None]
+        elif self.batch_first:
+            dy = dy.swapaxes(0, 1)
         dh_n, dc_n = dstate if dstate is not None else (None, None)
         for name, s, width in (("dstate[0]", dh_n, O), ("dstate[1]", dc_n, H)):
-            if s is not None and np.shape(s) != (L * D, B, width):
-                raise ValueError(f"{name}: expected shape {(L * D, B, width)}, got {np.shape(s)}")
+            want = (L * D, width) if unbatched else (L * D, B, width)
+            if s is not None and np.shape(s) != want:
+                raise ValueError(f"{name}: expected shape {want}, got {np.shape(s)}")
+        if unbatched:
+            dh_n = None if dh_n is None else np.asarray(dh_n)[:, None]
+            dc_n = None if dc_n is None else np.asarray(dc_n)[:, None]
         dh0 = np.empty((L * D, B, O), self.dtype)
         dc0 = np.empty((L * D, B, H), self.dtype)
         for layer in reversed(range(L)):
@@ -272,5 +425,85 @@ class LSTM:
                 if self.proj_size:
                     self.grads["weight_hr" + s] += dW_hr
             dy = dinp
-        dx = dy.swapaxes(0, 1) if self.batch_first else dy
+        if unbatched:
+            dx, dh0, dc0 = dy[:, 0], dh0[:, 0], dc0[:, 0]
+        else:
+            dx = dy.swapaxes(0, 1) if self.batch_first else dy
         return (dx, (dh0, dc0)) if had_state else dx
+
+
+class Sequential(Module):
+    """Modules applied in order, and backward in reverse::
+
+        model = Sequential(Embedding(V, 32), LSTM(32, 256), Linear(256, V))
+        logits, state = model(tokens, state)       # state: the LSTM's
+        model.backward(dlogits)
+
+    At most one LSTM (which may itself have several layers): ``forward(x,
+    state=None, lengths=None)`` hands it ``state`` and ``lengths`` and returns
+    ``(y, its final state)`` (the state is None without an LSTM).
+    ``backward(dy, dstate=None)`` returns what the first module's backward
+    returns (None after an Embedding), with ``(dh0, dc0)`` too when forward
+    was given a state. Parameter names are prefixed by position, as
+    PyTorch's: ``"1.weight_ih_l0"``.
+    """
+
+    def __init__(self, *modules: Module):
+        if not modules or not all(isinstance(m, Module) for m in modules):
+            raise TypeError("modules: expected one or more lstm_ext.nn modules")
+        if sum(isinstance(m, LSTM) for m in modules) > 1:
+            raise ValueError("modules: at most one LSTM (give it num_layers for a stack)")
+        self.modules = list(modules)
+        self.params = {f"{k}.{n}": p for k, m in enumerate(modules) for n, p in m.params.items()}
+        self.grads = {f"{k}.{n}": g for k, m in enumerate(modules) for n, g in m.grads.items()}
+        self._had_state = False
+
+    def __getitem__(self, k: int) -> Module:
+        return self.modules[k]
+
+    def __len__(self) -> int:
+        return len(self.modules)
+
+    def config(self) -> dict:
+        return dict(type="Sequential", modules=[m.config() for m in self.modules])
+
+    def train(self, mode: bool = True):
+        for m in self.modules:
+            m.train(mode)
+        return super().train(mode)
+
+    def forward(self, x, state=None, lengths=None, *, keep_cache=None):
+        new_state = None
+        self._had_state = state is not None
+        for m in self.modules:
+            if isinstance(m, LSTM):
+                x, new_state = m(x, state, lengths, keep_cache=keep_cache)
+            else:
+                x = m(x)
+        return x, new_state
+
+    def backward(self, dy, dstate=None):
+        dstate0 = None
+        for m in reversed(self.modules):
+            if isinstance(m, LSTM):
+                dy = m.backward(dy, dstate)
+                if self._had_state:
+                    dy, dstate0 = dy
+            else:
+                dy = m.backward(dy)
+        return (dy, dstate0) if self._had_state else dy
+
+
+MODULES = {"Linear": Linear, "Embedding": Embedding, "LSTM": LSTM}
+
+
+def from_config(config: dict) -> Module:
+    """A module (with fresh parameters) from ``module.config()``."""
+    if not isinstance(config, dict) or "type" not in config:
+        raise ValueError(f"config: expected a dict with a 'type', got {config!r}")
+    kw = {k: v for k, v in config.items() if k != "type"}
+    if config["type"] == "Sequential":
+        return Sequential(*(from_config(c) for c in kw["modules"]))
+    if config["type"] not in MODULES:
+        raise ValueError(f"config: unknown module type {config['type']!r}")
+    return MODULES[config["type"]](**kw)

@@ -70,8 +70,9 @@ def _clip(z, clip):
 
 
 def _passes(z, clip):
-    """1 where clip(z) lets the gradient through (-clip <= z <= clip), else 0."""
-    return 1 if clip is None else (np.abs(z) <= clip).astype(z.dtype)
+    """1 where clip(z) lets the gradient through (-clip <= z <= clip, or z is
+    NaN, which keeps propagating), else 0."""
+    return 1 if clip is None else (~((z < -clip) | (z > clip))).astype(z.dtype)
 
 
 def _reverse_valid(a, lengths):

@@ -49,10 +49,11 @@ LSTM_EXT_HD S clamp(S z, S clip) {
   if (!kClip) return z;
   return z < -clip ? -clip : (z > clip ? clip : z);
 }
-// Whether the gradient passes the clamp (inclusive bounds, as np.clip's).
+// Whether the gradient passes the clamp: inside the inclusive bounds (as
+// np.clip's), and for NaN, so that a NaN keeps propagating.
 template <bool kClip, typename S>
 LSTM_EXT_HD bool passes(S z, S clip) {
-  return !kClip || (z >= -clip && z <= clip);
+  return !kClip || !(z < -clip || z > clip);
 }
 
 // The four gates of one hidden unit: pre-activations, activations or their

@@ -1,0 +1,388 @@
+"""The command line: ``lstm-ext train | sample | info`` (also ``python -m lstm_ext``).
+
+``lstm-ext train`` with no arguments is the main job: a character-level
+language model of the documentation text every Python ships
+(``pydoc_data.topics``). ``--task adding`` is Hochreiter & Schmidhuber's
+adding problem, ``--task forecast`` a time-series forecast. Every run with
+the same ``--seed`` repeats exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from . import checkpoint, data, losses, nn, optim
+from ._version import __version__
+from .train import TruncatedBPTT, fit, stream_chunks
+
+TASKS = {  # defaults per task; the command line overrides any of them
+    "text": dict(hidden=256, layers=1, steps=600, batch=32, seq_len=64, lr=3e-3,
+                 eval_every=100, clip=5.0, embed=48),
+    "adding": dict(hidden=48, layers=1, steps=2500, batch=64, seq_len=100, lr=4e-3,
+                   eval_every=250, clip=1.0, embed=0),
+    "forecast": dict(hidden=64, layers=1, steps=400, batch=32, seq_len=60, lr=5e-3,
+                     eval_every=100, clip=1.0, embed=0),
+}  # fmt: skip
+
+
+class UsageError(Exception):
+    """Bad arguments: one line on stderr, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage dump
+        raise UsageError(message)
+
+
+def positive_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def positive_float(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="lstm-ext", description=__doc__.split("\n\n")[0])
+    p.add_argument("--version", action="version", version=f"lstm-ext {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train a model (default: the character language model)")
+    t.add_argument(
+        "--task",
+        choices=list(TASKS),
+        default="text",
+        help="text: character LM on pydoc_data.topics (default); adding: the adding "
+        "problem; forecast: a univariate time series",
+    )
+    t.add_argument("--hidden", type=positive_int, help="hidden units per LSTM layer")
+    t.add_argument("--layers", type=positive_int, help="stacked LSTM layers")
+    t.add_argument("--steps", type=positive_int, help="optimiser steps")
+    t.add_argument("--batch", type=positive_int, help="sequences per step")
+    t.add_argument(
+        "--seq-len",
+        type=positive_int,
+        help="steps per sequence: the BPTT chunk (text), the sequence length "
+        "(adding, default 100), the window (forecast)",
+    )
+    t.add_argument("--lr", type=positive_float, help="Adam's learning rate (cosine decay)")
+    t.add_argument("--seed", type=int, default=0, help="seed of weights and data (default 0)")
+    t.add_argument(
+        "--out",
+        type=Path,
+        default=Path("lstm-ext-runs"),
+        help="folder for the checkpoint and plots (default ./lstm-ext-runs)",
+    )
+    t.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    t.add_argument("--eval-every", type=positive_int, help="steps between evaluations")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    s = sub.add_parser("sample", help="generate text from a trained character model")
+    s.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=Path("lstm-ext-runs/text.npz"),
+        help="a checkpoint written by 'train --task text' (default ./lstm-ext-runs/text.npz)",
+    )
+    s.add_argument("--length", type=positive_int, default=400, help="characters to generate")
+    s.add_argument(
+        "--temperature",
+        type=positive_float,
+        default=0.8,
+        help="below 1: safer; above 1: wilder (default 0.8)",
+    )
+    s.add_argument("--prime", default="The ", help="text to start from (default 'The ')")
+    s.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+
+    sub.add_parser("info", help="version, build, BLAS and threads, CUDA")
+    return p  # fmt: skip
+
+
+# ---- shared pieces ------------------------------------------------------------
+
+
+def settings(args) -> dict:
+    """The task's defaults, overridden by what was given."""
+    cfg = dict(TASKS[args.task])
+    for k in cfg:
+        v = getattr(args, k, None)
+        if v is not None:
+            cfg[k] = v
+    return cfg
+
+
+def out_dir(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".lstm-ext-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise OSError(f"--out {path}: cannot write there ({e.strerror or e})") from None
+    return path
+
+
+def adam(model, cfg):
+    return optim.Adam(model, lr=cfg["lr"], schedule=optim.warmup_cosine(cfg["steps"], final=0.1))
+
+
+def plot(path: Path, title: str, ylabel: str, curves, hline=None, logy=False):
+    """A PNG of (label, x, y) curves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    for label, x, y in curves:
+        ax.plot(x, y, label=label)
+    if hline is not None:
+        ax.axhline(hline[1], color="gray", linestyle="--", label=hline[0])
+    ax.set(title=title, xlabel="step", ylabel=ylabel)
+    if logy:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def loss_curves(history, train_label="training", eval_label="held-out", window=20):
+    sm = history.smoothed(window)
+    x = history.steps[len(history.steps) - len(sm) :]
+    return [(train_label + f" (mean of {window})" if len(sm) < len(history.loss) else train_label,
+             x, sm), (eval_label, history.eval_steps, history.eval_loss)]  # fmt: skip
+
+
+# ---- the tasks -----------------------------------------------------------------
+
+
+def train_text(args, cfg) -> None:
+    text = data.pydoc_text()
+    vocab = data.Vocab(text)
+    ids = vocab.encode(text)
+    split = int(0.9 * len(ids))
+    train_ids, held = ids[:split], ids[split:]
+    V, dtype = len(vocab), args.dtype
+    model = nn.Sequential(
+        nn.Embedding(V, cfg["embed"], dtype=dtype, seed=args.seed),
+        nn.LSTM(cfg["embed"], cfg["hidden"], cfg["layers"], dtype=dtype, seed=args.seed + 1),
+        nn.Linear(cfg["hidden"], V, dtype=dtype, seed=args.seed + 2),
+    )
+    unigram = data.unigram_bits(train_ids, held, V)
+    print(f"pydoc_data.topics: {len(ids):,} characters, {V} distinct; "
+          f"{len(train_ids):,} to train on, {len(held):,} held out")  # fmt: skip
+    print(f"model: {model.num_parameters():,} parameters; unigram model of the text: "
+          f"{unigram:.3f} bits/char on the held-out text")  # fmt: skip
+    held_streams = held[: (len(held) // 8) * 8].reshape(8, -1).T  # [L,8]
+
+    def evaluate(m):
+        logits, _ = m(held_streams[:-1], keep_cache=False)
+        return losses.softmax_cross_entropy(logits, held_streams[1:])[0]
+
+    history = fit(
+        model, adam(model, cfg), stream_chunks(train_ids, cfg["batch"], cfg["seq_len"]),
+        TruncatedBPTT(), cfg["steps"], eval_fn=evaluate, eval_every=cfg["eval_every"],
+        clip=cfg["clip"], progress=not args.no_progress, unit="char", scale=1 / np.log(2),
+    )  # fmt: skip
+    final = history.eval_loss[-1]
+    print(f"held-out: {final:.3f} bits/char (unigram: {unigram:.3f}); "
+          f"training: {np.mean(history.loss[-20:]):.3f} bits/char (last 20 steps)")  # fmt: skip
+    ckpt = args.out / "text.npz"
+    checkpoint.save(ckpt, model, None, dict(task="text", vocab=vocab.chars, heldout_bits=final,
+                                            unigram_bits=unigram))  # fmt: skip
+    png = args.out / "text-loss.png"
+    plot(png, "character LM on pydoc_data.topics", "bits per character",
+         loss_curves(history), hline=("unigram", unigram))  # fmt: skip
+    print(f"wrote {ckpt} and {png}")
+    sample_text = generate(model, vocab, "The ", 300, 0.8, np.random.default_rng(args.seed))
+    print("sample (temperature 0.8):\n" + sample_text)
+
+
+def train_adding(args, cfg) -> None:
+    T, dtype = cfg["seq_len"], np.dtype(args.dtype)
+    model = nn.Sequential(
+        nn.LSTM(2, cfg["hidden"], cfg["layers"], dtype=dtype, seed=args.seed),
+        nn.Linear(cfg["hidden"], 1, dtype=dtype, seed=args.seed + 1),
+    )
+    x_test, y_test = data.adding_batch(np.random.default_rng([args.seed, 2**31]), 1000, T, dtype)
+    baseline = float(np.mean((y_test - 1.0) ** 2))
+    print(f"adding problem, T = {T}: always answering 1.0 scores MSE {baseline:.4f}")
+
+    def batches(step):
+        return data.adding_batch(np.random.default_rng([args.seed, step]), cfg["batch"], T, dtype)
+
+    def step_fn(m, batch):
+        x, y = batch
+        out, _ = m(x)  # [T,B,1]: only the last step is scored
+        loss, g = losses.mse(out[-1], y)
+        dout = np.zeros_like(out)
+        dout[-1] = g
+        m.backward(dout)
+        return loss, y.shape[0]
+
+    def evaluate(m):
+        out, _ = m(x_test, keep_cache=False)
+        return losses.mse(out[-1], y_test)[0]
+
+    history = fit(model, adam(model, cfg), batches, step_fn, cfg["steps"], eval_fn=evaluate,
+                  eval_every=cfg["eval_every"], clip=cfg["clip"],
+                  progress=not args.no_progress, unit="seq")  # fmt: skip
+    final = history.eval_loss[-1]
+    verdict = "solved (< 0.01)" if final < 0.01 else "not solved yet (>= 0.01): try more --steps"
+    print(f"test MSE: {final:.5f} (baseline {baseline:.4f}): {verdict}")
+    ckpt, png = args.out / "adding.npz", args.out / "adding-loss.png"
+    checkpoint.save(ckpt, model, None, dict(task="adding", seq_len=T, test_mse=final))
+    plot(png, f"adding problem, T = {T}", "MSE", loss_curves(history, eval_label="test"),
+         hline=("always 1.0", baseline), logy=True)  # fmt: skip
+    print(f"wrote {ckpt} and {png}")
+
+
+def train_forecast(args, cfg) -> None:
+    series = data.forecast_series(seed=args.seed)
+    split = int(0.8 * len(series))
+    mean, std = series[:split].mean(), series[:split].std()
+    z = ((series - mean) / std).astype(args.dtype)
+    L, horizon = cfg["seq_len"], len(series) - split
+    model = nn.Sequential(
+        nn.LSTM(1, cfg["hidden"], cfg["layers"], dtype=args.dtype, seed=args.seed),
+        nn.Linear(cfg["hidden"], 1, dtype=args.dtype, seed=args.seed + 1),
+    )
+    print(f"series of {len(series)} points: train on {split}, forecast the last {horizon}")
+
+    def windows(rng, n, lo, hi):  # n windows [L+1] starting in [lo, hi - L - 1]
+        starts = rng.integers(lo, hi - L - 1, n)
+        w = np.stack([z[s : s + L + 1] for s in starts], axis=1)[:, :, None]  # [L+1,n,1]
+        return w[:-1], w[1:]
+
+    def step_fn(m, batch):
+        x, y = batch
+        out, _ = m(x)
+        loss, g = losses.mse(out, y)
+        m.backward(g)
+        return loss, y.size
+
+    test = windows(np.random.default_rng([args.seed, 2**31]), 256, split - L, len(z))
+
+    def evaluate(m):
+        return losses.mse(m(test[0], keep_cache=False)[0], test[1])[0]
+
+    batches = lambda step: windows(np.random.default_rng([args.seed, step]), cfg["batch"], 0, split)  # noqa: E731
+    fit(model, adam(model, cfg), batches, step_fn, cfg["steps"], eval_fn=evaluate,
+                  eval_every=cfg["eval_every"], clip=cfg["clip"],
+                  progress=not args.no_progress, unit="pt")  # fmt: skip
+
+    # Forecast: read the last window of the training part, then feed back predictions.
+    model.eval()
+    out, state = model(z[split - L : split, None, None])
+    preds, x = [], out[-1:]
+    for _ in range(horizon):
+        preds.append(float(x[0, 0, 0]))
+        x, state = model(x, state)
+    forecast = np.array(preds) * std + mean
+    truth = series[split:]
+    mse = float(np.mean((forecast - truth) ** 2))
+    naive = float(np.mean((series[split - 1] - truth) ** 2))
+    print(f"forecast MSE over {horizon} steps: {mse:.4f} (repeating the last value: {naive:.4f})")
+    ckpt, png = args.out / "forecast.npz", args.out / "forecast.png"
+    checkpoint.save(ckpt, model, None, dict(task="forecast", mean=mean, std=std, mse=mse))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3.5), dpi=110)
+    t = np.arange(len(series))
+    ax.plot(t[split - 300 :], series[split - 300 :], color="gray", lw=1, label="truth")
+    ax.plot(t[split:], forecast, color="C1", lw=1.5, label=f"forecast (MSE {mse:.3f})")
+    ax.axvline(split, color="k", lw=0.8, ls=":")
+    ax.set(title="LSTM forecast, fed its own predictions", xlabel="t")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(png)
+    plt.close(fig)
+    print(f"wrote {ckpt} and {png}")
+
+
+# ---- sampling ---------------------------------------------------------------------
+
+
+def generate(model, vocab, prime: str, length: int, temperature: float, rng) -> str:
+    """Feed `prime`, then draw `length` characters, each fed back in."""
+    model.eval()
+    ids = vocab.encode(prime) if prime else np.zeros(1, np.int64)
+    logits, state = model(ids[:, None])  # [T,1,V]
+    out = []
+    for _ in range(length):
+        z = logits[-1, 0].astype(np.float64) / temperature
+        p = np.exp(z - z.max())
+        k = int(rng.choice(len(p), p=p / p.sum()))
+        out.append(k)
+        logits, state = model(np.array([[k]]), state)
+    return prime + vocab.decode(out)
+
+
+def cmd_sample(args) -> None:
+    ck = checkpoint.load(args.checkpoint)
+    if ck.meta.get("task") != "text":
+        raise checkpoint.CheckpointError(
+            f"checkpoint {args.checkpoint}: not a character model (task {ck.meta.get('task')!r})"
+        )
+    vocab = data.Vocab(ck.meta["vocab"])
+    text = generate(ck.model, vocab, args.prime, args.length, args.temperature,
+                    np.random.default_rng(args.seed))  # fmt: skip
+    print(text)
+
+
+def cmd_info(args) -> None:
+    from . import _core
+
+    threads = _core.blas_num_threads()
+    gpu = "not looked for: the CUDA path is not compiled"
+    if _core.cuda_compiled:  # pragma: no cover - no CUDA build yet
+        gpu = "unknown"
+    print(f"lstm_ext {__version__} ({Path(__file__).parent})")
+    print(f"core: {_core.build_description()}")
+    print(f"BLAS: {_core.blas_config()}, {threads} thread{'s' * (threads != 1)}")
+    print(f"CPU cores available: {len(os.sched_getaffinity(0))}")
+    print(f"CUDA path compiled: {'yes' if _core.cuda_compiled else 'no'}; GPU: {gpu}")
+
+
+def cmd_train(args) -> None:
+    cfg = settings(args)
+    args.out = out_dir(args.out)
+    {"text": train_text, "adding": train_adding, "forecast": train_forecast}[args.task](args, cfg)
+
+
+def main(argv=None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        {"train": cmd_train, "sample": cmd_sample, "info": cmd_info}[args.command](args)
+    except UsageError as e:
+        print(f"lstm-ext: error: {e}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as e:  # checkpoint errors are ValueErrors
+        print(f"lstm-ext: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("lstm-ext: interrupted", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,161 @@
+"""A training loop over the NumPy API: ``fit``, truncated BPTT, a history.
+
+The pieces, each replaceable:
+
+- a *batch source*: ``batches(step) -> batch``, any object the step function
+  understands. Drawing batch ``step`` from ``np.random.default_rng([seed,
+  step])`` makes a run repeatable and a resumed run identical to an
+  uninterrupted one;
+- a *step function*: ``step_fn(model, batch) -> (loss, items)`` runs forward,
+  the loss and backward (gradients accumulate in ``model.grads``); ``items``
+  counts what the throughput is measured in (tokens, sequences);
+- ``fit`` zeroes the gradients, calls the step function, clips, steps the
+  optimiser, evaluates now and then, shows a progress bar and keeps a
+  ``History``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from . import losses
+from .optim import clip_grad_norm
+
+
+@dataclass
+class History:
+    """What ``fit`` saw, ready to plot: training loss per step, evaluation
+    loss at the steps it ran, and the throughput (items per second)."""
+
+    steps: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    eval_steps: list[int] = field(default_factory=list)
+    eval_loss: list[float] = field(default_factory=list)
+    items_per_s: list[float] = field(default_factory=list)
+
+    def smoothed(self, window: int = 20) -> np.ndarray:
+        """The training loss, averaged over a sliding window (for plots)."""
+        loss = np.asarray(self.loss, np.float64)
+        if len(loss) < window:
+            return loss
+        return np.convolve(loss, np.ones(window) / window, mode="valid")
+
+
+def fit(
+    model,
+    optimizer,
+    batches: Callable[[int], object],
+    step_fn: Callable,
+    steps: int,
+    *,
+    start: int = 0,
+    eval_fn: Callable | None = None,
+    eval_every: int = 100,
+    clip: float | None = None,
+    progress: bool = True,
+    unit: str = "item",
+    scale: float = 1.0,
+    history: History | None = None,
+) -> History:
+    """Train for ``steps`` optimiser steps (numbered from ``start``).
+
+    eval_fn(model) -> loss runs every ``eval_every`` steps and after the last;
+    the model is in eval mode meanwhile. ``clip``: clip the gradients' global
+    norm to it. ``scale`` multiplies losses for display and history (e.g.
+    1/ln 2 for bits). Returns the History (appended to, if given).
+    """
+    history = history or History()
+    bar = tqdm(total=steps, disable=not progress, unit="step", dynamic_ncols=True)
+    postfix = {}
+    try:
+        for step in range(start, start + steps):
+            model.train()
+            t0 = time.perf_counter()
+            optimizer.zero_grad()
+            loss, items = step_fn(model, batches(step))
+            if clip is not None:
+                clip_grad_norm(model, clip)
+            optimizer.step()
+            rate = items / max(time.perf_counter() - t0, 1e-9)
+            history.steps.append(step)
+            history.loss.append(loss * scale)
+            history.items_per_s.append(rate)
+            postfix.update(loss=f"{loss * scale:.3f}", **{f"{unit}/s": f"{rate:,.0f}"})
+            last = step == start + steps - 1
+            if eval_fn is not None and ((step + 1) % eval_every == 0 or last):
+                model.eval()
+                ev = eval_fn(model) * scale
+                history.eval_steps.append(step)
+                history.eval_loss.append(ev)
+                postfix["eval"] = f"{ev:.3f}"
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"training loss is {loss} at step {step}")
+            bar.set_postfix(postfix, refresh=False)
+            bar.update(1)
+    finally:
+        bar.close()
+        model.train()
+    return history
+
+
+class TruncatedBPTT:
+    """Truncated backpropagation through time over consecutive chunks of long
+    streams, for a model returning ``(logits, state)`` (a Sequential with an
+    LSTM). The final state of one chunk is the initial state of the next;
+    gradients stop at chunk boundaries (backward gets no gradient from later
+    chunks, and the gradient reaching the initial state is dropped).
+
+    A step function for ``fit``: batches are ``(inputs [T,B], targets [T,B],
+    first)`` where ``first`` says the chunk starts a new stream (the state is
+    reset to zeros).
+    """
+
+    def __init__(self, loss_fn=losses.softmax_cross_entropy):
+        self.loss_fn = loss_fn
+        self.state = None
+
+    def __call__(self, model, batch):
+        x, targets, first = batch
+        if first:
+            self.state = None
+        logits, state = model(x, self.state)
+        loss, dlogits = self.loss_fn(logits, targets)
+        model.backward(dlogits)
+        self.state = tuple(np.array(s) for s in state)  # values only: no path back
+        return loss, targets.size
+
+
+def stream_chunks(tokens: np.ndarray, batch: int, seq_len: int):
+    """Split one long stream into ``batch`` parallel streams and return a
+    batch source over their consecutive chunks, for ``TruncatedBPTT``.
+
+    Stream b is tokens[b*L:(b+1)*L] with L = len(tokens) // batch. Chunk k of
+    an epoch holds steps k*seq_len ... of every stream as inputs [seq_len,B],
+    and the next token of each as targets. ``batches(step)`` cycles through
+    the chunks, epoch after epoch; ``len(batches)`` is the chunks per epoch.
+    """
+    tokens = np.asarray(tokens)
+    L = len(tokens) // batch
+    n = (L - 1) // seq_len
+    if n < 1:
+        raise ValueError(
+            f"tokens: {len(tokens)} are too few for batch={batch} streams of seq_len={seq_len}"
+        )
+    streams = tokens[: batch * L].reshape(batch, L).T  # [L,B]
+
+    class Chunks:
+        def __len__(self):
+            return n
+
+        def __call__(self, step):
+            k = step % n
+            t0 = k * seq_len
+            return streams[t0 : t0 + seq_len], streams[t0 + 1 : t0 + seq_len + 1], k == 0
+
+    return Chunks()
