@@ -94,8 +94,8 @@ def load(path, *, expect_config: dict | None = None) -> Checkpoint:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path}: no such file")
-    try:
-        with np.load(path, allow_pickle=False) as z:
+    try:  # our own file object: np.load leaves a path's file open when the zip is bad
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}  # reads (and CRC-checks) every member
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
         raise CheckpointError(f"checkpoint {path}: truncated or corrupt ({e})") from None

@@ -1,0 +1,138 @@
+"""The training API: layers beside LSTM, Sequential, fit, truncated BPTT."""
+
+import numpy as np
+import pytest
+
+from lstm_ext import losses, nn, optim
+from lstm_ext.train import History, TruncatedBPTT, fit, stream_chunks
+
+
+def central_differences(f, a, eps=1e-6):
+    g = np.zeros_like(a)
+    for k in np.ndindex(a.shape):
+        orig = a[k]
+        a[k] = orig + eps
+        up = f()
+        a[k] = orig - eps
+        down = f()
+        a[k] = orig
+        g[k] = (up - down) / (2 * eps)
+    return g
+
+
+def test_linear_gradients(rng):
+    lin = nn.Linear(4, 3, dtype=np.float64, seed=0)
+    x = rng.standard_normal((2, 5, 4))
+    dy = rng.standard_normal((2, 5, 3))
+    lin(x)
+    dx = lin.backward(dy)
+    loss = lambda: np.sum(lin(x) * dy)  # noqa: E731
+    # float64 central differences: error ~1e-10 (see test_reference)
+    np.testing.assert_allclose(dx, central_differences(loss, x), atol=1e-8)
+    for name in ("weight", "bias"):
+        want = central_differences(loss, lin.params[name])
+        np.testing.assert_allclose(lin.grads[name], want, atol=1e-8, err_msg=name)
+
+
+def test_embedding_gradients_add_up_repeated_tokens():
+    emb = nn.Embedding(5, 3, dtype=np.float64, seed=0)
+    idx = np.array([[1, 4], [1, 1]])
+    out = emb(idx)
+    np.testing.assert_array_equal(out[0, 0], emb.params["weight"][1])
+    emb.backward(np.ones((2, 2, 3)))
+    np.testing.assert_array_equal(emb.grads["weight"][:, 0], [0, 3, 0, 0, 1])
+    with pytest.raises(ValueError, match=r"idx: expected tokens in \[0, 5\), got 5"):
+        emb(np.array([5]))
+    with pytest.raises(TypeError, match="idx: expected integer tokens"):
+        emb(np.array([1.0]))
+
+
+def test_sequential_chains_forward_and_backward(rng):
+    model = nn.Sequential(nn.Embedding(7, 4, dtype=np.float64, seed=0),
+                          nn.LSTM(4, 5, 2, dtype=np.float64, seed=1),
+                          nn.Linear(5, 7, dtype=np.float64, seed=2))  # fmt: skip
+    tokens = rng.integers(0, 7, (6, 3))
+    targets = rng.integers(0, 7, (6, 3))
+
+    def loss():
+        logits, _ = model(tokens)
+        return losses.softmax_cross_entropy(logits, targets)[0]
+
+    logits, state = model(tokens)
+    assert logits.shape == (6, 3, 7) and state[0].shape == (2, 3, 5)
+    _, g = losses.softmax_cross_entropy(logits, targets)
+    model.zero_grad()
+    assert model.backward(g) is None  # an Embedding first: no input gradient
+    assert set(model.params) == set(model.grads)
+    assert "1.weight_ih_l0" in model.params and "2.bias" in model.params
+    for name in ("0.weight", "1.weight_hh_l1", "1.bias_ih_l0", "2.weight"):
+        want = central_differences(loss, model.params[name])
+        np.testing.assert_allclose(model.grads[name], want, atol=1e-7, err_msg=name)
+    rebuilt = nn.from_config(model.config())
+    assert rebuilt.config() == model.config()
+    with pytest.raises(ValueError, match="at most one LSTM"):
+        nn.Sequential(nn.LSTM(2, 2), nn.LSTM(2, 2))
+
+
+def test_truncated_bptt_equals_a_full_run_on_each_chunk(rng):
+    """TBPTT on chunk k = forward/backward on that chunk alone, started from
+    the state the previous chunks left: no gradient crosses the boundary."""
+    model = nn.Sequential(nn.Embedding(6, 3, dtype=np.float64, seed=0),
+                          nn.LSTM(3, 4, dtype=np.float64, seed=1),
+                          nn.Linear(4, 6, dtype=np.float64, seed=2))  # fmt: skip
+    tokens = rng.integers(0, 6, 200)
+    chunks = stream_chunks(tokens, batch=2, seq_len=10)
+    tb = TruncatedBPTT()
+    state = None
+    for step in range(4):
+        x, y, first = chunks(step)
+        assert first == (step == 0)
+        np.testing.assert_array_equal(y[:-1], x[1:])  # targets are the next tokens
+        model.zero_grad()
+        tb(model, (x, y, first))
+        got = {k: g.copy() for k, g in model.grads.items()}
+        # the same chunk alone, from the state the earlier chunks left
+        model.zero_grad()
+        logits, new_state = model(x, state)
+        _, g = losses.softmax_cross_entropy(logits, y)
+        model.backward(g)  # no dstate: nothing flows in from later chunks
+        for k in got:
+            np.testing.assert_array_equal(got[k], model.grads[k], err_msg=k)
+        state = new_state
+        for a, b in zip(tb.state, state, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_fit_lowers_the_loss_repeatably(rng):
+    def run():
+        model = nn.Sequential(nn.LSTM(1, 8, seed=0), nn.Linear(8, 1, seed=1))
+        t = np.arange(400, dtype=np.float32)
+        z = np.sin(t / 5)
+
+        def batches(step):
+            r = np.random.default_rng([3, step])
+            starts = r.integers(0, 350, 16)
+            w = np.stack([z[s : s + 21] for s in starts], axis=1)[:, :, None]
+            return w[:-1], w[1:]
+
+        def step_fn(m, batch):
+            out, _ = m(batch[0])
+            loss, g = losses.mse(out, batch[1])
+            m.backward(g)
+            return loss, 16
+
+        evals = lambda m: losses.mse(m(batches(10**6)[0])[0], batches(10**6)[1])[0]  # noqa: E731
+        return fit(model, optim.Adam(model, lr=1e-2), batches, step_fn, 60, eval_fn=evals,
+                   eval_every=20, progress=False)  # fmt: skip
+
+    h = run()
+    assert isinstance(h, History) and len(h.loss) == 60 and h.eval_steps == [19, 39, 59]
+    assert np.mean(h.loss[-10:]) < 0.2 * np.mean(h.loss[:10])
+    assert h.eval_loss[-1] < h.eval_loss[0]
+    assert run().loss == h.loss  # a fixed seed repeats exactly
+    assert len(h.smoothed(20)) == 41
+
+
+def test_stream_chunks_refuses_too_little_text():
+    with pytest.raises(ValueError, match="too few"):
+        stream_chunks(np.arange(10), batch=4, seq_len=8)
