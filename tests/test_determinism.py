@@ -1,14 +1,19 @@
 """Bit-identical results from run to run and at any thread count.
 
-Each thread count runs in its own process (OpenBLAS reads
-OPENBLAS_NUM_THREADS when it loads), computes forward and backward for
-several shapes, features and both dtypes, and prints a hash of every byte of
-every result; the hashes must agree.
+Each setting runs in its own process (lstm_ext reads LSTM_EXT_NUM_THREADS
+and OpenBLAS reads OPENBLAS_NUM_THREADS when they load), computes forward and
+backward for several shapes, features and both dtypes, and prints a hash of
+every byte of every result; the hashes must agree. The shapes include the
+ones where OpenBLAS's own threading changes the last bits (a skinny product
+with a long inner dimension, (1,3,2800,175) and (40,3,300,700)): lstm_ext
+runs the BLAS single-threaded and cuts the work by shape alone.
 """
 
 import os
 import subprocess
 import sys
+
+import pytest
 
 SCRIPT = r"""
 import hashlib
@@ -19,7 +24,8 @@ from lstm_ext.nn import LSTM
 h = hashlib.sha256()
 rng = np.random.default_rng(0)
 for dt in (np.float32, np.float64):
-    for T, B, I, H in [(50, 1, 64, 64), (20, 16, 96, 128), (7, 33, 5, 200)]:
+    for T, B, I, H in [(50, 1, 64, 64), (20, 16, 96, 128), (7, 33, 5, 200),
+                       (1, 3, 2800, 175), (40, 3, 300, 700)]:
         x = rng.standard_normal((T, B, I)).astype(dt)
         W = (0.1 * rng.standard_normal((4 * H, I))).astype(dt)
         R = (0.1 * rng.standard_normal((4 * H, H))).astype(dt)
@@ -39,8 +45,10 @@ print(h.hexdigest())
 """
 
 
-def digest(threads):
-    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads))
+def digest(threads, blas_threads):
+    env = dict(
+        os.environ, LSTM_EXT_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(blas_threads)
+    )
     out = subprocess.run(
         [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300
     )
@@ -49,6 +57,19 @@ def digest(threads):
 
 
 def test_same_bits_at_any_thread_count():
-    digests = {n: digest(n) for n in (1, 2, 3)}
-    digests["again"] = digest(2)
+    digests = {(n, b): digest(n, b) for n in (1, 2, 3) for b in (1, 2)}
+    digests["again"] = digest(2, 2)
     assert len(set(digests.values())) == 1, digests
+
+
+def test_set_num_threads():
+    import lstm_ext
+
+    before = lstm_ext.get_num_threads()
+    try:
+        lstm_ext.set_num_threads(3)
+        assert lstm_ext.get_num_threads() == 3
+        with pytest.raises(ValueError, match=r"must be in \[1, 1024\], got 0"):
+            lstm_ext.set_num_threads(0)
+    finally:
+        lstm_ext.set_num_threads(before)

@@ -1,12 +1,14 @@
 #include "blas.h"
 
-#include "lstm_ext/runtime.h"
-
 #include <cblas.h>
 
+#include <algorithm>
 #include <climits>
 #include <stdexcept>
 #include <string>
+
+#include "lstm_ext/runtime.h"
+#include "parallel.h"
 
 // The scipy-openblas wheels prefix every symbol (scipy_cblas_sgemm); a plain
 // OpenBLAS does not. LSTM_EXT_BLAS_PREFIX is set by CMake.
@@ -42,13 +44,31 @@ bool prepare(int64_t M, int64_t N, int64_t K, S beta, S* C, int64_t ldc) {
   return true;
 }
 
+// Products of at least kSplitWork multiply-adds are cut into blocks of
+// kBlock rows of C (or columns, whichever side is longer), one task each.
+// The cut depends on the shape alone, and each block is one single-threaded
+// BLAS call, so the result is the same whatever the number of threads.
+constexpr int64_t kSplitWork = int64_t(1) << 21;
+constexpr int64_t kBlock = 256;
+
 template <typename S, typename F>
 void gemm_impl(F blas, Op opA, Op opB, int64_t M, int64_t N, int64_t K, S alpha, const S* A,
                int64_t lda, const S* B, int64_t ldb, S beta, S* C, int64_t ldc) {
   if (!prepare(M, N, K, beta, C, ldc)) return;
-  blas(CblasRowMajor, cblas_op(opA), cblas_op(opB), to_blasint(M, "M"), to_blasint(N, "N"),
-       to_blasint(K, "K"), alpha, A, to_blasint(lda, "lda"), B, to_blasint(ldb, "ldb"), beta, C,
-       to_blasint(ldc, "ldc"));
+  auto call = [&](int64_t m0, int64_t m, int64_t n0, int64_t n) {
+    const S* a = opA == Op::N ? A + m0 * lda : A + m0;  // rows m0.. of op(A)
+    const S* b = opB == Op::N ? B + n0 : B + n0 * ldb;  // columns n0.. of op(B)
+    blas(CblasRowMajor, cblas_op(opA), cblas_op(opB), to_blasint(m, "M"), to_blasint(n, "N"),
+         to_blasint(K, "K"), alpha, a, to_blasint(lda, "lda"), b, to_blasint(ldb, "ldb"), beta,
+         C + m0 * ldc + n0, to_blasint(ldc, "ldc"));
+  };
+  const bool by_rows = M >= N;
+  const int64_t along = by_rows ? M : N, blocks = (along + kBlock - 1) / kBlock;
+  if (M * N * K < kSplitWork || blocks < 2) return call(0, M, 0, N);
+  parallel_for(blocks, [&](int64_t k) {
+    const int64_t at = k * kBlock, len = std::min(kBlock, along - at);
+    by_rows ? call(at, len, 0, N) : call(0, M, at, len);
+  });
 }
 
 }  // namespace
@@ -66,6 +86,8 @@ void gemm(Op opA, Op opB, int64_t M, int64_t N, int64_t K, double alpha, const d
 std::string blas_config() { return LSTM_EXT_BLAS(openblas_get_config)(); }
 
 int blas_num_threads() { return LSTM_EXT_BLAS(openblas_get_num_threads)(); }
+
+void blas_set_num_threads(int n) { LSTM_EXT_BLAS(openblas_set_num_threads)(n); }
 
 std::string build_description() {
   std::string s;

@@ -25,6 +25,7 @@
 
 #include "blas.h"
 #include "lstm_ext/cell_math.h"
+#include "parallel.h"
 
 namespace lstm_ext {
 namespace {
@@ -62,8 +63,8 @@ void check_config(const Config& c) {
   const int64_t gemm_dims[] = {mul(c.T, c.B), mul(4, c.H), c.I, c.O()};
   for (int64_t v : gemm_dims)
     if (v > std::numeric_limits<int>::max())
-      throw std::length_error("lstm_ext: a GEMM dimension of " + std::to_string(v) + " (" +
-                              str(c) + ") exceeds the BLAS limit of 2^31-1");
+      throw std::length_error("lstm_ext: a GEMM dimension of " + std::to_string(v) + " (" + str(c) +
+                              ") exceeds the BLAS limit of 2^31-1");
   // Every product used below, checked once.
   const int64_t widest = add(add(mul(4, c.H), c.I), add(mul(2, c.H), c.O()));
   mul(mul(add(c.T, 1), c.B), widest);
@@ -229,10 +230,10 @@ cell::Peep<S> peep_at(const S* p, int64_t j, int64_t H) {
 // c [nb,H] out (may alias c_prev); m [nb,H] out.
 template <bool kSave, bool kPeep, bool kClip, bool kCoupled, typename S>
 void cell_forward_rows(S* z, S* c, S* m, const S* c_prev, const S* b, const S* peep, S clip,
-                       int64_t nb, int64_t H) {
+                       int64_t nb, int64_t H, int64_t j0, int64_t j1) {
   for (int64_t n = 0; n < nb; ++n) {
     S* zn = z + n * 4 * H;  // [4H]
-    for (int64_t j = 0; j < H; ++j) {
+    for (int64_t j = j0; j < j1; ++j) {
       cell::Gates<S> zz{zn[j], zn[H + j], zn[2 * H + j], zn[3 * H + j]};
       if (b) zz = {zz.i + b[j], zz.f + b[H + j], zz.g + b[2 * H + j], zz.o + b[3 * H + j]};
       const int64_t k = n * H + j;
@@ -255,11 +256,12 @@ void cell_forward_rows(S* z, S* c, S* m, const S* c_prev, const S* b, const S* p
 //   dpeep [3H] accumulated (+=) when kPeep
 template <bool kPeep, bool kClip, bool kCoupled, typename S>
 void cell_backward_rows(S* dz, S* dc, S* dpeep, const S* saved, const S* c_prev, const S* c,
-                        const S* dm, const S* peep, S clip, int64_t nb, int64_t H) {
+                        const S* dm, const S* peep, S clip, int64_t nb, int64_t H, int64_t j0,
+                        int64_t j1) {
   for (int64_t n = 0; n < nb; ++n) {
     const S* sn = saved + n * 4 * H;
     S* dzn = dz + n * 4 * H;
-    for (int64_t j = 0; j < H; ++j) {
+    for (int64_t j = j0; j < j1; ++j) {
       const int64_t k = n * H + j;
       const cell::Gates<S> kept{sn[j], sn[H + j], sn[2 * H + j], sn[3 * H + j]};
       const cell::Gates<S> a = kClip ? cell::activate<kClip, kCoupled>(kept, clip) : kept;
@@ -276,6 +278,17 @@ void cell_backward_rows(S* dz, S* dc, S* dpeep, const S* saved, const S* c_prev,
       }
     }
   }
+}
+
+// fn(j0, j1) over blocks of hidden units, in parallel when there is enough
+// work. Elementwise passes give the same bits for any cut; a unit's peephole
+// gradient is summed over the rows by the one task that owns the unit.
+template <typename F>
+void over_units(int64_t rows, int64_t H, F&& fn) {
+  constexpr int64_t kUnits = 64, kMinWork = 4096;
+  const int64_t blocks = (H + kUnits - 1) / kUnits;
+  if (rows * H < kMinWork || blocks < 2) return fn(int64_t(0), H);
+  parallel_for(blocks, [&](int64_t k) { fn(k * kUnits, std::min(H, (k + 1) * kUnits)); });
 }
 
 void require(const void* p, const char* name, int64_t size) {
@@ -312,6 +325,7 @@ int64_t step_scratch_size(const Config& c) {
 template <typename S>
 void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, In<S> h0, In<S> c0,
                   const Weights<S>& w, const Config& cfg, bool training) {
+  const BlasSerial serial;  // lstm_ext parallelises; the BLAS runs single-threaded
   check_config(cfg);
   const int64_t T = cfg.T, B = cfg.B, I = cfg.I, H = cfg.H, P = cfg.P, O = cfg.O(), G = 4 * H;
   const ForwardLayout L = forward_layout(cfg, training);
@@ -356,9 +370,11 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
       S* m = P > 0 ? M + (training ? s.offset[k] * H : 0) : h;  // [nb,H]
       dispatch(
           [&](auto save, auto peep, auto clipped, auto coupled) {
-            cell_forward_rows<decltype(save)::value, decltype(peep)::value,
-                              decltype(clipped)::value, decltype(coupled)::value>(
-                z, c, m, c_at(k - 1), w.b, w.peephole, clip, nb, H);
+            over_units(nb, H, [&](int64_t j0, int64_t j1) {
+              cell_forward_rows<decltype(save)::value, decltype(peep)::value,
+                                decltype(clipped)::value, decltype(coupled)::value>(
+                  z, c, m, c_at(k - 1), w.b, w.peephole, clip, nb, H, j0, j1);
+            });
           },
           training, w.peephole != nullptr, cfg.clip > 0, cfg.input_forget);
       if (P > 0) gemm(Op::N, Op::T, nb, P, H, S(1), m, H, w.W_hr, H, S(0), h, P);  // [nb,P]
@@ -375,6 +391,7 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
 template <typename S>
 void lstm_backward(S* dx, S* dh0, S* dc0, const Grads<S>& g, S* scr, In<S> ws, In<S> x, In<S> dy,
                    In<S> dhT, In<S> dcT, const Weights<S>& w, const Config& cfg) {
+  const BlasSerial serial;  // lstm_ext parallelises; the BLAS runs single-threaded
   check_config(cfg);
   const int64_t T = cfg.T, B = cfg.B, I = cfg.I, H = cfg.H, P = cfg.P, O = cfg.O(), G = 4 * H;
   const ForwardLayout L = forward_layout(cfg, true);
@@ -418,10 +435,12 @@ void lstm_backward(S* dx, S* dh0, S* dc0, const Grads<S>& g, S* scr, In<S> ws, I
     S* dz = dZ + s.offset[k] * G;  // [nb,4H]
     dispatch(
         [&](auto peep, auto clipped, auto coupled) {
-          cell_backward_rows<decltype(peep)::value, decltype(clipped)::value,
-                             decltype(coupled)::value>(dz, dc, g.dpeephole, Z + s.offset[k] * G,
-                                                       c_at(k - 1), c_at(k), dmk, w.peephole, clip,
-                                                       nb, H);
+          over_units(nb, H, [&](int64_t j0, int64_t j1) {
+            cell_backward_rows<decltype(peep)::value, decltype(clipped)::value,
+                               decltype(coupled)::value>(dz, dc, g.dpeephole, Z + s.offset[k] * G,
+                                                         c_at(k - 1), c_at(k), dmk, w.peephole,
+                                                         clip, nb, H, j0, j1);
+          });
         },
         w.peephole != nullptr, cfg.clip > 0, cfg.input_forget);
     gemm(Op::N, Op::N, nb, O, G, S(1), dz, G, w.R, O, S(0), dh, O);  // dL/dh_{k-1} [nb,O]
@@ -446,6 +465,7 @@ void lstm_backward(S* dx, S* dh0, S* dc0, const Grads<S>& g, S* scr, In<S> ws, I
 template <typename S>
 void lstm_step(S* h_out, S* c_out, S* scr, In<S> x, In<S> h, In<S> c, const Weights<S>& w,
                const Config& cfg) {
+  const BlasSerial serial;  // lstm_ext parallelises; the BLAS runs single-threaded
   const int64_t B = cfg.B, I = cfg.I, H = cfg.H, P = cfg.P, O = cfg.O(), G = 4 * H;
   require(scr, "scratch", step_scratch_size(cfg));
   require(h_out, "h_out", B * O);
@@ -462,7 +482,7 @@ void lstm_step(S* h_out, S* c_out, S* scr, In<S> x, In<S> h, In<S> c, const Weig
       [&](auto peep, auto clipped, auto coupled) {
         cell_forward_rows<false, decltype(peep)::value, decltype(clipped)::value,
                           decltype(coupled)::value>(z, c_out, m, c ? c : c_out, w.b, w.peephole,
-                                                    S(cfg.clip), B, H);
+                                                    S(cfg.clip), B, H, 0, H);
       },
       w.peephole != nullptr, cfg.clip > 0, cfg.input_forget);
   if (P > 0) gemm(Op::N, Op::T, B, P, H, S(1), m, H, w.W_hr, H, S(0), h_out, P);

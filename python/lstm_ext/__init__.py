@@ -8,7 +8,12 @@ PyTorch. Arrays are ``[T,B,*]``, or ``[B,T,*]`` with ``batch_first=True``.
 float32 and float64 are supported; every array of one call must share the
 dtype of ``x`` and the results come back in it. NaN and Inf in inputs
 propagate as IEEE arithmetic does (a NaN anywhere in ``x[t]`` reaches every
-later step of that sequence); they are not checked for. Calls release the GIL.
+later step of that sequence); they are not checked for.
+
+Calls release the GIL. lstm_ext computes on its own threads
+(``set_num_threads``, or the environment variable LSTM_EXT_NUM_THREADS;
+default: the cores available) with the BLAS single-threaded inside its
+calls; results are bit-identical from run to run at any thread count.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import scipy_openblas32  # noqa: F401  (loads libscipy_openblas before _core nee
 from numpy.typing import ArrayLike
 
 from . import _core, convert, nn
-from ._core import Cache
+from ._core import Cache, get_num_threads, set_num_threads
 from ._version import __version__
 from .onnx import onnx_lstm
 
@@ -35,8 +40,10 @@ __all__ = [
     "backward",
     "convert",
     "forward",
+    "get_num_threads",
     "nn",
     "onnx_lstm",
+    "set_num_threads",
     "step",
 ]
 

@@ -215,8 +215,8 @@ LayerArgs check_layer(const py::object& W, const py::object& R, const py::object
       throw py::type_error("clip: expected a number > 0 or None, got " + type_name(clip));
     }
     // The smallest normal number of the dtype: a smaller clip would round to 0.
-    const double tiny = size == 4 ? double(std::numeric_limits<float>::min())
-                                   : std::numeric_limits<double>::min();
+    const double tiny =
+        size == 4 ? double(std::numeric_limits<float>::min()) : std::numeric_limits<double>::min();
     if (!(v >= tiny))
       throw py::value_error("clip: expected a number > 0 (at least " + std::to_string(tiny) +
                             " in this dtype), or None for no clipping, got " +
@@ -240,8 +240,8 @@ std::optional<py::array_t<int64_t>> check_lengths(const py::object& obj, int64_t
       np.attr("logical_or")(np.attr("less")(a.a, 0), np.attr("greater")(a.a, T)));
   if (bad.size() > 0) {
     const py::object b = bad.attr("__getitem__")(0);
-    throw py::value_error("lengths[" + py::str(b).cast<std::string>() + "] = " +
-                          py::str(a.a.attr("__getitem__")(b)).cast<std::string>() +
+    throw py::value_error("lengths[" + py::str(b).cast<std::string>() +
+                          "] = " + py::str(a.a.attr("__getitem__")(b)).cast<std::string>() +
                           " is outside [0, " + std::to_string(T) + "]");
   }
   return py::array_t<int64_t>(np.attr("array")(a.a, "int64"));
@@ -486,7 +486,11 @@ PYBIND11_MODULE(_core, m) {
         py::arg("input_forget") = false);
   m.attr("inference_chunk") = lstm_ext::kInferenceChunk;
   m.def("blas_config", &lstm_ext::blas_config, "The BLAS's description of its build.");
-  m.def("blas_num_threads", &lstm_ext::blas_num_threads, "Threads the BLAS uses.");
+  m.def("blas_num_threads", &lstm_ext::blas_num_threads,
+        "Threads the BLAS uses outside lstm_ext calls (inside them: one).");
+  m.def("get_num_threads", &lstm_ext::get_num_threads, "lstm_ext's threads.");
+  m.def("set_num_threads", &lstm_ext::set_num_threads, py::arg("n"),
+        "Set lstm_ext's threads (results are the same bits for any count).");
   m.def("build_description", &lstm_ext::build_description, "Compiler and options of the core.");
   m.attr("cuda_compiled") = false;  // the CUDA path is not written yet
 }

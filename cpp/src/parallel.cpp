@@ -1,0 +1,166 @@
+#include "parallel.h"
+
+#include <sched.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdlib>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "lstm_ext/runtime.h"
+
+namespace lstm_ext {
+
+void blas_set_num_threads(int n);  // blas.cpp
+
+namespace {
+
+// A fixed set of worker threads that join the caller on one region of tasks
+// at a time.
+class Pool {
+ public:
+  explicit Pool(int threads) {
+    for (int k = 1; k < threads; ++k) workers_.emplace_back([this] { worker(); });
+  }
+  ~Pool() {
+    {
+      std::lock_guard<std::mutex> lk(m_);
+      stop_ = true;
+    }
+    wake_.notify_all();
+    for (auto& t : workers_) t.join();
+  }
+  int size() const { return int(workers_.size()) + 1; }
+
+  void run(int64_t n, const std::function<void(int64_t)>& fn) {
+    std::unique_lock<std::mutex> region(region_, std::try_to_lock);
+    if (workers_.empty() || n <= 1 || !region) {  // busy with another caller's region: inline
+      for (int64_t i = 0; i < n; ++i) fn(i);
+      return;
+    }
+    {
+      std::lock_guard<std::mutex> lk(m_);
+      fn_ = &fn;
+      n_ = n;
+      next_ = 0;
+      done_ = 0;
+      error_ = nullptr;
+      ++generation_;
+    }
+    wake_.notify_all();
+    work(fn, n);
+    std::unique_lock<std::mutex> lk(m_);
+    finished_.wait(lk, [&] { return done_ == n_ && active_ == 0; });
+    fn_ = nullptr;
+    if (error_) std::rethrow_exception(error_);
+  }
+
+ private:
+  void work(const std::function<void(int64_t)>& fn, int64_t n) {
+    for (int64_t i; (i = next_.fetch_add(1)) < n;) {
+      try {
+        fn(i);
+      } catch (...) {
+        std::lock_guard<std::mutex> lk(m_);
+        if (!error_) error_ = std::current_exception();
+      }
+      std::lock_guard<std::mutex> lk(m_);
+      if (++done_ == n_) finished_.notify_all();
+    }
+  }
+
+  void worker() {
+    uint64_t seen = 0;
+    for (;;) {
+      const std::function<void(int64_t)>* fn;
+      int64_t n;
+      {
+        std::unique_lock<std::mutex> lk(m_);
+        wake_.wait(lk, [&] { return stop_ || (generation_ != seen && fn_ != nullptr); });
+        if (stop_) return;
+        seen = generation_;
+        fn = fn_;
+        n = n_;
+        ++active_;  // the region does not end while this worker is inside it
+      }
+      work(*fn, n);
+      std::lock_guard<std::mutex> lk(m_);
+      if (--active_ == 0) finished_.notify_all();
+    }
+  }
+
+  std::vector<std::thread> workers_;
+  std::mutex region_;  // one region at a time
+  std::mutex m_;
+  std::condition_variable wake_, finished_;
+  const std::function<void(int64_t)>* fn_ = nullptr;
+  int64_t n_ = 0, done_ = 0;
+  int active_ = 0;
+  std::atomic<int64_t> next_{0};
+  uint64_t generation_ = 0;
+  bool stop_ = false;
+  std::exception_ptr error_;
+};
+
+int default_threads() {
+  if (const char* env = std::getenv("LSTM_EXT_NUM_THREADS")) {
+    char* end = nullptr;
+    const long v = std::strtol(env, &end, 10);
+    if (end != env && *end == '\0' && v >= 1 && v <= 1024) return int(v);
+  }
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
+std::mutex pool_m;
+std::shared_ptr<Pool>& pool_slot() {
+  static std::shared_ptr<Pool> pool;  // made on first use
+  return pool;
+}
+
+std::shared_ptr<Pool> pool() {
+  std::lock_guard<std::mutex> lk(pool_m);
+  auto& p = pool_slot();
+  if (!p) p = std::make_shared<Pool>(default_threads());
+  return p;
+}
+
+std::mutex blas_m;
+int blas_depth = 0, blas_saved = 1;
+
+}  // namespace
+
+void parallel_for(int64_t n, const std::function<void(int64_t)>& fn) { pool()->run(n, fn); }
+
+int get_num_threads() { return pool()->size(); }
+
+void set_num_threads(int n) {
+  if (n < 1 || n > 1024)
+    throw std::invalid_argument("lstm_ext: the number of threads must be in [1, 1024], got " +
+                                std::to_string(n));
+  auto fresh = std::make_shared<Pool>(n);
+  std::lock_guard<std::mutex> lk(pool_m);
+  pool_slot().swap(fresh);  // the old pool goes when its last region ends
+}
+
+BlasSerial::BlasSerial() {
+  std::lock_guard<std::mutex> lk(blas_m);
+  if (blas_depth++ == 0) {
+    blas_saved = blas_num_threads();
+    if (blas_saved != 1) blas_set_num_threads(1);
+  }
+}
+
+BlasSerial::~BlasSerial() {
+  std::lock_guard<std::mutex> lk(blas_m);
+  if (--blas_depth == 0 && blas_saved != 1) blas_set_num_threads(blas_saved);
+}
+
+}  // namespace lstm_ext

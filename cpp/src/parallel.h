@@ -1,0 +1,28 @@
+// lstm_ext's own threads. Work is cut into pieces whose boundaries depend
+// only on the problem's shape, never on the thread count, and every piece is
+// computed by single-threaded code; so results are bit-identical whatever
+// the number of threads. The BLAS runs single-threaded inside lstm_ext calls
+// (BlasSerial), so the two never oversubscribe the cores.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+
+namespace lstm_ext {
+
+// Runs fn(0), ..., fn(n - 1) on the pool and the calling thread; returns when
+// all are done, rethrowing the first exception a task threw. Calls from
+// several threads at once are safe (one runs on the pool, the others inline).
+void parallel_for(int64_t n, const std::function<void(int64_t)>& fn);
+
+// While one exists (in any thread), the BLAS uses one thread; the count it
+// had comes back when the last one ends.
+class BlasSerial {
+ public:
+  BlasSerial();
+  ~BlasSerial();
+  BlasSerial(const BlasSerial&) = delete;
+  BlasSerial& operator=(const BlasSerial&) = delete;
+};
+
+}  // namespace lstm_ext
