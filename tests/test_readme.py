@@ -8,6 +8,16 @@ import numpy as np
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
+def test_readme_training_example_runs(tmp_path, monkeypatch, capsys):
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    monkeypatch.chdir(tmp_path)  # it writes char.npz
+    env: dict = {}
+    exec(compile(blocks[1], str(README), "exec"), env)
+    assert len(env["history"].loss) == 100
+    assert env["history"].loss[-1] < env["history"].loss[0]
+    assert capsys.readouterr().out.startswith("The ")
+
+
 def test_readme_numpy_example_runs():
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
     assert blocks, "no python block in README.md"

@@ -18,15 +18,15 @@ import numpy as np
 
 from . import checkpoint, data, losses, nn, optim
 from ._version import __version__
-from .train import TruncatedBPTT, fit, stream_chunks
+from .train import TruncatedBPTT, fit, generate, stream_chunks
 
 TASKS = {  # defaults per task; the command line overrides any of them
     "text": dict(hidden=256, layers=1, steps=600, batch=32, seq_len=64, lr=3e-3,
                  eval_every=100, clip=5.0, embed=48),
     "adding": dict(hidden=64, layers=1, steps=1500, batch=64, seq_len=100, lr=1e-2,
                    eval_every=250, clip=1.0, embed=0),
-    "forecast": dict(hidden=64, layers=1, steps=400, batch=32, seq_len=60, lr=5e-3,
-                     eval_every=100, clip=1.0, embed=0),
+    "forecast": dict(hidden=64, layers=1, steps=1500, batch=32, seq_len=100, lr=5e-3,
+                     eval_every=250, clip=1.0, embed=0),
 }  # fmt: skip
 
 
@@ -269,7 +269,7 @@ def train_adding(args, cfg) -> None:
 
 def train_forecast(args, cfg) -> None:
     series = data.forecast_series(seed=args.seed)
-    split = int(0.8 * len(series))
+    split = len(series) - 250  # forecast the last 250 points
     mean, std = series[:split].mean(), series[:split].std()
     z = ((series - mean) / std).astype(args.dtype)
     L, horizon = cfg["seq_len"], len(series) - split
@@ -334,21 +334,6 @@ def train_forecast(args, cfg) -> None:
 
 
 # ---- sampling ---------------------------------------------------------------------
-
-
-def generate(model, vocab, prime: str, length: int, temperature: float, rng) -> str:
-    """Feed `prime`, then draw `length` characters, each fed back in."""
-    model.eval()
-    ids = vocab.encode(prime) if prime else np.zeros(1, np.int64)
-    logits, state = model(ids[:, None])  # [T,1,V]
-    out = []
-    for _ in range(length):
-        z = logits[-1, 0].astype(np.float64) / temperature
-        p = np.exp(z - z.max())
-        k = int(rng.choice(len(p), p=p / p.sum()))
-        out.append(k)
-        logits, state = model(np.array([[k]]), state)
-    return prime + vocab.decode(out)
 
 
 def cmd_sample(args) -> None:

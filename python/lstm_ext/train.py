@@ -159,3 +159,21 @@ def stream_chunks(tokens: np.ndarray, batch: int, seq_len: int):
             return streams[t0 : t0 + seq_len], streams[t0 + 1 : t0 + seq_len + 1], k == 0
 
     return Chunks()
+
+
+def generate(model, vocab, prime: str, length: int, temperature: float = 1.0, rng=None) -> str:
+    """Text from a character model (a Sequential returning ``(logits, state)``):
+    feed ``prime``, then draw ``length`` characters, each fed back in, from
+    softmax(logits / temperature). ``vocab`` is a ``data.Vocab``."""
+    rng = np.random.default_rng() if rng is None else rng
+    model.eval()
+    ids = vocab.encode(prime) if prime else np.zeros(1, np.int64)
+    logits, state = model(ids[:, None])  # [T,1,V]
+    out = []
+    for _ in range(length):
+        z = logits[-1, 0].astype(np.float64) / temperature
+        p = np.exp(z - z.max())
+        k = int(rng.choice(len(p), p=p / p.sum()))
+        out.append(k)
+        logits, state = model(np.array([[k]]), state)
+    return prime + vocab.decode(out)
