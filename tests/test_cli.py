@@ -85,7 +85,8 @@ def test_info_and_module_entry_point():
     r = subprocess.run([sys.executable, "-m", "lstm_ext", "info"], capture_output=True,
                        text=True, timeout=120)  # fmt: skip
     assert r.returncode == 0, r.stderr
-    for words in ("lstm_ext 0.", "core: ", "BLAS: OpenBLAS", "thread", "CUDA path compiled: no"):
+    for words in ("lstm_ext 0.", "core: ", "BLAS: OpenBLAS", "threads: ", "CUDA path compiled: no",
+                  "NVIDIA GPU visible: "):  # fmt: skip
         assert words in r.stdout
     r = subprocess.run([sys.executable, "-m", "lstm_ext", "train", "--help"], capture_output=True,
                        text=True, timeout=120)  # fmt: skip

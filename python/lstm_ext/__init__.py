@@ -29,6 +29,18 @@ from ._core import Cache, get_num_threads, set_num_threads
 from ._version import __version__
 from .onnx import onnx_lstm
 
+# The training side loads on first use (lstm_ext.optim, ...), keeping import light.
+_LAZY = ("checkpoint", "data", "losses", "optim", "train")
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'lstm_ext' has no attribute {name!r}")
+
+
 __all__ = [
     "Cache",
     "ForwardResult",
@@ -38,13 +50,18 @@ __all__ = [
     "StepResult",
     "__version__",
     "backward",
+    "checkpoint",
     "convert",
+    "data",
     "forward",
     "get_num_threads",
+    "losses",
     "nn",
     "onnx_lstm",
+    "optim",
     "set_num_threads",
     "step",
+    "train",
 ]
 
 
