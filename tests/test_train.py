@@ -3,20 +3,15 @@
 import numpy as np
 import pytest
 
+from helpers import central_difference
 from lstm_ext import losses, nn, optim
 from lstm_ext.train import History, TruncatedBPTT, fit, stream_chunks
 
 
-def central_differences(f, a, eps=1e-6):
+def central_differences(f, a):
     g = np.zeros_like(a)
     for k in np.ndindex(a.shape):
-        orig = a[k]
-        a[k] = orig + eps
-        up = f()
-        a[k] = orig - eps
-        down = f()
-        a[k] = orig
-        g[k] = (up - down) / (2 * eps)
+        g[k] = central_difference(f, a, k)
     return g
 
 

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from . import _core
+from ._checks import check_state_keys
 
 _BIAS_NAMES = ("bias_ih", "bias_hh")
 
@@ -73,20 +74,7 @@ class Module:
         present with its shape, and no other key; values are cast to the
         module's dtype. A torch state dict converted with ``.numpy()`` works."""
         params = self.params
-        missing = [k for k in params if k not in state]
-        extra = [k for k in state if k not in params]
-        wrong = [
-            f"{k}: expected shape {params[k].shape}, got {np.shape(state[k])}"
-            for k in params
-            if k in state and np.shape(state[k]) != params[k].shape
-        ]
-        if missing or extra or wrong:
-            parts = []
-            if missing:
-                parts.append(f"missing keys {missing}")
-            if extra:
-                parts.append(f"unexpected keys {extra}")
-            raise ValueError("state: " + "; ".join(parts + wrong))
+        check_state_keys(state, {k: p.shape for k, p in params.items()})
         for k, p in params.items():
             p[...] = np.asarray(state[k])
 

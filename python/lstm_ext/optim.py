@@ -24,6 +24,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ._checks import check_state_keys
+
 __all__ = ["SGD", "Adam", "AdamW", "Optimizer", "clip_grad_norm", "step_decay", "warmup_cosine"]
 
 Schedule = Callable[[int], float]
@@ -149,17 +151,7 @@ class Optimizer:
         """Restore a ``state_dict()`` of the same optimiser class over parameters
         of the same names and shapes (buffers are cast to each parameter's dtype)."""
         want = self.state_dict()
-        missing = [k for k in want if k not in state]
-        extra = [k for k in state if k not in want]
-        wrong = [
-            f"{k}: expected shape {want[k].shape}, got {np.shape(state[k])}"
-            for k in want
-            if k in state and np.shape(state[k]) != want[k].shape
-        ]
-        if missing or extra or wrong:
-            parts = [f"missing keys {missing}"] if missing else []
-            parts += [f"unexpected keys {extra}"] if extra else []
-            raise ValueError("state: " + "; ".join(parts + wrong))
+        check_state_keys(state, {k: v.shape for k, v in want.items()})
         kind = str(np.asarray(state["optimizer"]).item())
         if kind != type(self).__name__:
             raise ValueError(f"state: holds a {kind} optimiser, not a {type(self).__name__}")
