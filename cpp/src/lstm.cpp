@@ -225,12 +225,21 @@ cell::Peep<S> peep_at(const S* p, int64_t j, int64_t H) {
   return p ? cell::Peep<S>{p[j], p[H + j], p[2 * H + j]} : cell::Peep<S>{S(0), S(0), S(0)};
 }
 
+// The fused passes are compiled for AVX-512 and AVX2 besides the baseline,
+// and the loader picks the best the CPU has (GCC's target_clones). Without
+// contraction into FMA (ISO C++ mode), every version gives the same bits.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define LSTM_EXT_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define LSTM_EXT_CLONES
+#endif
+
 // Forward for nb rows. z [nb,4H]: x W^T + h R^T on entry; with kSave the
 // activated gates (or, with kClip, the final pre-activations) on exit.
 // c [nb,H] out (may alias c_prev); m [nb,H] out.
 template <bool kSave, bool kPeep, bool kClip, bool kCoupled, typename S>
-void cell_forward_rows(S* z, S* c, S* m, const S* c_prev, const S* b, const S* peep, S clip,
-                       int64_t nb, int64_t H, int64_t j0, int64_t j1) {
+LSTM_EXT_CLONES void cell_forward_rows(S* z, S* c, S* m, const S* c_prev, const S* b, const S* peep,
+                                       S clip, int64_t nb, int64_t H, int64_t j0, int64_t j1) {
   for (int64_t n = 0; n < nb; ++n) {
     S* zn = z + n * 4 * H;  // [4H]
     for (int64_t j = j0; j < j1; ++j) {
@@ -255,9 +264,9 @@ void cell_forward_rows(S* z, S* c, S* m, const S* c_prev, const S* b, const S* p
 //   saved [nb,4H] what forward kept;  c_prev, c [nb,H];  dm [nb,H]
 //   dpeep [3H] accumulated (+=) when kPeep
 template <bool kPeep, bool kClip, bool kCoupled, typename S>
-void cell_backward_rows(S* dz, S* dc, S* dpeep, const S* saved, const S* c_prev, const S* c,
-                        const S* dm, const S* peep, S clip, int64_t nb, int64_t H, int64_t j0,
-                        int64_t j1) {
+LSTM_EXT_CLONES void cell_backward_rows(S* dz, S* dc, S* dpeep, const S* saved, const S* c_prev,
+                                        const S* c, const S* dm, const S* peep, S clip, int64_t nb,
+                                        int64_t H, int64_t j0, int64_t j1) {
   for (int64_t n = 0; n < nb; ++n) {
     const S* sn = saved + n * 4 * H;
     S* dzn = dz + n * 4 * H;
