@@ -131,3 +131,13 @@ def test_fit_lowers_the_loss_repeatably(rng):
 def test_stream_chunks_refuses_too_little_text():
     with pytest.raises(ValueError, match="too few"):
         stream_chunks(np.arange(10), batch=4, seq_len=8)
+
+
+def test_eval_mode_keeps_no_inputs_unless_asked(rng):
+    lin = nn.Linear(3, 2, dtype=np.float64, seed=0).eval()
+    x = rng.standard_normal((4, 3))
+    lin(x)
+    with pytest.raises(RuntimeError, match="keep_cache=True"):
+        lin.backward(np.ones((4, 2)))
+    lin(x, keep_cache=True)
+    assert lin.backward(np.ones((4, 2))).shape == (4, 3)

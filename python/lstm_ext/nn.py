@@ -106,14 +106,16 @@ class Linear(Module):
         return dict(type="Linear", in_features=self.in_features, out_features=self.out_features,
                     bias=self.bias, dtype=self.dtype.name)  # fmt: skip
 
-    def forward(self, x):
-        """x [..., in_features] -> [..., out_features]."""
+    def forward(self, x, *, keep_cache=None):
+        """x [..., in_features] -> [..., out_features]. Keeps a copy of x for
+        backward in training mode (or with keep_cache=True)."""
         x = np.asarray(x)
         if x.dtype != self.dtype:
             raise TypeError(f"x: expected dtype {self.dtype} (the Linear's), got {x.dtype}")
         if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"x: expected shape [..., {self.in_features}], got {x.shape}")
-        self._x = x.copy()  # backward must not see later changes to the caller's array
+        keep = self.training if keep_cache is None else keep_cache
+        self._x = x.copy() if keep else None  # private: later changes to x must not matter
         y = x @ self.params["weight"].T
         if self.bias:
             y += self.params["bias"]
@@ -122,7 +124,9 @@ class Linear(Module):
     def backward(self, dy):
         """dy [..., out_features] -> dx [..., in_features]; adds dW, db into grads."""
         if self._x is None:
-            raise RuntimeError("backward: call forward first")
+            raise RuntimeError(
+                "backward: call forward first (in training mode, or with keep_cache=True)"
+            )
         dy = np.asarray(dy)
         if dy.dtype != self.dtype:
             raise TypeError(f"dy: expected dtype {self.dtype} (the Linear's), got {dy.dtype}")
@@ -157,7 +161,7 @@ class Embedding(Module):
         return dict(type="Embedding", num_embeddings=self.num_embeddings,
                     embedding_dim=self.embedding_dim, dtype=self.dtype.name)  # fmt: skip
 
-    def forward(self, idx):
+    def forward(self, idx, *, keep_cache=None):
         """idx: integers in [0, num_embeddings), any shape -> [*idx.shape, dim]."""
         idx = np.asarray(idx)
         if idx.dtype.kind not in "iu":
@@ -165,12 +169,15 @@ class Embedding(Module):
         if idx.size and (idx.min() < 0 or idx.max() >= self.num_embeddings):
             bad = idx.min() if idx.min() < 0 else idx.max()
             raise ValueError(f"idx: expected tokens in [0, {self.num_embeddings}), got {bad}")
-        self._idx = idx.copy()
+        keep = self.training if keep_cache is None else keep_cache
+        self._idx = idx.copy() if keep else None
         return self.params["weight"][idx]
 
     def backward(self, dy):
         if self._idx is None:
-            raise RuntimeError("backward: call forward first")
+            raise RuntimeError(
+                "backward: call forward first (in training mode, or with keep_cache=True)"
+            )
         dy = np.asarray(dy)
         if dy.dtype != self.dtype or dy.shape != (*self._idx.shape, self.embedding_dim):
             raise ValueError(
@@ -467,7 +474,7 @@ class Sequential(Module):
             if isinstance(m, LSTM):
                 x, new_state = m(x, state, lengths, keep_cache=keep_cache)
             else:
-                x = m(x)
+                x = m(x, keep_cache=keep_cache)
         return x, new_state
 
     def backward(self, dy, dstate=None):
