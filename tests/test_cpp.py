@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def tools():
     missing = [t for t in ("cmake", "c++") if shutil.which(t) is None]
     if missing:
-        pytest.skip(f"no {', '.join(missing)} on PATH: cannot build the C++ example")
+        pytest.skip(reason=f"no {', '.join(missing)} on PATH: cannot build the C++ example")
 
 
 def test_readme_cpp_example(tools, tmp_path):
