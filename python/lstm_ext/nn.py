@@ -205,7 +205,10 @@ class LSTM(Module):
     x [T,B,I] ([B,T,I] if batch_first); state = (h0 [L*D,B,O], c0 [L*D,B,H]) or
     None (zeros); lengths [B] or None: a ragged batch on a padded array, as
     PyTorch's packed sequences (outputs past a sequence's end are 0, h_n and
-    c_n are each sequence's last valid state). out is [T,B,D*O].
+    c_n are each sequence's last valid state). out is [T,B,D*O], padded to T
+    (PyTorch's pad_packed_sequence pads to the longest length), and a length
+    of 0 is allowed (PyTorch refuses it). x may also be one sequence [T,I],
+    as PyTorch takes it; then out is [T,D*O] and the state [L*D,O], [L*D,H].
 
     ``dx = lstm.backward(dy, dstate=None)`` after a forward call: dy shaped as
     out, dstate = (dh_n, dc_n) (either may be None). Adds the parameter
