@@ -88,7 +88,7 @@ struct Carve {
 // Element offsets of the buffers in the forward workspace, for a batch whose
 // packed rows number at most T*B. One place for forward, backward and sizes.
 struct ForwardLayout {
-  int64_t xp, z, c, hp, m, h, cs, total;
+  int64_t xp, z, c, hp, m, h, cs, zt, total;
 };
 
 ForwardLayout forward_layout(const Config& c, bool training) {
@@ -101,7 +101,8 @@ ForwardLayout forward_layout(const Config& c, bool training) {
   L.hp = take(training ? mul(rows, c.O()) : 0);               // [rows,O] h_{t-1}
   L.m = take(c.P > 0 ? mul(training ? rows : c.B, c.H) : 0);  // [rows or B,H] m_t
   L.h = take(mul(c.B, c.O()));                                // [B,O] current h
-  L.cs = take(training ? 0 : mul(c.B, c.H));                  // [B,H] current c
+  L.cs = take(training ? 0 : mul(2 * c.B, c.H));  // [2,B,H] c, alternating between steps
+  L.zt = take(mul(4 * c.H, c.B));                 // [4H,B] the recurrent product, gate-major
   L.total = take.used;
   return L;
 }
@@ -221,7 +222,7 @@ void dispatch(F&& f, bool v, Rest... rest) {
 }
 
 template <typename S>
-cell::Peep<S> peep_at(const S* p, int64_t j, int64_t H) {
+LSTM_EXT_INLINE cell::Peep<S> peep_at(const S* p, int64_t j, int64_t H) {
   return p ? cell::Peep<S>{p[j], p[H + j], p[2 * H + j]} : cell::Peep<S>{S(0), S(0), S(0)};
 }
 
@@ -233,13 +234,19 @@ cell::Peep<S> peep_at(const S* p, int64_t j, int64_t H) {
 #else
 #define LSTM_EXT_CLONES
 #endif
+// The fused passes' buffers never overlap (forward alternates two c buffers
+// in inference; step copies c first): telling the compiler lets it vectorise.
+#define LSTM_EXT_RESTRICT __restrict
 
 // Forward for nb rows. z [nb,4H]: x W^T + h R^T on entry; with kSave the
 // activated gates (or, with kClip, the final pre-activations) on exit.
-// c [nb,H] out (may alias c_prev); m [nb,H] out.
+// c [nb,H] out; m [nb,H] out. No buffer may overlap another.
 template <bool kSave, bool kPeep, bool kClip, bool kCoupled, typename S>
-LSTM_EXT_CLONES void cell_forward_rows(S* z, S* c, S* m, const S* c_prev, const S* b, const S* peep,
-                                       S clip, int64_t nb, int64_t H, int64_t j0, int64_t j1) {
+LSTM_EXT_CLONES void cell_forward_rows(S* LSTM_EXT_RESTRICT z, S* LSTM_EXT_RESTRICT c,
+                                       S* LSTM_EXT_RESTRICT m, const S* LSTM_EXT_RESTRICT c_prev,
+                                       const S* LSTM_EXT_RESTRICT b,
+                                       const S* LSTM_EXT_RESTRICT peep, S clip, int64_t nb,
+                                       int64_t H, int64_t j0, int64_t j1) {
   for (int64_t n = 0; n < nb; ++n) {
     S* zn = z + n * 4 * H;  // [4H]
     for (int64_t j = j0; j < j1; ++j) {
@@ -264,8 +271,12 @@ LSTM_EXT_CLONES void cell_forward_rows(S* z, S* c, S* m, const S* c_prev, const 
 //   saved [nb,4H] what forward kept;  c_prev, c [nb,H];  dm [nb,H]
 //   dpeep [3H] accumulated (+=) when kPeep
 template <bool kPeep, bool kClip, bool kCoupled, typename S>
-LSTM_EXT_CLONES void cell_backward_rows(S* dz, S* dc, S* dpeep, const S* saved, const S* c_prev,
-                                        const S* c, const S* dm, const S* peep, S clip, int64_t nb,
+LSTM_EXT_CLONES void cell_backward_rows(S* LSTM_EXT_RESTRICT dz, S* LSTM_EXT_RESTRICT dc,
+                                        S* LSTM_EXT_RESTRICT dpeep,
+                                        const S* LSTM_EXT_RESTRICT saved,
+                                        const S* LSTM_EXT_RESTRICT c_prev,
+                                        const S* LSTM_EXT_RESTRICT c, const S* LSTM_EXT_RESTRICT dm,
+                                        const S* LSTM_EXT_RESTRICT peep, S clip, int64_t nb,
                                         int64_t H, int64_t j0, int64_t j1) {
   for (int64_t n = 0; n < nb; ++n) {
     const S* sn = saved + n * 4 * H;
@@ -287,6 +298,23 @@ LSTM_EXT_CLONES void cell_backward_rows(S* dz, S* dc, S* dpeep, const S* saved, 
       }
     }
   }
+}
+
+// z[nb,4H] += h[nb,O] R^T. For batches of kGateMajorFrom to kGateMajorTo
+// rows the BLAS is much faster on the transposed product R h^T (1.7x at
+// B = 16, H = 256: dev/perf-notes.md), so that is computed into zt [4H,nb]
+// and added back transposed. The choice depends on nb alone.
+constexpr int64_t kGateMajorFrom = 8, kGateMajorTo = 64;
+
+template <typename S>
+void recurrent_product(S* z, S* zt, const S* h, const S* R, int64_t nb, int64_t G, int64_t O) {
+  if (nb < kGateMajorFrom || nb > kGateMajorTo)
+    return gemm(Op::N, Op::T, nb, G, O, S(1), h, O, R, O, S(1), z, G);
+  gemm(Op::N, Op::T, G, nb, O, S(1), R, O, h, O, S(0), zt, nb);  // [4H,nb]
+  constexpr int64_t kTile = 32;  // transpose in tiles that stay in L1
+  for (int64_t q0 = 0; q0 < G; q0 += kTile)
+    for (int64_t n = 0; n < nb; ++n)
+      for (int64_t q = q0; q < std::min(G, q0 + kTile); ++q) z[n * G + q] += zt[q * nb + n];
 }
 
 // fn(j0, j1) over blocks of hidden units, in parallel when there is enough
@@ -328,7 +356,8 @@ int64_t step_scratch_size(const Config& c) {
   Config one = c;
   one.T = 1;
   check_config(one);
-  return add(mul(c.B, 4 * c.H), c.P > 0 ? mul(c.B, c.H) : 0);  // z [B,4H], m [B,H]
+  // z [B,4H], c_prev [B,H], m [B,H]
+  return add(mul(c.B, 4 * c.H), mul(c.P > 0 ? 2 : 1, mul(c.B, c.H)));
 }
 
 template <typename S>
@@ -350,7 +379,8 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
   S *Xp = ws + L.xp, *Z = ws + L.z, *Hp = ws + L.hp, *M = ws + L.m, *h = ws + L.h;
   // c_{k} rows in schedule order; k = -1 is c0. Inference keeps one [B,H] state.
   auto c_at = [&](int64_t k) {
-    return training ? ws + L.c + (k < 0 ? 0 : B + s.offset[k]) * H : ws + L.cs;
+    if (training) return ws + L.c + (k < 0 ? 0 : B + s.offset[k]) * H;
+    return ws + L.cs + ((k + 1) & 1) * B * H;  // two buffers, so c never aliases c_prev
   };
   gather_state(h, h0, s, B, O);
   gather_state(c_at(-1), c0, s, B, H);
@@ -374,7 +404,7 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
       const int64_t nb = s.batch[k];
       S* z = Z + (at + s.offset[k] - r0) * G;  // [nb,4H]
       if (training) std::memcpy(Hp + s.offset[k] * O, h, sizeof(S) * nb * O);
-      gemm(Op::N, Op::T, nb, G, O, S(1), h, O, w.R, O, S(1), z, G);
+      recurrent_product(z, ws + L.zt, h, w.R, nb, G, O);
       S* c = c_at(k);
       S* m = P > 0 ? M + (training ? s.offset[k] * H : 0) : h;  // [nb,H]
       dispatch(
@@ -394,7 +424,7 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
 
   scatter_state(hT, h, s, B, O);
   for (int64_t j = 0; j < B; ++j)  // each row's c after its last valid step
-    std::memcpy(cT + s.perm[j] * H, c_at(training ? s.len[j] - 1 : 0) + j * H, sizeof(S) * H);
+    std::memcpy(cT + s.perm[j] * H, c_at(s.len[j] - 1) + j * H, sizeof(S) * H);
 }
 
 template <typename S>
@@ -485,12 +515,17 @@ void lstm_step(S* h_out, S* c_out, S* scr, In<S> x, In<S> h, In<S> c, const Weig
   gemm(Op::N, Op::T, B, G, I, S(1), x, I, w.W, I, S(0), z, G);
   // h is read in full here, before h_out (which may alias it) is written.
   if (h) gemm(Op::N, Op::T, B, G, O, S(1), h, O, w.R, O, S(1), z, G);
-  if (!c) std::fill(c_out, c_out + B * H, S(0));
-  S* m = P > 0 ? scr + B * G : h_out;  // [B,H]
+  // The fused pass reads c_prev and writes c_out through unaliased pointers.
+  S* c_prev = scr + B * G;  // [B,H]
+  if (c)
+    std::memcpy(c_prev, c, sizeof(S) * B * H);
+  else
+    std::fill(c_prev, c_prev + B * H, S(0));
+  S* m = P > 0 ? c_prev + B * H : h_out;  // [B,H]
   dispatch(
       [&](auto peep, auto clipped, auto coupled) {
         cell_forward_rows<false, decltype(peep)::value, decltype(clipped)::value,
-                          decltype(coupled)::value>(z, c_out, m, c ? c : c_out, w.b, w.peephole,
+                          decltype(coupled)::value>(z, c_out, m, c_prev, w.b, w.peephole,
                                                     S(cfg.clip), B, H, 0, H);
       },
       w.peephole != nullptr, cfg.clip > 0, cfg.input_forget);

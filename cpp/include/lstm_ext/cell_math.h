@@ -16,10 +16,17 @@
 #include <cstdint>
 #include <cstring>
 
+// Always inlined: the fused loops vectorise only when every call in them is
+// (GCC otherwise keeps some out of line in the target_clones versions).
 #if defined(__CUDACC__)
 #define LSTM_EXT_HD __host__ __device__ __forceinline__
+#define LSTM_EXT_INLINE __forceinline__
+#elif defined(__GNUC__)
+#define LSTM_EXT_HD inline __attribute__((always_inline))
+#define LSTM_EXT_INLINE inline __attribute__((always_inline))
 #else
 #define LSTM_EXT_HD inline
+#define LSTM_EXT_INLINE inline
 #endif
 
 namespace lstm_ext {
@@ -31,7 +38,7 @@ namespace cell {
 // to that range first (so e^x never overflows to inf nor underflows below
 // the normal range), and NaN comes back as NaN. Every operation is IEEE
 // (no contraction), so scalar and vector code give the same bits.
-inline float host_expf(float x) {
+LSTM_EXT_INLINE float host_expf(float x) {
   const float xc = x < -86.0f ? -86.0f : (x > 88.0f ? 88.0f : x);
   const float magic = 12582912.0f;  // 1.5*2^23: adding it rounds to an integer
   const float t = xc * 1.44269504088896341f + magic;
@@ -57,10 +64,10 @@ inline float host_expf(float x) {
 LSTM_EXT_HD float exp_(float x) { return ::expf(x); }
 LSTM_EXT_HD float tanh_(float x) { return ::tanhf(x); }
 #else
-inline float exp_(float x) { return host_expf(x); }
+LSTM_EXT_INLINE float exp_(float x) { return host_expf(x); }
 // tanh(x) = sign(x) (1 - e^{-2|x|}) / (1 + e^{-2|x|}): absolute error below
 // 2e-7 (relative error grows as |x| -> 0, where tanh(x) -> x).
-inline float tanh_(float x) {
+LSTM_EXT_INLINE float tanh_(float x) {
   const float e = host_expf(-2.0f * (x < 0 ? -x : x));
   const float t = (1.0f - e) / (1.0f + e);
   return x < 0 ? -t : t;
