@@ -153,12 +153,17 @@ def adam(model, cfg):
     return optim.Adam(model, lr=cfg["lr"], schedule=optim.warmup_cosine(cfg["steps"], final=0.1))
 
 
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display needed),
+    imported on first use: it is slow to import."""
+    plt = pyplot()
+
+    return plt
+
+
 def plot(path: Path, title: str, ylabel: str, curves, hline=None, logy=False):
     """A PNG of (label, x, y) curves."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     for label, x, y in curves:
@@ -315,10 +320,7 @@ def train_forecast(args, cfg) -> None:
     print(f"forecast MSE over {horizon} steps: {mse:.4f} (repeating the last value: {naive:.4f})")
     ckpt, png = args.out / "forecast.npz", args.out / "forecast.png"
     checkpoint.save(ckpt, model, None, dict(task="forecast", mean=mean, std=std, mse=mse))
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(8, 3.5), dpi=110)
     t = np.arange(len(series))
@@ -333,7 +335,7 @@ def train_forecast(args, cfg) -> None:
     print(f"wrote {ckpt} and {png}")
 
 
-# ---- sampling ---------------------------------------------------------------------
+# ---- the other commands ----------------------------------------------------------
 
 
 def cmd_sample(args) -> None:
