@@ -156,7 +156,10 @@ def adam(model, cfg):
 def pyplot():
     """matplotlib's pyplot on the file-only Agg backend (no display needed),
     imported on first use: it is slow to import."""
-    plt = pyplot()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
     return plt
 
