@@ -32,7 +32,15 @@ def test_readme_cpp_example(tools, tmp_path):
     )
     build = tmp_path / "build"
     run = lambda *cmd: subprocess.run(cmd, capture_output=True, text=True, timeout=600)  # noqa: E731
-    r = run("cmake", "-S", str(tmp_path), "-B", str(build), f"-DPython_EXECUTABLE={sys.executable}")
+    r = run(
+        "cmake",
+        "-S",
+        str(tmp_path),
+        "-B",
+        str(build),
+        f"-DPython_EXECUTABLE={sys.executable}",
+        "-DLSTM_EXT_CUDA=OFF",
+    )  # the CPU example; test_cuda_build compiles the GPU path
     assert r.returncode == 0, r.stdout + r.stderr
     r = run("cmake", "--build", str(build), "-j2")
     assert r.returncode == 0, r.stdout + r.stderr

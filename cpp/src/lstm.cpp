@@ -24,66 +24,14 @@
 #include <vector>
 
 #include "blas.h"
+#include "common.h"
 #include "lstm_ext/cell_math.h"
 #include "parallel.h"
 
 namespace lstm_ext {
 namespace {
 
-// ---- sizes ----------------------------------------------------------------
-
-// a*b, refusing results past what a byte count of double can hold.
-int64_t mul(int64_t a, int64_t b) {
-  constexpr int64_t kMax = std::numeric_limits<int64_t>::max() / 8;
-  if (a != 0 && b > kMax / a)
-    throw std::length_error("lstm_ext: size " + std::to_string(a) + " x " + std::to_string(b) +
-                            " overflows a 64-bit byte count");
-  return a * b;
-}
-
-int64_t add(int64_t a, int64_t b) {
-  if (b > std::numeric_limits<int64_t>::max() / 8 - a)
-    throw std::length_error("lstm_ext: size overflows a 64-bit byte count");
-  return a + b;
-}
-
-std::string str(const Config& c) {
-  return "T=" + std::to_string(c.T) + " B=" + std::to_string(c.B) + " I=" + std::to_string(c.I) +
-         " H=" + std::to_string(c.H) + " P=" + std::to_string(c.P);
-}
-
-void check_config(const Config& c) {
-  if (c.T < 0 || c.B < 0 || c.I < 0 || c.H < 0 || c.P < 0)
-    throw std::invalid_argument("lstm_ext: sizes must be >= 0, got " + str(c));
-  if (!(c.clip >= 0))
-    throw std::invalid_argument("lstm_ext: clip must be >= 0 (0: no clipping), got " +
-                                std::to_string(c.clip));
-  // BLAS takes 32-bit dimensions: refuse what no GEMM below could take,
-  // before anything is written.
-  const int64_t gemm_dims[] = {mul(c.T, c.B), mul(4, c.H), c.I, c.O()};
-  for (int64_t v : gemm_dims)
-    if (v > std::numeric_limits<int>::max())
-      throw std::length_error("lstm_ext: a GEMM dimension of " + std::to_string(v) + " (" + str(c) +
-                              ") exceeds the BLAS limit of 2^31-1");
-  // Every product used below, checked once.
-  const int64_t widest = add(add(mul(4, c.H), c.I), add(mul(2, c.H), c.O()));
-  mul(mul(add(c.T, 1), c.B), widest);
-  mul(mul(4, c.H), add(c.I, c.O()));
-  mul(c.P, c.H);
-}
-
-bool gathers(const Config& c) { return c.lengths != nullptr || c.reverse; }
-
-// Consecutive buffers carved from one: take(n) gives the offset of the next n
-// elements.
-struct Carve {
-  int64_t used = 0;
-  int64_t operator()(int64_t n) {
-    const int64_t start = used;
-    used = add(used, n);
-    return start;
-  }
-};
+using namespace detail;  // NOLINT: sizes, Config checks, the schedule
 
 // Element offsets of the buffers in the forward workspace, for a batch whose
 // packed rows number at most T*B. One place for forward, backward and sizes.
@@ -123,51 +71,6 @@ BackwardLayout backward_layout(const Config& c) {
   L.dxp = take(gathers(c) ? mul(rows, c.I) : 0);  // [rows,I]
   L.total = take.used;
   return L;
-}
-
-// ---- the packed schedule --------------------------------------------------
-
-struct Schedule {
-  int64_t K = 0;  // processing steps
-  bool reverse = false;
-  std::vector<int64_t> perm;    // [B] row j holds sequence perm[j]
-  std::vector<int64_t> len;     // [B] its length; non-increasing in j
-  std::vector<int64_t> batch;   // [K] rows still running at step k
-  std::vector<int64_t> offset;  // [K+1] packed index of row (k, 0)
-
-  int64_t N() const { return offset[K]; }
-  // The [T*B] row of packed row (k, j).
-  int64_t row(int64_t k, int64_t j, int64_t B) const {
-    return (reverse ? len[j] - 1 - k : k) * B + perm[j];
-  }
-};
-
-Schedule make_schedule(const Config& c) {
-  Schedule s;
-  s.reverse = c.reverse;
-  s.perm.resize(c.B);
-  std::iota(s.perm.begin(), s.perm.end(), int64_t(0));
-  s.len.assign(c.B, c.T);
-  if (c.lengths) {
-    for (int64_t b = 0; b < c.B; ++b)
-      if (c.lengths[b] < 0 || c.lengths[b] > c.T)
-        throw std::invalid_argument("lstm_ext: lengths[" + std::to_string(b) +
-                                    "] = " + std::to_string(c.lengths[b]) + " is outside [0, " +
-                                    std::to_string(c.T) + "]");
-    std::stable_sort(s.perm.begin(), s.perm.end(),
-                     [&](int64_t a, int64_t b) { return c.lengths[a] > c.lengths[b]; });
-    for (int64_t j = 0; j < c.B; ++j) s.len[j] = c.lengths[s.perm[j]];
-  }
-  s.K = c.B > 0 ? s.len[0] : 0;
-  s.batch.resize(s.K);
-  s.offset.assign(s.K + 1, 0);
-  int64_t active = c.B;
-  for (int64_t k = 0; k < s.K; ++k) {
-    while (active > 0 && s.len[active - 1] <= k) --active;
-    s.batch[k] = active;
-    s.offset[k + 1] = s.offset[k] + active;
-  }
-  return s;
 }
 
 // dst[j] = src[perm[j]] for j < n (rows of `width`), or zeros if src is null.
@@ -326,18 +229,6 @@ void over_units(int64_t rows, int64_t H, F&& fn) {
   const int64_t blocks = (H + kUnits - 1) / kUnits;
   if (rows * H < kMinWork || blocks < 2) return fn(int64_t(0), H);
   parallel_for(blocks, [&](int64_t k) { fn(k * kUnits, std::min(H, (k + 1) * kUnits)); });
-}
-
-void require(const void* p, const char* name, int64_t size) {
-  if (p == nullptr && size > 0)
-    throw std::invalid_argument(std::string("lstm_ext: buffer ") + name + " is null");
-}
-
-template <typename S>
-void require_weights(const Weights<S>& w, const Config& c) {
-  require(w.W, "W", 4 * c.H * c.I);
-  require(w.R, "R", 4 * c.H * c.O());
-  if (c.P > 0) require(w.W_hr, "W_hr", c.P * c.H);
 }
 
 }  // namespace

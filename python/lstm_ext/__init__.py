@@ -10,6 +10,12 @@ dtype of ``x`` and the results come back in it. NaN and Inf in inputs
 propagate as IEEE arithmetic does (a NaN anywhere in ``x[t]`` reaches every
 later step of that sequence); they are not checked for.
 
+``device="cuda"`` runs a call on the GPU (the CUDA path, where it is
+compiled and a GPU is visible; ``cuda_available()`` says whether), "auto"
+picks the GPU where it can, "cpu" (the default) never does. NumPy arrays go
+in and come out either way; a training cache stays on the device that made
+it, and backward runs there.
+
 Calls release the GIL. lstm_ext computes on its own threads
 (``set_num_threads``, or the environment variable LSTM_EXT_NUM_THREADS;
 default: the cores available) with the BLAS single-threaded inside its
@@ -24,8 +30,9 @@ import numpy as np
 import scipy_openblas32  # noqa: F401  (loads libscipy_openblas before _core needs it)
 from numpy.typing import ArrayLike
 
-from . import _core, convert, nn
+from . import convert, nn
 from ._core import Cache, get_num_threads, set_num_threads
+from ._device import check_device, cuda_available, cuda_status, module, module_of_cache
 from ._version import __version__
 from .onnx import onnx_lstm
 
@@ -52,6 +59,8 @@ __all__ = [
     "backward",
     "checkpoint",
     "convert",
+    "cuda_available",
+    "cuda_status",
     "data",
     "forward",
     "get_num_threads",
@@ -122,6 +131,7 @@ def forward(
     clip: float | None = None,
     input_forget: bool = False,
     return_cell_states: bool = False,
+    device: str = "cpu",
 ) -> ForwardResult | ForwardResultWithCells:
     """Run one LSTM layer in one direction over a whole batch of sequences.
 
@@ -142,6 +152,8 @@ def forward(
     - ``input_forget``: coupled gates, f = 1 - i (ONNX's input_forget=1).
     - ``training=False``: keep no cache; then only O(B*H) memory beyond y.
     - ``return_cell_states``: add c_t of every step, [T,B,H], as a fifth result.
+    - ``device``: "cpu", "cuda" or "auto" (see the module docstring). On the
+      GPU the cache keeps x, the weights and the workspace in GPU memory.
 
     Returns ``ForwardResult(y, h, c, cache)``, or ``ForwardResultWithCells(y,
     h, c, cache, cell_states)``. The cache holds private copies of x and the
@@ -149,7 +161,7 @@ def forward(
     backward computes. Non-contiguous inputs are copied once. Raises
     TypeError for a wrong dtype, ValueError for a wrong shape or value.
     """
-    y, h, c, cache, cs = _core.forward(
+    y, h, c, cache, cs = module(check_device(device)).forward(
         x, W, R, b, h0, c0,
         batch_first=batch_first, training=training, reverse=reverse, lengths=lengths,
         W_hr=W_hr, peephole=peephole, clip=clip, input_forget=input_forget,
@@ -168,13 +180,13 @@ def backward(
     dy: dL/dy, shaped like forward's y, or None (zeros); its values past a
     sequence's end are ignored. dh [B,O], dc [B,H]: dL/dh and dL/dc of the
     final state, or None (zeros). The cache is only read: it may serve
-    several backward calls.
+    several backward calls. Backward runs on the device forward ran on.
 
     Returns ``GradResult(dx, dh0, dc0, dW, dR, db)``; when forward had W_hr
     or peephole, ``GradResultWithExtras`` with ``dW_hr`` and ``dpeephole``
     added (None for the one it did not have).
     """
-    g = _core.backward(cache, dy, dh, dc)
+    g = module_of_cache(cache).backward(cache, dy, dh, dc)
     if cache.P > 0 or g[7] is not None:
         return GradResultWithExtras(*g)
     return GradResult(*g[:6])
@@ -192,15 +204,18 @@ def step(
     peephole: ArrayLike | None = None,
     clip: float | None = None,
     input_forget: bool = False,
+    device: str = "cpu",
 ) -> StepResult:
     """One LSTM step for streaming inference: x [B,I], h [B,O] and c [B,H] (None: zeros).
 
     Returns ``StepResult(h, c)``, the new state, in new arrays. Feeding the
     steps of a sequence one by one gives what ``forward`` gives; the options
-    mean what they mean there.
+    mean what they mean there. On the GPU (``device``), every call copies
+    the weights there and the state back: for long streams on a GPU, prefer
+    ``forward`` over chunks of steps.
     """
     return StepResult(
-        *_core.step(
+        *module(check_device(device)).step(
             x, h, c, W, R, b, W_hr=W_hr, peephole=peephole, clip=clip, input_forget=input_forget
         )
     )

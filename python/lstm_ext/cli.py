@@ -354,18 +354,18 @@ def cmd_sample(args) -> None:
 
 
 def cmd_info(args) -> None:
-    from . import _core
+    from . import _core, _device
 
     blas = _core.blas_num_threads()
-    gpus = sorted(Path("/proc/driver/nvidia/gpus").glob("*"))  # what the NVIDIA driver lists
     print(f"lstm_ext {__version__} ({Path(__file__).parent})")
     print(f"core: {_core.build_description()}")
     print(f"threads: {_core.get_num_threads()} (LSTM_EXT_NUM_THREADS or set_num_threads); "
           f"CPU cores available: {len(os.sched_getaffinity(0))}")  # fmt: skip
     print(f"BLAS: {_core.blas_config()}; {blas} thread{'s' * (blas != 1)} outside lstm_ext calls, "
           "1 inside them")  # fmt: skip
-    print(f"CUDA path compiled: {'yes' if _core.cuda_compiled else 'no'}; "
-          f"NVIDIA GPU visible: {f'yes ({len(gpus)})' if gpus else 'no'}")  # fmt: skip
+    print(f"CUDA path compiled: {'yes' if _device.cuda_compiled() else 'no'}; "
+          f"device='cuda' {'available' if _device.cuda_available() else 'unavailable'}: "
+          f"{_device.cuda_status()}")  # fmt: skip
 
 
 def cmd_train(args) -> None:

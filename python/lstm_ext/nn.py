@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from . import _core
+from . import _device
 from ._checks import check_state_keys
 
 _BIAS_NAMES = ("bias_ih", "bias_hh")
@@ -193,10 +193,12 @@ class LSTM(Module):
 
     ``LSTM(input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
     dropout=0.0, bidirectional=False, proj_size=0, *, dtype=np.float32,
-    seed=None)``: PyTorch's meanings. Parameters are uniform in ±1/√hidden_size
-    (drawn from ``np.random.default_rng(seed)`` in PyTorch's order), held in
-    ``params`` under PyTorch's names (``weight_ih_l0``, ``weight_hh_l0``,
-    ``bias_ih_l0``, ``bias_hh_l0``, ``weight_hr_l0``, ``..._reverse``);
+    seed=None, device="cpu")``: PyTorch's meanings; ``device`` ("cpu", "cuda"
+    or "auto", as in ``lstm_ext.forward``) is where the layers run.
+    Parameters are uniform in ±1/√hidden_size (drawn from
+    ``np.random.default_rng(seed)`` in PyTorch's order), held in ``params``
+    under PyTorch's names (``weight_ih_l0``, ``weight_hh_l0``, ``bias_ih_l0``,
+    ``bias_hh_l0``, ``weight_hr_l0``, ``..._reverse``);
     ``grads`` holds their gradients under the same names.
 
     Letters: D = 2 if bidirectional else 1; O = proj_size or hidden_size.
@@ -217,7 +219,9 @@ class LSTM(Module):
 
     In training mode (the default; ``train()``/``eval()`` switch) forward
     keeps what backward needs and applies dropout between layers; in eval
-    mode it keeps nothing unless called with ``keep_cache=True``. One
+    mode it keeps nothing unless called with ``keep_cache=True``. On the GPU
+    the caches stay in GPU memory between forward and backward; parameters
+    and gradients are NumPy arrays, sent to the GPU at each forward call. One
     instance holds one forward's caches at a time: do not share an instance
     between threads.
     """
@@ -235,7 +239,9 @@ class LSTM(Module):
         *,
         dtype=np.float32,
         seed: int | None = None,
+        device: str = "cpu",
     ):
+        self.device = _device.check_device(device)
         for name, v, low in (
             ("input_size", input_size, 1),
             ("hidden_size", hidden_size, 1),
@@ -346,7 +352,7 @@ class LSTM(Module):
             for d in range(D):
                 k = layer * D + d
                 _, kw = self._weights(layer, d)
-                y, h, c, cache, _ = _core.forward(
+                y, h, c, cache, _ = _device.module(self.device).forward(
                     inp, kw["W"], kw["R"], kw["b"],
                     None if h0 is None else h0[k], None if c0 is None else c0[k],
                     training=keep, reverse=bool(d), lengths=lengths, W_hr=kw.get("W_hr"),
@@ -407,7 +413,7 @@ class LSTM(Module):
             for d in range(D):
                 k = layer * D + d
                 s, _ = self._weights(layer, d)
-                g = _core.backward(
+                g = _device.module_of_cache(caches[layer][d]).backward(
                     caches[layer][d],
                     dy[:, :, d * O : (d + 1) * O],
                     None if dh_n is None else dh_n[k],

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Everything a GPU machine checks, in one go: build and install lstm_ext with
+# the CUDA path (required: LSTM_EXT_CUDA=ON), run the whole test suite (the
+# GPU tests in tests/test_cuda.py run where a GPU is visible), then the GPU
+# benchmark against torch.nn.LSTM (cuDNN). Logs and JSON go to $OUT (default
+# ./gpu-check-out).
+#
+#   bash benchmarks/gpu_check.sh
+#
+# Environment: PYTHON (default python3) must have numpy, scikit-build-core,
+# pybind11, scipy-openblas32, tqdm, matplotlib, pytest and (for the
+# comparison) torch with CUDA; LSTM_EXT_CUDA_ARCHITECTURES narrows the build
+# (e.g. 90 on an H100); a folder of wheels in WHEELS is installed first
+# (offline machines).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+OUT=${OUT:-$PWD/gpu-check-out}
+mkdir -p "$OUT"
+status=0
+step() { echo; echo "=== $* ==="; }
+
+step "machine"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv || true
+nvcc --version | tail -1
+if [ -n "${WHEELS:-}" ]; then
+  $PY -m pip install -q --no-index --no-deps "$WHEELS"/*.whl || exit 1
+fi
+
+step "build (LSTM_EXT_CUDA=ON)"
+arch=()
+[ -n "${LSTM_EXT_CUDA_ARCHITECTURES:-}" ] &&
+  arch=(-C "cmake.define.LSTM_EXT_CUDA_ARCHITECTURES=$LSTM_EXT_CUDA_ARCHITECTURES")
+t0=$(date +%s)
+$PY -m pip install -q --no-build-isolation --no-deps -C cmake.define.LSTM_EXT_CUDA=ON "${arch[@]}" \
+  -C build-dir=/tmp/lstm_ext_gpu_build . >"$OUT/build.log" 2>&1 || { tail -50 "$OUT/build.log"; exit 1; }
+echo "built in $(( $(date +%s) - t0 )) s"
+$PY -m lstm_ext info
+
+step "tests"
+$PY -m pytest -q -rs --tb=short -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" | tail -60
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+
+step "benchmark"
+$PY benchmarks/bench_gpu.py --json "$OUT/bench_gpu.json" 2>&1 | tee "$OUT/bench.log" || status=1
+exit $status

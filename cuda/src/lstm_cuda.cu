@@ -1,0 +1,559 @@
+// GPU forward and backward: lstm.cpp's algorithm with cuBLAS for the matrix
+// products and one fused kernel per step for the pointwise math, which is
+// cell_math.h's, the functions the CPU path runs.
+//
+// Ragged and reversed batches use the CPU's packed schedule (common.h), made
+// on the host; its index arrays are uploaded into the workspace, where
+// backward finds them again:
+//   perm [B]   packed row j holds sequence perm[j]
+//   len  [B]   its length, non-increasing in j
+//   off  [T+1] packed index of step k's first row (rows of step k are a prefix)
+//   row  [N]   the [T*B] row of each packed row (only where the batch is gathered)
+// Packed h_k is written straight into y when nothing is gathered, else into a
+// packed copy that is scattered into y at the end.
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "check.h"
+#include "common.h"
+#include "context.h"
+#include "lstm_ext/cell_math.h"
+#include "lstm_ext/cuda.h"
+
+namespace lstm_ext {
+namespace cuda {
+namespace {
+
+namespace core = ::lstm_ext::detail;
+using detail::launch;
+
+// ---- cuBLAS in row-major terms ----------------------------------------------
+
+enum class Op { N, T };
+
+cublasStatus_t gemm_call(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m,
+                         int n, int k, const float* alpha, const float* A, int lda, const float* B,
+                         int ldb, const float* beta, float* C, int ldc) {
+  return cublasSgemm(h, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+cublasStatus_t gemm_call(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m,
+                         int n, int k, const double* alpha, const double* A, int lda,
+                         const double* B, int ldb, const double* beta, double* C, int ldc) {
+  return cublasDgemm(h, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+cublasStatus_t axpy_call(cublasHandle_t h, int n, const float* a, const float* x, float* y) {
+  return cublasSaxpy(h, n, a, x, 1, y, 1);
+}
+cublasStatus_t axpy_call(cublasHandle_t h, int n, const double* a, const double* x, double* y) {
+  return cublasDaxpy(h, n, a, x, 1, y, 1);
+}
+
+// C[m,n] = alpha op(A)[m,k] op(B)[k,n] + beta C[m,n], all row-major with
+// leading dimensions lda, ldb, ldc (ldc == n). cuBLAS is column-major, so it
+// computes C^T = op(B)^T op(A)^T. Dimensions fit in int (check_config).
+template <typename S>
+void gemm(const Context::Impl& cx, Op ta, Op tb, int64_t m, int64_t n, int64_t k, S alpha,
+          const S* A, int64_t lda, const S* B, int64_t ldb, S beta, S* C, int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  if (k == 0) {  // cuBLAS refuses a leading dimension of 0; C = beta*C, beta is 0 or 1 here
+    if (beta == S(0))
+      LSTM_EXT_CUDA(cudaMemsetAsync(C, 0, sizeof(S) * size_t(m * ldc), cx.stream));
+    return;
+  }
+  auto op = [](Op o) { return o == Op::N ? CUBLAS_OP_N : CUBLAS_OP_T; };
+  LSTM_EXT_CUDA(gemm_call(cx.blas, op(tb), op(ta), int(n), int(m), int(k), &alpha, B, int(ldb), A,
+                          int(lda), &beta, C, int(ldc)));
+}
+
+template <typename S>
+void copy(const Context::Impl& cx, S* dst, const S* src, int64_t n) {
+  if (n > 0)
+    LSTM_EXT_CUDA(cudaMemcpyAsync(dst, src, sizeof(S) * size_t(n), cudaMemcpyDeviceToDevice,
+                                  cx.stream));
+}
+
+template <typename S>
+void zero(const Context::Impl& cx, S* dst, int64_t n) {
+  if (n > 0) LSTM_EXT_CUDA(cudaMemsetAsync(dst, 0, sizeof(S) * size_t(n), cx.stream));
+}
+
+// ---- kernels --------------------------------------------------------------------
+
+constexpr int kThreads = 256;
+
+unsigned blocks(int64_t n) {
+  constexpr int64_t kMaxBlocks = 1 << 20;  // the grid-stride loops cover the rest
+  return unsigned(std::min<int64_t>((n + kThreads - 1) / kThreads, kMaxBlocks));
+}
+
+#define LSTM_EXT_GRID_LOOP(i, n) \
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < (n); i += int64_t(gridDim.x) * blockDim.x)
+
+template <typename S>
+__device__ __forceinline__ cell::Peep<S> peep_at(const S* p, int64_t j, int64_t H) {
+  return p ? cell::Peep<S>{p[j], p[H + j], p[2 * H + j]} : cell::Peep<S>{S(0), S(0), S(0)};
+}
+
+// One thread per (row n, unit j) of step k's nb rows.
+//   z [nb,4H]  in: x W^T + h R^T;  out: the activated gates (or, with kClip,
+//              the final pre-activations) that backward reads
+//   c [nb,H] out;  m [nb,H] out (h_k itself without a projection)
+//   h_next     where m also goes (the next step's row block of the saved
+//              h_{k}), for its first nb_next rows; null: nowhere
+template <bool kPeep, bool kClip, bool kCoupled, typename S>
+__global__ void forward_cells(S* z, S* c, S* m, const S* c_prev, const S* b, const S* peep, S clip,
+                              int64_t nb, int64_t H, S* h_next, int64_t nb_next) {
+  LSTM_EXT_GRID_LOOP(idx, nb * H) {
+    const int64_t n = idx / H, j = idx - n * H;
+    S* zn = z + n * 4 * H;
+    cell::Gates<S> zz{zn[j], zn[H + j], zn[2 * H + j], zn[3 * H + j]};
+    if (b) zz = {zz.i + b[j], zz.f + b[H + j], zz.g + b[2 * H + j], zz.o + b[3 * H + j]};
+    S mv;
+    const auto a = cell::cell_forward<kPeep, kClip, kCoupled>(&zz, c_prev[idx], peep_at(peep, j, H),
+                                                              clip, &c[idx], &mv);
+    m[idx] = mv;
+    if (h_next && n < nb_next) h_next[idx] = mv;
+    const cell::Gates<S>& keep = kClip ? zz : a;
+    zn[j] = keep.i;
+    zn[H + j] = keep.f;
+    zn[2 * H + j] = keep.g;
+    zn[3 * H + j] = keep.o;
+  }
+}
+
+// One thread per (row n, unit j): dz [nb,4H] out, dc [nb,H] dL/dc_t in,
+// dL/dc_{t-1} out; saved [nb,4H] what forward_cells kept.
+template <bool kPeep, bool kClip, bool kCoupled, typename S>
+__global__ void backward_cells(S* dz, S* dc, const S* saved, const S* c_prev, const S* c,
+                               const S* dm, const S* peep, S clip, int64_t nb, int64_t H) {
+  LSTM_EXT_GRID_LOOP(idx, nb * H) {
+    const int64_t n = idx / H, j = idx - n * H;
+    const S* sn = saved + n * 4 * H;
+    const cell::Gates<S> kept{sn[j], sn[H + j], sn[2 * H + j], sn[3 * H + j]};
+    const cell::Gates<S> a = kClip ? cell::activate<kClip, kCoupled>(kept, clip) : kept;
+    S dcv = dc[idx];
+    const auto d = cell::cell_backward<kPeep, kClip, kCoupled>(a, kept, c_prev[idx], c[idx], dm[idx],
+                                                               peep_at(peep, j, H), clip, &dcv);
+    dc[idx] = dcv;
+    S* dzn = dz + n * 4 * H;
+    dzn[j] = d.i;
+    dzn[H + j] = d.f;
+    dzn[2 * H + j] = d.g;
+    dzn[3 * H + j] = d.o;
+  }
+}
+
+// dst[r] = src[row[r]] for n rows of `width`.
+template <typename S>
+__global__ void gather_rows(S* dst, const S* src, const int64_t* row, int64_t n, int64_t width) {
+  LSTM_EXT_GRID_LOOP(i, n * width) {
+    const int64_t r = i / width;
+    dst[i] = src[row[r] * width + (i - r * width)];
+  }
+}
+
+// dst[row[r]] = src[r].
+template <typename S>
+__global__ void scatter_rows(S* dst, const S* src, const int64_t* row, int64_t n, int64_t width) {
+  LSTM_EXT_GRID_LOOP(i, n * width) {
+    const int64_t r = i / width;
+    dst[row[r] * width + (i - r * width)] = src[i];
+  }
+}
+
+// dst[r] += src[row[r]]: dy of step k into the running dL/dh.
+template <typename S>
+__global__ void add_rows(S* dst, const S* src, const int64_t* row, int64_t n, int64_t width) {
+  LSTM_EXT_GRID_LOOP(i, n * width) {
+    const int64_t r = i / width;
+    dst[i] += src[row[r] * width + (i - r * width)];
+  }
+}
+
+// dst[j] = src[perm[j]] (zeros for a null src), n rows of `width`.
+template <typename S>
+__global__ void gather_state(S* dst, const S* src, const int64_t* perm, int64_t n, int64_t width) {
+  LSTM_EXT_GRID_LOOP(i, n * width) {
+    const int64_t j = i / width;
+    dst[i] = src ? src[perm[j] * width + (i - j * width)] : S(0);
+  }
+}
+
+template <typename S>
+__global__ void scatter_state(S* dst, const S* src, const int64_t* perm, int64_t n, int64_t width) {
+  LSTM_EXT_GRID_LOOP(i, n * width) {
+    const int64_t j = i / width;
+    dst[perm[j] * width + (i - j * width)] = src[i];
+  }
+}
+
+// Each sequence's state after its last valid step (its initial state if it
+// has none). Y: packed h rows; C: [B + N, H], c0 then packed c rows.
+template <typename S>
+__global__ void final_state(S* hT, S* cT, const S* Y, const S* C, const S* h0p,
+                            const int64_t* perm, const int64_t* len, const int64_t* off, int64_t B,
+                            int64_t H, int64_t O) {
+  LSTM_EXT_GRID_LOOP(i, B * (O + H)) {
+    const int64_t j = i / (O + H), u = i - j * (O + H);
+    const int64_t L = len[j], r = L > 0 ? off[L - 1] + j : -1;
+    if (u < O)
+      hT[perm[j] * O + u] = r >= 0 ? Y[r * O + u] : h0p[j * O + u];
+    else
+      cT[perm[j] * H + u - O] = C[(r >= 0 ? B + r : j) * H + u - O];
+  }
+}
+
+// db[q] = sum over rows of dZ[r,q]: one thread per column, in row order
+// (deterministic, no atomics).
+template <typename S>
+__global__ void column_sums(S* db, const S* dZ, int64_t N, int64_t G) {
+  LSTM_EXT_GRID_LOOP(q, G) {
+    S s = 0;
+    for (int64_t r = 0; r < N; ++r) s += dZ[r * G + q];
+    db[q] = s;
+  }
+}
+
+// dpeephole (ONNX order i, o, f) = sums over packed rows of dz_i c_{t-1},
+// dz_o c_t, dz_f c_{t-1}: one thread per unit.
+template <typename S>
+__global__ void peephole_grads(S* dp, const S* dZ, const S* C, const int64_t* off, int64_t K,
+                               int64_t B, int64_t H) {
+  LSTM_EXT_GRID_LOOP(j, H) {
+    S si = 0, so = 0, sf = 0;
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t n = 0; n < off[k + 1] - off[k]; ++n) {
+        const int64_t r = off[k] + n;
+        const S cp = C[(k == 0 ? n : B + off[k - 1] + n) * H + j], cc = C[(B + r) * H + j];
+        const S* d = dZ + r * 4 * H;
+        si += d[j] * cp;
+        so += d[3 * H + j] * cc;
+        sf += d[H + j] * cp;
+      }
+    dp[j] = si;
+    dp[H + j] = so;
+    dp[2 * H + j] = sf;
+  }
+}
+
+// Calls f(std::bool_constant<v0>{}, ...) for run-time flags: features become
+// template parameters of the kernels.
+template <bool... kDone, typename F>
+void dispatch(F&& f) {
+  f(std::bool_constant<kDone>{}...);
+}
+template <bool... kDone, typename F, typename... Rest>
+void dispatch(F&& f, bool v, Rest... rest) {
+  if (v)
+    dispatch<kDone..., true>(f, rest...);
+  else
+    dispatch<kDone..., false>(f, rest...);
+}
+
+// ---- workspace layouts ------------------------------------------------------------
+
+// Regions start on 256-byte boundaries (cudaMalloc's alignment).
+template <typename S>
+struct Carve256 {
+  int64_t used = 0;
+  int64_t operator()(int64_t n) {
+    constexpr int64_t kAlign = 256 / sizeof(S);
+    const int64_t start = used;
+    used = core::add(used, core::mul((n + kAlign - 1) / kAlign, kAlign));
+    return start;
+  }
+};
+
+struct ForwardLayout {
+  int64_t idx, xp, z, c, hp, m, h0, yp, total;
+};
+
+template <typename S>
+ForwardLayout forward_layout(const Config& c, bool training) {
+  const int64_t rows = core::mul(c.T, c.B), g = core::gathers(c);
+  const int64_t indices = core::add(core::add(2 * c.B, c.T + 1), g ? rows : 0);
+  ForwardLayout L{};
+  Carve256<S> take;
+  L.idx = take(core::mul(indices, int64_t(sizeof(int64_t) / sizeof(S))));
+  L.xp = take(g ? core::mul(rows, c.I) : 0);             // [N,I] gathered x
+  L.z = take(core::mul(rows, 4 * c.H));                  // [N,4H]
+  L.c = take(core::mul(core::add(rows, c.B), c.H));      // [B+N,H] c0, then c_k
+  L.hp = take(training ? core::mul(rows, c.O()) : 0);    // [N,O] h_{k-1}
+  L.m = take(c.P > 0 ? core::mul(rows, c.H) : 0);        // [N,H] o*tanh(c)
+  L.h0 = take(core::mul(c.B, c.O()));                    // [B,O] gathered h0
+  L.yp = take(g ? core::mul(rows, c.O()) : 0);           // [N,O] packed h_k
+  L.total = take.used;
+  return L;
+}
+
+struct BackwardLayout {
+  int64_t dz, dh_all, dm, dh, dc, dxp, total;
+};
+
+template <typename S>
+BackwardLayout backward_layout(const Config& c) {
+  const int64_t rows = core::mul(c.T, c.B);
+  BackwardLayout L{};
+  Carve256<S> take;
+  L.dz = take(core::mul(rows, 4 * c.H));                   // [N,4H]
+  L.dh_all = take(c.P > 0 ? core::mul(rows, c.P) : 0);     // [N,P]
+  L.dm = take(c.P > 0 ? core::mul(c.B, c.H) : 0);          // [B,H]
+  L.dh = take(core::mul(c.B, c.O()));                      // [B,O] running dL/dh
+  L.dc = take(core::mul(c.B, c.H));                        // [B,H] running dL/dc
+  L.dxp = take(core::gathers(c) ? core::mul(rows, c.I) : 0);  // [N,I]
+  L.total = take.used;
+  return L;
+}
+
+// The schedule's index arrays on the device (see the header comment).
+struct Indices {
+  const int64_t *perm, *len, *off, *row;
+};
+
+Indices indices_at(const void* ws, const Config& c) {
+  const int64_t* p = static_cast<const int64_t*>(ws);
+  return {p, p + c.B, p + 2 * c.B, p + 2 * c.B + c.T + 1};
+}
+
+void upload_schedule(const Context::Impl& cx, void* ws, const core::Schedule& s, const Config& c) {
+  std::vector<int64_t> h(2 * c.B + c.T + 1 + (core::gathers(c) ? s.N() : 0), 0);
+  std::copy(s.perm.begin(), s.perm.end(), h.begin());
+  std::copy(s.len.begin(), s.len.end(), h.begin() + c.B);
+  std::copy(s.offset.begin(), s.offset.end(), h.begin() + 2 * c.B);
+  if (core::gathers(c))
+    for (int64_t k = 0; k < s.K; ++k)
+      for (int64_t j = 0; j < s.batch[k]; ++j)
+        h[2 * c.B + c.T + 1 + s.offset[k] + j] = s.row(k, j, c.B);
+  // From pageable memory: the copy has read h when this returns.
+  LSTM_EXT_CUDA(cudaMemcpyAsync(ws, h.data(), sizeof(int64_t) * h.size(), cudaMemcpyHostToDevice,
+                                cx.stream));
+}
+
+// Makes ctx's device current for the call.
+const Context::Impl& enter(Context& ctx) {
+  LSTM_EXT_CUDA(cudaSetDevice(ctx.device()));
+  return ctx.impl();
+}
+
+}  // namespace
+
+template <typename S>
+int64_t forward_workspace_size(const Config& c, bool training) {
+  core::check_config(c);
+  return forward_layout<S>(c, training).total;
+}
+
+template <typename S>
+int64_t backward_scratch_size(const Config& c) {
+  core::check_config(c);
+  return backward_layout<S>(c).total;
+}
+
+int64_t step_scratch_size(const Config& c) {
+  Config one = c;
+  one.T = 1;
+  core::check_config(one);
+  return core::add(core::mul(c.B, 4 * c.H), core::mul(c.P > 0 ? 2 : 1, core::mul(c.B, c.H)));
+}
+
+template <typename S>
+void lstm_forward(Context& ctx, S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x,
+                  In<S> h0, In<S> c0, const Weights<S>& w, const Config& cfg, bool training) {
+  core::check_config(cfg);
+  const int64_t T = cfg.T, B = cfg.B, I = cfg.I, H = cfg.H, P = cfg.P, O = cfg.O(), G = 4 * H;
+  const ForwardLayout L = forward_layout<S>(cfg, training);
+  core::require(y, "y", T * B * O);
+  core::require(hT, "hT", B * O);
+  core::require(cT, "cT", B * H);
+  core::require(ws, "workspace", L.total);
+  core::require(x, "x", T * B * I);
+  core::require_weights(w, cfg);
+  const core::Schedule s = core::make_schedule(cfg);
+  const Context::Impl& cx = enter(ctx);
+  const bool g = core::gathers(cfg);
+  const int64_t N = s.N();
+  const S clip = S(cfg.clip);
+  cudaStream_t st = cx.stream;
+
+  upload_schedule(cx, ws + L.idx, s, cfg);
+  const Indices ix = indices_at(ws + L.idx, cfg);
+  S *Xp = ws + L.xp, *Z = ws + L.z, *C = ws + L.c, *Hp = ws + L.hp, *M = ws + L.m,
+    *h0p = ws + L.h0, *Y = g ? ws + L.yp : y;
+  LSTM_EXT_CUDA(launch(gather_state<S>, blocks(B * O), kThreads, st, h0p, h0, ix.perm, B, O));
+  LSTM_EXT_CUDA(launch(gather_state<S>, blocks(B * H), kThreads, st, C, c0, ix.perm, B, H));
+  const S* xin = x;
+  if (g) {
+    LSTM_EXT_CUDA(launch(gather_rows<S>, blocks(N * I), kThreads, st, Xp, x, ix.row, N, I));
+    xin = Xp;
+  }
+  gemm(cx, Op::N, Op::T, N, G, I, S(1), xin, I, w.W, I, S(0), Z, G);  // [N,4H]
+  if (training && s.K > 0) copy(cx, Hp, h0p, s.batch[0] * O);
+
+  for (int64_t k = 0; k < s.K; ++k) {
+    const int64_t nb = s.batch[k], nb_next = k + 1 < s.K ? s.batch[k + 1] : 0;
+    S* z = Z + s.offset[k] * G;
+    const S* h_prev = k == 0 ? h0p : Y + s.offset[k - 1] * O;
+    gemm(cx, Op::N, Op::T, nb, G, O, S(1), h_prev, O, w.R, O, S(1), z, G);
+    S* c = C + (B + s.offset[k]) * H;
+    const S* c_prev = k == 0 ? C : C + (B + s.offset[k - 1]) * H;
+    S* m = P > 0 ? M + s.offset[k] * H : Y + s.offset[k] * O;
+    S* h_next = training && P == 0 && nb_next > 0 ? Hp + s.offset[k + 1] * O : nullptr;
+    dispatch(
+        [&](auto peep, auto clipped, auto coupled) {
+          LSTM_EXT_CUDA(launch(forward_cells<decltype(peep)::value, decltype(clipped)::value,
+                                             decltype(coupled)::value, S>,
+                               blocks(nb * H), kThreads, st, z, c, m, c_prev, w.b, w.peephole,
+                               clip, nb, H, h_next, nb_next));
+        },
+        w.peephole != nullptr, cfg.clip > 0, cfg.input_forget);
+    if (P > 0) {
+      gemm(cx, Op::N, Op::T, nb, P, H, S(1), m, H, w.W_hr, H, S(0), Y + s.offset[k] * O, P);
+      if (training && nb_next > 0) copy(cx, Hp + s.offset[k + 1] * O, Y + s.offset[k] * O, nb_next * O);
+    }
+  }
+
+  if (g) {
+    zero(cx, y, T * B * O);
+    LSTM_EXT_CUDA(launch(scatter_rows<S>, blocks(N * O), kThreads, st, y, Y, ix.row, N, O));
+  }
+  if (cell_states) {
+    if (g) {
+      zero(cx, cell_states, T * B * H);
+      LSTM_EXT_CUDA(launch(scatter_rows<S>, blocks(N * H), kThreads, st, cell_states, C + B * H,
+                           ix.row, N, H));
+    } else {
+      copy(cx, cell_states, C + B * H, T * B * H);
+    }
+  }
+  LSTM_EXT_CUDA(launch(final_state<S>, blocks(B * (O + H)), kThreads, st, hT, cT, Y, C, h0p,
+                       ix.perm, ix.len, ix.off, B, H, O));
+}
+
+template <typename S>
+void lstm_backward(Context& ctx, S* dx, S* dh0, S* dc0, const Grads<S>& gr, S* scr, In<S> ws,
+                   In<S> x, In<S> dy, In<S> dhT, In<S> dcT, const Weights<S>& w,
+                   const Config& cfg) {
+  core::check_config(cfg);
+  const int64_t T = cfg.T, B = cfg.B, I = cfg.I, H = cfg.H, P = cfg.P, O = cfg.O(), G = 4 * H;
+  const ForwardLayout L = forward_layout<S>(cfg, true);
+  const BackwardLayout BL = backward_layout<S>(cfg);
+  core::require(dx, "dx", T * B * I);
+  core::require(dh0, "dh0", B * O);
+  core::require(dc0, "dc0", B * H);
+  core::require(gr.dW, "dW", G * I);
+  core::require(gr.dR, "dR", G * O);
+  core::require(gr.db, "db", G);
+  if (P > 0) core::require(gr.dW_hr, "dW_hr", P * H);
+  if (w.peephole) core::require(gr.dpeephole, "dpeephole", 3 * H);
+  core::require(scr, "scratch", BL.total);
+  core::require(ws, "workspace", L.total);
+  core::require(x, "x", T * B * I);
+  core::require_weights(w, cfg);
+  const core::Schedule s = core::make_schedule(cfg);
+  const Context::Impl& cx = enter(ctx);
+  const bool g = core::gathers(cfg);
+  const int64_t N = s.N();
+  const S clip = S(cfg.clip);
+  cudaStream_t st = cx.stream;
+
+  const Indices ix = indices_at(ws + L.idx, cfg);  // forward left them there
+  const S *Xp = g ? ws + L.xp : x, *Z = ws + L.z, *C = ws + L.c, *Hp = ws + L.hp, *M = ws + L.m;
+  S *dZ = scr + BL.dz, *DH = scr + BL.dh_all, *dm = scr + BL.dm, *dh = scr + BL.dh,
+    *dc = scr + BL.dc, *dXp = g ? scr + BL.dxp : dx;
+  LSTM_EXT_CUDA(launch(gather_state<S>, blocks(B * O), kThreads, st, dh, dhT, ix.perm, B, O));
+  LSTM_EXT_CUDA(launch(gather_state<S>, blocks(B * H), kThreads, st, dc, dcT, ix.perm, B, H));
+
+  for (int64_t k = s.K - 1; k >= 0; --k) {
+    const int64_t nb = s.batch[k];
+    if (dy && g) {
+      LSTM_EXT_CUDA(launch(add_rows<S>, blocks(nb * O), kThreads, st, dh, dy,
+                           ix.row + s.offset[k], nb, O));
+    } else if (dy && nb * O > 0) {
+      const S one = 1;
+      LSTM_EXT_CUDA(axpy_call(cx.blas, int(nb * O), &one, dy + k * B * O, dh));
+    }
+    const S* dmk = dh;
+    if (P > 0) {
+      copy(cx, DH + s.offset[k] * P, dh, nb * P);
+      gemm(cx, Op::N, Op::N, nb, H, P, S(1), dh, P, w.W_hr, H, S(0), dm, H);  // [nb,H]
+      dmk = dm;
+    }
+    S* dz = dZ + s.offset[k] * G;
+    const S* c_prev = k == 0 ? C : C + (B + s.offset[k - 1]) * H;
+    dispatch(
+        [&](auto peep, auto clipped, auto coupled) {
+          LSTM_EXT_CUDA(launch(backward_cells<decltype(peep)::value, decltype(clipped)::value,
+                                              decltype(coupled)::value, S>,
+                               blocks(nb * H), kThreads, st, dz, dc, Z + s.offset[k] * G, c_prev,
+                               C + (B + s.offset[k]) * H, dmk, w.peephole, clip, nb, H));
+        },
+        w.peephole != nullptr, cfg.clip > 0, cfg.input_forget);
+    gemm(cx, Op::N, Op::N, nb, O, G, S(1), dz, G, w.R, O, S(0), dh, O);  // dL/dh_{k-1}
+  }
+
+  gemm(cx, Op::N, Op::N, N, I, G, S(1), dZ, G, w.W, I, S(0), dXp, I);  // [N,I]
+  if (g) {
+    zero(cx, dx, T * B * I);
+    LSTM_EXT_CUDA(launch(scatter_rows<S>, blocks(N * I), kThreads, st, dx, dXp, ix.row, N, I));
+  }
+  gemm(cx, Op::T, Op::N, G, I, N, S(1), dZ, G, Xp, I, S(0), gr.dW, I);  // [4H,I]
+  gemm(cx, Op::T, Op::N, G, O, N, S(1), dZ, G, Hp, O, S(0), gr.dR, O);  // [4H,O]
+  LSTM_EXT_CUDA(launch(column_sums<S>, blocks(G), kThreads, st, gr.db, dZ, N, G));
+  if (P > 0) gemm(cx, Op::T, Op::N, P, H, N, S(1), DH, P, M, H, S(0), gr.dW_hr, H);  // [P,H]
+  if (w.peephole)
+    LSTM_EXT_CUDA(launch(peephole_grads<S>, blocks(H), kThreads, st, gr.dpeephole, dZ, C, ix.off,
+                         s.K, B, H));
+  LSTM_EXT_CUDA(launch(scatter_state<S>, blocks(B * O), kThreads, st, dh0, dh, ix.perm, B, O));
+  LSTM_EXT_CUDA(launch(scatter_state<S>, blocks(B * H), kThreads, st, dc0, dc, ix.perm, B, H));
+}
+
+template <typename S>
+void lstm_step(Context& ctx, S* h_out, S* c_out, S* scr, In<S> x, In<S> h, In<S> c,
+               const Weights<S>& w, const Config& cfg) {
+  const int64_t B = cfg.B, I = cfg.I, H = cfg.H, P = cfg.P, O = cfg.O(), G = 4 * H;
+  core::require(scr, "scratch", cuda::step_scratch_size(cfg));
+  core::require(h_out, "h_out", B * O);
+  core::require(c_out, "c_out", B * H);
+  core::require(x, "x", B * I);
+  core::require_weights(w, cfg);
+  const Context::Impl& cx = enter(ctx);
+  S* z = scr;  // [B,4H]
+  gemm(cx, Op::N, Op::T, B, G, I, S(1), x, I, w.W, I, S(0), z, G);
+  // The queue orders these: h is read in full before h_out (maybe h) is written.
+  if (h) gemm(cx, Op::N, Op::T, B, G, O, S(1), h, O, w.R, O, S(1), z, G);
+  S* c_prev = scr + B * G;  // [B,H]: c_out may alias c
+  if (c)
+    copy(cx, c_prev, c, B * H);
+  else
+    zero(cx, c_prev, B * H);
+  S* m = P > 0 ? c_prev + B * H : h_out;
+  dispatch(
+      [&](auto peep, auto clipped, auto coupled) {
+        LSTM_EXT_CUDA(launch(forward_cells<decltype(peep)::value, decltype(clipped)::value,
+                                           decltype(coupled)::value, S>,
+                             blocks(B * H), kThreads, cx.stream, z, c_out, m, c_prev, w.b,
+                             w.peephole, S(cfg.clip), B, H, static_cast<S*>(nullptr),
+                             int64_t(0)));
+      },
+      w.peephole != nullptr, cfg.clip > 0, cfg.input_forget);
+  if (P > 0) gemm(cx, Op::N, Op::T, B, P, H, S(1), m, H, w.W_hr, H, S(0), h_out, P);
+}
+
+#define LSTM_EXT_INSTANTIATE(S)                                                                \
+  template int64_t forward_workspace_size<S>(const Config&, bool);                             \
+  template int64_t backward_scratch_size<S>(const Config&);                                    \
+  template void lstm_forward<S>(Context&, S*, S*, S*, MaybeOut<S>, S*, In<S>, In<S>, In<S>,    \
+                                const Weights<S>&, const Config&, bool);                       \
+  template void lstm_backward<S>(Context&, S*, S*, S*, const Grads<S>&, S*, In<S>, In<S>,      \
+                                 In<S>, In<S>, In<S>, const Weights<S>&, const Config&);       \
+  template void lstm_step<S>(Context&, S*, S*, S*, In<S>, In<S>, In<S>, const Weights<S>&,     \
+                             const Config&);
+LSTM_EXT_INSTANTIATE(float)
+LSTM_EXT_INSTANTIATE(double)
+
+}  // namespace cuda
+}  // namespace lstm_ext

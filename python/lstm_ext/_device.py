@@ -1,0 +1,79 @@
+"""Which compiled module runs a call: ``_core`` (CPU) or ``_cuda`` (GPU).
+
+``device="cpu"`` always works. ``device="cuda"`` needs the CUDA path compiled
+into this install (the extension module ``lstm_ext._cuda``, built where nvcc
+and cuBLAS were found) and a visible GPU; where either is missing it raises
+RuntimeError saying which. ``device="auto"`` takes the GPU where both are
+there, else the CPU.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from types import ModuleType
+
+from . import _core
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@functools.cache
+def _cuda_module() -> tuple[ModuleType | None, str]:
+    """(the _cuda module or None, a line saying what was found or what is missing)."""
+    if importlib.util.find_spec(f"{__package__}._cuda") is None:
+        return None, "the CUDA path is not compiled into this install (no nvcc or cuBLAS at build)"
+    try:
+        from . import _cuda
+    except ImportError as e:  # e.g. libcublas.so.13 missing: pip install lstm-ext[cuda]
+        return None, (
+            f"the CUDA path is compiled but cannot load ({e}); "
+            "`pip install lstm-ext[cuda]` installs the cuBLAS it needs"
+        )
+    if _cuda.device_count() == 0:
+        return None, f"the CUDA path is compiled, but it found {_cuda.describe()}"
+    return _cuda, _cuda.describe()
+
+
+def cuda_compiled() -> bool:
+    """Whether this install has the CUDA path (lstm_ext._cuda)."""
+    return importlib.util.find_spec(f"{__package__}._cuda") is not None
+
+
+def cuda_available() -> bool:
+    """Whether ``device="cuda"`` works here: the CUDA path is compiled and a GPU is visible."""
+    return _cuda_module()[0] is not None
+
+
+def cuda_status() -> str:
+    """One line: the GPU found, or why ``device="cuda"`` cannot run here."""
+    return _cuda_module()[1]
+
+
+def check_device(device) -> str:
+    """``device`` resolved to "cpu" or "cuda"; TypeError/ValueError/RuntimeError otherwise."""
+    if not isinstance(device, str):
+        raise TypeError(f"device: expected one of {DEVICES}, got {type(device).__name__}")
+    if device not in DEVICES:
+        raise ValueError(f"device: expected one of {DEVICES}, got {device!r}")
+    if device == "cpu":
+        return "cpu"
+    mod, why = _cuda_module()
+    if mod is None:
+        if device == "cuda":
+            raise RuntimeError(f"device='cuda': {why}")
+        return "cpu"
+    return "cuda"
+
+
+def module(device: str) -> ModuleType:
+    """The compiled module for a resolved device."""
+    return _cuda_module()[0] if device == "cuda" else _core
+
+
+def module_of_cache(cache) -> ModuleType:
+    """The module whose forward made ``cache`` (backward runs where forward ran)."""
+    mod = _cuda_module()[0]
+    if mod is not None and isinstance(cache, mod.Cache):
+        return mod
+    return _core

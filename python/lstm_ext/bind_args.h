@@ -1,0 +1,368 @@
+// Argument checking shared by lstm_ext's two extension modules, _core (CPU)
+// and _cuda (GPU): every argument is checked here, with the same messages,
+// before either computes anything. Header-only; internal.
+#pragma once
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "lstm_ext/lstm.h"
+
+namespace py = pybind11;
+using lstm_ext::Config;
+
+namespace lstm_ext_bind {
+
+// ---- describing arrays in messages ----------------------------------------
+
+inline std::string shape_str(const std::vector<int64_t>& s) {
+  std::ostringstream o;
+  o << "(";
+  for (size_t k = 0; k < s.size(); ++k) o << (k ? ", " : "") << s[k];
+  o << (s.size() == 1 ? ",)" : ")");
+  return o.str();
+}
+
+inline std::vector<int64_t> shape_of(const py::array& a) {
+  return std::vector<int64_t>(a.shape(), a.shape() + a.ndim());
+}
+
+inline std::string dtype_str(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
+
+inline std::string type_name(const py::handle& obj) {
+  return py::str(py::type::of(obj).attr("__name__")).cast<std::string>();
+}
+
+// ---- checking arguments -----------------------------------------------------
+
+// An argument as the user passed it, converted to an ndarray (lists work).
+// `a` is empty when the argument is optional and None.
+struct Arg {
+  const char* name;
+  py::object original;
+  py::array a;
+  bool given() const { return !original.is_none(); }
+};
+
+inline Arg arg(const char* name, const py::object& obj) {
+  py::array a;
+  try {
+    a = py::array::ensure(obj);
+  } catch (py::error_already_set&) {
+  }
+  if (!a)
+    throw py::type_error(std::string(name) + ": expected a NumPy array, got " + type_name(obj));
+  return {name, obj, a};
+}
+
+inline Arg opt_arg(const char* name, const py::object& obj) {
+  return obj.is_none() ? Arg{name, obj, py::array()} : arg(name, obj);
+}
+
+// The item size (4 or 8) of a float32/float64 array, or a TypeError.
+inline int float_size(const Arg& x) {
+  const py::dtype dt = x.a.dtype();
+  if (dt.kind() == 'f' && (dt.itemsize() == 4 || dt.itemsize() == 8)) return int(dt.itemsize());
+  throw py::type_error(std::string(x.name) + ": expected dtype float32 or float64, got " +
+                       dtype_str(x.a));
+}
+
+inline void check_dtype(const Arg& a, int size, const char* of_what) {
+  if (float_size(a) != size)
+    throw py::type_error(std::string(a.name) + ": expected dtype " +
+                         (size == 4 ? "float32" : "float64") + " to match " + of_what + ", got " +
+                         dtype_str(a.a));
+}
+
+inline void check_shape(const Arg& a, const std::vector<int64_t>& want, const std::string& letters) {
+  if (shape_of(a.a) != want)
+    throw py::value_error(std::string(a.name) + ": expected shape " + letters + " = " +
+                          shape_str(want) + ", got " + shape_str(shape_of(a.a)));
+}
+
+inline void check_ndim(const Arg& a, int ndim, const char* letters) {
+  if (a.a.ndim() != ndim)
+    throw py::value_error(std::string(a.name) + ": expected " + std::to_string(ndim) +
+                          " dimensions " + letters + ", got " + std::to_string(a.a.ndim()) +
+                          " with shape " + shape_str(shape_of(a.a)));
+}
+
+// An optional [B,width] state: dtype and shape.
+inline void check_state(const Arg& s, int size, int64_t B, int64_t width, const char* letters,
+                 const char* of_what) {
+  if (!s.given()) return;
+  check_dtype(s, size, of_what);
+  check_shape(s, {B, width}, letters);
+}
+
+// ---- contiguous copies --------------------------------------------------------
+
+template <typename S>
+using carray = py::array_t<S, py::array::c_style | py::array::forcecast>;
+// An optional argument: absent (None) is nullopt, which the core reads as zeros.
+template <typename S>
+using opt_carray = std::optional<carray<S>>;
+
+// C-contiguous, native byte order; a copy only where needed.
+template <typename S>
+carray<S> contiguous(const py::array& a) {
+  return carray<S>::ensure(a);
+}
+
+template <typename S>
+opt_carray<S> opt_contiguous(const Arg& a) {
+  if (!a.given()) return std::nullopt;
+  return contiguous<S>(a.a);
+}
+
+// As contiguous(), but never sharing memory with what the user holds, so that
+// changing the user's array after forward cannot change what backward sees.
+// Only a conversion of an ndarray is known to be fresh; anything else (a
+// view, the array itself, what an __array__ method handed out) is copied.
+template <typename S>
+carray<S> private_copy(const py::array& view, const py::object& original) {
+  carray<S> c = contiguous<S>(view);
+  const bool fresh = py::isinstance<py::array>(original) && c.ptr() != original.ptr() &&
+                     c.ptr() != view.ptr() && c.owndata();
+  return fresh ? c : carray<S>(c.request());  // the constructor copies
+}
+
+template <typename S>
+opt_carray<S> opt_private_copy(const Arg& a) {
+  if (!a.given()) return std::nullopt;
+  return private_copy<S>(a.a, a.original);
+}
+
+template <typename S>
+const S* ptr_or_null(const opt_carray<S>& a) {
+  return a ? a->data() : nullptr;
+}
+
+template <typename S>
+S* mut_or_null(opt_carray<S>& a) {
+  return a ? a->mutable_data() : nullptr;
+}
+
+template <typename S>
+carray<S> empty(const std::vector<int64_t>& shape) {
+  return carray<S>(std::vector<py::ssize_t>(shape.begin(), shape.end()));
+}
+
+inline py::array swap01(const py::array& a) { return a.attr("swapaxes")(0, 1); }
+
+inline py::object or_none(const py::object& a, bool present) { return present ? a : py::none(); }
+
+// ---- one layer's weights and switches -------------------------------------------
+
+struct LayerArgs {
+  Arg W, R, b, W_hr, peephole;
+  Config cfg;  // I, H, P, clip, input_forget from the arguments
+};
+
+// H and P from the weights (H from W_hr when projecting, else from R), then
+// every weight's dtype and shape. The letters in messages are lstm.h's.
+inline LayerArgs check_layer(const py::object& W, const py::object& R, const py::object& b,
+                      const py::object& W_hr, const py::object& peephole, const py::object& clip,
+                      bool input_forget, int size, int64_t I) {
+  LayerArgs l{arg("W", W),
+              arg("R", R),
+              opt_arg("b", b),
+              opt_arg("W_hr", W_hr),
+              opt_arg("peephole", peephole),
+              Config{}};
+  check_dtype(l.W, size, "x");
+  check_dtype(l.R, size, "x");
+  check_ndim(l.R, 2, l.W_hr.given() ? "[4H,P]" : "[4H,H]");
+  int64_t H = l.R.a.shape(1), P = 0;
+  if (l.W_hr.given()) {
+    check_dtype(l.W_hr, size, "x");
+    check_ndim(l.W_hr, 2, "[P,H]");
+    P = l.W_hr.a.shape(0);
+    H = l.W_hr.a.shape(1);
+    if (P == 0)
+      throw py::value_error("W_hr: expected P >= 1 rows [P,H], got shape " +
+                            shape_str(shape_of(l.W_hr.a)));
+    check_shape(l.R, {4 * H, P}, "[4H,P] (H=" + std::to_string(H) + " from W_hr)");
+  } else {
+    check_shape(l.R, {4 * H, H}, "[4H,H]");
+  }
+  check_ndim(l.W, 2, "[4H,I]");
+  check_shape(l.W, {4 * H, I}, "[4H,I]");
+  if (l.b.given()) {
+    check_dtype(l.b, size, "x");
+    check_shape(l.b, {4 * H}, "[4H]");
+  }
+  if (l.peephole.given()) {
+    check_dtype(l.peephole, size, "x");
+    check_shape(l.peephole, {3 * H}, "[3H] (i, o, f)");
+  }
+  l.cfg.I = I;
+  l.cfg.H = H;
+  l.cfg.P = P;
+  l.cfg.input_forget = input_forget;
+  if (!clip.is_none()) {
+    double v;
+    try {
+      v = py::float_(clip).cast<double>();
+    } catch (py::error_already_set&) {
+      throw py::type_error("clip: expected a number > 0 or None, got " + type_name(clip));
+    }
+    // The smallest normal number of the dtype: a smaller clip would round to 0.
+    const double tiny =
+        size == 4 ? double(std::numeric_limits<float>::min()) : std::numeric_limits<double>::min();
+    if (!(v >= tiny))
+      throw py::value_error("clip: expected a number > 0 (at least " + std::to_string(tiny) +
+                            " in this dtype), or None for no clipping, got " +
+                            py::str(clip).cast<std::string>());
+    l.cfg.clip = v;
+  }
+  return l;
+}
+
+// lengths: integers [B] in [0,T], as a private int64 array. Checked here, in
+// the argument's own dtype, so that the message shows the value given.
+inline std::optional<py::array_t<int64_t>> check_lengths(const py::object& obj, int64_t B, int64_t T) {
+  if (obj.is_none()) return std::nullopt;
+  const Arg a = arg("lengths", obj);
+  const char kind = a.a.dtype().kind();
+  if (a.a.size() > 0 && kind != 'i' && kind != 'u')
+    throw py::type_error("lengths: expected an integer array, got dtype " + dtype_str(a.a));
+  check_shape(a, {B}, "[B]");
+  const py::object np = py::module_::import("numpy");
+  const py::array bad = np.attr("flatnonzero")(
+      np.attr("logical_or")(np.attr("less")(a.a, 0), np.attr("greater")(a.a, T)));
+  if (bad.size() > 0) {
+    const py::object b = bad.attr("__getitem__")(0);
+    throw py::value_error("lengths[" + py::str(b).cast<std::string>() +
+                          "] = " + py::str(a.a.attr("__getitem__")(b)).cast<std::string>() +
+                          " is outside [0, " + std::to_string(T) + "]");
+  }
+  return py::array_t<int64_t>(np.attr("array")(a.a, "int64"));
+}
+
+// What a layer needs from its checked arguments as contiguous arrays.
+template <typename S>
+struct LayerArrays {
+  carray<S> W, R;
+  opt_carray<S> b, W_hr, peephole;
+  lstm_ext::Weights<S> weights() const {
+    return {W.data(), R.data(), ptr_or_null(b), ptr_or_null(W_hr), ptr_or_null(peephole)};
+  }
+};
+
+template <typename S>
+LayerArrays<S> layer_arrays(const LayerArgs& l, bool private_copies) {
+  if (private_copies)
+    return {private_copy<S>(l.W.a, l.W.original), private_copy<S>(l.R.a, l.R.original),
+            opt_private_copy<S>(l.b), opt_private_copy<S>(l.W_hr), opt_private_copy<S>(l.peephole)};
+  return {contiguous<S>(l.W.a), contiguous<S>(l.R.a), opt_contiguous<S>(l.b),
+          opt_contiguous<S>(l.W_hr), opt_contiguous<S>(l.peephole)};
+}
+
+// ---- whole calls ------------------------------------------------------------------
+
+// forward's arguments, checked; cfg.lengths is left null (point it at
+// lengths->data() where the call runs, the array owning it).
+struct ForwardArgs {
+  Arg x;
+  py::array x_tb;  // x as [T,B,I]
+  LayerArgs l;
+  Arg h0, c0;
+  Config cfg;
+  std::optional<py::array_t<int64_t>> lengths;
+  int size;  // 4 or 8
+};
+
+inline ForwardArgs check_forward(const py::object& x_obj, const py::object& W, const py::object& R,
+                                 const py::object& b, const py::object& h0_obj,
+                                 const py::object& c0_obj, bool batch_first, bool reverse,
+                                 const py::object& lengths, const py::object& W_hr,
+                                 const py::object& peephole, const py::object& clip,
+                                 bool input_forget) {
+  Arg x = arg("x", x_obj);
+  const int size = float_size(x);
+  check_ndim(x, 3, batch_first ? "[B,T,I]" : "[T,B,I]");
+  LayerArgs l = check_layer(W, R, b, W_hr, peephole, clip, input_forget, size, x.a.shape(2));
+  Arg h0 = opt_arg("h0", h0_obj), c0 = opt_arg("c0", c0_obj);
+  py::array x_tb = batch_first ? swap01(x.a) : x.a;
+  Config cfg = l.cfg;
+  cfg.T = x_tb.shape(0);
+  cfg.B = x_tb.shape(1);
+  cfg.reverse = reverse;
+  check_state(h0, size, cfg.B, cfg.O(), cfg.P ? "[B,P]" : "[B,H]", "x");
+  check_state(c0, size, cfg.B, cfg.H, "[B,H]", "x");
+  auto lens = check_lengths(lengths, cfg.B, cfg.T);
+  return {x, x_tb, l, h0, c0, cfg, std::move(lens), size};
+}
+
+// backward's dy, dh, dc against what the cache says forward saw.
+inline void check_backward(const Config& c, bool batch_first, int size, const Arg& dy,
+                           const Arg& dh, const Arg& dc) {
+  const char* of_what = "the cache";
+  if (dy.given()) {
+    check_dtype(dy, size, of_what);
+    const std::string o = c.P ? "P" : "H";
+    if (batch_first)
+      check_shape(dy, {c.B, c.T, c.O()}, "[B,T," + o + "] (from the cache)");
+    else
+      check_shape(dy, {c.T, c.B, c.O()}, "[T,B," + o + "] (from the cache)");
+  }
+  check_state(dh, size, c.B, c.O(), c.P ? "[B,P]" : "[B,H]", of_what);
+  check_state(dc, size, c.B, c.H, "[B,H]", of_what);
+}
+
+// The cache argument of backward: a CacheT, else a TypeError saying what it is.
+template <typename CacheT>
+const CacheT& check_cache(const py::object& cache_obj) {
+  if (cache_obj.is_none())
+    throw py::type_error(
+        "cache: got None; forward(..., training=False) keeps no cache, call it with "
+        "training=True to take gradients");
+  if (!py::isinstance<CacheT>(cache_obj))
+    throw py::type_error("cache: expected the cache returned by lstm_ext.forward, got " +
+                         type_name(cache_obj));
+  return cache_obj.cast<const CacheT&>();
+}
+
+// step's arguments, checked.
+struct StepArgs {
+  Arg x;
+  LayerArgs l;
+  Arg h, c;
+  Config cfg;
+  int size;
+};
+
+inline StepArgs check_step(const py::object& x_obj, const py::object& h_obj,
+                           const py::object& c_obj, const py::object& W, const py::object& R,
+                           const py::object& b, const py::object& W_hr,
+                           const py::object& peephole, const py::object& clip,
+                           bool input_forget) {
+  Arg x = arg("x", x_obj);
+  const int size = float_size(x);
+  check_ndim(x, 2, "[B,I]");
+  LayerArgs l = check_layer(W, R, b, W_hr, peephole, clip, input_forget, size, x.a.shape(1));
+  Config cfg = l.cfg;
+  cfg.T = 1;
+  cfg.B = x.a.shape(0);
+  Arg h = opt_arg("h", h_obj), c = opt_arg("c", c_obj);
+  check_state(h, size, cfg.B, cfg.O(), cfg.P ? "[B,P]" : "[B,H]", "x");
+  check_state(c, size, cfg.B, cfg.H, "[B,H]", "x");
+  return {x, l, h, c, cfg, size};
+}
+
+// A private copy of an optional array as an object: the array, or None.
+template <typename S>
+py::object or_none_arr(const opt_carray<S>& a) {
+  return a ? py::object(*a) : py::object(py::none());
+}
+
+}  // namespace lstm_ext_bind
