@@ -12,6 +12,7 @@
 // Packed h_k is written straight into y when nothing is gathered, else into a
 // packed copy that is scattered into y at the end.
 #include <cublas_v2.h>
+#include <cooperative_groups.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -240,6 +241,148 @@ __global__ void peephole_grads(S* dp, const S* dZ, const S* C, const int64_t* of
   }
 }
 
+
+// ---- the persistent recurrence for small batches ------------------------------------
+//
+// At a batch of a few rows each step is a sliver of work, and launching a
+// GEMM and a kernel per step leaves the GPU idle between launches. Here one
+// cooperative launch runs every step (Diamos et al., ICML 2016): block b owns
+// hidden units [b*U, b*U+U), keeps the 4U rows of R for them in shared memory
+// (transposed, so a warp reads consecutive banks) for the whole sequence,
+// and per step computes its gates' recurrent products for all rows, applies
+// the cell (cell_math.h), writes its slice of h_k and waits at a grid
+// barrier for the other blocks' slices. Projection (P > 0) uses the per-step
+// path. Sums run in a fixed order: results are the same bits on every run.
+namespace cg = cooperative_groups;
+
+struct Persistent {
+  int units = 0, ksplit = 0, blocks = 0, threads = 0, nb_max = 0;
+  size_t smem = 0;
+};
+
+// Shared memory: R^T slice [H][4U], h tile [NB][H], partial sums
+// [KS][NB][4U], z [NB][4U].
+template <typename S>
+size_t persistent_smem(int64_t H, int U, int KS, int NB) {
+  return sizeof(S) * size_t(H * 4 * U + NB * H + KS * NB * 4 * U + NB * 4 * U);
+}
+
+template <int NB, bool kPeep, bool kClip, bool kCoupled, typename S>
+__global__ void __launch_bounds__(512)
+    persistent_forward(S* Z, S* C, S* Y, S* Hp, const S* h0p, const S* R, const S* b,
+                       const S* peep, S clip, const int64_t* off, int64_t K, int64_t B, int64_t H,
+                       int U, int KS) {
+  extern __shared__ unsigned char smem_raw[];
+  S* Rt = reinterpret_cast<S*>(smem_raw);  // [H][4U]
+  S* hs = Rt + H * 4 * U;                  // [NB][H]
+  S* part = hs + NB * H;                   // [KS][NB][4U]
+  S* zs = part + KS * NB * 4 * U;          // [NB][4U]
+  const int rows = 4 * U, tid = threadIdx.x;
+  const int64_t j0 = int64_t(blockIdx.x) * U, G = 4 * H;
+  auto grid = cg::this_grid();
+
+  // Local row r is gate r / U of unit j0 + r % U; rows past H are zeros.
+  for (int64_t i = tid; i < H * rows; i += blockDim.x) {
+    const int64_t k = i / rows;
+    const int r = int(i - k * rows), u = r % U;
+    Rt[i] = j0 + u < H ? R[(int64_t(r / U) * H + j0 + u) * H + k] : S(0);
+  }
+  const int r = tid % rows, ks = tid / rows;  // this thread's row and k-slice
+  const int64_t k_lo = H * ks / KS, k_hi = H * (ks + 1) / KS;
+
+  for (int64_t k = 0; k < K; ++k) {
+    const int64_t nb = off[k + 1] - off[k], nb_next = k + 1 < K ? off[k + 2] - off[k + 1] : 0;
+    const S* h_prev = k == 0 ? h0p : Y + off[k - 1] * H;
+    for (int64_t i = tid; i < nb * H; i += blockDim.x) hs[i] = __ldcg(h_prev + i);
+    __syncthreads();  // also: Rt is loaded
+    if (ks < KS) {
+      S acc[NB];
+#pragma unroll
+      for (int n = 0; n < NB; ++n) acc[n] = S(0);
+      for (int64_t q = k_lo; q < k_hi; ++q) {
+        const S w = Rt[q * rows + r];
+#pragma unroll
+        for (int n = 0; n < NB; ++n)
+          if (n < nb) acc[n] += w * hs[n * H + q];
+      }
+#pragma unroll
+      for (int n = 0; n < NB; ++n) part[(ks * NB + n) * rows + r] = acc[n];
+    }
+    __syncthreads();
+    S* z = Z + off[k] * G;
+    for (int i = tid; i < nb * rows; i += blockDim.x) {
+      const int n = i / rows, rr = i - n * rows, u = rr % U;
+      if (j0 + u >= H) continue;
+      S sum = z[n * G + int64_t(rr / U) * H + j0 + u];  // x W^T
+      for (int q = 0; q < KS; ++q) sum += part[(q * NB + n) * rows + rr];
+      zs[n * rows + rr] = sum;
+    }
+    __syncthreads();
+    S* c = C + (B + off[k]) * H;
+    const S* c_prev = k == 0 ? C : C + (B + off[k - 1]) * H;
+    for (int i = tid; i < nb * U; i += blockDim.x) {
+      const int n = i / U, u = i - n * U;
+      const int64_t j = j0 + u;
+      if (j >= H) continue;
+      const S* zn = zs + n * rows;
+      cell::Gates<S> zz{zn[u], zn[U + u], zn[2 * U + u], zn[3 * U + u]};
+      if (b) zz = {zz.i + b[j], zz.f + b[H + j], zz.g + b[2 * H + j], zz.o + b[3 * H + j]};
+      S mv;
+      const auto a = cell::cell_forward<kPeep, kClip, kCoupled>(
+          &zz, c_prev[n * H + j], peep_at(peep, j, H), clip, &c[n * H + j], &mv);
+      Y[(off[k] + n) * H + j] = mv;
+      if (Hp && n < nb_next) Hp[(off[k + 1] + n) * H + j] = mv;
+      const cell::Gates<S>& keep = kClip ? zz : a;
+      S* zo = z + n * G;
+      zo[j] = keep.i;
+      zo[H + j] = keep.f;
+      zo[2 * H + j] = keep.g;
+      zo[3 * H + j] = keep.o;
+    }
+    grid.sync();  // h_k complete in every block before step k+1 reads it
+  }
+}
+
+// The largest batch the persistent kernel takes (its NB template values).
+constexpr int kPersistentMaxB = 16;
+
+template <typename S>
+Persistent plan_persistent(const Config& c, int64_t nb_max) {
+  Persistent p;
+  if (c.P > 0 || nb_max < 1 || nb_max > kPersistentMaxB || c.H < 1) return p;
+  int dev = 0, sms = 0, coop = 0, smem_max = 0;
+  LSTM_EXT_CUDA(cudaGetDevice(&dev));
+  LSTM_EXT_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  LSTM_EXT_CUDA(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev));
+  LSTM_EXT_CUDA(cudaDeviceGetAttribute(&smem_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  if (!coop) return p;
+  const int NB = nb_max <= 4 ? 4 : 16;
+  // Units per block: the most (up to 32) whose R slice and tiles fit, with
+  // at most one block per multiprocessor.
+  for (int U = 32; U >= 1; U /= 2) {
+    const int rows = 4 * U, KS = std::max(1, std::min(8, 512 / rows));
+    const size_t smem = persistent_smem<S>(c.H, U, KS, NB);
+    const int64_t blocks = (c.H + U - 1) / U;
+    if (smem <= size_t(smem_max) && blocks <= sms) {
+      p = {U, KS, int(blocks), rows * KS, NB, smem};
+      break;
+    }
+    if (smem <= size_t(smem_max)) break;  // fewer units only adds blocks
+  }
+  return p;
+}
+
+template <typename S, typename Kernel>
+bool fits_on_device(Kernel kernel, const Persistent& p) {
+  LSTM_EXT_CUDA(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(p.smem)));
+  int dev = 0, sms = 0, per_sm = 0;
+  LSTM_EXT_CUDA(cudaGetDevice(&dev));
+  LSTM_EXT_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  LSTM_EXT_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, p.threads, p.smem));
+  return int64_t(per_sm) * sms >= p.blocks;  // a grid barrier needs every block resident
+}
+
 // Calls f(std::bool_constant<v0>{}, ...) for run-time flags: features become
 // template parameters of the kernels.
 template <bool... kDone, typename F>
@@ -252,6 +395,41 @@ void dispatch(F&& f, bool v, Rest... rest) {
     dispatch<kDone..., true>(f, rest...);
   else
     dispatch<kDone..., false>(f, rest...);
+}
+
+// Runs the whole recurrence of lstm_forward in one cooperative launch where
+// the plan allows (P == 0, a small batch, the R slices fit); false: use the
+// per-step path.
+template <typename S>
+bool run_persistent(const Context::Impl& cx, const Config& cfg, int64_t nb_max, S* Z, S* C, S* Y,
+                    S* Hp, const S* h0p, const Weights<S>& w, const int64_t* off, int64_t K) {
+  const Persistent p = plan_persistent<S>(cfg, nb_max);
+  if (p.blocks == 0) return false;
+  bool launched = false;
+  dispatch(
+      [&](auto peep, auto clipped, auto coupled) {
+        auto go = [&](auto nb_tag) {
+          auto kernel = persistent_forward<decltype(nb_tag)::value, decltype(peep)::value,
+                                           decltype(clipped)::value, decltype(coupled)::value, S>;
+          if (!fits_on_device<S>(kernel, p)) return;
+          S clip = S(cfg.clip);
+          int64_t B = cfg.B, H = cfg.H;
+          int U = p.units, KS = p.ksplit;
+          const S *R = w.R, *b = w.b, *pp = w.peephole;
+          void* args[] = {&Z,          &C,          &Y,          &Hp, (void*)&h0p, (void*)&R,
+                          (void*)&b,   (void*)&pp,  &clip,       (void*)&off, &K,  &B,
+                          &H,          &U,          &KS};
+          LSTM_EXT_CUDA(cudaLaunchCooperativeKernel(reinterpret_cast<void*>(kernel), p.blocks,
+                                                    p.threads, args, p.smem, cx.stream));
+          launched = true;
+        };
+        if (p.nb_max == 4)
+          go(std::integral_constant<int, 4>{});
+        else
+          go(std::integral_constant<int, 16>{});
+      },
+      w.peephole != nullptr, cfg.clip > 0, cfg.input_forget);
+  return launched;
 }
 
 // ---- workspace layouts ------------------------------------------------------------
@@ -393,7 +571,9 @@ void lstm_forward(Context& ctx, S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* 
   gemm(cx, Op::N, Op::T, N, G, I, S(1), xin, I, w.W, I, S(0), Z, G);  // [N,4H]
   if (training && s.K > 0) copy(cx, Hp, h0p, s.batch[0] * O);
 
-  for (int64_t k = 0; k < s.K; ++k) {
+  const bool persistent = s.K > 0 && run_persistent<S>(cx, cfg, s.batch[0], Z, C, Y,
+                                                        training ? Hp : nullptr, h0p, w, ix.off, s.K);
+  for (int64_t k = 0; k < (persistent ? 0 : s.K); ++k) {
     const int64_t nb = s.batch[k], nb_next = k + 1 < s.K ? s.batch[k + 1] : 0;
     S* z = Z + s.offset[k] * G;
     const S* h_prev = k == 0 ? h0p : Y + s.offset[k - 1] * O;

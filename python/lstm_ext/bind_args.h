@@ -10,7 +10,6 @@
 #include <cstdint>
 #include <limits>
 #include <optional>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -23,12 +22,12 @@ namespace lstm_ext_bind {
 
 // ---- describing arrays in messages ----------------------------------------
 
+// Plain string building: no iostreams, whose locale state can be missing in
+// a module whose C++ runtime is linked statically (seen on a GPU machine).
 inline std::string shape_str(const std::vector<int64_t>& s) {
-  std::ostringstream o;
-  o << "(";
-  for (size_t k = 0; k < s.size(); ++k) o << (k ? ", " : "") << s[k];
-  o << (s.size() == 1 ? ",)" : ")");
-  return o.str();
+  std::string o = "(";
+  for (size_t k = 0; k < s.size(); ++k) o += (k ? ", " : "") + std::to_string(s[k]);
+  return o + (s.size() == 1 ? ",)" : ")");
 }
 
 inline std::vector<int64_t> shape_of(const py::array& a) {
