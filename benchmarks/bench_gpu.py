@@ -90,6 +90,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--json", help="write the rows here as JSON")
+    ap.add_argument(
+        "--sweep-blocks",
+        action="store_true",
+        help="also time the persistent kernel's block counts (LSTM_EXT_CUDA_BLOCKS)",
+    )
     args = ap.parse_args(argv)
 
     import lstm_ext
@@ -137,6 +142,18 @@ def main(argv=None) -> int:
               f"{fmt(r, 'ms', '.3f')} | {fmt(r, 'tflops', '.2f')} | {fmt(r, 'of_gemm', '.2f')} | "
               f"{fmt(r, 'cudnn_fp32_ms', '.3f')} | {fmt(r, 'speedup_vs_fp32', '.2f')} | "
               f"{fmt(r, 'cudnn_tf32_ms', '.3f')} |")  # fmt: skip
+    if args.sweep_blocks:
+        import os
+
+        print("\n| T,B,I,H | fwd ms at LSTM_EXT_CUDA_BLOCKS = 8 / 16 / 32 / 64 / 128 |")
+        for T, B, I, H in [(100, 1, 128, 128), (100, 4, 256, 256), (100, 8, 256, 256),
+                           (100, 16, 512, 512), (50, 8, 1024, 1024)]:  # fmt: skip
+            ms = []
+            for blocks in (8, 16, 32, 64, 128):
+                os.environ["LSTM_EXT_CUDA_BLOCKS"] = str(blocks)
+                ms.append(statistics.median(_cuda._bench(T, B, I, H, reps=args.reps)))
+            os.environ.pop("LSTM_EXT_CUDA_BLOCKS")
+            print(f"| {T},{B},{I},{H} | " + " / ".join(f"{m:.3f}" for m in ms) + " |")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(dict(device=lstm_ext.cuda_status(), gemm_flops=rate, rows=rows), fh, indent=1)

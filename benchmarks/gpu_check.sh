@@ -42,5 +42,5 @@ $PY -m pytest -q -rs --tb=short -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" 
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 step "benchmark"
-$PY benchmarks/bench_gpu.py --json "$OUT/bench_gpu.json" 2>&1 | tee "$OUT/bench.log" || status=1
+$PY benchmarks/bench_gpu.py --json "$OUT/bench_gpu.json" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" || status=1
 exit $status

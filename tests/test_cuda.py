@@ -154,9 +154,11 @@ def test_shapes(shape, dtype):
 @gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_random_problems(dtype):
-    """Many random shapes with random features, ragged and reversed included."""
+    """Many random shapes with random features, ragged and reversed included;
+    every failing problem is reported, not only the first."""
     rng = np.random.default_rng(7)
-    for _ in range(25):
+    failures = []
+    for case in range(25):
         T, B, I = (int(v) for v in rng.integers(1, 12, 3))
         H = int(rng.integers(1, 70))
         opts = dict(
@@ -175,7 +177,11 @@ def test_random_problems(dtype):
         if bf:
             p["x"] = np.ascontiguousarray(p["x"].swapaxes(0, 1))
             p["dy"] = np.ascontiguousarray(p["dy"].swapaxes(0, 1))
-        compare(run(p, kw, "cuda", bf), run(p, kw, "cpu", bf), run_reference(p, kw, bf), dtype)
+        try:
+            compare(run(p, kw, "cuda", bf), run(p, kw, "cpu", bf), run_reference(p, kw, bf), dtype)
+        except AssertionError as e:
+            failures.append(f"case {case} {(T, B, I, H)} {opts} batch_first={bf}: {e}")
+    assert not failures, "\n".join(failures)
 
 
 @gpu

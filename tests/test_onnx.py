@@ -96,7 +96,9 @@ def ort_lstm(ort, f, **attrs):
     outputs = [helper.make_tensor_value_info(k, onnx.TensorProto.FLOAT, s) for k, s in out.items()]
     node = helper.make_node("LSTM", names, list(out), hidden_size=H, **attrs)
     graph = helper.make_graph([node], "lstm", inputs, outputs)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    # IR version 8 is the one of opset 14; make_model's default follows the
+    # installed onnx, which can be newer than what onnxruntime reads.
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)], ir_version=8)
     onnx.checker.check_model(model)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return session.run(None, {k: f[k] for k in names if k})

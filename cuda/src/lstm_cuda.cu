@@ -11,12 +11,13 @@
 //   row  [N]   the [T*B] row of each packed row (only where the batch is gathered)
 // Packed h_k is written straight into y when nothing is gathered, else into a
 // packed copy that is scattered into y at the end.
-#include <cublas_v2.h>
 #include <cooperative_groups.h>
+#include <cublas_v2.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <vector>
 
 #include "check.h"
@@ -36,14 +37,14 @@ using detail::launch;
 
 enum class Op { N, T };
 
-cublasStatus_t gemm_call(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m,
-                         int n, int k, const float* alpha, const float* A, int lda, const float* B,
+cublasStatus_t gemm_call(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n,
+                         int k, const float* alpha, const float* A, int lda, const float* B,
                          int ldb, const float* beta, float* C, int ldc) {
   return cublasSgemm(h, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
 }
-cublasStatus_t gemm_call(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m,
-                         int n, int k, const double* alpha, const double* A, int lda,
-                         const double* B, int ldb, const double* beta, double* C, int ldc) {
+cublasStatus_t gemm_call(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n,
+                         int k, const double* alpha, const double* A, int lda, const double* B,
+                         int ldb, const double* beta, double* C, int ldc) {
   return cublasDgemm(h, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 cublasStatus_t axpy_call(cublasHandle_t h, int n, const float* a, const float* x, float* y) {
@@ -61,8 +62,7 @@ void gemm(const Context::Impl& cx, Op ta, Op tb, int64_t m, int64_t n, int64_t k
           const S* A, int64_t lda, const S* B, int64_t ldb, S beta, S* C, int64_t ldc) {
   if (m == 0 || n == 0) return;
   if (k == 0) {  // cuBLAS refuses a leading dimension of 0; C = beta*C, beta is 0 or 1 here
-    if (beta == S(0))
-      LSTM_EXT_CUDA(cudaMemsetAsync(C, 0, sizeof(S) * size_t(m * ldc), cx.stream));
+    if (beta == S(0)) LSTM_EXT_CUDA(cudaMemsetAsync(C, 0, sizeof(S) * size_t(m * ldc), cx.stream));
     return;
   }
   auto op = [](Op o) { return o == Op::N ? CUBLAS_OP_N : CUBLAS_OP_T; };
@@ -73,8 +73,8 @@ void gemm(const Context::Impl& cx, Op ta, Op tb, int64_t m, int64_t n, int64_t k
 template <typename S>
 void copy(const Context::Impl& cx, S* dst, const S* src, int64_t n) {
   if (n > 0)
-    LSTM_EXT_CUDA(cudaMemcpyAsync(dst, src, sizeof(S) * size_t(n), cudaMemcpyDeviceToDevice,
-                                  cx.stream));
+    LSTM_EXT_CUDA(
+        cudaMemcpyAsync(dst, src, sizeof(S) * size_t(n), cudaMemcpyDeviceToDevice, cx.stream));
 }
 
 template <typename S>
@@ -91,8 +91,9 @@ unsigned blocks(int64_t n) {
   return unsigned(std::min<int64_t>((n + kThreads - 1) / kThreads, kMaxBlocks));
 }
 
-#define LSTM_EXT_GRID_LOOP(i, n) \
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < (n); i += int64_t(gridDim.x) * blockDim.x)
+#define LSTM_EXT_GRID_LOOP(i, n)                                            \
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < (n); \
+       i += int64_t(gridDim.x) * blockDim.x)
 
 template <typename S>
 __device__ __forceinline__ cell::Peep<S> peep_at(const S* p, int64_t j, int64_t H) {
@@ -137,8 +138,8 @@ __global__ void backward_cells(S* dz, S* dc, const S* saved, const S* c_prev, co
     const cell::Gates<S> kept{sn[j], sn[H + j], sn[2 * H + j], sn[3 * H + j]};
     const cell::Gates<S> a = kClip ? cell::activate<kClip, kCoupled>(kept, clip) : kept;
     S dcv = dc[idx];
-    const auto d = cell::cell_backward<kPeep, kClip, kCoupled>(a, kept, c_prev[idx], c[idx], dm[idx],
-                                                               peep_at(peep, j, H), clip, &dcv);
+    const auto d = cell::cell_backward<kPeep, kClip, kCoupled>(
+        a, kept, c_prev[idx], c[idx], dm[idx], peep_at(peep, j, H), clip, &dcv);
     dc[idx] = dcv;
     S* dzn = dz + n * 4 * H;
     dzn[j] = d.i;
@@ -195,9 +196,9 @@ __global__ void scatter_state(S* dst, const S* src, const int64_t* perm, int64_t
 // Each sequence's state after its last valid step (its initial state if it
 // has none). Y: packed h rows; C: [B + N, H], c0 then packed c rows.
 template <typename S>
-__global__ void final_state(S* hT, S* cT, const S* Y, const S* C, const S* h0p,
-                            const int64_t* perm, const int64_t* len, const int64_t* off, int64_t B,
-                            int64_t H, int64_t O) {
+__global__ void final_state(S* hT, S* cT, const S* Y, const S* C, const S* h0p, const int64_t* perm,
+                            const int64_t* len, const int64_t* off, int64_t B, int64_t H,
+                            int64_t O) {
   LSTM_EXT_GRID_LOOP(i, B * (O + H)) {
     const int64_t j = i / (O + H), u = i - j * (O + H);
     const int64_t L = len[j], r = L > 0 ? off[L - 1] + j : -1;
@@ -241,18 +242,19 @@ __global__ void peephole_grads(S* dp, const S* dZ, const S* C, const int64_t* of
   }
 }
 
-
 // ---- the persistent recurrence for small batches ------------------------------------
 //
 // At a batch of a few rows each step is a sliver of work, and launching a
 // GEMM and a kernel per step leaves the GPU idle between launches. Here one
 // cooperative launch runs every step (Diamos et al., ICML 2016): block b owns
-// hidden units [b*U, b*U+U), keeps the 4U rows of R for them in shared memory
-// (transposed, so a warp reads consecutive banks) for the whole sequence,
-// and per step computes its gates' recurrent products for all rows, applies
-// the cell (cell_math.h), writes its slice of h_k and waits at a grid
-// barrier for the other blocks' slices. Projection (P > 0) uses the per-step
-// path. Sums run in a fixed order: results are the same bits on every run.
+// hidden units [b*U, b*U+U) and keeps, for the whole sequence, the 4U rows of
+// R for them in shared memory and their cell state. Per step it reads h_{k-1}
+// (all rows), computes its gates' recurrent products (KS lanes of a warp
+// share each row's dot product and add up with shuffles), applies the cell
+// (cell_math.h), writes its slice of h_k and waits at a grid barrier for the
+// other blocks' slices. The input projection of every step comes from one
+// GEMM before. Projection (P > 0) uses the per-step path. Sums run in a
+// fixed order: the same bits on every run.
 namespace cg = cooperative_groups;
 
 struct Persistent {
@@ -260,66 +262,66 @@ struct Persistent {
   size_t smem = 0;
 };
 
-// Shared memory: R^T slice [H][4U], h tile [NB][H], partial sums
-// [KS][NB][4U], z [NB][4U].
+// Shared memory: R slice [4U][H], h tile [NB][H], z [NB][4U], c [NB][U].
 template <typename S>
-size_t persistent_smem(int64_t H, int U, int KS, int NB) {
-  return sizeof(S) * size_t(H * 4 * U + NB * H + KS * NB * 4 * U + NB * 4 * U);
+size_t persistent_smem(int64_t H, int U, int NB) {
+  return sizeof(S) * size_t(4 * U * H + NB * H + NB * 4 * U + NB * U);
 }
 
 template <int NB, bool kPeep, bool kClip, bool kCoupled, typename S>
-__global__ void __launch_bounds__(512)
-    persistent_forward(S* Z, S* C, S* Y, S* Hp, const S* h0p, const S* R, const S* b,
-                       const S* peep, S clip, const int64_t* off, int64_t K, int64_t B, int64_t H,
-                       int U, int KS) {
+__global__ void __launch_bounds__(256)
+    persistent_forward(S* Z, S* C, S* Y, S* Hp, const S* h0p, const S* R, const S* b, const S* peep,
+                       S clip, const int64_t* off, int64_t K, int64_t B, int64_t H, int U, int KS) {
   extern __shared__ unsigned char smem_raw[];
-  S* Rt = reinterpret_cast<S*>(smem_raw);  // [H][4U]
-  S* hs = Rt + H * 4 * U;                  // [NB][H]
-  S* part = hs + NB * H;                   // [KS][NB][4U]
-  S* zs = part + KS * NB * 4 * U;          // [NB][4U]
   const int rows = 4 * U, tid = threadIdx.x;
+  S* Rs = reinterpret_cast<S*>(smem_raw);  // [4U][H]
+  S* hs = Rs + rows * H;                   // [NB][H]
+  S* zs = hs + NB * H;                     // [NB][4U]
+  S* cs = zs + NB * rows;                  // [NB][U]
   const int64_t j0 = int64_t(blockIdx.x) * U, G = 4 * H;
   auto grid = cg::this_grid();
 
   // Local row r is gate r / U of unit j0 + r % U; rows past H are zeros.
-  for (int64_t i = tid; i < H * rows; i += blockDim.x) {
-    const int64_t k = i / rows;
-    const int r = int(i - k * rows), u = r % U;
-    Rt[i] = j0 + u < H ? R[(int64_t(r / U) * H + j0 + u) * H + k] : S(0);
+  for (int64_t i = tid; i < rows * H; i += blockDim.x) {
+    const int r = int(i / H), u = r % U;
+    Rs[i] = j0 + u < H ? R[(int64_t(r / U) * H + j0 + u) * H + (i - int64_t(r) * H)] : S(0);
   }
-  const int r = tid % rows, ks = tid / rows;  // this thread's row and k-slice
-  const int64_t k_lo = H * ks / KS, k_hi = H * (ks + 1) / KS;
+  const int64_t nb0 = K > 0 ? off[1] - off[0] : 0;
+  for (int i = tid; i < nb0 * U; i += blockDim.x) {
+    const int n = i / U, u = i - n * U;
+    if (j0 + u < H) cs[i] = C[n * H + j0 + u];  // c0, gathered
+  }
+  const int ks = tid % KS, r = tid / KS;  // KS consecutive lanes share row r
+  const int64_t q_glob = int64_t(r / U) * H + j0 + r % U;
+  const bool row_valid = j0 + r % U < H;
 
   for (int64_t k = 0; k < K; ++k) {
     const int64_t nb = off[k + 1] - off[k], nb_next = k + 1 < K ? off[k + 2] - off[k + 1] : 0;
+    S* z = Z + off[k] * G;
+    S zx[NB];  // x W^T of this row, loaded early to hide its latency
+#pragma unroll
+    for (int n = 0; n < NB; ++n) zx[n] = ks == 0 && row_valid && n < nb ? z[n * G + q_glob] : S(0);
     const S* h_prev = k == 0 ? h0p : Y + off[k - 1] * H;
     for (int64_t i = tid; i < nb * H; i += blockDim.x) hs[i] = __ldcg(h_prev + i);
-    __syncthreads();  // also: Rt is loaded
-    if (ks < KS) {
-      S acc[NB];
-#pragma unroll
-      for (int n = 0; n < NB; ++n) acc[n] = S(0);
-      for (int64_t q = k_lo; q < k_hi; ++q) {
-        const S w = Rt[q * rows + r];
-#pragma unroll
-        for (int n = 0; n < NB; ++n)
-          if (n < nb) acc[n] += w * hs[n * H + q];
-      }
-#pragma unroll
-      for (int n = 0; n < NB; ++n) part[(ks * NB + n) * rows + r] = acc[n];
-    }
     __syncthreads();
-    S* z = Z + off[k] * G;
-    for (int i = tid; i < nb * rows; i += blockDim.x) {
-      const int n = i / rows, rr = i - n * rows, u = rr % U;
-      if (j0 + u >= H) continue;
-      S sum = z[n * G + int64_t(rr / U) * H + j0 + u];  // x W^T
-      for (int q = 0; q < KS; ++q) sum += part[(q * NB + n) * rows + rr];
-      zs[n * rows + rr] = sum;
+    S acc[NB];
+#pragma unroll
+    for (int n = 0; n < NB; ++n) acc[n] = S(0);
+    const S* Rr = Rs + int64_t(r) * H;
+    for (int64_t q = ks; q < H; q += KS) {
+      const S w = Rr[q];
+#pragma unroll
+      for (int n = 0; n < NB; ++n)
+        if (n < nb) acc[n] += w * hs[n * H + q];
     }
+#pragma unroll
+    for (int n = 0; n < NB; ++n)
+      for (int o = KS / 2; o > 0; o /= 2) acc[n] += __shfl_down_sync(0xffffffffu, acc[n], o, KS);
+    if (ks == 0)
+#pragma unroll
+      for (int n = 0; n < NB; ++n)
+        if (n < nb) zs[n * rows + r] = zx[n] + acc[n];
     __syncthreads();
-    S* c = C + (B + off[k]) * H;
-    const S* c_prev = k == 0 ? C : C + (B + off[k - 1]) * H;
     for (int i = tid; i < nb * U; i += blockDim.x) {
       const int n = i / U, u = i - n * U;
       const int64_t j = j0 + u;
@@ -327,9 +329,11 @@ __global__ void __launch_bounds__(512)
       const S* zn = zs + n * rows;
       cell::Gates<S> zz{zn[u], zn[U + u], zn[2 * U + u], zn[3 * U + u]};
       if (b) zz = {zz.i + b[j], zz.f + b[H + j], zz.g + b[2 * H + j], zz.o + b[3 * H + j]};
-      S mv;
-      const auto a = cell::cell_forward<kPeep, kClip, kCoupled>(
-          &zz, c_prev[n * H + j], peep_at(peep, j, H), clip, &c[n * H + j], &mv);
+      S cv, mv;
+      const auto a = cell::cell_forward<kPeep, kClip, kCoupled>(&zz, cs[i], peep_at(peep, j, H),
+                                                                clip, &cv, &mv);
+      cs[i] = cv;
+      C[(B + off[k] + n) * H + j] = cv;
       Y[(off[k] + n) * H + j] = mv;
       if (Hp && n < nb_next) Hp[(off[k + 1] + n) * H + j] = mv;
       const cell::Gates<S>& keep = kClip ? zz : a;
@@ -346,6 +350,16 @@ __global__ void __launch_bounds__(512)
 // The largest batch the persistent kernel takes (its NB template values).
 constexpr int kPersistentMaxB = 16;
 
+// Blocks the persistent kernel aims for: fewer make the grid barrier cheaper,
+// more spread the products. LSTM_EXT_CUDA_BLOCKS overrides (benchmarks).
+int persistent_target_blocks(int sms) {
+  if (const char* e = std::getenv("LSTM_EXT_CUDA_BLOCKS")) {
+    const int v = std::atoi(e);
+    if (v > 0) return std::min(v, sms);
+  }
+  return std::min(64, sms);
+}
+
 template <typename S>
 Persistent plan_persistent(const Config& c, int64_t nb_max) {
   Persistent p;
@@ -357,18 +371,15 @@ Persistent plan_persistent(const Config& c, int64_t nb_max) {
   LSTM_EXT_CUDA(cudaDeviceGetAttribute(&smem_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
   if (!coop) return p;
   const int NB = nb_max <= 4 ? 4 : 16;
-  // Units per block: the most (up to 32) whose R slice and tiles fit, with
-  // at most one block per multiprocessor.
-  for (int U = 32; U >= 1; U /= 2) {
-    const int rows = 4 * U, KS = std::max(1, std::min(8, 512 / rows));
-    const size_t smem = persistent_smem<S>(c.H, U, KS, NB);
-    const int64_t blocks = (c.H + U - 1) / U;
-    if (smem <= size_t(smem_max) && blocks <= sms) {
-      p = {U, KS, int(blocks), rows * KS, NB, smem};
-      break;
-    }
-    if (smem <= size_t(smem_max)) break;  // fewer units only adds blocks
-  }
+  // Units per block: a power of two giving about the target number of
+  // blocks, more where the blocks would not fit one per multiprocessor.
+  int U = 1;
+  while ((c.H + U - 1) / U > persistent_target_blocks(sms)) U *= 2;
+  if (U > 32) return p;
+  const size_t smem = persistent_smem<S>(c.H, U, NB);
+  if (smem > size_t(smem_max)) return p;
+  const int rows = 4 * U, threads = std::min(256, rows * 32);
+  p = {U, threads / rows, int((c.H + U - 1) / U), threads, NB, smem};
   return p;
 }
 
@@ -416,9 +427,9 @@ bool run_persistent(const Context::Impl& cx, const Config& cfg, int64_t nb_max, 
           int64_t B = cfg.B, H = cfg.H;
           int U = p.units, KS = p.ksplit;
           const S *R = w.R, *b = w.b, *pp = w.peephole;
-          void* args[] = {&Z,          &C,          &Y,          &Hp, (void*)&h0p, (void*)&R,
-                          (void*)&b,   (void*)&pp,  &clip,       (void*)&off, &K,  &B,
-                          &H,          &U,          &KS};
+          void* args[] = {&Z,        &C,        &Y,         &Hp,   (void*)&h0p,
+                          (void*)&R, (void*)&b, (void*)&pp, &clip, (void*)&off,
+                          &K,        &B,        &H,         &U,    &KS};
           LSTM_EXT_CUDA(cudaLaunchCooperativeKernel(reinterpret_cast<void*>(kernel), p.blocks,
                                                     p.threads, args, p.smem, cx.stream));
           launched = true;
@@ -457,13 +468,13 @@ ForwardLayout forward_layout(const Config& c, bool training) {
   ForwardLayout L{};
   Carve256<S> take;
   L.idx = take(core::mul(indices, int64_t(sizeof(int64_t) / sizeof(S))));
-  L.xp = take(g ? core::mul(rows, c.I) : 0);             // [N,I] gathered x
-  L.z = take(core::mul(rows, 4 * c.H));                  // [N,4H]
-  L.c = take(core::mul(core::add(rows, c.B), c.H));      // [B+N,H] c0, then c_k
-  L.hp = take(training ? core::mul(rows, c.O()) : 0);    // [N,O] h_{k-1}
-  L.m = take(c.P > 0 ? core::mul(rows, c.H) : 0);        // [N,H] o*tanh(c)
-  L.h0 = take(core::mul(c.B, c.O()));                    // [B,O] gathered h0
-  L.yp = take(g ? core::mul(rows, c.O()) : 0);           // [N,O] packed h_k
+  L.xp = take(g ? core::mul(rows, c.I) : 0);           // [N,I] gathered x
+  L.z = take(core::mul(rows, 4 * c.H));                // [N,4H]
+  L.c = take(core::mul(core::add(rows, c.B), c.H));    // [B+N,H] c0, then c_k
+  L.hp = take(training ? core::mul(rows, c.O()) : 0);  // [N,O] h_{k-1}
+  L.m = take(c.P > 0 ? core::mul(rows, c.H) : 0);      // [N,H] o*tanh(c)
+  L.h0 = take(core::mul(c.B, c.O()));                  // [B,O] gathered h0
+  L.yp = take(g ? core::mul(rows, c.O()) : 0);         // [N,O] packed h_k
   L.total = take.used;
   return L;
 }
@@ -477,11 +488,11 @@ BackwardLayout backward_layout(const Config& c) {
   const int64_t rows = core::mul(c.T, c.B);
   BackwardLayout L{};
   Carve256<S> take;
-  L.dz = take(core::mul(rows, 4 * c.H));                   // [N,4H]
-  L.dh_all = take(c.P > 0 ? core::mul(rows, c.P) : 0);     // [N,P]
-  L.dm = take(c.P > 0 ? core::mul(c.B, c.H) : 0);          // [B,H]
-  L.dh = take(core::mul(c.B, c.O()));                      // [B,O] running dL/dh
-  L.dc = take(core::mul(c.B, c.H));                        // [B,H] running dL/dc
+  L.dz = take(core::mul(rows, 4 * c.H));                      // [N,4H]
+  L.dh_all = take(c.P > 0 ? core::mul(rows, c.P) : 0);        // [N,P]
+  L.dm = take(c.P > 0 ? core::mul(c.B, c.H) : 0);             // [B,H]
+  L.dh = take(core::mul(c.B, c.O()));                         // [B,O] running dL/dh
+  L.dc = take(core::mul(c.B, c.H));                           // [B,H] running dL/dc
   L.dxp = take(core::gathers(c) ? core::mul(rows, c.I) : 0);  // [N,I]
   L.total = take.used;
   return L;
@@ -507,8 +518,8 @@ void upload_schedule(const Context::Impl& cx, void* ws, const core::Schedule& s,
       for (int64_t j = 0; j < s.batch[k]; ++j)
         h[2 * c.B + c.T + 1 + s.offset[k] + j] = s.row(k, j, c.B);
   // From pageable memory: the copy has read h when this returns.
-  LSTM_EXT_CUDA(cudaMemcpyAsync(ws, h.data(), sizeof(int64_t) * h.size(), cudaMemcpyHostToDevice,
-                                cx.stream));
+  LSTM_EXT_CUDA(
+      cudaMemcpyAsync(ws, h.data(), sizeof(int64_t) * h.size(), cudaMemcpyHostToDevice, cx.stream));
 }
 
 // Makes ctx's device current for the call.
@@ -559,8 +570,8 @@ void lstm_forward(Context& ctx, S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* 
 
   upload_schedule(cx, ws + L.idx, s, cfg);
   const Indices ix = indices_at(ws + L.idx, cfg);
-  S *Xp = ws + L.xp, *Z = ws + L.z, *C = ws + L.c, *Hp = ws + L.hp, *M = ws + L.m,
-    *h0p = ws + L.h0, *Y = g ? ws + L.yp : y;
+  S *Xp = ws + L.xp, *Z = ws + L.z, *C = ws + L.c, *Hp = ws + L.hp, *M = ws + L.m, *h0p = ws + L.h0,
+    *Y = g ? ws + L.yp : y;
   LSTM_EXT_CUDA(launch(gather_state<S>, blocks(B * O), kThreads, st, h0p, h0, ix.perm, B, O));
   LSTM_EXT_CUDA(launch(gather_state<S>, blocks(B * H), kThreads, st, C, c0, ix.perm, B, H));
   const S* xin = x;
@@ -571,8 +582,9 @@ void lstm_forward(Context& ctx, S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* 
   gemm(cx, Op::N, Op::T, N, G, I, S(1), xin, I, w.W, I, S(0), Z, G);  // [N,4H]
   if (training && s.K > 0) copy(cx, Hp, h0p, s.batch[0] * O);
 
-  const bool persistent = s.K > 0 && run_persistent<S>(cx, cfg, s.batch[0], Z, C, Y,
-                                                        training ? Hp : nullptr, h0p, w, ix.off, s.K);
+  const bool persistent =
+      s.K > 0 &&
+      run_persistent<S>(cx, cfg, s.batch[0], Z, C, Y, training ? Hp : nullptr, h0p, w, ix.off, s.K);
   for (int64_t k = 0; k < (persistent ? 0 : s.K); ++k) {
     const int64_t nb = s.batch[k], nb_next = k + 1 < s.K ? s.batch[k + 1] : 0;
     S* z = Z + s.offset[k] * G;
@@ -586,13 +598,14 @@ void lstm_forward(Context& ctx, S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* 
         [&](auto peep, auto clipped, auto coupled) {
           LSTM_EXT_CUDA(launch(forward_cells<decltype(peep)::value, decltype(clipped)::value,
                                              decltype(coupled)::value, S>,
-                               blocks(nb * H), kThreads, st, z, c, m, c_prev, w.b, w.peephole,
-                               clip, nb, H, h_next, nb_next));
+                               blocks(nb * H), kThreads, st, z, c, m, c_prev, w.b, w.peephole, clip,
+                               nb, H, h_next, nb_next));
         },
         w.peephole != nullptr, cfg.clip > 0, cfg.input_forget);
     if (P > 0) {
       gemm(cx, Op::N, Op::T, nb, P, H, S(1), m, H, w.W_hr, H, S(0), Y + s.offset[k] * O, P);
-      if (training && nb_next > 0) copy(cx, Hp + s.offset[k + 1] * O, Y + s.offset[k] * O, nb_next * O);
+      if (training && nb_next > 0)
+        copy(cx, Hp + s.offset[k + 1] * O, Y + s.offset[k] * O, nb_next * O);
     }
   }
 
@@ -650,8 +663,8 @@ void lstm_backward(Context& ctx, S* dx, S* dh0, S* dc0, const Grads<S>& gr, S* s
   for (int64_t k = s.K - 1; k >= 0; --k) {
     const int64_t nb = s.batch[k];
     if (dy && g) {
-      LSTM_EXT_CUDA(launch(add_rows<S>, blocks(nb * O), kThreads, st, dh, dy,
-                           ix.row + s.offset[k], nb, O));
+      LSTM_EXT_CUDA(
+          launch(add_rows<S>, blocks(nb * O), kThreads, st, dh, dy, ix.row + s.offset[k], nb, O));
     } else if (dy && nb * O > 0) {
       const S one = 1;
       LSTM_EXT_CUDA(axpy_call(cx.blas, int(nb * O), &one, dy + k * B * O, dh));
@@ -685,8 +698,8 @@ void lstm_backward(Context& ctx, S* dx, S* dh0, S* dc0, const Grads<S>& gr, S* s
   LSTM_EXT_CUDA(launch(column_sums<S>, blocks(G), kThreads, st, gr.db, dZ, N, G));
   if (P > 0) gemm(cx, Op::T, Op::N, P, H, N, S(1), DH, P, M, H, S(0), gr.dW_hr, H);  // [P,H]
   if (w.peephole)
-    LSTM_EXT_CUDA(launch(peephole_grads<S>, blocks(H), kThreads, st, gr.dpeephole, dZ, C, ix.off,
-                         s.K, B, H));
+    LSTM_EXT_CUDA(
+        launch(peephole_grads<S>, blocks(H), kThreads, st, gr.dpeephole, dZ, C, ix.off, s.K, B, H));
   LSTM_EXT_CUDA(launch(scatter_state<S>, blocks(B * O), kThreads, st, dh0, dh, ix.perm, B, O));
   LSTM_EXT_CUDA(launch(scatter_state<S>, blocks(B * H), kThreads, st, dc0, dc, ix.perm, B, H));
 }
@@ -716,21 +729,20 @@ void lstm_step(Context& ctx, S* h_out, S* c_out, S* scr, In<S> x, In<S> h, In<S>
         LSTM_EXT_CUDA(launch(forward_cells<decltype(peep)::value, decltype(clipped)::value,
                                            decltype(coupled)::value, S>,
                              blocks(B * H), kThreads, cx.stream, z, c_out, m, c_prev, w.b,
-                             w.peephole, S(cfg.clip), B, H, static_cast<S*>(nullptr),
-                             int64_t(0)));
+                             w.peephole, S(cfg.clip), B, H, static_cast<S*>(nullptr), int64_t(0)));
       },
       w.peephole != nullptr, cfg.clip > 0, cfg.input_forget);
   if (P > 0) gemm(cx, Op::N, Op::T, B, P, H, S(1), m, H, w.W_hr, H, S(0), h_out, P);
 }
 
-#define LSTM_EXT_INSTANTIATE(S)                                                                \
-  template int64_t forward_workspace_size<S>(const Config&, bool);                             \
-  template int64_t backward_scratch_size<S>(const Config&);                                    \
-  template void lstm_forward<S>(Context&, S*, S*, S*, MaybeOut<S>, S*, In<S>, In<S>, In<S>,    \
-                                const Weights<S>&, const Config&, bool);                       \
-  template void lstm_backward<S>(Context&, S*, S*, S*, const Grads<S>&, S*, In<S>, In<S>,      \
-                                 In<S>, In<S>, In<S>, const Weights<S>&, const Config&);       \
-  template void lstm_step<S>(Context&, S*, S*, S*, In<S>, In<S>, In<S>, const Weights<S>&,     \
+#define LSTM_EXT_INSTANTIATE(S)                                                                  \
+  template int64_t forward_workspace_size<S>(const Config&, bool);                               \
+  template int64_t backward_scratch_size<S>(const Config&);                                      \
+  template void lstm_forward<S>(Context&, S*, S*, S*, MaybeOut<S>, S*, In<S>, In<S>, In<S>,      \
+                                const Weights<S>&, const Config&, bool);                         \
+  template void lstm_backward<S>(Context&, S*, S*, S*, const Grads<S>&, S*, In<S>, In<S>, In<S>, \
+                                 In<S>, In<S>, const Weights<S>&, const Config&);                \
+  template void lstm_step<S>(Context&, S*, S*, S*, In<S>, In<S>, In<S>, const Weights<S>&,       \
                              const Config&);
 LSTM_EXT_INSTANTIATE(float)
 LSTM_EXT_INSTANTIATE(double)

@@ -104,15 +104,15 @@ Buffer& Buffer::operator=(Buffer&& o) noexcept {
 void Buffer::upload(Context& ctx, const void* host, int64_t bytes) {
   if (bytes > bytes_) throw std::invalid_argument("lstm_ext CUDA: upload past the buffer's end");
   if (bytes > 0)
-    LSTM_EXT_CUDA(cudaMemcpyAsync(data_, host, size_t(bytes), cudaMemcpyHostToDevice,
-                                  ctx.impl().stream));
+    LSTM_EXT_CUDA(
+        cudaMemcpyAsync(data_, host, size_t(bytes), cudaMemcpyHostToDevice, ctx.impl().stream));
 }
 
 void Buffer::download(Context& ctx, void* host, int64_t bytes) const {
   if (bytes > bytes_) throw std::invalid_argument("lstm_ext CUDA: download past the buffer's end");
   if (bytes > 0)
-    LSTM_EXT_CUDA(cudaMemcpyAsync(host, data_, size_t(bytes), cudaMemcpyDeviceToHost,
-                                  ctx.impl().stream));
+    LSTM_EXT_CUDA(
+        cudaMemcpyAsync(host, data_, size_t(bytes), cudaMemcpyDeviceToHost, ctx.impl().stream));
   ctx.synchronize();
 }
 

@@ -81,7 +81,8 @@ inline void check_dtype(const Arg& a, int size, const char* of_what) {
                          dtype_str(a.a));
 }
 
-inline void check_shape(const Arg& a, const std::vector<int64_t>& want, const std::string& letters) {
+inline void check_shape(const Arg& a, const std::vector<int64_t>& want,
+                        const std::string& letters) {
   if (shape_of(a.a) != want)
     throw py::value_error(std::string(a.name) + ": expected shape " + letters + " = " +
                           shape_str(want) + ", got " + shape_str(shape_of(a.a)));
@@ -96,7 +97,7 @@ inline void check_ndim(const Arg& a, int ndim, const char* letters) {
 
 // An optional [B,width] state: dtype and shape.
 inline void check_state(const Arg& s, int size, int64_t B, int64_t width, const char* letters,
-                 const char* of_what) {
+                        const char* of_what) {
   if (!s.given()) return;
   check_dtype(s, size, of_what);
   check_shape(s, {B, width}, letters);
@@ -169,8 +170,8 @@ struct LayerArgs {
 // H and P from the weights (H from W_hr when projecting, else from R), then
 // every weight's dtype and shape. The letters in messages are lstm.h's.
 inline LayerArgs check_layer(const py::object& W, const py::object& R, const py::object& b,
-                      const py::object& W_hr, const py::object& peephole, const py::object& clip,
-                      bool input_forget, int size, int64_t I) {
+                             const py::object& W_hr, const py::object& peephole,
+                             const py::object& clip, bool input_forget, int size, int64_t I) {
   LayerArgs l{arg("W", W),
               arg("R", R),
               opt_arg("b", b),
@@ -228,7 +229,8 @@ inline LayerArgs check_layer(const py::object& W, const py::object& R, const py:
 
 // lengths: integers [B] in [0,T], as a private int64 array. Checked here, in
 // the argument's own dtype, so that the message shows the value given.
-inline std::optional<py::array_t<int64_t>> check_lengths(const py::object& obj, int64_t B, int64_t T) {
+inline std::optional<py::array_t<int64_t>> check_lengths(const py::object& obj, int64_t B,
+                                                         int64_t T) {
   if (obj.is_none()) return std::nullopt;
   const Arg a = arg("lengths", obj);
   const char kind = a.a.dtype().kind();
@@ -342,9 +344,8 @@ struct StepArgs {
 
 inline StepArgs check_step(const py::object& x_obj, const py::object& h_obj,
                            const py::object& c_obj, const py::object& W, const py::object& R,
-                           const py::object& b, const py::object& W_hr,
-                           const py::object& peephole, const py::object& clip,
-                           bool input_forget) {
+                           const py::object& b, const py::object& W_hr, const py::object& peephole,
+                           const py::object& clip, bool input_forget) {
   Arg x = arg("x", x_obj);
   const int size = float_size(x);
   check_ndim(x, 2, "[B,I]");
