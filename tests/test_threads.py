@@ -51,14 +51,19 @@ def test_the_gil_is_released_while_the_core_computes():
     """While one thread is inside a long forward call, another keeps running
     Python. With the GIL held, the watcher would stall for the whole call."""
     rng = np.random.default_rng(2)
-    p = make_problem(rng, 200, 64, 128, 128, np.float32)
 
     def call():
         t0 = time.perf_counter()
         lstm_ext.forward(p["x"], p["W"], p["R"], training=False)
         return time.perf_counter() - t0
 
-    call()  # warm up
+    # A call long enough to tell, on a fast machine too: T grows until it is.
+    T = 200
+    while True:
+        p = make_problem(rng, T, 64, 128, 128, np.float32)
+        if call() > 0.1 or T >= 12800:
+            break
+        T *= 2
     done = threading.Event()
     gaps = []
 

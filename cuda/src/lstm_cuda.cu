@@ -16,6 +16,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <cstdlib>
 #include <vector>
@@ -347,23 +348,121 @@ __global__ void __launch_bounds__(256)
   }
 }
 
+// Backward through time in one cooperative launch, the mirror of
+// persistent_forward: block b owns units [b*U, b*U+U) and keeps the 4H x U
+// columns of R that map dz to their dL/dh, and their running dL/dh and
+// dL/dc. Per step it computes dL/dh_k of its units from dz_{k+1} of all
+// units (a grid barrier apart), adds dy, runs the cell backward and writes
+// its dz_k. dh and dc are the packed running states (in: dL/dh_T, dL/dc_T
+// gathered; out: dL/dh_0, dL/dc_0).
+template <int NB, bool kPeep, bool kClip, bool kCoupled, typename S>
+__global__ void __launch_bounds__(256)
+    persistent_backward(S* dZ, S* dh, S* dc, const S* Z, const S* C, const S* R, const S* peep,
+                        S clip, const S* dy, const int64_t* row, const int64_t* off, int64_t K,
+                        int64_t B, int64_t H, int U, int KS) {
+  extern __shared__ unsigned char smem_raw[];
+  const int64_t G = 4 * H, j0 = int64_t(blockIdx.x) * U;
+  const int tid = threadIdx.x;
+  S* Rs = reinterpret_cast<S*>(smem_raw);  // [U][4H]: R[q][j0+u] at u*4H + q
+  S* dzs = Rs + U * G;                     // [NB][4H]
+  S* dhs = dzs + NB * G;                   // [NB][U]
+  S* dcs = dhs + NB * U;                   // [NB][U]
+  auto grid = cg::this_grid();
+  for (int64_t i = tid; i < U * G; i += blockDim.x) {
+    const int u = int(i / G);
+    Rs[i] = j0 + u < H ? R[(i - u * G) * H + j0 + u] : S(0);
+  }
+  const int64_t nb0 = K > 0 ? off[1] - off[0] : 0;
+  for (int i = tid; i < nb0 * U; i += blockDim.x) {
+    const int n = i / U, u = i - n * U;
+    if (j0 + u < H) {
+      dhs[i] = dh[n * H + j0 + u];
+      dcs[i] = dc[n * H + j0 + u];
+    }
+  }
+  const int ks = tid % KS, uo = tid / KS;  // KS consecutive lanes share unit uo's sum
+  for (int64_t k = K - 1; k >= -1; --k) {
+    if (k + 1 < K) {  // dL/dh_k = dz_{k+1} R, for the rows step k+1 had
+      const int64_t nb1 = off[k + 2] - off[k + 1];
+      const S* dz1 = dZ + off[k + 1] * G;
+      for (int64_t i = tid; i < nb1 * G; i += blockDim.x) dzs[i] = __ldcg(dz1 + i);
+      __syncthreads();
+      S acc[NB];
+#pragma unroll
+      for (int n = 0; n < NB; ++n) acc[n] = S(0);
+      const S* Ru = Rs + int64_t(uo) * G;
+      for (int64_t q = ks; q < G; q += KS) {
+        const S w = Ru[q];
+#pragma unroll
+        for (int n = 0; n < NB; ++n)
+          if (n < nb1) acc[n] += w * dzs[n * G + q];
+      }
+#pragma unroll
+      for (int n = 0; n < NB; ++n)
+        for (int o = KS / 2; o > 0; o /= 2) acc[n] += __shfl_down_sync(0xffffffffu, acc[n], o, KS);
+      if (ks == 0)
+#pragma unroll
+        for (int n = 0; n < NB; ++n)
+          if (n < nb1) dhs[n * U + uo] = acc[n];
+      __syncthreads();
+    }
+    if (k < 0) break;
+    const int64_t nb = off[k + 1] - off[k];
+    for (int i = tid; i < nb * U; i += blockDim.x) {
+      const int n = i / U, u = i - n * U;
+      const int64_t j = j0 + u, r = off[k] + n;
+      if (j >= H) continue;
+      S dm = dhs[i];
+      if (dy) dm += dy[(row ? row[r] : r) * H + j];
+      const S* sn = Z + r * G;
+      const cell::Gates<S> kept{sn[j], sn[H + j], sn[2 * H + j], sn[3 * H + j]};
+      const cell::Gates<S> a = kClip ? cell::activate<kClip, kCoupled>(kept, clip) : kept;
+      const S c_prev = C[(k == 0 ? n : B + off[k - 1] + n) * H + j], c = C[(B + r) * H + j];
+      S dcv = dcs[i];
+      const auto d = cell::cell_backward<kPeep, kClip, kCoupled>(a, kept, c_prev, c, dm,
+                                                                 peep_at(peep, j, H), clip, &dcv);
+      dcs[i] = dcv;
+      S* dzn = dZ + r * G;
+      dzn[j] = d.i;
+      dzn[H + j] = d.f;
+      dzn[2 * H + j] = d.g;
+      dzn[3 * H + j] = d.o;
+    }
+    grid.sync();  // dz_k complete in every block before dL/dh_{k-1} reads it
+  }
+  for (int i = tid; i < nb0 * U; i += blockDim.x) {
+    const int n = i / U, u = i - n * U;
+    if (j0 + u < H) {
+      dh[n * H + j0 + u] = dhs[i];
+      dc[n * H + j0 + u] = dcs[i];
+    }
+  }
+}
+
 // The largest batch the persistent kernel takes (its NB template values).
 constexpr int kPersistentMaxB = 16;
 
-// Blocks the persistent kernel aims for: fewer make the grid barrier cheaper,
-// more spread the products. LSTM_EXT_CUDA_BLOCKS overrides (benchmarks).
+// Blocks the persistent kernels aim for: one per multiprocessor (fewer make
+// the grid barrier cheaper but leave each block more of the products; on an
+// H100, one per multiprocessor was fastest at H = 128 to 512).
+// LSTM_EXT_CUDA_BLOCKS overrides, for benchmarks.
 int persistent_target_blocks(int sms) {
   if (const char* e = std::getenv("LSTM_EXT_CUDA_BLOCKS")) {
     const int v = std::atoi(e);
     if (v > 0) return std::min(v, sms);
   }
-  return std::min(64, sms);
+  return sms;
 }
 
+// The launch shape of persistent_forward (or _backward), or blocks == 0
+// where the per-step path runs: a projection, a batch past 16 rows, more
+// than 4 rows at H > 512 (the per-step GEMMs win there), or R's slices not
+// fitting in shared memory.
 template <typename S>
-Persistent plan_persistent(const Config& c, int64_t nb_max) {
+Persistent plan_persistent(const Config& c, int64_t nb_max, bool backward) {
   Persistent p;
   if (c.P > 0 || nb_max < 1 || nb_max > kPersistentMaxB || c.H < 1) return p;
+  if (c.H > 512 && nb_max > 4) return p;
   int dev = 0, sms = 0, coop = 0, smem_max = 0;
   LSTM_EXT_CUDA(cudaGetDevice(&dev));
   LSTM_EXT_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
@@ -371,15 +470,16 @@ Persistent plan_persistent(const Config& c, int64_t nb_max) {
   LSTM_EXT_CUDA(cudaDeviceGetAttribute(&smem_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
   if (!coop) return p;
   const int NB = nb_max <= 4 ? 4 : 16;
-  // Units per block: a power of two giving about the target number of
-  // blocks, more where the blocks would not fit one per multiprocessor.
-  int U = 1;
+  int U = 1;  // units per block: a power of two giving at most the target blocks
   while ((c.H + U - 1) / U > persistent_target_blocks(sms)) U *= 2;
   if (U > 32) return p;
-  const size_t smem = persistent_smem<S>(c.H, U, NB);
+  const int64_t H = c.H;
+  const size_t smem = backward ? sizeof(S) * size_t(U * 4 * H + NB * 4 * H + 2 * NB * U)
+                               : persistent_smem<S>(H, U, NB);
   if (smem > size_t(smem_max)) return p;
-  const int rows = 4 * U, threads = std::min(256, rows * 32);
-  p = {U, threads / rows, int((c.H + U - 1) / U), threads, NB, smem};
+  const int outputs = backward ? U : 4 * U;  // sums per step, KS lanes each
+  const int threads = std::min(256, outputs * 32);
+  p = {U, threads / outputs, int((H + U - 1) / U), threads, NB, smem};
   return p;
 }
 
@@ -408,30 +508,21 @@ void dispatch(F&& f, bool v, Rest... rest) {
     dispatch<kDone..., false>(f, rest...);
 }
 
-// Runs the whole recurrence of lstm_forward in one cooperative launch where
-// the plan allows (P == 0, a small batch, the R slices fit); false: use the
-// per-step path.
-template <typename S>
-bool run_persistent(const Context::Impl& cx, const Config& cfg, int64_t nb_max, S* Z, S* C, S* Y,
-                    S* Hp, const S* h0p, const Weights<S>& w, const int64_t* off, int64_t K) {
-  const Persistent p = plan_persistent<S>(cfg, nb_max);
+// Launches kernel<NB, peep, clip, coupled, S> cooperatively with `args`
+// where the plan and the device allow; false: use the per-step path.
+template <template <int, bool, bool, bool, typename> class Kernel, typename S, typename Args>
+bool launch_persistent(const Context::Impl& cx, const Config& cfg, const Persistent& p,
+                       bool peephole, Args& args) {
   if (p.blocks == 0) return false;
   bool launched = false;
   dispatch(
       [&](auto peep, auto clipped, auto coupled) {
         auto go = [&](auto nb_tag) {
-          auto kernel = persistent_forward<decltype(nb_tag)::value, decltype(peep)::value,
-                                           decltype(clipped)::value, decltype(coupled)::value, S>;
+          auto kernel = Kernel<decltype(nb_tag)::value, decltype(peep)::value,
+                               decltype(clipped)::value, decltype(coupled)::value, S>::fn;
           if (!fits_on_device<S>(kernel, p)) return;
-          S clip = S(cfg.clip);
-          int64_t B = cfg.B, H = cfg.H;
-          int U = p.units, KS = p.ksplit;
-          const S *R = w.R, *b = w.b, *pp = w.peephole;
-          void* args[] = {&Z,        &C,        &Y,         &Hp,   (void*)&h0p,
-                          (void*)&R, (void*)&b, (void*)&pp, &clip, (void*)&off,
-                          &K,        &B,        &H,         &U,    &KS};
           LSTM_EXT_CUDA(cudaLaunchCooperativeKernel(reinterpret_cast<void*>(kernel), p.blocks,
-                                                    p.threads, args, p.smem, cx.stream));
+                                                    p.threads, args.data(), p.smem, cx.stream));
           launched = true;
         };
         if (p.nb_max == 4)
@@ -439,8 +530,50 @@ bool run_persistent(const Context::Impl& cx, const Config& cfg, int64_t nb_max, 
         else
           go(std::integral_constant<int, 16>{});
       },
-      w.peephole != nullptr, cfg.clip > 0, cfg.input_forget);
+      peephole, cfg.clip > 0, cfg.input_forget);
   return launched;
+}
+
+// The kernels as class templates, for launch_persistent.
+template <int NB, bool kPeep, bool kClip, bool kCoupled, typename S>
+struct PersistentForward {
+  static constexpr auto fn = persistent_forward<NB, kPeep, kClip, kCoupled, S>;
+};
+template <int NB, bool kPeep, bool kClip, bool kCoupled, typename S>
+struct PersistentBackward {
+  static constexpr auto fn = persistent_backward<NB, kPeep, kClip, kCoupled, S>;
+};
+
+// The whole recurrence of lstm_forward in one launch (see persistent_forward).
+template <typename S>
+bool run_persistent_forward(const Context::Impl& cx, const Config& cfg, int64_t nb_max, S* Z, S* C,
+                            S* Y, S* Hp, const S* h0p, const Weights<S>& w, const int64_t* off,
+                            int64_t K) {
+  const Persistent p = plan_persistent<S>(cfg, nb_max, false);
+  S clip = S(cfg.clip);
+  int64_t B = cfg.B, H = cfg.H;
+  int U = p.units, KS = p.ksplit;
+  const S *R = w.R, *b = w.b, *pp = w.peephole;
+  std::array<void*, 15> args{&Z,        &C,        &Y,         &Hp,   (void*)&h0p,
+                             (void*)&R, (void*)&b, (void*)&pp, &clip, (void*)&off,
+                             &K,        &B,        &H,         &U,    &KS};
+  return launch_persistent<PersistentForward, S>(cx, cfg, p, w.peephole != nullptr, args);
+}
+
+// The step loop of lstm_backward in one launch (see persistent_backward).
+template <typename S>
+bool run_persistent_backward(const Context::Impl& cx, const Config& cfg, int64_t nb_max, S* dZ,
+                             S* dh, S* dc, const S* Z, const S* C, const Weights<S>& w, const S* dy,
+                             const int64_t* row, const int64_t* off, int64_t K) {
+  const Persistent p = plan_persistent<S>(cfg, nb_max, true);
+  S clip = S(cfg.clip);
+  int64_t B = cfg.B, H = cfg.H;
+  int U = p.units, KS = p.ksplit;
+  const S *R = w.R, *pp = w.peephole;
+  std::array<void*, 16> args{&dZ,        &dh,   &dc,        (void*)&Z,   (void*)&C,   (void*)&R,
+                             (void*)&pp, &clip, (void*)&dy, (void*)&row, (void*)&off, &K,
+                             &B,         &H,    &U,         &KS};
+  return launch_persistent<PersistentBackward, S>(cx, cfg, p, w.peephole != nullptr, args);
 }
 
 // ---- workspace layouts ------------------------------------------------------------
@@ -583,8 +716,8 @@ void lstm_forward(Context& ctx, S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* 
   if (training && s.K > 0) copy(cx, Hp, h0p, s.batch[0] * O);
 
   const bool persistent =
-      s.K > 0 &&
-      run_persistent<S>(cx, cfg, s.batch[0], Z, C, Y, training ? Hp : nullptr, h0p, w, ix.off, s.K);
+      s.K > 0 && run_persistent_forward<S>(cx, cfg, s.batch[0], Z, C, Y, training ? Hp : nullptr,
+                                           h0p, w, ix.off, s.K);
   for (int64_t k = 0; k < (persistent ? 0 : s.K); ++k) {
     const int64_t nb = s.batch[k], nb_next = k + 1 < s.K ? s.batch[k + 1] : 0;
     S* z = Z + s.offset[k] * G;
@@ -660,7 +793,10 @@ void lstm_backward(Context& ctx, S* dx, S* dh0, S* dc0, const Grads<S>& gr, S* s
   LSTM_EXT_CUDA(launch(gather_state<S>, blocks(B * O), kThreads, st, dh, dhT, ix.perm, B, O));
   LSTM_EXT_CUDA(launch(gather_state<S>, blocks(B * H), kThreads, st, dc, dcT, ix.perm, B, H));
 
-  for (int64_t k = s.K - 1; k >= 0; --k) {
+  const bool persistent =
+      s.K > 0 && run_persistent_backward<S>(cx, cfg, s.batch[0], dZ, dh, dc, Z, C, w, dy,
+                                            g ? ix.row : nullptr, ix.off, s.K);
+  for (int64_t k = persistent ? -1 : s.K - 1; k >= 0; --k) {
     const int64_t nb = s.batch[k];
     if (dy && g) {
       LSTM_EXT_CUDA(
