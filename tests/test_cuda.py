@@ -71,6 +71,22 @@ def test_cuda_without_gpu_says_what_is_missing():
     assert ("not compiled" in str(e.value)) or ("found" in str(e.value)) or ("load" in str(e.value))
 
 
+class FakeGpuArray:
+    """Any object with __cuda_array_interface__ counts as a GPU array."""
+
+    @property
+    def __cuda_array_interface__(self):
+        return {"shape": (2, 1, 3), "typestr": "<f8", "data": (0, False), "version": 3}
+
+
+def test_gpu_array_on_cpu_is_a_type_error():
+    p = make_problem(np.random.default_rng(4), 2, 1, 3, 4)
+    with pytest.raises(TypeError, match=r"x: a GPU array .*device='cpu'"):
+        lstm_ext.forward(FakeGpuArray(), p["W"], p["R"])
+    with pytest.raises(TypeError, match=r"x: nn\.LSTM takes NumPy arrays"):
+        nn.LSTM(3, 4)(FakeGpuArray())
+
+
 # ---- on a GPU ------------------------------------------------------------------------------
 
 gpu = pytest.mark.skipif(not lstm_ext.cuda_available(), reason=lstm_ext.cuda_status())
@@ -296,3 +312,76 @@ def test_nn_lstm_on_gpu(bidirectional):
     assert_close("dx", gpu_.backward(dy), cpu.backward(dy), 1e-12)
     for name in cpu.grads:
         assert_close(name, gpu_.grads[name], cpu.grads[name], 1e-12)
+
+
+# ---- GPU arrays in place ------------------------------------------------------------------
+
+
+def gpu_library(name):
+    """The module, or a skip saying why it cannot hold GPU arrays here."""
+    if not lstm_ext.cuda_available():
+        pytest.skip(reason=lstm_ext.cuda_status())
+    lib = pytest.importorskip(name, reason=f"{name} is not installed")
+    if name == "torch" and not lib.cuda.is_available():
+        pytest.skip(reason="this torch has no CUDA")
+    return lib
+
+
+def to_lib(lib, a):
+    return lib.asarray(a) if lib.__name__ == "cupy" else lib.as_tensor(a, device="cuda")
+
+
+def to_host(a):
+    return a.get() if hasattr(a, "get") else a.cpu().numpy()
+
+
+@pytest.mark.parametrize("name", ["cupy", "torch"])
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_gpu_arrays_in_place(name, batch_first):
+    """GPU arrays in, GPU arrays of the same library out, the same numbers as
+    NumPy in and out (the same kernels on the same values: the same bits)."""
+    lib = gpu_library(name)
+    rng = np.random.default_rng(13)
+    p, kw = features_problem(rng, 9, 3, 5, 12, np.float32, peephole=True, lengths=[9, 0, 4])
+    if batch_first:
+        p["x"] = np.ascontiguousarray(p["x"].swapaxes(0, 1))
+        p["dy"] = np.ascontiguousarray(p["dy"].swapaxes(0, 1))
+    names = ("x", "W", "R", "b", "h0", "c0")
+    want_f = lstm_ext.forward(*(p[k] for k in names), batch_first=batch_first, device="cuda", **kw)
+    want_b = lstm_ext.backward(want_f.cache, p["dy"], p["dh"], p["dc"])
+    kw_gpu = dict(kw, peephole=to_lib(lib, kw["peephole"]))
+    got_f = lstm_ext.forward(*(to_lib(lib, p[k]) for k in names), batch_first=batch_first,
+                             device="cuda", **kw_gpu)  # fmt: skip
+    got_b = lstm_ext.backward(got_f.cache, to_lib(lib, p["dy"]), to_lib(lib, p["dh"]), None)
+    want_b2 = lstm_ext.backward(want_f.cache, p["dy"], p["dh"], None)
+    for name_, a, b in zip(("y", "h", "c"), got_f[:3], want_f[:3], strict=True):
+        assert type(a).__module__.split(".")[0] == name, name_
+        np.testing.assert_array_equal(to_host(a), b, err_msg=name_)
+    for a, b in zip(got_b, want_b2, strict=True):
+        np.testing.assert_array_equal(to_host(a), b)
+    assert want_b.dW.shape == got_b.dW.shape
+    x0 = to_lib(lib, p["x"][:, 0] if batch_first else p["x"][0])
+    weights = (to_lib(lib, p[k]) for k in ("W", "R", "b"))
+    h, c = lstm_ext.step(x0, None, None, *weights, device="cuda")
+    assert type(h).__module__.split(".")[0] == name and tuple(c.shape) == (3, 12)
+
+
+def test_gpu_arrays_not_contiguous_and_device_arrays():
+    cupy = gpu_library("cupy")
+    from lstm_ext import _cuda
+
+    rng = np.random.default_rng(14)
+    p = make_problem(rng, 6, 4, 10, 8, np.float64)
+    want = lstm_ext.forward(p["x"][:, :, ::2], p["W"][:, ::2], p["R"], device="cuda").y
+    x = cupy.asarray(p["x"])[:, :, ::2]  # a strided view: lstm_ext.forward copies it once
+    got = lstm_ext.forward(x, cupy.asarray(p["W"])[:, ::2], cupy.asarray(p["R"]), device="cuda").y
+    np.testing.assert_array_equal(got.get(), want)
+    W = _cuda.to_device(np.ascontiguousarray(p["W"][:, ::2]))  # weights put on the GPU once
+    got = lstm_ext.forward(p["x"][:, :, ::2], W, _cuda.to_device(p["R"]), device="cuda").y
+    assert isinstance(got, np.ndarray)  # x was on the host
+    np.testing.assert_array_equal(got, want)
+    with pytest.raises(TypeError, match="lengths: expected integers on the host"):
+        lstm_ext.forward(x, W, _cuda.to_device(p["R"]), lengths=cupy.asarray([1, 2, 3, 4]),
+                         device="cuda")  # fmt: skip
+    with pytest.raises(TypeError, match="R: expected dtype float64"):
+        lstm_ext.forward(x, W, cupy.asarray(p["R"], dtype=cupy.float32), device="cuda")

@@ -177,6 +177,15 @@ __global__ void add_rows(S* dst, const S* src, const int64_t* row, int64_t n, in
   }
 }
 
+// dst[b][a][:] = src[a][b][:], src [A,B,W].
+template <typename S>
+__global__ void swap01_kernel(S* dst, const S* src, int64_t A, int64_t B, int64_t W) {
+  LSTM_EXT_GRID_LOOP(i, A * B * W) {
+    const int64_t row = i / W, a = row / B, b = row - a * B;
+    dst[(b * A + a) * W + (i - row * W)] = src[i];
+  }
+}
+
 // dst[j] = src[perm[j]] (zeros for a null src), n rows of `width`.
 template <typename S>
 __global__ void gather_state(S* dst, const S* src, const int64_t* perm, int64_t n, int64_t width) {
@@ -845,6 +854,13 @@ void lstm_backward(Context& ctx, S* dx, S* dh0, S* dc0, const Grads<S>& gr, S* s
 }
 
 template <typename S>
+void swap01(Context& ctx, S* dst, In<S> src, int64_t A, int64_t B, int64_t W) {
+  if (A < 0 || B < 0 || W < 0) throw std::invalid_argument("lstm_ext CUDA: swap01 of negative sizes");
+  const Context::Impl& cx = enter(ctx);
+  LSTM_EXT_CUDA(launch(swap01_kernel<S>, blocks(A * B * W), kThreads, cx.stream, dst, src, A, B, W));
+}
+
+template <typename S>
 void lstm_step(Context& ctx, S* h_out, S* c_out, S* scr, In<S> x, In<S> h, In<S> c,
                const Weights<S>& w, const Config& cfg) {
   const int64_t B = cfg.B, I = cfg.I, H = cfg.H, P = cfg.P, O = cfg.O(), G = 4 * H;
@@ -883,7 +899,8 @@ void lstm_step(Context& ctx, S* h_out, S* c_out, S* scr, In<S> x, In<S> h, In<S>
   template void lstm_backward<S>(Context&, S*, S*, S*, const Grads<S>&, S*, In<S>, In<S>, In<S>, \
                                  In<S>, In<S>, const Weights<S>&, const Config&);                \
   template void lstm_step<S>(Context&, S*, S*, S*, In<S>, In<S>, In<S>, const Weights<S>&,       \
-                             const Config&);
+                             const Config&);                                                     \
+  template void swap01<S>(Context&, S*, In<S>, int64_t, int64_t, int64_t);
 LSTM_EXT_INSTANTIATE(float)
 LSTM_EXT_INSTANTIATE(double)
 

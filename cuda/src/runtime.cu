@@ -45,6 +45,17 @@ std::string describe() {
          std::to_string(p.totalGlobalMem >> 20) + " MiB); driver " + ver(driver) + ", " + versions;
 }
 
+int device_of(const void* p) noexcept {
+  cudaPointerAttributes a{};
+  if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
+    cudaGetLastError();
+    return -1;
+  }
+  return a.type == cudaMemoryTypeDevice || a.type == cudaMemoryTypeManaged ? a.device : -1;
+}
+
+void synchronize_device() { LSTM_EXT_CUDA(cudaDeviceSynchronize()); }
+
 Context::Context(int device) : impl_(new Impl) {
   const int n = device_count();
   if (device < 0 || device >= n)
@@ -141,6 +152,13 @@ std::vector<double> time_on_stream(Context& ctx, const std::function<void()>& fn
   }
   for (auto e : ev) cudaEventDestroy(e);
   return ms;
+}
+
+void Buffer::copy_from(Context& ctx, const void* src, int64_t bytes) {
+  if (bytes > bytes_) throw std::invalid_argument("lstm_ext CUDA: copy past the buffer's end");
+  if (bytes > 0)
+    LSTM_EXT_CUDA(cudaMemcpyAsync(data_, src, size_t(bytes), cudaMemcpyDeviceToDevice,
+                                  ctx.impl().stream));
 }
 
 void Buffer::fill(Context& ctx, unsigned char byte) {

@@ -12,9 +12,12 @@ later step of that sequence); they are not checked for.
 
 ``device="cuda"`` runs a call on the GPU (the CUDA path, where it is
 compiled and a GPU is visible; ``cuda_available()`` says whether), "auto"
-picks the GPU where it can, "cpu" (the default) never does. NumPy arrays go
-in and come out either way; a training cache stays on the device that made
-it, and backward runs there.
+picks the GPU where it can, "cpu" (the default) never does. On the GPU,
+arguments may be NumPy arrays (copied over) or GPU arrays (CuPy, PyTorch
+CUDA tensors, anything with ``__cuda_array_interface__``: used in place);
+results come back as NumPy arrays for a NumPy ``x``, else as arrays of x's
+library (``dy``'s, or forward's x's, for backward). A training cache stays on
+the device that made it, and backward runs there.
 
 Calls release the GIL. lstm_ext computes on its own threads
 (``set_num_threads``, or the environment variable LSTM_EXT_NUM_THREADS;
@@ -32,7 +35,16 @@ from numpy.typing import ArrayLike
 
 from . import convert, nn
 from ._core import Cache, get_num_threads, set_num_threads
-from ._device import check_device, cuda_available, cuda_status, module, module_of_cache
+from ._device import (
+    as_library,
+    check_device,
+    cuda_available,
+    cuda_status,
+    library_of,
+    module,
+    module_of_cache,
+    to_gpu_args,
+)
 from ._version import __version__
 from .onnx import onnx_lstm
 
@@ -161,12 +173,22 @@ def forward(
     backward computes. Non-contiguous inputs are copied once. Raises
     TypeError for a wrong dtype, ValueError for a wrong shape or value.
     """
-    y, h, c, cache, cs = module(check_device(device)).forward(
+    dev = check_device(device)
+    names = ("x", "W", "R", "b", "h0", "c0", "W_hr", "peephole")
+    x, W, R, b, h0, c0, W_hr, peephole = to_gpu_args(
+        names, (x, W, R, b, h0, c0, W_hr, peephole), dev
+    )
+    y, h, c, cache, cs = module(dev).forward(
         x, W, R, b, h0, c0,
         batch_first=batch_first, training=training, reverse=reverse, lengths=lengths,
         W_hr=W_hr, peephole=peephole, clip=clip, input_forget=input_forget,
         return_cell_states=return_cell_states,
     )  # fmt: skip
+    lib = library_of(x)
+    if lib is not None:
+        y, h, c, cs = (as_library(a, lib) for a in (y, h, c, cs))
+        if cache is not None:
+            cache._library = lib
     if return_cell_states:
         return ForwardResultWithCells(y, h, c, cache, cs)
     return ForwardResult(y, h, c, cache)
@@ -186,7 +208,12 @@ def backward(
     or peephole, ``GradResultWithExtras`` with ``dW_hr`` and ``dpeephole``
     added (None for the one it did not have).
     """
-    g = module_of_cache(cache).backward(cache, dy, dh, dc)
+    mod = module_of_cache(cache)
+    dev = "cpu" if mod.__name__.endswith("_core") else "cuda"
+    dy, dh, dc = to_gpu_args(("dy", "dh", "dc"), (dy, dh, dc), dev)
+    g = mod.backward(cache, dy, dh, dc)
+    lib = getattr(cache, "_library", None) or library_of(dy)
+    g = tuple(as_library(a, lib) for a in g)
     if cache.P > 0 or g[7] is not None:
         return GradResultWithExtras(*g)
     return GradResult(*g[:6])
@@ -210,12 +237,15 @@ def step(
 
     Returns ``StepResult(h, c)``, the new state, in new arrays. Feeding the
     steps of a sequence one by one gives what ``forward`` gives; the options
-    mean what they mean there. On the GPU (``device``), every call copies
-    the weights there and the state back: for long streams on a GPU, prefer
-    ``forward`` over chunks of steps.
+    mean what they mean there. On the GPU with NumPy arguments every call
+    copies the weights over and the state back; with GPU arrays (weights put
+    there once, e.g. ``cupy.asarray(W)``) nothing crosses the bus.
     """
-    return StepResult(
-        *module(check_device(device)).step(
-            x, h, c, W, R, b, W_hr=W_hr, peephole=peephole, clip=clip, input_forget=input_forget
-        )
+    dev = check_device(device)
+    names = ("x", "h", "c", "W", "R", "b", "W_hr", "peephole")
+    x, h, c, W, R, b, W_hr, peephole = to_gpu_args(names, (x, h, c, W, R, b, W_hr, peephole), dev)
+    h, c = module(dev).step(
+        x, h, c, W, R, b, W_hr=W_hr, peephole=peephole, clip=clip, input_forget=input_forget
     )
+    lib = library_of(x)
+    return StepResult(as_library(h, lib), as_library(c, lib))

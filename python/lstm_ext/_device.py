@@ -71,6 +71,53 @@ def module(device: str) -> ModuleType:
     return _cuda_module()[0] if device == "cuda" else _core
 
 
+def library_of(a) -> str | None:
+    """ "cupy" or "torch" for their GPU arrays, "cuda" for any other object with
+    ``__cuda_array_interface__``, None for host data."""
+    top = type(a).__module__.split(".")[0]
+    if top == "torch":
+        return "torch" if getattr(a, "is_cuda", False) else None
+    if top == "cupy" and hasattr(a, "__cuda_array_interface__"):
+        return "cupy"
+    return "cuda" if hasattr(a, "__cuda_array_interface__") else None
+
+
+def to_gpu_args(names, values, device: str) -> list:
+    """The arguments as the GPU module takes them: CuPy and PyTorch GPU arrays
+    made C-contiguous (a copy only where they are not) and detached from
+    autograd; host arrays as they are. On the CPU a GPU array is a TypeError."""
+    out = []
+    for name, a in zip(names, values, strict=True):
+        lib = None if a is None else library_of(a)
+        if lib is not None and device == "cpu":
+            raise TypeError(
+                f"{name}: a GPU array ({type(a).__module__}.{type(a).__name__}) on device='cpu'; "
+                "pass device='cuda' (or 'auto'), or a NumPy array"
+            )
+        if lib == "cupy":
+            import cupy
+
+            a = cupy.ascontiguousarray(a)
+        elif lib == "torch":
+            a = a.detach().contiguous()
+        out.append(a)
+    return out
+
+
+def as_library(result, lib: str | None):
+    """A GPU result (a _cuda.DeviceArray) as an array of `lib` ("cupy",
+    "torch"), without a copy; anything else unchanged."""
+    if result is None or lib not in ("cupy", "torch") or not hasattr(result, "get"):
+        return result
+    if lib == "cupy":
+        import cupy
+
+        return cupy.asarray(result)
+    import torch
+
+    return torch.as_tensor(result, device="cuda")
+
+
 def module_of_cache(cache) -> ModuleType:
     """The module whose forward made ``cache`` (backward runs where forward ran)."""
     mod = _cuda_module()[0]

@@ -1,13 +1,18 @@
 // lstm_ext._cuda: the GPU twin of _core, built only with the CUDA path. The
-// same functions with the same argument checks (bind_args.h); arrays go to
-// the GPU, the call runs there, results come back as NumPy arrays. A forward
-// cache keeps x, the weights and the workspace on the GPU, so backward sends
-// only dy across. The module is separate from _core so that a CPU-only
-// machine imports _core without the CUDA libraries.
+// same functions with the same argument checks (bind_args.h). Arguments may
+// be NumPy arrays (copied to the GPU) or GPU arrays (anything with
+// __cuda_array_interface__: CuPy, PyTorch, Numba; used in place). Results
+// come back as NumPy arrays when x (dy for backward) is a NumPy array, else
+// as DeviceArray objects that CuPy and PyTorch take without a copy. A
+// forward cache keeps its own copies of x and the weights, and the
+// workspace, on the GPU, so backward sends only dy across. The module is
+// separate from _core so that a CPU-only machine imports _core without the
+// CUDA libraries.
 #include <pybind11/stl.h>
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <memory>
 
 #include "bind_args.h"
@@ -26,18 +31,6 @@ lc::Context& context() {
   return *ctx;
 }
 
-template <typename S>
-lc::Buffer upload(lc::Context& ctx, const carray<S>& a) {
-  lc::Buffer b(a.nbytes());
-  b.upload(ctx, a.data(), a.nbytes());
-  return b;
-}
-
-template <typename S>
-lc::Buffer upload(lc::Context& ctx, const opt_carray<S>& a) {
-  return a ? upload<S>(ctx, *a) : lc::Buffer();
-}
-
 // When set (tests only: _cuda._set_poison), every output and workspace
 // buffer starts as NaN, so an element a call leaves unwritten shows.
 bool g_poison = false;
@@ -50,34 +43,177 @@ lc::Buffer device_array(int64_t elements) {
 }
 
 template <typename S>
+lc::Buffer upload(lc::Context& ctx, const carray<S>& a) {
+  lc::Buffer b(a.nbytes());
+  b.upload(ctx, a.data(), a.nbytes());
+  return b;
+}
+
+template <typename S>
 carray<S> download(lc::Context& ctx, const lc::Buffer& b, const std::vector<int64_t>& shape) {
   carray<S> a = empty<S>(shape);
   b.download(ctx, a.mutable_data(), a.nbytes());
   return a;
 }
 
-// One layer's weights on the GPU (an empty Buffer reads as absent).
+// ---- GPU arrays --------------------------------------------------------------------
+
+// A result on the GPU: C-contiguous float32/float64, exposed through
+// __cuda_array_interface__ (version 3; ready when the call returns).
+struct DeviceArray {
+  std::shared_ptr<lc::Buffer> buffer;
+  std::vector<int64_t> shape;
+  int size;  // 4 or 8
+};
+
+template <typename S>
+py::object device_result(lc::Buffer&& b, std::vector<int64_t> shape) {
+  return py::cast(
+      DeviceArray{std::make_shared<lc::Buffer>(std::move(b)), std::move(shape), int(sizeof(S))});
+}
+
+// Arguments given as GPU arrays: each is replaced by a placeholder NumPy can
+// check (a zero-stride view of the same shape and dtype, holding no memory),
+// so that bind_args.h checks it with the same messages; its pointer is kept.
+class GpuArgs {
+ public:
+  py::object take(const char* name, const py::object& obj) {
+    if (obj.is_none() || !py::hasattr(obj, "__cuda_array_interface__")) return obj;
+    const py::dict d = obj.attr("__cuda_array_interface__");
+    std::vector<int64_t> shape;
+    for (const auto v : py::tuple(d["shape"])) shape.push_back(v.cast<int64_t>());
+    const py::dtype dt(d["typestr"].cast<std::string>());
+    if (d.contains("strides") && !d["strides"].is_none()) {
+      int64_t want = dt.itemsize();
+      const py::tuple st(d["strides"]);
+      for (size_t k = shape.size(); k-- > 0;) {
+        if (shape[k] > 1 && st[k].cast<int64_t>() != want)
+          throw py::value_error(std::string(name) +
+                                ": expected a C-contiguous GPU array, got strides " +
+                                py::str(st).cast<std::string>() + " for shape " + shape_str(shape) +
+                                " (make it contiguous first)");
+        want *= shape[k];
+      }
+    }
+    const auto ptr = reinterpret_cast<const void*>(py::tuple(d["data"])[0].cast<uintptr_t>());
+    int64_t n = 1;
+    for (int64_t v : shape) n *= v;
+    if (n > 0 && lc::device_of(ptr) != 0)
+      throw py::value_error(std::string(name) + ": a GPU array lstm_ext cannot read: it is on " +
+                            (lc::device_of(ptr) < 0 ? std::string("no GPU")
+                                                    : "GPU " + std::to_string(lc::device_of(ptr))) +
+                            "; lstm_ext runs on GPU 0 (CUDA_VISIBLE_DEVICES chooses it)");
+    ptrs_[name] = ptr;
+    const py::object np = py::module_::import("numpy");
+    return np.attr("broadcast_to")(np.attr("zeros")(py::tuple(), dt), py::cast(shape));
+  }
+  const void* ptr(const char* name) const {
+    const auto it = ptrs_.find(name);
+    return it == ptrs_.end() ? nullptr : it->second;
+  }
+  bool any() const { return !ptrs_.empty(); }
+  // Arrays other libraries wrote may still be in flight on their streams.
+  void wait_for_producers() const {
+    if (any()) lc::synchronize_device();
+  }
+
+ private:
+  std::map<std::string, const void*> ptrs_;
+};
+
+void no_gpu_lengths(const py::object& lengths) {
+  if (!lengths.is_none() && py::hasattr(lengths, "__cuda_array_interface__"))
+    throw py::type_error(
+        "lengths: expected integers on the host (a list or NumPy array), got a "
+        "GPU array");
+}
+
+// An input on the GPU for the call: the caller's GPU array in place, or (for
+// a cache, `copy`) a private copy of it, or an upload of a host array; null
+// for an absent optional argument. `keep` owns whatever was made.
+template <typename S>
+const S* device_input(lc::Context& ctx, const GpuArgs& gpu, const char* name, const Arg& a,
+                      const py::array& host_view, bool copy, lc::Buffer& keep) {
+  if (!a.given()) return nullptr;
+  if (const void* p = gpu.ptr(name)) {
+    if (!copy) return static_cast<const S*>(p);
+    keep = lc::Buffer(a.a.nbytes());
+    keep.copy_from(ctx, p, a.a.nbytes());
+  } else {
+    keep = upload<S>(ctx, contiguous<S>(host_view));
+  }
+  return keep.as<S>();
+}
+
+// x as [T,B,I] on the GPU; a batch_first GPU array is transposed on the GPU.
+template <typename S>
+const S* device_x(lc::Context& ctx, const GpuArgs& gpu, const ForwardArgs& f, bool batch_first,
+                  bool copy, lc::Buffer& keep) {
+  const void* p = gpu.ptr("x");
+  if (p && batch_first) {
+    keep = lc::Buffer(f.x.a.nbytes());
+    lc::swap01<S>(ctx, keep.as<S>(), static_cast<const S*>(p), f.cfg.B, f.cfg.T, f.cfg.I);
+    return keep.as<S>();
+  }
+  return device_input<S>(ctx, gpu, "x", f.x, f.x_tb, copy, keep);
+}
+
+// A [T,B,W] result as the caller gets it: on the host or the GPU, and
+// [B,T,W] when batch_first.
+template <typename S>
+py::object result_tb(lc::Context& ctx, lc::Buffer&& b, int64_t T, int64_t B, int64_t W, bool on_gpu,
+                     bool batch_first) {
+  if (on_gpu) {
+    if (!batch_first) return device_result<S>(std::move(b), {T, B, W});
+    lc::Buffer t = device_array<S>(T * B * W);
+    lc::swap01<S>(ctx, t.as<S>(), b.as<S>(), T, B, W);
+    ctx.synchronize();
+    return device_result<S>(std::move(t), {B, T, W});
+  }
+  const carray<S> h = download<S>(ctx, b, {T, B, W});
+  return batch_first ? py::object(swap01(h)) : py::object(h);
+}
+
+template <typename S>
+py::object result(lc::Context& ctx, lc::Buffer&& b, std::vector<int64_t> shape, bool on_gpu) {
+  if (on_gpu) return device_result<S>(std::move(b), std::move(shape));
+  return download<S>(ctx, b, shape);
+}
+
+// ---- one layer's weights ----------------------------------------------------------
+
+// One layer's weights on the GPU (an absent one reads as null).
 struct DeviceLayer {
-  lc::Buffer W, R, b, W_hr, peephole;
+  lc::Buffer W, R, b, W_hr, peephole;  // what was uploaded or copied
+  const void *pW = nullptr, *pR = nullptr, *pb = nullptr, *pW_hr = nullptr, *ppeep = nullptr;
   bool has_peephole = false;
   template <typename S>
   lstm_ext::Weights<S> weights() const {
-    return {W.as<S>(), R.as<S>(), b.as<S>(), W_hr.as<S>(), peephole.as<S>()};
+    return {static_cast<const S*>(pW), static_cast<const S*>(pR), static_cast<const S*>(pb),
+            static_cast<const S*>(pW_hr), static_cast<const S*>(ppeep)};
   }
 };
 
 template <typename S>
-DeviceLayer upload_layer(lc::Context& ctx, const LayerArgs& l) {
-  const LayerArrays<S> w = layer_arrays<S>(l, false);
-  return {upload<S>(ctx, w.W), upload<S>(ctx, w.R), upload<S>(ctx, w.b),
-          upload<S>(ctx, w.W_hr), upload<S>(ctx, w.peephole), l.peephole.given()};
+DeviceLayer device_layer(lc::Context& ctx, const GpuArgs& gpu, const LayerArgs& l, bool copy) {
+  DeviceLayer d;
+  d.pW = device_input<S>(ctx, gpu, "W", l.W, l.W.a, copy, d.W);
+  d.pR = device_input<S>(ctx, gpu, "R", l.R, l.R.a, copy, d.R);
+  d.pb = device_input<S>(ctx, gpu, "b", l.b, l.b.a, copy, d.b);
+  d.pW_hr = device_input<S>(ctx, gpu, "W_hr", l.W_hr, l.W_hr.a, copy, d.W_hr);
+  d.ppeep = device_input<S>(ctx, gpu, "peephole", l.peephole, l.peephole.a, copy, d.peephole);
+  d.has_peephole = l.peephole.given();
+  return d;
 }
+
+// ---- forward, backward, step ----------------------------------------------------------
 
 // What forward keeps for backward, on the GPU.
 struct Cache {
   Config cfg;  // cfg.lengths is re-pointed at `lengths` for each call
   bool batch_first;
   int size;
+  bool on_gpu;  // x was a GPU array: gradients come back on the GPU
   DeviceLayer w;
   lc::Buffer x, workspace;
   std::optional<py::array_t<int64_t>> lengths;
@@ -89,117 +225,152 @@ struct Cache {
 };
 
 template <typename S>
-py::tuple forward_impl(ForwardArgs& f, bool batch_first, bool training, bool return_cell_states) {
+py::tuple forward_impl(ForwardArgs& f, const GpuArgs& gpu, bool batch_first, bool training,
+                       bool return_cell_states) {
   Config cfg = f.cfg;
   if (f.lengths) cfg.lengths = f.lengths->data();
   const int64_t T = cfg.T, B = cfg.B, H = cfg.H, O = cfg.O();
   const int64_t ws_size = lc::forward_workspace_size<S>(cfg, training);  // throws on overflow
+  const bool on_gpu = gpu.ptr("x") != nullptr;
   lc::Context& ctx = context();
-  lc::Buffer x = upload<S>(ctx, contiguous<S>(f.x_tb));
-  DeviceLayer w = upload_layer<S>(ctx, f.l);
-  const lc::Buffer h0 = upload<S>(ctx, opt_contiguous<S>(f.h0)),
-                   c0 = upload<S>(ctx, opt_contiguous<S>(f.c0));
+  lc::Buffer x, h0, c0;
+  const S* px = device_x<S>(ctx, gpu, f, batch_first, training, x);
+  DeviceLayer w = device_layer<S>(ctx, gpu, f.l, training);
+  const S* ph0 = device_input<S>(ctx, gpu, "h0", f.h0, f.h0.a, false, h0);
+  const S* pc0 = device_input<S>(ctx, gpu, "c0", f.c0, f.c0.a, false, c0);
   lc::Buffer y = device_array<S>(T * B * O), hT = device_array<S>(B * O),
              cT = device_array<S>(B * H), ws = device_array<S>(ws_size), cs;
   if (return_cell_states) cs = device_array<S>(T * B * H);
   {
     py::gil_scoped_release nogil;
-    lc::lstm_forward<S>(ctx, y.as<S>(), hT.as<S>(), cT.as<S>(), cs.as<S>(), ws.as<S>(), x.as<S>(),
-                        h0.as<S>(), c0.as<S>(), w.weights<S>(), cfg, training);
+    lc::lstm_forward<S>(ctx, y.as<S>(), hT.as<S>(), cT.as<S>(), cs.as<S>(), ws.as<S>(), px, ph0,
+                        pc0, w.weights<S>(), cfg, training);
     ctx.synchronize();
   }
-  auto tb = [&](const py::array& a) { return batch_first ? swap01(a) : a; };
   py::object cache = py::none();
   if (training)
-    cache = py::cast(Cache{cfg, batch_first, int(sizeof(S)), std::move(w), std::move(x),
+    cache = py::cast(Cache{cfg, batch_first, int(sizeof(S)), on_gpu, std::move(w), std::move(x),
                            std::move(ws), f.lengths});
   py::object cells = py::none();
-  if (return_cell_states) cells = tb(download<S>(ctx, cs, {T, B, H}));
-  return py::make_tuple(tb(download<S>(ctx, y, {T, B, O})), download<S>(ctx, hT, {B, O}),
-                        download<S>(ctx, cT, {B, H}), cache, cells);
+  if (return_cell_states) cells = result_tb<S>(ctx, std::move(cs), T, B, H, on_gpu, batch_first);
+  py::object yo = result_tb<S>(ctx, std::move(y), T, B, O, on_gpu, batch_first);
+  return py::make_tuple(yo, result<S>(ctx, std::move(hT), {B, O}, on_gpu),
+                        result<S>(ctx, std::move(cT), {B, H}, on_gpu), cache, cells);
 }
 
 py::tuple forward(const py::object& x, const py::object& W, const py::object& R,
-                  const py::object& b, const py::object& h0, const py::object& c0,
-                  bool batch_first, bool training, bool reverse, const py::object& lengths,
-                  const py::object& W_hr, const py::object& peephole, const py::object& clip,
-                  bool input_forget, bool return_cell_states) {
-  ForwardArgs f = check_forward(x, W, R, b, h0, c0, batch_first, reverse, lengths, W_hr, peephole,
-                                clip, input_forget);
-  return f.size == 4 ? forward_impl<float>(f, batch_first, training, return_cell_states)
-                     : forward_impl<double>(f, batch_first, training, return_cell_states);
+                  const py::object& b, const py::object& h0, const py::object& c0, bool batch_first,
+                  bool training, bool reverse, const py::object& lengths, const py::object& W_hr,
+                  const py::object& peephole, const py::object& clip, bool input_forget,
+                  bool return_cell_states) {
+  GpuArgs gpu;
+  const py::object x_ = gpu.take("x", x), W_ = gpu.take("W", W), R_ = gpu.take("R", R),
+                   b_ = gpu.take("b", b), h0_ = gpu.take("h0", h0), c0_ = gpu.take("c0", c0),
+                   W_hr_ = gpu.take("W_hr", W_hr), peephole_ = gpu.take("peephole", peephole);
+  no_gpu_lengths(lengths);
+  ForwardArgs f = check_forward(x_, W_, R_, b_, h0_, c0_, batch_first, reverse, lengths, W_hr_,
+                                peephole_, clip, input_forget);
+  gpu.wait_for_producers();
+  return f.size == 4 ? forward_impl<float>(f, gpu, batch_first, training, return_cell_states)
+                     : forward_impl<double>(f, gpu, batch_first, training, return_cell_states);
 }
 
 template <typename S>
-py::tuple backward_impl(const Cache& cache, const Arg& dy_arg, const Arg& dh_arg,
-                        const Arg& dc_arg) {
+py::tuple backward_impl(const Cache& cache, const GpuArgs& gpu, const Arg& dy_arg,
+                        const Arg& dh_arg, const Arg& dc_arg) {
   Config cfg = cache.cfg;
   if (cache.lengths) cfg.lengths = cache.lengths->data();
   const int64_t T = cfg.T, B = cfg.B, I = cfg.I, H = cfg.H, P = cfg.P, O = cfg.O(), G = 4 * H;
+  const bool bf = cache.batch_first, on_gpu = cache.on_gpu;
   lc::Context& ctx = context();
-  lc::Buffer dy;
-  if (dy_arg.given())
-    dy = upload<S>(ctx, contiguous<S>(cache.batch_first ? swap01(dy_arg.a) : dy_arg.a));
-  const lc::Buffer dh = upload<S>(ctx, opt_contiguous<S>(dh_arg)),
-                   dc = upload<S>(ctx, opt_contiguous<S>(dc_arg));
+  lc::Buffer dy, dh, dc;
+  const S* pdy = nullptr;
+  if (const void* p = gpu.ptr("dy"); p && bf) {
+    dy = lc::Buffer(dy_arg.a.nbytes());
+    lc::swap01<S>(ctx, dy.as<S>(), static_cast<const S*>(p), B, T, O);
+    pdy = dy.as<S>();
+  } else {
+    pdy = device_input<S>(ctx, gpu, "dy", dy_arg, bf ? swap01(dy_arg.a) : dy_arg.a, false, dy);
+  }
+  const S* pdh = device_input<S>(ctx, gpu, "dh", dh_arg, dh_arg.a, false, dh);
+  const S* pdc = device_input<S>(ctx, gpu, "dc", dc_arg, dc_arg.a, false, dc);
   lc::Buffer dx = device_array<S>(T * B * I), dh0 = device_array<S>(B * O),
-             dc0 = device_array<S>(B * H), dW = device_array<S>(G * I),
-             dR = device_array<S>(G * O), db = device_array<S>(G),
-             dW_hr = device_array<S>(P * H), dpeep = device_array<S>(cache.w.has_peephole ? 3 * H : 0),
+             dc0 = device_array<S>(B * H), dW = device_array<S>(G * I), dR = device_array<S>(G * O),
+             db = device_array<S>(G), dW_hr = device_array<S>(P * H),
+             dpeep = device_array<S>(cache.w.has_peephole ? 3 * H : 0),
              scratch = device_array<S>(lc::backward_scratch_size<S>(cfg));
   {
     py::gil_scoped_release nogil;
     const lstm_ext::Grads<S> g{dW.as<S>(), dR.as<S>(), db.as<S>(), dW_hr.as<S>(), dpeep.as<S>()};
     lc::lstm_backward<S>(ctx, dx.as<S>(), dh0.as<S>(), dc0.as<S>(), g, scratch.as<S>(),
-                         cache.workspace.as<S>(), cache.x.as<S>(), dy.as<S>(), dh.as<S>(),
-                         dc.as<S>(), cache.w.weights<S>(), cfg);
+                         cache.workspace.as<S>(), cache.x.as<S>(), pdy, pdh, pdc,
+                         cache.w.weights<S>(), cfg);
     ctx.synchronize();
   }
-  const carray<S> dx_h = download<S>(ctx, dx, {T, B, I});
-  return py::make_tuple(
-      cache.batch_first ? swap01(dx_h) : py::array(dx_h), download<S>(ctx, dh0, {B, O}),
-      download<S>(ctx, dc0, {B, H}), download<S>(ctx, dW, {G, I}), download<S>(ctx, dR, {G, O}),
-      download<S>(ctx, db, {G}),
-      P > 0 ? py::object(download<S>(ctx, dW_hr, {P, H})) : py::object(py::none()),
-      cache.w.has_peephole ? py::object(download<S>(ctx, dpeep, {3 * H}))
-                           : py::object(py::none()));
+  py::object dW_hr_o = py::none(), dpeep_o = py::none();
+  if (P > 0) dW_hr_o = result<S>(ctx, std::move(dW_hr), {P, H}, on_gpu);
+  if (cache.w.has_peephole) dpeep_o = result<S>(ctx, std::move(dpeep), {3 * H}, on_gpu);
+  return py::make_tuple(result_tb<S>(ctx, std::move(dx), T, B, I, on_gpu, bf),
+                        result<S>(ctx, std::move(dh0), {B, O}, on_gpu),
+                        result<S>(ctx, std::move(dc0), {B, H}, on_gpu),
+                        result<S>(ctx, std::move(dW), {G, I}, on_gpu),
+                        result<S>(ctx, std::move(dR), {G, O}, on_gpu),
+                        result<S>(ctx, std::move(db), {G}, on_gpu), dW_hr_o, dpeep_o);
 }
 
-py::tuple backward(const py::object& cache_obj, const py::object& dy_obj, const py::object& dh_obj,
-                   const py::object& dc_obj) {
+py::tuple backward(const py::object& cache_obj, const py::object& dy, const py::object& dh,
+                   const py::object& dc) {
   const Cache& cache = check_cache<Cache>(cache_obj);
-  const Arg dy = opt_arg("dy", dy_obj), dh = opt_arg("dh", dh_obj), dc = opt_arg("dc", dc_obj);
-  check_backward(cache.cfg, cache.batch_first, cache.size, dy, dh, dc);
-  return cache.size == 4 ? backward_impl<float>(cache, dy, dh, dc)
-                         : backward_impl<double>(cache, dy, dh, dc);
+  GpuArgs gpu;
+  const Arg dy_ = opt_arg("dy", gpu.take("dy", dy)), dh_ = opt_arg("dh", gpu.take("dh", dh)),
+            dc_ = opt_arg("dc", gpu.take("dc", dc));
+  check_backward(cache.cfg, cache.batch_first, cache.size, dy_, dh_, dc_);
+  gpu.wait_for_producers();
+  return cache.size == 4 ? backward_impl<float>(cache, gpu, dy_, dh_, dc_)
+                         : backward_impl<double>(cache, gpu, dy_, dh_, dc_);
 }
 
 template <typename S>
-py::tuple step_impl(const StepArgs& a) {
+py::tuple step_impl(const StepArgs& a, const GpuArgs& gpu) {
   const Config& cfg = a.cfg;
+  const bool on_gpu = gpu.ptr("x") != nullptr;
   lc::Context& ctx = context();
-  const lc::Buffer x = upload<S>(ctx, contiguous<S>(a.x.a)),
-                   h = upload<S>(ctx, opt_contiguous<S>(a.h)),
-                   c = upload<S>(ctx, opt_contiguous<S>(a.c));
-  const DeviceLayer w = upload_layer<S>(ctx, a.l);
+  lc::Buffer x, h, c;
+  const S* px = device_input<S>(ctx, gpu, "x", a.x, a.x.a, false, x);
+  const S* ph = device_input<S>(ctx, gpu, "h", a.h, a.h.a, false, h);
+  const S* pc = device_input<S>(ctx, gpu, "c", a.c, a.c.a, false, c);
+  const DeviceLayer w = device_layer<S>(ctx, gpu, a.l, false);
   lc::Buffer h_out = device_array<S>(cfg.B * cfg.O()), c_out = device_array<S>(cfg.B * cfg.H),
              scratch = device_array<S>(lc::step_scratch_size(cfg));
   {
     py::gil_scoped_release nogil;
-    lc::lstm_step<S>(ctx, h_out.as<S>(), c_out.as<S>(), scratch.as<S>(), x.as<S>(), h.as<S>(),
-                     c.as<S>(), w.weights<S>(), cfg);
+    lc::lstm_step<S>(ctx, h_out.as<S>(), c_out.as<S>(), scratch.as<S>(), px, ph, pc, w.weights<S>(),
+                     cfg);
     ctx.synchronize();
   }
-  return py::make_tuple(download<S>(ctx, h_out, {cfg.B, cfg.O()}),
-                        download<S>(ctx, c_out, {cfg.B, cfg.H}));
+  return py::make_tuple(result<S>(ctx, std::move(h_out), {cfg.B, cfg.O()}, on_gpu),
+                        result<S>(ctx, std::move(c_out), {cfg.B, cfg.H}, on_gpu));
 }
 
-py::tuple step(const py::object& x, const py::object& h, const py::object& c,
-               const py::object& W, const py::object& R, const py::object& b,
-               const py::object& W_hr, const py::object& peephole, const py::object& clip,
-               bool input_forget) {
-  const StepArgs a = check_step(x, h, c, W, R, b, W_hr, peephole, clip, input_forget);
-  return a.size == 4 ? step_impl<float>(a) : step_impl<double>(a);
+py::tuple step(const py::object& x, const py::object& h, const py::object& c, const py::object& W,
+               const py::object& R, const py::object& b, const py::object& W_hr,
+               const py::object& peephole, const py::object& clip, bool input_forget) {
+  GpuArgs gpu;
+  const StepArgs a = check_step(
+      gpu.take("x", x), gpu.take("h", h), gpu.take("c", c), gpu.take("W", W), gpu.take("R", R),
+      gpu.take("b", b), gpu.take("W_hr", W_hr), gpu.take("peephole", peephole), clip, input_forget);
+  gpu.wait_for_producers();
+  return a.size == 4 ? step_impl<float>(a, gpu) : step_impl<double>(a, gpu);
+}
+
+// A host array on the GPU, as a DeviceArray (e.g. weights uploaded once).
+py::object to_device(const py::object& obj) {
+  const Arg a = arg("a", obj);
+  lc::Context& ctx = context();
+  const std::vector<int64_t> shape = shape_of(a.a);
+  if (float_size(a) == 4)
+    return device_result<float>(upload<float>(ctx, contiguous<float>(a.a)), shape);
+  return device_result<double>(upload<double>(ctx, contiguous<double>(a.a)), shape);
 }
 
 // Benchmarks: milliseconds of each of `reps` forward (or forward+backward)
@@ -238,8 +409,8 @@ std::vector<double> bench_impl(const Config& cfg, bool backward, int warmup, int
   return lc::time_on_stream(
       ctx,
       [&] {
-        lc::lstm_forward<S>(ctx, y.as<S>(), hT.as<S>(), cT.as<S>(), nullptr, ws.as<S>(),
-                            x.as<S>(), nullptr, nullptr, w, cfg, backward);
+        lc::lstm_forward<S>(ctx, y.as<S>(), hT.as<S>(), cT.as<S>(), nullptr, ws.as<S>(), x.as<S>(),
+                            nullptr, nullptr, w, cfg, backward);
         if (backward)
           lc::lstm_backward<S>(ctx, dx.as<S>(), dh0.as<S>(), dc0.as<S>(), g, scratch.as<S>(),
                                ws.as<S>(), x.as<S>(), dy.as<S>(), nullptr, nullptr, w, cfg);
@@ -266,7 +437,8 @@ std::vector<double> bench(int64_t T, int64_t B, int64_t I, int64_t H, const std:
 PYBIND11_MODULE(_cuda, m) {
   m.doc() = "lstm_ext's CUDA path; use lstm_ext.forward(..., device='cuda') and friends.";
 
-  py::class_<Cache>(m, "Cache", "What forward on the GPU keeps for backward: opaque.")
+  py::class_<Cache>(m, "Cache", "What forward on the GPU keeps for backward: opaque.",
+                    py::dynamic_attr())
       .def_static("__new__",
                   [](const py::args&, const py::kwargs&) -> py::object {
                     throw py::type_error("Cache: made only by lstm_ext.forward(training=True)");
@@ -277,10 +449,13 @@ PYBIND11_MODULE(_cuda, m) {
       .def_property_readonly("H", [](const Cache& c) { return c.cfg.H; })
       .def_property_readonly("P", [](const Cache& c) { return c.cfg.P; })
       .def_property_readonly("reverse", [](const Cache& c) { return c.cfg.reverse; })
-      .def_property_readonly("dtype",
-                             [](const Cache& c) { return py::dtype(c.size == 4 ? "float32" : "float64"); })
+      .def_property_readonly(
+          "dtype", [](const Cache& c) { return py::dtype(c.size == 4 ? "float32" : "float64"); })
       .def_property_readonly("batch_first", [](const Cache& c) { return c.batch_first; })
       .def_property_readonly("device", [](const Cache&) { return "cuda"; })
+      .def_property_readonly(
+          "on_gpu", [](const Cache& c) { return c.on_gpu; },
+          "Whether backward returns GPU arrays (forward's x was one).")
       .def_property_readonly("nbytes", &Cache::nbytes, "Bytes it holds on the GPU.")
       .def("__repr__", [](const Cache& c) {
         return "<lstm_ext Cache T=" + std::to_string(c.cfg.T) + " B=" + std::to_string(c.cfg.B) +
@@ -288,6 +463,44 @@ PYBIND11_MODULE(_cuda, m) {
                (c.cfg.P ? " P=" + std::to_string(c.cfg.P) : "") +
                (c.size == 4 ? " float32" : " float64") + " on cuda>";
       });
+
+  py::class_<DeviceArray>(m, "DeviceArray",
+                          "A result on the GPU; cupy.asarray() and torch.as_tensor() take it "
+                          "without a copy, get() copies it to a NumPy array.")
+      .def_static("__new__",
+                  [](const py::args&, const py::kwargs&) -> py::object {
+                    throw py::type_error("DeviceArray: made only by lstm_ext's GPU calls");
+                  })
+      .def_property_readonly("shape",
+                             [](const DeviceArray& d) { return py::tuple(py::cast(d.shape)); })
+      .def_property_readonly(
+          "dtype",
+          [](const DeviceArray& d) { return py::dtype(d.size == 4 ? "float32" : "float64"); })
+      .def_property_readonly("__cuda_array_interface__",
+                             [](const DeviceArray& d) {
+                               py::dict i;
+                               i["shape"] = py::tuple(py::cast(d.shape));
+                               i["typestr"] = d.size == 4 ? "<f4" : "<f8";
+                               i["data"] = py::make_tuple(
+                                   reinterpret_cast<uintptr_t>(d.buffer->data()), false);
+                               i["strides"] = py::none();
+                               i["stream"] = py::none();  // ready: the call waited for it
+                               i["version"] = 3;
+                               return i;
+                             })
+      .def(
+          "get",
+          [](const DeviceArray& d) -> py::object {
+            if (d.size == 4) return download<float>(context(), *d.buffer, d.shape);
+            return download<double>(context(), *d.buffer, d.shape);
+          },
+          "A NumPy copy.")
+      .def("__repr__", [](const DeviceArray& d) {
+        return "<lstm_ext DeviceArray " + shape_str(d.shape) +
+               (d.size == 4 ? " float32" : " float64") + " on cuda>";
+      });
+  m.def("to_device", &to_device, py::arg("a"),
+        "A NumPy array copied to the GPU, as a DeviceArray.");
 
   m.def("forward", &forward, py::arg("x"), py::arg("W"), py::arg("R"), py::arg("b") = py::none(),
         py::arg("h0") = py::none(), py::arg("c0") = py::none(), py::kw_only(),
@@ -301,8 +514,9 @@ PYBIND11_MODULE(_cuda, m) {
         py::arg("b") = py::none(), py::kw_only(), py::arg("W_hr") = py::none(),
         py::arg("peephole") = py::none(), py::arg("clip") = py::none(),
         py::arg("input_forget") = false);
-  m.def("_set_poison", [](bool on) { g_poison = on; },
-        "Tests only: fill every new output and workspace buffer with NaN.");
+  m.def(
+      "_set_poison", [](bool on) { g_poison = on; },
+      "Tests only: fill every new output and workspace buffer with NaN.");
   m.def("_bench", &bench, py::arg("T"), py::arg("B"), py::arg("I"), py::arg("H"),
         py::arg("dtype") = "float32", py::arg("backward") = false, py::arg("warmup") = 3,
         py::arg("reps") = 20,

@@ -314,6 +314,12 @@ class LSTM(Module):
 
     def forward(self, x, state=None, lengths=None, *, keep_cache=None):
         """See the class docstring. Returns ``out, (h_n, c_n)``."""
+        if _device.library_of(x) is not None:
+            raise TypeError(
+                f"x: nn.LSTM takes NumPy arrays (on device='cuda' too), got "
+                f"{type(x).__module__}.{type(x).__name__}; for GPU arrays in place use "
+                "lstm_ext.forward(..., device='cuda')"
+            )
         x = np.asarray(x)
         if x.ndim not in (2, 3):
             raise ValueError(

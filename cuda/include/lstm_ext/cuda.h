@@ -43,6 +43,14 @@ int device_count() noexcept;
 // One line on the GPU, the driver, the runtime and cuBLAS, or why no GPU is usable.
 std::string describe();
 
+// The device that holds the memory at p, or -1 for host memory (or memory
+// CUDA does not know). Never throws.
+int device_of(const void* p) noexcept;
+
+// Waits for all work queued on the current device, on any stream: before a
+// call reads arrays another library wrote on its own stream.
+void synchronize_device();
+
 // A cuBLAS handle and a stream on one device. Create one per thread.
 class Context {
  public:
@@ -78,6 +86,8 @@ class Buffer {
   // Host to device and back, through ctx's stream (download waits for it).
   void upload(Context& ctx, const void* host, int64_t bytes);
   void download(Context& ctx, void* host, int64_t bytes) const;
+  // The first `bytes` bytes from device memory at src (a copy on the GPU).
+  void copy_from(Context& ctx, const void* src, int64_t bytes);
   // Every byte set to `byte`, through ctx's stream (0xFF: NaN in float and
   // double, which tests use to catch elements a call leaves unwritten).
   void fill(Context& ctx, unsigned char byte);
@@ -92,6 +102,11 @@ class Buffer {
 // work on ctx (e.g. lstm_forward); the host does not wait between calls.
 std::vector<double> time_on_stream(Context& ctx, const std::function<void()>& fn, int warmup,
                                    int reps);
+
+// dst[b][a][:] = src[a][b][:] for src [A,B,W] (the batch_first transpose),
+// on ctx's stream. dst must not overlap src.
+template <typename S>
+void swap01(Context& ctx, S* dst, In<S> src, int64_t A, int64_t B, int64_t W);
 
 // Elements of S (not bytes) of the buffers the calls below need.
 template <typename S>
