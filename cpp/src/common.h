@@ -9,6 +9,7 @@
 #include <numeric>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "lstm_ext/lstm.h"
@@ -126,6 +127,53 @@ void require_weights(const Weights<S>& w, const Config& c) {
   require(w.W, "W", 4 * c.H * c.I);
   require(w.R, "R", 4 * c.H * c.O());
   if (c.P > 0) require(w.W_hr, "W_hr", c.P * c.H);
+}
+
+// Every buffer lstm_forward needs, present (workspace: ws_size elements).
+template <typename S>
+void require_forward(const S* y, const S* hT, const S* cT, const S* ws, int64_t ws_size, const S* x,
+                     const Weights<S>& w, const Config& c) {
+  const int64_t T = c.T, B = c.B, O = c.O();
+  require(y, "y", T * B * O);
+  require(hT, "hT", B * O);
+  require(cT, "cT", B * c.H);
+  require(ws, "workspace", ws_size);
+  require(x, "x", T * B * c.I);
+  require_weights(w, c);
+}
+
+// Every buffer lstm_backward needs, present.
+template <typename S>
+void require_backward(const S* dx, const S* dh0, const S* dc0, const Grads<S>& g, const S* scr,
+                      int64_t scr_size, const S* ws, int64_t ws_size, const S* x,
+                      const Weights<S>& w, const Config& c) {
+  const int64_t T = c.T, B = c.B, I = c.I, H = c.H, P = c.P, O = c.O(), G = 4 * H;
+  require(dx, "dx", T * B * I);
+  require(dh0, "dh0", B * O);
+  require(dc0, "dc0", B * H);
+  require(g.dW, "dW", G * I);
+  require(g.dR, "dR", G * O);
+  require(g.db, "db", G);
+  if (P > 0) require(g.dW_hr, "dW_hr", P * H);
+  if (w.peephole) require(g.dpeephole, "dpeephole", 3 * H);
+  require(scr, "scratch", scr_size);
+  require(ws, "workspace", ws_size);
+  require(x, "x", T * B * I);
+  require_weights(w, c);
+}
+
+// Calls f(std::bool_constant<v0>{}, std::bool_constant<v1>{}, ...) for the
+// run-time flags v0, v1, ...: features become template parameters.
+template <bool... kDone, typename F>
+void dispatch(F&& f) {
+  f(std::bool_constant<kDone>{}...);
+}
+template <bool... kDone, typename F, typename... Rest>
+void dispatch(F&& f, bool v, Rest... rest) {
+  if (v)
+    dispatch<kDone..., true>(f, rest...);
+  else
+    dispatch<kDone..., false>(f, rest...);
 }
 
 }  // namespace detail

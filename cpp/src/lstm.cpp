@@ -110,25 +110,6 @@ void scatter_step(S* dst, const S* src, const Schedule& s, int64_t k, int64_t B,
 
 // ---- the fused pointwise passes --------------------------------------------
 
-// Calls f(std::bool_constant<v0>{}, std::bool_constant<v1>{}, ...) for the
-// run-time flags v0, v1, ...: features become template parameters.
-template <bool... kDone, typename F>
-void dispatch(F&& f) {
-  f(std::bool_constant<kDone>{}...);
-}
-template <bool... kDone, typename F, typename... Rest>
-void dispatch(F&& f, bool v, Rest... rest) {
-  if (v)
-    dispatch<kDone..., true>(f, rest...);
-  else
-    dispatch<kDone..., false>(f, rest...);
-}
-
-template <typename S>
-LSTM_EXT_INLINE cell::Peep<S> peep_at(const S* p, int64_t j, int64_t H) {
-  return p ? cell::Peep<S>{p[j], p[H + j], p[2 * H + j]} : cell::Peep<S>{S(0), S(0), S(0)};
-}
-
 // The fused passes are compiled for AVX-512 and AVX2 besides the baseline,
 // and the loader picks the best the CPU has (GCC's target_clones). Without
 // contraction into FMA (ISO C++ mode), every version gives the same bits.
@@ -153,18 +134,12 @@ LSTM_EXT_CLONES void cell_forward_rows(S* LSTM_EXT_RESTRICT z, S* LSTM_EXT_RESTR
   for (int64_t n = 0; n < nb; ++n) {
     S* zn = z + n * 4 * H;  // [4H]
     for (int64_t j = j0; j < j1; ++j) {
-      cell::Gates<S> zz{zn[j], zn[H + j], zn[2 * H + j], zn[3 * H + j]};
+      cell::Gates<S> zz = cell::load_gates(zn, j, H);
       if (b) zz = {zz.i + b[j], zz.f + b[H + j], zz.g + b[2 * H + j], zz.o + b[3 * H + j]};
       const int64_t k = n * H + j;
-      const auto a = cell::cell_forward<kPeep, kClip, kCoupled>(&zz, c_prev[k], peep_at(peep, j, H),
-                                                                clip, &c[k], &m[k]);
-      if (kSave) {
-        const cell::Gates<S>& keep = kClip ? zz : a;
-        zn[j] = keep.i;
-        zn[H + j] = keep.f;
-        zn[2 * H + j] = keep.g;
-        zn[3 * H + j] = keep.o;
-      }
+      const auto a = cell::cell_forward<kPeep, kClip, kCoupled>(
+          &zz, c_prev[k], cell::peep_of(peep, j, H), clip, &c[k], &m[k]);
+      if (kSave) cell::store_gates(zn, j, H, kClip ? zz : a);
     }
   }
 }
@@ -186,14 +161,11 @@ LSTM_EXT_CLONES void cell_backward_rows(S* LSTM_EXT_RESTRICT dz, S* LSTM_EXT_RES
     S* dzn = dz + n * 4 * H;
     for (int64_t j = j0; j < j1; ++j) {
       const int64_t k = n * H + j;
-      const cell::Gates<S> kept{sn[j], sn[H + j], sn[2 * H + j], sn[3 * H + j]};
+      const cell::Gates<S> kept = cell::load_gates(sn, j, H);
       const cell::Gates<S> a = kClip ? cell::activate<kClip, kCoupled>(kept, clip) : kept;
-      const auto d = cell::cell_backward<kPeep, kClip, kCoupled>(a, kept, c_prev[k], c[k], dm[k],
-                                                                 peep_at(peep, j, H), clip, &dc[k]);
-      dzn[j] = d.i;
-      dzn[H + j] = d.f;
-      dzn[2 * H + j] = d.g;
-      dzn[3 * H + j] = d.o;
+      const auto d = cell::cell_backward<kPeep, kClip, kCoupled>(
+          a, kept, c_prev[k], c[k], dm[k], cell::peep_of(peep, j, H), clip, &dc[k]);
+      cell::store_gates(dzn, j, H, d);
       if (kPeep) {  // ONNX order i, o, f
         dpeep[j] += d.i * c_prev[k];
         dpeep[H + j] += d.o * c[k];
@@ -258,12 +230,7 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
   check_config(cfg);
   const int64_t T = cfg.T, B = cfg.B, I = cfg.I, H = cfg.H, P = cfg.P, O = cfg.O(), G = 4 * H;
   const ForwardLayout L = forward_layout(cfg, training);
-  require(y, "y", T * B * O);
-  require(hT, "hT", B * O);
-  require(cT, "cT", B * H);
-  require(ws, "workspace", L.total);
-  require(x, "x", T * B * I);
-  require_weights(w, cfg);
+  require_forward<S>(y, hT, cT, ws, L.total, x, w, cfg);
   const Schedule s = make_schedule(cfg);
   const S clip = S(cfg.clip);
 
@@ -326,18 +293,7 @@ void lstm_backward(S* dx, S* dh0, S* dc0, const Grads<S>& g, S* scr, In<S> ws, I
   const int64_t T = cfg.T, B = cfg.B, I = cfg.I, H = cfg.H, P = cfg.P, O = cfg.O(), G = 4 * H;
   const ForwardLayout L = forward_layout(cfg, true);
   const BackwardLayout BL = backward_layout(cfg);
-  require(dx, "dx", T * B * I);
-  require(dh0, "dh0", B * O);
-  require(dc0, "dc0", B * H);
-  require(g.dW, "dW", G * I);
-  require(g.dR, "dR", G * O);
-  require(g.db, "db", G);
-  if (P > 0) require(g.dW_hr, "dW_hr", P * H);
-  if (w.peephole) require(g.dpeephole, "dpeephole", 3 * H);
-  require(scr, "scratch", BL.total);
-  require(ws, "workspace", L.total);
-  require(x, "x", T * B * I);
-  require_weights(w, cfg);
+  require_backward<S>(dx, dh0, dc0, g, scr, BL.total, ws, L.total, x, w, cfg);
   const Schedule s = make_schedule(cfg);
   const S clip = S(cfg.clip);
 

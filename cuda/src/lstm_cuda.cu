@@ -96,11 +96,6 @@ unsigned blocks(int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < (n); \
        i += int64_t(gridDim.x) * blockDim.x)
 
-template <typename S>
-__device__ __forceinline__ cell::Peep<S> peep_at(const S* p, int64_t j, int64_t H) {
-  return p ? cell::Peep<S>{p[j], p[H + j], p[2 * H + j]} : cell::Peep<S>{S(0), S(0), S(0)};
-}
-
 // One thread per (row n, unit j) of step k's nb rows.
 //   z [nb,4H]  in: x W^T + h R^T;  out: the activated gates (or, with kClip,
 //              the final pre-activations) that backward reads
@@ -113,18 +108,14 @@ __global__ void forward_cells(S* z, S* c, S* m, const S* c_prev, const S* b, con
   LSTM_EXT_GRID_LOOP(idx, nb * H) {
     const int64_t n = idx / H, j = idx - n * H;
     S* zn = z + n * 4 * H;
-    cell::Gates<S> zz{zn[j], zn[H + j], zn[2 * H + j], zn[3 * H + j]};
+    cell::Gates<S> zz = cell::load_gates(zn, j, H);
     if (b) zz = {zz.i + b[j], zz.f + b[H + j], zz.g + b[2 * H + j], zz.o + b[3 * H + j]};
     S mv;
-    const auto a = cell::cell_forward<kPeep, kClip, kCoupled>(&zz, c_prev[idx], peep_at(peep, j, H),
-                                                              clip, &c[idx], &mv);
+    const auto a = cell::cell_forward<kPeep, kClip, kCoupled>(
+        &zz, c_prev[idx], cell::peep_of(peep, j, H), clip, &c[idx], &mv);
     m[idx] = mv;
     if (h_next && n < nb_next) h_next[idx] = mv;
-    const cell::Gates<S>& keep = kClip ? zz : a;
-    zn[j] = keep.i;
-    zn[H + j] = keep.f;
-    zn[2 * H + j] = keep.g;
-    zn[3 * H + j] = keep.o;
+    cell::store_gates(zn, j, H, kClip ? zz : a);
   }
 }
 
@@ -136,17 +127,13 @@ __global__ void backward_cells(S* dz, S* dc, const S* saved, const S* c_prev, co
   LSTM_EXT_GRID_LOOP(idx, nb * H) {
     const int64_t n = idx / H, j = idx - n * H;
     const S* sn = saved + n * 4 * H;
-    const cell::Gates<S> kept{sn[j], sn[H + j], sn[2 * H + j], sn[3 * H + j]};
+    const cell::Gates<S> kept = cell::load_gates(sn, j, H);
     const cell::Gates<S> a = kClip ? cell::activate<kClip, kCoupled>(kept, clip) : kept;
     S dcv = dc[idx];
     const auto d = cell::cell_backward<kPeep, kClip, kCoupled>(
-        a, kept, c_prev[idx], c[idx], dm[idx], peep_at(peep, j, H), clip, &dcv);
+        a, kept, c_prev[idx], c[idx], dm[idx], cell::peep_of(peep, j, H), clip, &dcv);
     dc[idx] = dcv;
-    S* dzn = dz + n * 4 * H;
-    dzn[j] = d.i;
-    dzn[H + j] = d.f;
-    dzn[2 * H + j] = d.g;
-    dzn[3 * H + j] = d.o;
+    cell::store_gates(dz + n * 4 * H, j, H, d);
   }
 }
 
@@ -159,7 +146,7 @@ __global__ void gather_rows(S* dst, const S* src, const int64_t* row, int64_t n,
   }
 }
 
-// dst[row[r]] = src[r].
+// dst[row[r]] = src[r] (row: a [T*B] row per packed row, or perm for states).
 template <typename S>
 __global__ void scatter_rows(S* dst, const S* src, const int64_t* row, int64_t n, int64_t width) {
   LSTM_EXT_GRID_LOOP(i, n * width) {
@@ -192,14 +179,6 @@ __global__ void gather_state(S* dst, const S* src, const int64_t* perm, int64_t 
   LSTM_EXT_GRID_LOOP(i, n * width) {
     const int64_t j = i / width;
     dst[i] = src ? src[perm[j] * width + (i - j * width)] : S(0);
-  }
-}
-
-template <typename S>
-__global__ void scatter_state(S* dst, const S* src, const int64_t* perm, int64_t n, int64_t width) {
-  LSTM_EXT_GRID_LOOP(i, n * width) {
-    const int64_t j = i / width;
-    dst[perm[j] * width + (i - j * width)] = src[i];
   }
 }
 
@@ -278,6 +257,25 @@ size_t persistent_smem(int64_t H, int U, int NB) {
   return sizeof(S) * size_t(4 * U * H + NB * H + NB * 4 * U + NB * U);
 }
 
+// acc[n] = sum over q < len of w[q] * tile[n*len + q], for rows n < nb: the
+// KS consecutive lanes ks = 0..KS-1 of a warp take q = ks, ks+KS, ... and
+// add up with shuffles (KS a power of two <= 32); lane ks == 0 holds the sums.
+template <int NB, typename S>
+__device__ __forceinline__ void split_dot(S (&acc)[NB], const S* w, const S* tile, int64_t len,
+                                          int64_t nb, int ks, int KS) {
+#pragma unroll
+  for (int n = 0; n < NB; ++n) acc[n] = S(0);
+  for (int64_t q = ks; q < len; q += KS) {
+    const S wq = w[q];
+#pragma unroll
+    for (int n = 0; n < NB; ++n)
+      if (n < nb) acc[n] += wq * tile[n * len + q];
+  }
+#pragma unroll
+  for (int n = 0; n < NB; ++n)
+    for (int o = KS / 2; o > 0; o /= 2) acc[n] += __shfl_down_sync(0xffffffffu, acc[n], o, KS);
+}
+
 template <int NB, bool kPeep, bool kClip, bool kCoupled, typename S>
 __global__ void __launch_bounds__(256)
     persistent_forward(S* Z, S* C, S* Y, S* Hp, const S* h0p, const S* R, const S* b, const S* peep,
@@ -315,18 +313,7 @@ __global__ void __launch_bounds__(256)
     for (int64_t i = tid; i < nb * H; i += blockDim.x) hs[i] = __ldcg(h_prev + i);
     __syncthreads();
     S acc[NB];
-#pragma unroll
-    for (int n = 0; n < NB; ++n) acc[n] = S(0);
-    const S* Rr = Rs + int64_t(r) * H;
-    for (int64_t q = ks; q < H; q += KS) {
-      const S w = Rr[q];
-#pragma unroll
-      for (int n = 0; n < NB; ++n)
-        if (n < nb) acc[n] += w * hs[n * H + q];
-    }
-#pragma unroll
-    for (int n = 0; n < NB; ++n)
-      for (int o = KS / 2; o > 0; o /= 2) acc[n] += __shfl_down_sync(0xffffffffu, acc[n], o, KS);
+    split_dot(acc, Rs + int64_t(r) * H, hs, H, nb, ks, KS);
     if (ks == 0)
 #pragma unroll
       for (int n = 0; n < NB; ++n)
@@ -340,18 +327,13 @@ __global__ void __launch_bounds__(256)
       cell::Gates<S> zz{zn[u], zn[U + u], zn[2 * U + u], zn[3 * U + u]};
       if (b) zz = {zz.i + b[j], zz.f + b[H + j], zz.g + b[2 * H + j], zz.o + b[3 * H + j]};
       S cv, mv;
-      const auto a = cell::cell_forward<kPeep, kClip, kCoupled>(&zz, cs[i], peep_at(peep, j, H),
-                                                                clip, &cv, &mv);
+      const auto a = cell::cell_forward<kPeep, kClip, kCoupled>(
+          &zz, cs[i], cell::peep_of(peep, j, H), clip, &cv, &mv);
       cs[i] = cv;
       C[(B + off[k] + n) * H + j] = cv;
       Y[(off[k] + n) * H + j] = mv;
       if (Hp && n < nb_next) Hp[(off[k + 1] + n) * H + j] = mv;
-      const cell::Gates<S>& keep = kClip ? zz : a;
-      S* zo = z + n * G;
-      zo[j] = keep.i;
-      zo[H + j] = keep.f;
-      zo[2 * H + j] = keep.g;
-      zo[3 * H + j] = keep.o;
+      cell::store_gates(z + n * G, j, H, kClip ? zz : a);
     }
     grid.sync();  // h_k complete in every block before step k+1 reads it
   }
@@ -397,18 +379,7 @@ __global__ void __launch_bounds__(256)
       for (int64_t i = tid; i < nb1 * G; i += blockDim.x) dzs[i] = __ldcg(dz1 + i);
       __syncthreads();
       S acc[NB];
-#pragma unroll
-      for (int n = 0; n < NB; ++n) acc[n] = S(0);
-      const S* Ru = Rs + int64_t(uo) * G;
-      for (int64_t q = ks; q < G; q += KS) {
-        const S w = Ru[q];
-#pragma unroll
-        for (int n = 0; n < NB; ++n)
-          if (n < nb1) acc[n] += w * dzs[n * G + q];
-      }
-#pragma unroll
-      for (int n = 0; n < NB; ++n)
-        for (int o = KS / 2; o > 0; o /= 2) acc[n] += __shfl_down_sync(0xffffffffu, acc[n], o, KS);
+      split_dot(acc, Rs + int64_t(uo) * G, dzs, G, nb1, ks, KS);
       if (ks == 0)
 #pragma unroll
         for (int n = 0; n < NB; ++n)
@@ -424,18 +395,14 @@ __global__ void __launch_bounds__(256)
       S dm = dhs[i];
       if (dy) dm += dy[(row ? row[r] : r) * H + j];
       const S* sn = Z + r * G;
-      const cell::Gates<S> kept{sn[j], sn[H + j], sn[2 * H + j], sn[3 * H + j]};
+      const cell::Gates<S> kept = cell::load_gates(sn, j, H);
       const cell::Gates<S> a = kClip ? cell::activate<kClip, kCoupled>(kept, clip) : kept;
       const S c_prev = C[(k == 0 ? n : B + off[k - 1] + n) * H + j], c = C[(B + r) * H + j];
       S dcv = dcs[i];
-      const auto d = cell::cell_backward<kPeep, kClip, kCoupled>(a, kept, c_prev, c, dm,
-                                                                 peep_at(peep, j, H), clip, &dcv);
+      const auto d = cell::cell_backward<kPeep, kClip, kCoupled>(
+          a, kept, c_prev, c, dm, cell::peep_of(peep, j, H), clip, &dcv);
       dcs[i] = dcv;
-      S* dzn = dZ + r * G;
-      dzn[j] = d.i;
-      dzn[H + j] = d.f;
-      dzn[2 * H + j] = d.g;
-      dzn[3 * H + j] = d.o;
+      cell::store_gates(dZ + r * G, j, H, d);
     }
     grid.sync();  // dz_k complete in every block before dL/dh_{k-1} reads it
   }
@@ -507,19 +474,7 @@ bool fits_on_device(Kernel kernel, const Persistent& p) {
   return int64_t(per_sm) * sms >= p.blocks;  // a grid barrier needs every block resident
 }
 
-// Calls f(std::bool_constant<v0>{}, ...) for run-time flags: features become
-// template parameters of the kernels.
-template <bool... kDone, typename F>
-void dispatch(F&& f) {
-  f(std::bool_constant<kDone>{}...);
-}
-template <bool... kDone, typename F, typename... Rest>
-void dispatch(F&& f, bool v, Rest... rest) {
-  if (v)
-    dispatch<kDone..., true>(f, rest...);
-  else
-    dispatch<kDone..., false>(f, rest...);
-}
+using core::dispatch;
 
 // Launches kernel<NB, peep, clip, coupled, S> cooperatively with `args`
 // where the plan and the device allow; false: use the per-step path.
@@ -701,12 +656,7 @@ void lstm_forward(Context& ctx, S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* 
   core::check_config(cfg);
   const int64_t T = cfg.T, B = cfg.B, I = cfg.I, H = cfg.H, P = cfg.P, O = cfg.O(), G = 4 * H;
   const ForwardLayout L = forward_layout<S>(cfg, training);
-  core::require(y, "y", T * B * O);
-  core::require(hT, "hT", B * O);
-  core::require(cT, "cT", B * H);
-  core::require(ws, "workspace", L.total);
-  core::require(x, "x", T * B * I);
-  core::require_weights(w, cfg);
+  core::require_forward<S>(y, hT, cT, ws, L.total, x, w, cfg);
   const core::Schedule s = core::make_schedule(cfg);
   const Context::Impl& cx = enter(ctx);
   const bool g = core::gathers(cfg);
@@ -780,18 +730,7 @@ void lstm_backward(Context& ctx, S* dx, S* dh0, S* dc0, const Grads<S>& gr, S* s
   const int64_t T = cfg.T, B = cfg.B, I = cfg.I, H = cfg.H, P = cfg.P, O = cfg.O(), G = 4 * H;
   const ForwardLayout L = forward_layout<S>(cfg, true);
   const BackwardLayout BL = backward_layout<S>(cfg);
-  core::require(dx, "dx", T * B * I);
-  core::require(dh0, "dh0", B * O);
-  core::require(dc0, "dc0", B * H);
-  core::require(gr.dW, "dW", G * I);
-  core::require(gr.dR, "dR", G * O);
-  core::require(gr.db, "db", G);
-  if (P > 0) core::require(gr.dW_hr, "dW_hr", P * H);
-  if (w.peephole) core::require(gr.dpeephole, "dpeephole", 3 * H);
-  core::require(scr, "scratch", BL.total);
-  core::require(ws, "workspace", L.total);
-  core::require(x, "x", T * B * I);
-  core::require_weights(w, cfg);
+  core::require_backward<S>(dx, dh0, dc0, gr, scr, BL.total, ws, L.total, x, w, cfg);
   const core::Schedule s = core::make_schedule(cfg);
   const Context::Impl& cx = enter(ctx);
   const bool g = core::gathers(cfg);
@@ -849,15 +788,17 @@ void lstm_backward(Context& ctx, S* dx, S* dh0, S* dc0, const Grads<S>& gr, S* s
   if (w.peephole)
     LSTM_EXT_CUDA(
         launch(peephole_grads<S>, blocks(H), kThreads, st, gr.dpeephole, dZ, C, ix.off, s.K, B, H));
-  LSTM_EXT_CUDA(launch(scatter_state<S>, blocks(B * O), kThreads, st, dh0, dh, ix.perm, B, O));
-  LSTM_EXT_CUDA(launch(scatter_state<S>, blocks(B * H), kThreads, st, dc0, dc, ix.perm, B, H));
+  LSTM_EXT_CUDA(launch(scatter_rows<S>, blocks(B * O), kThreads, st, dh0, dh, ix.perm, B, O));
+  LSTM_EXT_CUDA(launch(scatter_rows<S>, blocks(B * H), kThreads, st, dc0, dc, ix.perm, B, H));
 }
 
 template <typename S>
 void swap01(Context& ctx, S* dst, In<S> src, int64_t A, int64_t B, int64_t W) {
-  if (A < 0 || B < 0 || W < 0) throw std::invalid_argument("lstm_ext CUDA: swap01 of negative sizes");
+  if (A < 0 || B < 0 || W < 0)
+    throw std::invalid_argument("lstm_ext CUDA: swap01 of negative sizes");
   const Context::Impl& cx = enter(ctx);
-  LSTM_EXT_CUDA(launch(swap01_kernel<S>, blocks(A * B * W), kThreads, cx.stream, dst, src, A, B, W));
+  LSTM_EXT_CUDA(
+      launch(swap01_kernel<S>, blocks(A * B * W), kThreads, cx.stream, dst, src, A, B, W));
 }
 
 template <typename S>

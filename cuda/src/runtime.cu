@@ -157,8 +157,8 @@ std::vector<double> time_on_stream(Context& ctx, const std::function<void()>& fn
 void Buffer::copy_from(Context& ctx, const void* src, int64_t bytes) {
   if (bytes > bytes_) throw std::invalid_argument("lstm_ext CUDA: copy past the buffer's end");
   if (bytes > 0)
-    LSTM_EXT_CUDA(cudaMemcpyAsync(data_, src, size_t(bytes), cudaMemcpyDeviceToDevice,
-                                  ctx.impl().stream));
+    LSTM_EXT_CUDA(
+        cudaMemcpyAsync(data_, src, size_t(bytes), cudaMemcpyDeviceToDevice, ctx.impl().stream));
 }
 
 void Buffer::fill(Context& ctx, unsigned char byte) {

@@ -365,4 +365,40 @@ py::object or_none_arr(const opt_carray<S>& a) {
   return a ? py::object(*a) : py::object(py::none());
 }
 
+// What both modules' Cache classes show alike: no construction from Python
+// (Cache.__new__(Cache) would be an uninitialised object), the sizes and
+// switches of the forward call.
+template <typename CacheT>
+void def_cache_common(py::class_<CacheT>& c) {
+  c.def_static("__new__",
+               [](const py::args&, const py::kwargs&) -> py::object {
+                 throw py::type_error("Cache: made only by lstm_ext.forward(training=True)");
+               })
+      .def_property_readonly("T", [](const CacheT& c) { return c.cfg.T; })
+      .def_property_readonly("B", [](const CacheT& c) { return c.cfg.B; })
+      .def_property_readonly("I", [](const CacheT& c) { return c.cfg.I; })
+      .def_property_readonly("H", [](const CacheT& c) { return c.cfg.H; })
+      .def_property_readonly("P", [](const CacheT& c) { return c.cfg.P; })
+      .def_property_readonly("reverse", [](const CacheT& c) { return c.cfg.reverse; })
+      .def_property_readonly("batch_first", [](const CacheT& c) { return c.batch_first; });
+}
+
+// forward, backward and step with their argument names and defaults, the
+// same in both modules.
+template <typename Forward, typename Backward, typename Step>
+void def_calls(py::module_& m, Forward forward, Backward backward, Step step) {
+  m.def("forward", forward, py::arg("x"), py::arg("W"), py::arg("R"), py::arg("b") = py::none(),
+        py::arg("h0") = py::none(), py::arg("c0") = py::none(), py::kw_only(),
+        py::arg("batch_first") = false, py::arg("training") = true, py::arg("reverse") = false,
+        py::arg("lengths") = py::none(), py::arg("W_hr") = py::none(),
+        py::arg("peephole") = py::none(), py::arg("clip") = py::none(),
+        py::arg("input_forget") = false, py::arg("return_cell_states") = false);
+  m.def("backward", backward, py::arg("cache"), py::arg("dy"), py::arg("dh") = py::none(),
+        py::arg("dc") = py::none());
+  m.def("step", step, py::arg("x"), py::arg("h"), py::arg("c"), py::arg("W"), py::arg("R"),
+        py::arg("b") = py::none(), py::kw_only(), py::arg("W_hr") = py::none(),
+        py::arg("peephole") = py::none(), py::arg("clip") = py::none(),
+        py::arg("input_forget") = false);
+}
+
 }  // namespace lstm_ext_bind

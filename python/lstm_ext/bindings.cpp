@@ -58,10 +58,10 @@ py::tuple forward_impl(ForwardArgs& f, bool batch_first, bool training, bool ret
 }
 
 py::tuple forward(const py::object& x, const py::object& W, const py::object& R,
-                  const py::object& b, const py::object& h0, const py::object& c0,
-                  bool batch_first, bool training, bool reverse, const py::object& lengths,
-                  const py::object& W_hr, const py::object& peephole, const py::object& clip,
-                  bool input_forget, bool return_cell_states) {
+                  const py::object& b, const py::object& h0, const py::object& c0, bool batch_first,
+                  bool training, bool reverse, const py::object& lengths, const py::object& W_hr,
+                  const py::object& peephole, const py::object& clip, bool input_forget,
+                  bool return_cell_states) {
   ForwardArgs f = check_forward(x, W, R, b, h0, c0, batch_first, reverse, lengths, W_hr, peephole,
                                 clip, input_forget);
   return f.size == 4 ? forward_impl<float>(f, batch_first, training, return_cell_states)
@@ -132,10 +132,9 @@ py::tuple step_impl(const Arg& x_arg, const Arg& h_arg, const Arg& c_arg, const 
   return py::make_tuple(h_out, c_out);
 }
 
-py::tuple step(const py::object& x, const py::object& h, const py::object& c,
-               const py::object& W, const py::object& R, const py::object& b,
-               const py::object& W_hr, const py::object& peephole, const py::object& clip,
-               bool input_forget) {
+py::tuple step(const py::object& x, const py::object& h, const py::object& c, const py::object& W,
+               const py::object& R, const py::object& b, const py::object& W_hr,
+               const py::object& peephole, const py::object& clip, bool input_forget) {
   const StepArgs a = check_step(x, h, c, W, R, b, W_hr, peephole, clip, input_forget);
   return a.size == 4 ? step_impl<float>(a.x, a.h, a.c, a.l, a.cfg)
                      : step_impl<double>(a.x, a.h, a.c, a.l, a.cfg);
@@ -146,20 +145,9 @@ py::tuple step(const py::object& x, const py::object& h, const py::object& c,
 PYBIND11_MODULE(_core, m) {
   m.doc() = "lstm_ext's compiled core; use the functions re-exported by lstm_ext.";
 
-  py::class_<Cache>(m, "Cache", "What forward keeps for backward: opaque, read-only.")
-      // Only forward makes one: Cache.__new__(Cache) would be an uninitialised object.
-      .def_static("__new__",
-                  [](const py::args&, const py::kwargs&) -> py::object {
-                    throw py::type_error("Cache: made only by lstm_ext.forward(training=True)");
-                  })
-      .def_property_readonly("T", [](const Cache& c) { return c.cfg.T; })
-      .def_property_readonly("B", [](const Cache& c) { return c.cfg.B; })
-      .def_property_readonly("I", [](const Cache& c) { return c.cfg.I; })
-      .def_property_readonly("H", [](const Cache& c) { return c.cfg.H; })
-      .def_property_readonly("P", [](const Cache& c) { return c.cfg.P; })
-      .def_property_readonly("reverse", [](const Cache& c) { return c.cfg.reverse; })
-      .def_property_readonly("dtype", [](const Cache& c) { return c.workspace.dtype(); })
-      .def_property_readonly("batch_first", [](const Cache& c) { return c.batch_first; })
+  py::class_<Cache> cache(m, "Cache", "What forward keeps for backward: opaque, read-only.");
+  def_cache_common(cache);
+  cache.def_property_readonly("dtype", [](const Cache& c) { return c.workspace.dtype(); })
       .def_property_readonly("nbytes",
                              [](const Cache& c) {
                                py::ssize_t n = 0;
@@ -175,18 +163,7 @@ PYBIND11_MODULE(_core, m) {
                ">";
       });
 
-  m.def("forward", &forward, py::arg("x"), py::arg("W"), py::arg("R"), py::arg("b") = py::none(),
-        py::arg("h0") = py::none(), py::arg("c0") = py::none(), py::kw_only(),
-        py::arg("batch_first") = false, py::arg("training") = true, py::arg("reverse") = false,
-        py::arg("lengths") = py::none(), py::arg("W_hr") = py::none(),
-        py::arg("peephole") = py::none(), py::arg("clip") = py::none(),
-        py::arg("input_forget") = false, py::arg("return_cell_states") = false);
-  m.def("backward", &backward, py::arg("cache"), py::arg("dy"), py::arg("dh") = py::none(),
-        py::arg("dc") = py::none());
-  m.def("step", &step, py::arg("x"), py::arg("h"), py::arg("c"), py::arg("W"), py::arg("R"),
-        py::arg("b") = py::none(), py::kw_only(), py::arg("W_hr") = py::none(),
-        py::arg("peephole") = py::none(), py::arg("clip") = py::none(),
-        py::arg("input_forget") = false);
+  def_calls(m, &forward, &backward, &step);
   m.attr("inference_chunk") = lstm_ext::kInferenceChunk;
   m.def("blas_config", &lstm_ext::blas_config, "The BLAS's description of its build.");
   m.def("blas_num_threads", &lstm_ext::blas_num_threads,

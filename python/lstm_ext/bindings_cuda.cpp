@@ -437,21 +437,12 @@ std::vector<double> bench(int64_t T, int64_t B, int64_t I, int64_t H, const std:
 PYBIND11_MODULE(_cuda, m) {
   m.doc() = "lstm_ext's CUDA path; use lstm_ext.forward(..., device='cuda') and friends.";
 
-  py::class_<Cache>(m, "Cache", "What forward on the GPU keeps for backward: opaque.",
-                    py::dynamic_attr())
-      .def_static("__new__",
-                  [](const py::args&, const py::kwargs&) -> py::object {
-                    throw py::type_error("Cache: made only by lstm_ext.forward(training=True)");
-                  })
-      .def_property_readonly("T", [](const Cache& c) { return c.cfg.T; })
-      .def_property_readonly("B", [](const Cache& c) { return c.cfg.B; })
-      .def_property_readonly("I", [](const Cache& c) { return c.cfg.I; })
-      .def_property_readonly("H", [](const Cache& c) { return c.cfg.H; })
-      .def_property_readonly("P", [](const Cache& c) { return c.cfg.P; })
-      .def_property_readonly("reverse", [](const Cache& c) { return c.cfg.reverse; })
+  py::class_<Cache> cache(m, "Cache", "What forward on the GPU keeps for backward: opaque.",
+                          py::dynamic_attr());
+  def_cache_common(cache);
+  cache
       .def_property_readonly(
           "dtype", [](const Cache& c) { return py::dtype(c.size == 4 ? "float32" : "float64"); })
-      .def_property_readonly("batch_first", [](const Cache& c) { return c.batch_first; })
       .def_property_readonly("device", [](const Cache&) { return "cuda"; })
       .def_property_readonly(
           "on_gpu", [](const Cache& c) { return c.on_gpu; },
@@ -502,18 +493,7 @@ PYBIND11_MODULE(_cuda, m) {
   m.def("to_device", &to_device, py::arg("a"),
         "A NumPy array copied to the GPU, as a DeviceArray.");
 
-  m.def("forward", &forward, py::arg("x"), py::arg("W"), py::arg("R"), py::arg("b") = py::none(),
-        py::arg("h0") = py::none(), py::arg("c0") = py::none(), py::kw_only(),
-        py::arg("batch_first") = false, py::arg("training") = true, py::arg("reverse") = false,
-        py::arg("lengths") = py::none(), py::arg("W_hr") = py::none(),
-        py::arg("peephole") = py::none(), py::arg("clip") = py::none(),
-        py::arg("input_forget") = false, py::arg("return_cell_states") = false);
-  m.def("backward", &backward, py::arg("cache"), py::arg("dy"), py::arg("dh") = py::none(),
-        py::arg("dc") = py::none());
-  m.def("step", &step, py::arg("x"), py::arg("h"), py::arg("c"), py::arg("W"), py::arg("R"),
-        py::arg("b") = py::none(), py::kw_only(), py::arg("W_hr") = py::none(),
-        py::arg("peephole") = py::none(), py::arg("clip") = py::none(),
-        py::arg("input_forget") = false);
+  def_calls(m, &forward, &backward, &step);
   m.def(
       "_set_poison", [](bool on) { g_poison = on; },
       "Tests only: fill every new output and workspace buffer with NaN.");

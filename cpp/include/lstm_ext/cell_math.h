@@ -117,6 +117,25 @@ struct Peep {
   S i, o, f;
 };
 
+// The four gates of unit j in a row laid out [4H] (i, f, g, o blocks), and back.
+template <typename S>
+LSTM_EXT_HD Gates<S> load_gates(const S* row, int64_t j, int64_t H) {
+  return {row[j], row[H + j], row[2 * H + j], row[3 * H + j]};
+}
+template <typename S>
+LSTM_EXT_HD void store_gates(S* row, int64_t j, int64_t H, const Gates<S>& g) {
+  row[j] = g.i;
+  row[H + j] = g.f;
+  row[2 * H + j] = g.g;
+  row[3 * H + j] = g.o;
+}
+
+// Unit j's peephole weights from p [3H] (ONNX order i, o, f); zeros for null p.
+template <typename S>
+LSTM_EXT_HD Peep<S> peep_of(const S* p, int64_t j, int64_t H) {
+  return p ? Peep<S>{p[j], p[H + j], p[2 * H + j]} : Peep<S>{S(0), S(0), S(0)};
+}
+
 // Activations of the (final) pre-activations z.
 template <bool kClip, bool kCoupled, typename S>
 LSTM_EXT_HD Gates<S> activate(const Gates<S>& z, S clip) {
