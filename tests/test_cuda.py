@@ -389,3 +389,19 @@ def test_gpu_arrays_not_contiguous_and_device_arrays():
                          device="cuda")  # fmt: skip
     with pytest.raises(TypeError, match="R: expected dtype float64"):
         lstm_ext.forward(x, W, cupy.asarray(p["R"], dtype=cupy.float32), device="cuda")
+
+
+def test_dlpack_gpu_arrays_go_through_cupy():
+    """JAX arrays speak DLPack, not __cuda_array_interface__."""
+    import os
+
+    gpu_library("cupy")
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # leave the GPU's memory
+    jax = pytest.importorskip("jax", reason="jax is not installed")
+    if not any(d.platform == "gpu" for d in jax.devices()):
+        pytest.skip(reason="this jax has no GPU")
+    rng = np.random.default_rng(15)
+    p = make_problem(rng, 5, 2, 3, 6, np.float32)
+    want = lstm_ext.forward(p["x"], p["W"], p["R"], device="cuda").y
+    got = lstm_ext.forward(*(jax.numpy.asarray(p[k]) for k in ("x", "W", "R")), device="cuda").y
+    np.testing.assert_array_equal(to_host(got), want)

@@ -14,9 +14,10 @@ later step of that sequence); they are not checked for.
 compiled and a GPU is visible; ``cuda_available()`` says whether), "auto"
 picks the GPU where it can, "cpu" (the default) never does. On the GPU,
 arguments may be NumPy arrays (copied over) or GPU arrays (CuPy, PyTorch
-CUDA tensors, anything with ``__cuda_array_interface__``: used in place);
+CUDA tensors, anything with ``__cuda_array_interface__``, and through CuPy
+or PyTorch anything with ``__dlpack__``, such as JAX: used in place);
 results come back as NumPy arrays for a NumPy ``x``, else as arrays of x's
-library (``dy``'s, or forward's x's, for backward). A training cache stays on
+library (CuPy's for a DLPack one; forward's x's, or dy's, for backward). A training cache stays on
 the device that made it, and backward runs there.
 
 Calls release the GIL. lstm_ext computes on its own threads
@@ -184,7 +185,7 @@ def forward(
         W_hr=W_hr, peephole=peephole, clip=clip, input_forget=input_forget,
         return_cell_states=return_cell_states,
     )  # fmt: skip
-    lib = library_of(x)
+    lib = library_of(x)  # after to_gpu_args: a DLPack array is CuPy's or torch's now
     if lib is not None:
         y, h, c, cs = (as_library(a, lib) for a in (y, h, c, cs))
         if cache is not None:

@@ -82,12 +82,35 @@ def library_of(a) -> str | None:
     return "cuda" if hasattr(a, "__cuda_array_interface__") else None
 
 
+_DLPACK_CUDA = 2  # kDLCUDA, DLPack's device type of CUDA memory
+
+
+def from_dlpack(name: str, a):
+    """A GPU array that speaks only DLPack (JAX, ...) as a CuPy (else PyTorch)
+    array over the same memory; anything else unchanged."""
+    if a is None or library_of(a) is not None or not hasattr(a, "__dlpack_device__"):
+        return a
+    if a.__dlpack_device__()[0] != _DLPACK_CUDA:
+        return a
+    for lib in ("cupy", "torch"):
+        try:
+            return importlib.import_module(lib).from_dlpack(a)
+        except ImportError:
+            continue
+    raise TypeError(
+        f"{name}: a GPU array ({type(a).__module__}.{type(a).__name__}) seen through DLPack; "
+        "lstm_ext reads those through CuPy or PyTorch, and neither is installed"
+    )
+
+
 def to_gpu_args(names, values, device: str) -> list:
-    """The arguments as the GPU module takes them: CuPy and PyTorch GPU arrays
-    made C-contiguous (a copy only where they are not) and detached from
-    autograd; host arrays as they are. On the CPU a GPU array is a TypeError."""
+    """The arguments as the GPU module takes them: DLPack-only GPU arrays seen
+    as CuPy (or PyTorch) arrays, CuPy and PyTorch GPU arrays made C-contiguous
+    (a copy only where they are not) and detached from autograd; host arrays
+    as they are. On the CPU a GPU array is a TypeError."""
     out = []
     for name, a in zip(names, values, strict=True):
+        a = from_dlpack(name, a)
         lib = None if a is None else library_of(a)
         if lib is not None and device == "cpu":
             raise TypeError(
