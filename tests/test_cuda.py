@@ -83,7 +83,7 @@ def test_gpu_array_on_cpu_is_a_type_error():
     p = make_problem(np.random.default_rng(4), 2, 1, 3, 4)
     with pytest.raises(TypeError, match=r"x: a GPU array .*device='cpu'"):
         lstm_ext.forward(FakeGpuArray(), p["W"], p["R"])
-    with pytest.raises(TypeError, match=r"x: nn\.LSTM takes NumPy arrays"):
+    with pytest.raises(TypeError, match=r"x: a GPU array .*nn\.LSTM takes those with device"):
         nn.LSTM(3, 4)(FakeGpuArray())
 
 
@@ -405,3 +405,37 @@ def test_dlpack_gpu_arrays_go_through_cupy():
     want = lstm_ext.forward(p["x"], p["W"], p["R"], device="cuda").y
     got = lstm_ext.forward(*(jax.numpy.asarray(p[k]) for k in ("x", "W", "R")), device="cuda").y
     np.testing.assert_array_equal(to_host(got), want)
+
+
+def test_nn_lstm_trains_on_the_gpu_with_cupy(tmp_path):
+    """With CuPy, nn.LSTM(device='cuda') keeps parameters, gradients and the
+    optimiser's state on the GPU; training matches the CPU's, step for step."""
+    cupy = gpu_library("cupy")
+    from lstm_ext import checkpoint, optim
+
+    kw = dict(num_layers=2, bidirectional=True, dtype=np.float64, seed=3, dropout=0.3)
+    cpu, gpu_ = nn.LSTM(5, 8, **kw), nn.LSTM(5, 8, device="cuda", **kw)
+    assert all(isinstance(p, cupy.ndarray) for p in gpu_.params.values())
+    opt_cpu, opt_gpu = optim.Adam(cpu, lr=1e-2), optim.Adam(gpu_, lr=1e-2)
+    rng = np.random.default_rng(16)
+    for _ in range(3):
+        x, dy = rng.standard_normal((7, 4, 5)), rng.standard_normal((7, 4, 16))
+        for model, opt in ((cpu, opt_cpu), (gpu_, opt_gpu)):
+            opt.zero_grad()
+            out, _ = model(x, lengths=[7, 3, 0, 5])
+            assert isinstance(out, np.ndarray)  # NumPy in, NumPy out
+            assert isinstance(model.backward(dy), np.ndarray)
+            optim.clip_grad_norm(model, 1.0)
+            opt.step()
+    assert all(isinstance(g, cupy.ndarray) for g in gpu_.grads.values())
+    for name, p in cpu.params.items():
+        assert_close(name, gpu_.params[name].get(), p, 1e-10)
+    state = gpu_.state_dict()
+    assert all(isinstance(v, np.ndarray) for v in state.values())
+    checkpoint.save(tmp_path / "m.npz", gpu_, opt_gpu)
+    back = checkpoint.load(tmp_path / "m.npz")
+    for name, p in back.model.params.items():
+        np.testing.assert_array_equal(p, state[name])
+    out, (h, _) = gpu_(cupy.asarray(x))  # GPU arrays in: the results stay there
+    assert isinstance(out, cupy.ndarray) and isinstance(h, cupy.ndarray)
+    assert isinstance(gpu_.backward(cupy.asarray(dy)), cupy.ndarray)

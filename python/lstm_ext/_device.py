@@ -141,6 +141,44 @@ def as_library(result, lib: str | None):
     return torch.as_tensor(result, device="cuda")
 
 
+# ---- parameters that live on the GPU (nn.LSTM(device="cuda") with CuPy) ----
+
+
+def array_module(a) -> ModuleType:
+    """cupy for a CuPy array, else numpy: what computes on ``a`` where it is."""
+    if library_of(a) == "cupy":
+        return importlib.import_module("cupy")
+    import numpy
+
+    return numpy
+
+
+def host(a):
+    """A NumPy array: a copy of a CuPy array, ``a`` itself otherwise."""
+    return a.get() if library_of(a) == "cupy" else a
+
+
+def assign(dst, value) -> None:
+    """dst[...] = value, in place, for a NumPy or CuPy dst and a host value."""
+    import numpy
+
+    value = numpy.asarray(host(value), dtype=dst.dtype)
+    if library_of(dst) == "cupy":
+        dst.set(numpy.ascontiguousarray(value))
+    else:
+        dst[...] = value
+
+
+def gpu_params_module() -> ModuleType | None:
+    """cupy, where it is installed and sees the GPU, for nn.LSTM(device="cuda")
+    to keep its parameters and gradients there; else None."""
+    try:
+        cupy = importlib.import_module("cupy")
+        return cupy if cupy.cuda.runtime.getDeviceCount() > 0 else None
+    except Exception:  # not installed, or no usable GPU
+        return None
+
+
 def module_of_cache(cache) -> ModuleType:
     """The module whose forward made ``cache`` (backward runs where forward ran)."""
     mod = _cuda_module()[0]

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import nn
+from . import _device, nn
 from ._version import __version__
 
 FORMAT = "lstm_ext.checkpoint/1"
@@ -66,7 +66,7 @@ def save(path, model: nn.Module, optimizer=None, meta: dict | None = None) -> No
         rng=_rng_states(model),
         meta=meta or {},
     )
-    arrays = {f"param/{k}": v for k, v in model.params.items()}
+    arrays = {f"param/{k}": _device.host(v) for k, v in model.params.items()}
     if optimizer is not None:
         arrays.update({f"optim/{k}": np.asarray(v) for k, v in optimizer.state_dict().items()})
     arrays["__meta__"] = np.frombuffer(json.dumps(header).encode(), np.uint8)

@@ -46,7 +46,9 @@ class Module:
         return self.forward(*args, **kwargs)
 
     def _init_grads(self) -> None:
-        self.grads = {name: np.zeros_like(p) for name, p in self.params.items()}
+        self.grads = {
+            name: _device.array_module(p).zeros_like(p) for name, p in self.params.items()
+        }
 
     def train(self, mode: bool = True):
         self.training = bool(mode)
@@ -63,11 +65,12 @@ class Module:
         yield from self.params.items()
 
     def num_parameters(self) -> int:
-        return sum(p.size for p in self.params.values())
+        return sum(int(p.size) for p in self.params.values())
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Copies of the parameters, by name (PyTorch's names for its layers)."""
-        return {name: p.copy() for name, p in self.params.items()}
+        """Copies of the parameters as NumPy arrays, by name (PyTorch's names for
+        its layers), also where they live on the GPU."""
+        return {name: np.array(_device.host(p)) for name, p in self.params.items()}
 
     def load_state_dict(self, state: dict) -> None:
         """Copy ``state`` into the parameters, in place. Every key must be
@@ -76,7 +79,7 @@ class Module:
         params = self.params
         check_state_keys(state, {k: p.shape for k, p in params.items()})
         for k, p in params.items():
-            p[...] = np.asarray(state[k])
+            _device.assign(p, state[k])
 
     def config(self) -> dict:
         """The constructor's arguments, JSON-serialisable: ``from_config``
@@ -219,9 +222,15 @@ class LSTM(Module):
 
     In training mode (the default; ``train()``/``eval()`` switch) forward
     keeps what backward needs and applies dropout between layers; in eval
-    mode it keeps nothing unless called with ``keep_cache=True``. On the GPU
-    the caches stay in GPU memory between forward and backward; parameters
-    and gradients are NumPy arrays, sent to the GPU at each forward call. One
+    mode it keeps nothing unless called with ``keep_cache=True``.
+
+    On the GPU (``device="cuda"``) with CuPy installed, ``params`` and
+    ``grads`` are CuPy arrays that stay in GPU memory (the optimisers update
+    them there, ``state_dict()`` and checkpoints copy them to NumPy), and so
+    do the caches between forward and backward: only the batch crosses the
+    bus. x and dy may be NumPy arrays (results come back as NumPy arrays) or
+    GPU arrays (results stay on the GPU). Without CuPy, parameters are NumPy
+    arrays, sent to the GPU at each forward call. One
     instance holds one forward's caches at a time: do not share an instance
     between threads.
     """
@@ -263,6 +272,9 @@ class LSTM(Module):
             name: self._rng.uniform(-k, k, shape).astype(self.dtype)
             for name, shape in self._shapes().items()
         }
+        # On the GPU with CuPy, parameters (so gradients, optimiser state) live there.
+        self._xp = (_device.gpu_params_module() if self.device == "cuda" else None) or np
+        self.params = {name: self._xp.asarray(p) for name, p in self.params.items()}
         self._init_grads()
         self._saved = None  # what the last forward kept for backward
 
@@ -314,13 +326,14 @@ class LSTM(Module):
 
     def forward(self, x, state=None, lengths=None, *, keep_cache=None):
         """See the class docstring. Returns ``out, (h_n, c_n)``."""
-        if _device.library_of(x) is not None:
+        xp = self._xp
+        host_io = _device.library_of(x) is None  # results go back to the host
+        if not host_io and xp is np:
             raise TypeError(
-                f"x: nn.LSTM takes NumPy arrays (on device='cuda' too), got "
-                f"{type(x).__module__}.{type(x).__name__}; for GPU arrays in place use "
-                "lstm_ext.forward(..., device='cuda')"
+                f"x: a GPU array ({type(x).__module__}.{type(x).__name__}); nn.LSTM takes "
+                "those with device='cuda' and CuPy installed, else NumPy arrays"
             )
-        x = np.asarray(x)
+        x = xp.asarray(x)  # the batch crosses the bus here, once
         if x.ndim not in (2, 3):
             raise ValueError(
                 f"x: expected 3 dimensions {'[B,T,I]' if self.batch_first else '[T,B,I]'} "
@@ -339,7 +352,7 @@ class LSTM(Module):
         L, D, H, O = self.num_layers, self.num_directions, self.hidden_size, self.output_size
         h0 = c0 = None
         if state is not None:
-            h0, c0 = (np.asarray(s) for s in state)
+            h0, c0 = (xp.asarray(s) for s in state)
             for name, s, width in (("state[0] (h0)", h0, O), ("state[1] (c0)", c0, H)):
                 want = (L * D, width) if unbatched else (L * D, B, width)
                 if s.shape != want:
@@ -349,8 +362,8 @@ class LSTM(Module):
             if unbatched:
                 h0, c0 = h0[:, None], c0[:, None]
         keep = self.training if keep_cache is None else keep_cache
-        h_n = np.empty((L * D, B, O), self.dtype)
-        c_n = np.empty((L * D, B, H), self.dtype)
+        h_n = xp.empty((L * D, B, O), self.dtype)
+        c_n = xp.empty((L * D, B, H), self.dtype)
         caches, masks = [], []
         inp = x
         for layer in range(L):
@@ -358,28 +371,49 @@ class LSTM(Module):
             for d in range(D):
                 k = layer * D + d
                 _, kw = self._weights(layer, d)
-                y, h, c, cache, _ = _device.module(self.device).forward(
-                    inp, kw["W"], kw["R"], kw["b"],
+                y, h, c, cache = self._call(
+                    "forward", inp, kw["W"], kw["R"], kw["b"],
                     None if h0 is None else h0[k], None if c0 is None else c0[k],
                     training=keep, reverse=bool(d), lengths=lengths, W_hr=kw.get("W_hr"),
-                )  # fmt: skip
+                )[:4]  # fmt: skip
                 outs.append(y)
                 layer_caches.append(cache)
                 h_n[k], c_n[k] = h, c
-            inp = outs[0] if D == 1 else np.concatenate(outs, axis=2)  # [T,B,D*O]
+            inp = outs[0] if D == 1 else xp.concatenate(outs, axis=2)  # [T,B,D*O]
             caches.append(layer_caches)
             mask = None
             if self.training and self.dropout > 0 and layer < L - 1:
                 keep_p = 1 - self.dropout
                 drawn = self._rng.random(inp.shape) < keep_p
-                mask = drawn.astype(self.dtype) / keep_p if keep_p > 0 else np.zeros_like(inp)
+                mask = drawn.astype(self.dtype) / keep_p if keep_p > 0 else np.zeros(inp.shape)
+                mask = xp.asarray(mask, self.dtype)
                 inp = inp * mask
             masks.append(mask)
-        self._saved = (caches, masks, state is not None, unbatched) if keep else None
+        self._saved = (caches, masks, state is not None, unbatched, host_io) if keep else None
         if unbatched:
-            return inp[:, 0], (h_n[:, 0], c_n[:, 0])
-        out = inp.swapaxes(0, 1) if self.batch_first else inp
+            out, h_n, c_n = inp[:, 0], h_n[:, 0], c_n[:, 0]
+        else:
+            out = inp.swapaxes(0, 1) if self.batch_first else inp
+        if host_io:
+            out, h_n, c_n = (_device.host(a) for a in (out, h_n, c_n))
         return out, (h_n, c_n)
+
+    def _call(self, what: str, *args, **kw):
+        """lstm_ext's forward or backward on this LSTM's device: GPU arrays made
+        contiguous, GPU results as CuPy arrays."""
+        if what == "forward":
+            mod = _device.module(self.device)
+            names = ("x", "W", "R", "b", "h0", "c0")
+            lib = _device.library_of(args[0])
+        else:
+            cache, rest = args[0], args[1:]
+            mod = _device.module_of_cache(cache)
+            lib = "cupy" if self._xp is not np else None
+            rest = _device.to_gpu_args(("dy", "dh", "dc"), rest, self.device)
+            return tuple(_device.as_library(r, lib) for r in mod.backward(cache, *rest))
+        args = _device.to_gpu_args(names, args, self.device)
+        kw["W_hr"] = _device.to_gpu_args(("W_hr",), (kw.get("W_hr"),), self.device)[0]
+        return tuple(_device.as_library(r, lib) for r in mod.forward(*args, **kw))
 
     def backward(self, dy, dstate=None):
         """Gradients of the last forward call; see the class docstring."""
@@ -388,10 +422,11 @@ class LSTM(Module):
                 "backward: no forward call kept what backward needs; call forward in "
                 "training mode or with keep_cache=True first"
             )
-        caches, masks, had_state, unbatched = self._saved
+        caches, masks, had_state, unbatched, host_io = self._saved
         L, D, H, O = self.num_layers, self.num_directions, self.hidden_size, self.output_size
         T, B = caches[0][0].T, caches[0][0].B
-        dy = np.asarray(dy)
+        xp = self._xp
+        dy = xp.asarray(dy)
         if unbatched:
             want = (T, D * O)
         else:
@@ -407,11 +442,13 @@ class LSTM(Module):
             want = (L * D, width) if unbatched else (L * D, B, width)
             if s is not None and np.shape(s) != want:
                 raise ValueError(f"{name}: expected shape {want}, got {np.shape(s)}")
+        dh_n = None if dh_n is None else xp.asarray(dh_n)
+        dc_n = None if dc_n is None else xp.asarray(dc_n)
         if unbatched:
-            dh_n = None if dh_n is None else np.asarray(dh_n)[:, None]
-            dc_n = None if dc_n is None else np.asarray(dc_n)[:, None]
-        dh0 = np.empty((L * D, B, O), self.dtype)
-        dc0 = np.empty((L * D, B, H), self.dtype)
+            dh_n = None if dh_n is None else dh_n[:, None]
+            dc_n = None if dc_n is None else dc_n[:, None]
+        dh0 = xp.empty((L * D, B, O), self.dtype)
+        dc0 = xp.empty((L * D, B, H), self.dtype)
         for layer in reversed(range(L)):
             if masks[layer] is not None:
                 dy = dy * masks[layer]
@@ -419,7 +456,8 @@ class LSTM(Module):
             for d in range(D):
                 k = layer * D + d
                 s, _ = self._weights(layer, d)
-                g = _device.module_of_cache(caches[layer][d]).backward(
+                g = self._call(
+                    "backward",
                     caches[layer][d],
                     dy[:, :, d * O : (d + 1) * O],
                     None if dh_n is None else dh_n[k],
@@ -439,6 +477,8 @@ class LSTM(Module):
             dx, dh0, dc0 = dy[:, 0], dh0[:, 0], dc0[:, 0]
         else:
             dx = dy.swapaxes(0, 1) if self.batch_first else dy
+        if host_io:
+            dx, dh0, dc0 = (_device.host(a) for a in (dx, dh0, dc0))
         return (dx, (dh0, dc0)) if had_state else dx
 
 

@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from . import _device
 from ._checks import check_state_keys
 
 __all__ = ["SGD", "Adam", "AdamW", "Optimizer", "clip_grad_norm", "step_decay", "warmup_cosine"]
@@ -61,8 +62,11 @@ class Optimizer:
                 f"{sorted(grads.keys() - params.keys())}"
             )
         for name, p in params.items():
-            if not isinstance(p, np.ndarray) or not np.issubdtype(p.dtype, np.floating):
-                raise TypeError(f"model.params[{name!r}]: expected a floating-point ndarray")
+            array = isinstance(p, np.ndarray) or _device.library_of(p) == "cupy"
+            if not array or not np.issubdtype(p.dtype, np.floating):
+                raise TypeError(
+                    f"model.params[{name!r}]: expected a floating-point NumPy or CuPy array"
+                )
         if schedule is not None and not callable(schedule):
             raise TypeError(f"schedule: expected a callable step -> factor, got {schedule!r}")
         self.model = model
@@ -71,7 +75,8 @@ class Optimizer:
         self.steps = 0
         self._shapes = {name: (p.shape, p.dtype) for name, p in params.items()}
         self.state = {
-            b: {name: np.zeros_like(p) for name, p in params.items()} for b in self._buffer_names()
+            b: {name: _device.array_module(p).zeros_like(p) for name, p in params.items()}
+            for b in self._buffer_names()
         }
         self._set_hyper(self._hyper())  # validates
 
@@ -144,7 +149,7 @@ class Optimizer:
         d = {"optimizer": np.array(type(self).__name__), "steps": np.array(self.steps, np.int64)}
         d.update({k: np.array(v) for k, v in self._hyper().items()})
         for b, bufs in self.state.items():
-            d.update({f"{b}/{name}": a.copy() for name, a in bufs.items()})
+            d.update({f"{b}/{name}": np.array(_device.host(a)) for name, a in bufs.items()})
         return d
 
     def load_state_dict(self, state: dict) -> None:
@@ -170,7 +175,7 @@ class Optimizer:
             raise
         for b, bufs in self.state.items():
             for name, a in bufs.items():
-                a[...] = state[f"{b}/{name}"]
+                _device.assign(a, state[f"{b}/{name}"])
         self.steps = int(steps)
 
 
@@ -302,7 +307,7 @@ class Adam(Optimizer):
         m += (1 - b1) * (g - m)  # torch's lerp
         v *= b2
         v += (1 - b2) * (g * g)
-        denom = np.sqrt(v)
+        denom = _device.array_module(v).sqrt(v)
         denom /= self._bc2_sqrt
         denom += self.eps
         p -= (lr / self._bc1) * (m / denom)
@@ -385,8 +390,8 @@ def clip_grad_norm(model, max_norm: float) -> float:
     grads = list(model.grads.values())
     total = 0.0
     for g in grads:
-        g64 = np.asarray(g, dtype=np.float64).ravel()
-        total += float(np.dot(g64, g64))
+        g64 = g.astype(np.float64).ravel()  # NumPy or CuPy, where g lives
+        total += float(g64 @ g64)
     norm = math.sqrt(total)
     if not math.isfinite(norm):
         return norm
