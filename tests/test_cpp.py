@@ -1,5 +1,7 @@
-"""The README's C++ example builds against the source tree with CMake and
-prints what the Python binding computes (keeps the README and the C++ API true)."""
+"""The README's C++ example builds with the README's three lines of CMake
+against lstm_ext's CMake package, the one pip installed (lstm_ext.get_cmake_dir())
+and one installed by plain CMake without Python, and prints what the Python
+binding computes (keeps the README, the package and the C++ API true)."""
 
 import re
 import shutil
@@ -9,10 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy_openblas32
 
 import lstm_ext
 
 ROOT = Path(__file__).resolve().parents[1]
+OPENBLAS_DIR = str(Path(scipy_openblas32.get_lib_dir()) / "cmake" / "openblas")
 
 
 @pytest.fixture(scope="module")
@@ -22,32 +26,53 @@ def tools():
         pytest.skip(reason=f"no {', '.join(missing)} on PATH: cannot build the C++ example")
 
 
-def test_readme_cpp_example(tools, tmp_path):
+def run(*cmd):
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, " ".join(cmd) + "\n" + r.stdout[-4000:] + r.stderr[-4000:]
+    return r.stdout
+
+
+def build_readme_example(folder: Path, *cmake_args) -> float:
+    """Configure, build and run the README's example; return the h[0] it prints."""
     text = (ROOT / "README.md").read_text()
-    (tmp_path / "main.cpp").write_text(re.findall(r"```cpp\n(.*?)```", text, re.S)[0])
+    folder.mkdir()
+    (folder / "main.cpp").write_text(re.findall(r"```cpp\n(.*?)```", text, re.S)[0])
     cmake_block = re.findall(r"```cmake\n(.*?)```", text, re.S)[0]
-    (tmp_path / "CMakeLists.txt").write_text(
-        "cmake_minimum_required(VERSION 3.18)\nproject(app CXX)\nadd_executable(app main.cpp)\n"
-        + cmake_block.replace("add_subdirectory(lstm_ext)", f'add_subdirectory("{ROOT}" lstm_ext)')
+    (folder / "CMakeLists.txt").write_text(
+        "cmake_minimum_required(VERSION 3.18)\nproject(app CXX)\n" + cmake_block
     )
-    build = tmp_path / "build"
-    run = lambda *cmd: subprocess.run(cmd, capture_output=True, text=True, timeout=600)  # noqa: E731
-    r = run(
-        "cmake",
-        "-S",
-        str(tmp_path),
-        "-B",
-        str(build),
-        f"-DPython_EXECUTABLE={sys.executable}",
-        "-DLSTM_EXT_CUDA=OFF",
-    )  # the CPU example; test_cuda_build compiles the GPU path
-    assert r.returncode == 0, r.stdout + r.stderr
-    r = run("cmake", "--build", str(build), "-j2")
-    assert r.returncode == 0, r.stdout + r.stderr
-    r = run(str(build / "app"))
-    assert r.returncode == 0, r.stderr
-    printed = float(r.stdout.split("=")[1])
+    build = folder / "build"
+    run("cmake", "-S", str(folder), "-B", str(build), *cmake_args)
+    run("cmake", "--build", str(build), "-j2")
+    return float(run(str(build / "app")).split("=")[1])
+
+
+def python_h00() -> float:
     x = np.full((10, 2, 3), 0.5, np.float32)
     W, R = np.full((16, 3), 0.1, np.float32), np.full((16, 4), 0.1, np.float32)
-    h = lstm_ext.forward(x, W, R, training=False).h
-    assert abs(printed - h[0, 0]) < 1e-6, (r.stdout, h[0, 0])
+    return float(lstm_ext.forward(x, W, R, training=False).h[0, 0])
+
+
+def test_readme_example_against_the_pip_installed_package(tools, tmp_path):
+    cmake_dir = Path(lstm_ext.get_cmake_dir())
+    assert (cmake_dir / "lstm_extConfig.cmake").is_file(), cmake_dir
+    assert (Path(lstm_ext.get_include()) / "lstm_ext" / "lstm.h").is_file()
+    out = subprocess.run([sys.executable, "-m", "lstm_ext", "--cmake-dir"], capture_output=True,
+                         text=True, timeout=60)  # fmt: skip
+    assert out.stdout.strip() == str(cmake_dir)
+    printed = build_readme_example(tmp_path / "app", f"-Dlstm_ext_DIR={cmake_dir}")
+    assert abs(printed - python_h00()) < 1e-6
+
+
+def test_readme_example_against_a_plain_cmake_install(tools, tmp_path):
+    """cmake -DLSTM_EXT_PYTHON=OFF, build, install to a prefix; the app finds it there."""
+    build, prefix = tmp_path / "build", tmp_path / "prefix"
+    run("cmake", "-S", str(ROOT), "-B", str(build), "-DLSTM_EXT_PYTHON=OFF",
+        "-DLSTM_EXT_CUDA=OFF", f"-DOpenBLAS_DIR={OPENBLAS_DIR}")  # fmt: skip
+    run("cmake", "--build", str(build), "-j2")
+    run("cmake", "--install", str(build), "--prefix", str(prefix))
+    assert (prefix / "include" / "lstm_ext" / "lstm.h").is_file()
+    printed = build_readme_example(
+        tmp_path / "app", f"-DCMAKE_PREFIX_PATH={prefix}", f"-DOpenBLAS_DIR={OPENBLAS_DIR}"
+    )
+    assert abs(printed - python_h00()) < 1e-6

@@ -76,6 +76,8 @@ __all__ = [
     "cuda_status",
     "data",
     "forward",
+    "get_cmake_dir",
+    "get_include",
     "get_num_threads",
     "losses",
     "nn",
@@ -85,6 +87,22 @@ __all__ = [
     "step",
     "train",
 ]
+
+
+def get_cmake_dir() -> str:
+    """The folder of lstm_ext's CMake package: ``find_package(lstm_ext CONFIG)``
+    with ``-Dlstm_ext_DIR=<this>`` (or this on CMAKE_PREFIX_PATH) gives the
+    target ``lstm_ext::core``. Also ``python -m lstm_ext --cmake-dir``."""
+    from pathlib import Path
+
+    return str(Path(__file__).parent / "share" / "cmake" / "lstm_ext")
+
+
+def get_include() -> str:
+    """The folder holding ``lstm_ext/lstm.h`` and the other C++ headers."""
+    from pathlib import Path
+
+    return str(Path(__file__).parent / "include")
 
 
 class ForwardResult(NamedTuple):

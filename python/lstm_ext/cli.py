@@ -59,9 +59,27 @@ def positive_float(text):
     return v
 
 
+class _PrintAndExit(argparse.Action):
+    """--cmake-dir, --include-dir: print lstm_ext.<what>() and exit, as --version does."""
+
+    def __init__(self, option_strings, dest, what, help=None):
+        super().__init__(option_strings, dest, nargs=0, help=help)
+        self.what = what
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import lstm_ext
+
+        print(getattr(lstm_ext, self.what)())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="lstm-ext", description=__doc__.split("\n\n")[0])
     p.add_argument("--version", action="version", version=f"lstm-ext {__version__}")
+    p.add_argument("--cmake-dir", action=_PrintAndExit, what="get_cmake_dir",
+                   help="print the folder of the CMake package (find_package(lstm_ext)) and exit")
+    p.add_argument("--include-dir", action=_PrintAndExit, what="get_include",
+                   help="print the folder of the C++ headers and exit")  # fmt: skip
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     t = sub.add_parser("train", help="train a model (default: the character language model)")
