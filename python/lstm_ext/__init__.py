@@ -50,7 +50,7 @@ from ._version import __version__
 from .onnx import onnx_lstm
 
 # The training side loads on first use (lstm_ext.optim, ...), keeping import light.
-_LAZY = ("checkpoint", "data", "losses", "optim", "train")
+_LAZY = ("checkpoint", "data", "export", "losses", "optim", "train")
 
 
 def __getattr__(name: str):
@@ -75,6 +75,7 @@ __all__ = [
     "cuda_available",
     "cuda_status",
     "data",
+    "export",
     "forward",
     "get_cmake_dir",
     "get_include",

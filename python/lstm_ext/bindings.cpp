@@ -3,6 +3,7 @@
 // contiguous, allocates the outputs, releases the GIL and calls the core.
 // No math lives here.
 #include "bind_args.h"
+#include "lstm_ext/model.h"
 #include "lstm_ext/runtime.h"
 
 namespace {
@@ -165,6 +166,27 @@ PYBIND11_MODULE(_core, m) {
 
   def_calls(m, &forward, &backward, &step);
   m.attr("inference_chunk") = lstm_ext::kInferenceChunk;
+  m.def(
+      "_model_from_bytes",
+      [](const py::bytes& data) {
+        const std::string s = data;  // the C++ reader, for tests: its checks, its messages
+        try {
+          const lstm_ext::Model model = lstm_ext::Model::from_bytes(
+              reinterpret_cast<const unsigned char*>(s.data()), s.size());
+          const lstm_ext::ModelConfig& c = model.config();
+          py::dict d;
+          d["input_size"] = c.input_size;
+          d["hidden_size"] = c.hidden_size;
+          d["num_layers"] = c.num_layers;
+          d["proj_size"] = c.proj_size;
+          d["bidirectional"] = c.bidirectional;
+          d["bias"] = c.bias;
+          return d;
+        } catch (const lstm_ext::FormatError& e) {
+          throw py::value_error(e.what());
+        }
+      },
+      py::arg("data"), "Tests only: lstm_ext::Model::from_bytes, its config or a ValueError.");
   m.def("blas_config", &lstm_ext::blas_config, "The BLAS's description of its build.");
   m.def("blas_num_threads", &lstm_ext::blas_num_threads,
         "Threads the BLAS uses outside lstm_ext calls (inside them: one).");

@@ -76,8 +76,12 @@ class _PrintAndExit(argparse.Action):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="lstm-ext", description=__doc__.split("\n\n")[0])
     p.add_argument("--version", action="version", version=f"lstm-ext {__version__}")
-    p.add_argument("--cmake-dir", action=_PrintAndExit, what="get_cmake_dir",
-                   help="print the folder of the CMake package (find_package(lstm_ext)) and exit")
+    p.add_argument(
+        "--cmake-dir",
+        action=_PrintAndExit,
+        what="get_cmake_dir",
+        help="print the folder of the CMake package (find_package(lstm_ext)) and exit",
+    )
     p.add_argument("--include-dir", action=_PrintAndExit, what="get_include",
                    help="print the folder of the C++ headers and exit")  # fmt: skip
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)

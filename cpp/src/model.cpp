@@ -1,0 +1,254 @@
+// lstm_ext::Model: the model file's reader (docs/model-format.md) and the
+// stack of lstm_forward / lstm_step calls that runs it.
+#include "lstm_ext/model.h"
+
+#include <algorithm>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+
+#include "lstm_ext/lstm.h"
+
+namespace lstm_ext {
+namespace {
+
+constexpr unsigned char kMagic[8] = {'L', 'S', 'T', 'M', 'E', 'X', 'T', 0};
+constexpr uint32_t kVersion = 1;
+constexpr uint32_t kMaxSize = 1u << 20;  // input, hidden and projection sizes
+constexpr uint32_t kMaxLayers = 1024;
+constexpr uint32_t kMaxName = 64;
+
+std::string at(size_t pos) { return " (byte " + std::to_string(pos) + ")"; }
+
+// Bounded little-endian reads: every read is checked against the end first.
+struct Reader {
+  const unsigned char* p;
+  size_t n, pos = 0;
+
+  void need(size_t k, const std::string& what) const {
+    if (k > n - pos)
+      throw FormatError("lstm_ext model: truncated: " + what + " needs " + std::to_string(k) +
+                        " bytes, " + std::to_string(n - pos) + " left" + at(pos));
+  }
+  uint64_t uint(int bytes, const std::string& what) {
+    need(size_t(bytes), what);
+    uint64_t v = 0;
+    for (int i = bytes - 1; i >= 0; --i) v = (v << 8) | p[pos + size_t(i)];
+    pos += size_t(bytes);
+    return v;
+  }
+  uint32_t u32(const std::string& what) { return uint32_t(uint(4, what)); }
+  uint64_t u64(const std::string& what) { return uint(8, what); }
+};
+
+uint32_t checked(uint32_t v, uint32_t lo, uint32_t hi, const char* what, size_t pos) {
+  if (v < lo || v > hi)
+    throw FormatError(std::string("lstm_ext model: ") + what + " = " + std::to_string(v) +
+                      " is outside [" + std::to_string(lo) + ", " + std::to_string(hi) + "]" +
+                      at(pos));
+  return v;
+}
+
+// PyTorch's names and shapes for the configuration, in state_dict order.
+std::vector<std::pair<std::string, std::vector<uint64_t>>> expected(const ModelConfig& c) {
+  std::vector<std::pair<std::string, std::vector<uint64_t>>> out;
+  const uint64_t H = uint64_t(c.hidden_size), O = uint64_t(c.output_size()),
+                 D = uint64_t(c.directions());
+  for (int64_t layer = 0; layer < c.num_layers; ++layer) {
+    const uint64_t I = layer == 0 ? uint64_t(c.input_size) : D * O;
+    for (uint64_t d = 0; d < D; ++d) {
+      const std::string s = "_l" + std::to_string(layer) + (d ? "_reverse" : "");
+      out.push_back({"weight_ih" + s, {4 * H, I}});
+      out.push_back({"weight_hh" + s, {4 * H, O}});
+      if (c.bias) {
+        out.push_back({"bias_ih" + s, {4 * H}});
+        out.push_back({"bias_hh" + s, {4 * H}});
+      }
+      if (c.proj_size > 0) out.push_back({"weight_hr" + s, {uint64_t(c.proj_size), H}});
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+Model Model::from_bytes(const unsigned char* data, size_t size) {
+  Reader r{data, size};
+  r.need(8, "the magic bytes");
+  if (std::memcmp(data, kMagic, 8) != 0)
+    throw FormatError("lstm_ext model: not a model file (no LSTMEXT magic at its start)");
+  r.pos = 8;
+  const uint32_t version = r.u32("the format version");
+  if (version != kVersion)
+    throw FormatError("lstm_ext model: format version " + std::to_string(version) +
+                      ", this reader reads version " + std::to_string(kVersion));
+  size_t p0 = r.pos;
+  const uint32_t dtype = r.u32("the dtype");
+  if (dtype != 4 && dtype != 8)
+    throw FormatError("lstm_ext model: dtype code " + std::to_string(dtype) +
+                      " (expected 4, float32, or 8, float64)" + at(p0));
+  Model m;
+  ModelConfig& c = m.cfg_;
+  p0 = r.pos;
+  c.input_size = checked(r.u32("input_size"), 1, kMaxSize, "input_size", p0);
+  p0 = r.pos;
+  c.hidden_size = checked(r.u32("hidden_size"), 1, kMaxSize, "hidden_size", p0);
+  p0 = r.pos;
+  c.num_layers = checked(r.u32("num_layers"), 1, kMaxLayers, "num_layers", p0);
+  p0 = r.pos;
+  c.proj_size = checked(r.u32("proj_size"), 0, uint32_t(c.hidden_size - 1), "proj_size", p0);
+  p0 = r.pos;
+  c.bidirectional = checked(r.u32("bidirectional"), 0, 1, "bidirectional", p0) == 1;
+  p0 = r.pos;
+  c.bias = checked(r.u32("bias"), 0, 1, "bias", p0) == 1;
+  const auto want = expected(c);
+  p0 = r.pos;
+  const uint32_t count = r.u32("the tensor count");
+  if (count != want.size())
+    throw FormatError("lstm_ext model: " + std::to_string(count) + " tensors, expected " +
+                      std::to_string(want.size()) + " for this configuration" + at(p0));
+  m.names_.resize(want.size());
+  m.params_.resize(want.size());
+  std::vector<bool> seen(want.size(), false);
+  for (uint32_t t = 0; t < count; ++t) {
+    p0 = r.pos;
+    const uint32_t len = checked(r.u32("a name's length"), 1, kMaxName, "name length", p0);
+    r.need(len, "a tensor name");
+    const std::string name(reinterpret_cast<const char*>(data + r.pos), len);
+    r.pos += len;
+    size_t k = 0;
+    while (k < want.size() && want[k].first != name) ++k;
+    if (k == want.size())
+      throw FormatError("lstm_ext model: unexpected tensor '" + name + "'" + at(p0));
+    if (seen[k]) throw FormatError("lstm_ext model: tensor '" + name + "' twice" + at(p0));
+    seen[k] = true;
+    const std::vector<uint64_t>& shape = want[k].second;
+    p0 = r.pos;
+    const uint32_t ndim = r.u32("'" + name + "' ndim");
+    if (ndim != shape.size())
+      throw FormatError("lstm_ext model: '" + name + "' has " + std::to_string(ndim) +
+                        " dimensions, expected " + std::to_string(shape.size()) + at(p0));
+    uint64_t elements = 1;
+    for (uint32_t i = 0; i < ndim; ++i) {
+      p0 = r.pos;
+      const uint64_t dim = r.u64("'" + name + "' shape");
+      if (dim != shape[i])
+        throw FormatError("lstm_ext model: '" + name + "' dimension " + std::to_string(i) + " is " +
+                          std::to_string(dim) + ", expected " + std::to_string(shape[i]) + at(p0));
+      elements *= dim;  // each bounded by 4 * 2^20 * 2: no overflow
+    }
+    r.need(size_t(elements * dtype), "'" + name + "' data");  // before allocating
+    std::vector<float>& v = m.params_[k];
+    v.resize(size_t(elements));
+    const unsigned char* src = data + r.pos;
+    for (uint64_t e = 0; e < elements; ++e) {
+      uint64_t bits = 0;
+      for (int b = int(dtype) - 1; b >= 0; --b) bits = (bits << 8) | src[e * dtype + uint64_t(b)];
+      if (dtype == 4) {
+        const uint32_t b32 = uint32_t(bits);
+        std::memcpy(&v[e], &b32, 4);
+      } else {
+        double d;
+        std::memcpy(&d, &bits, 8);
+        v[e] = float(d);
+      }
+    }
+    r.pos += size_t(elements * dtype);
+    m.names_[k] = name;
+  }
+  if (r.pos != size)
+    throw FormatError("lstm_ext model: " + std::to_string(size - r.pos) +
+                      " bytes after the last tensor" + at(r.pos));
+  return m;
+}
+
+Model Model::load(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw FormatError("lstm_ext model: cannot open '" + path + "'");
+  const std::vector<unsigned char> bytes((std::istreambuf_iterator<char>(f)),
+                                         std::istreambuf_iterator<char>());
+  if (f.bad()) throw FormatError("lstm_ext model: cannot read '" + path + "'");
+  try {
+    return from_bytes(bytes.data(), bytes.size());
+  } catch (const FormatError& e) {
+    throw FormatError(std::string(e.what()) + " in '" + path + "'");
+  }
+}
+
+const float* Model::find(const std::string& name) const {
+  for (size_t k = 0; k < names_.size(); ++k)
+    if (names_[k] == name) return params_[k].data();
+  return nullptr;
+}
+
+const std::vector<float>& Model::parameter(const std::string& name) const {
+  for (size_t k = 0; k < names_.size(); ++k)
+    if (names_[k] == name) return params_[k];
+  throw std::out_of_range("lstm_ext::Model: no parameter '" + name + "'");
+}
+
+void Model::reset(int64_t batch) {
+  if (batch < 1) throw std::invalid_argument("lstm_ext::Model: batch must be >= 1");
+  batch_ = batch;
+  h_.assign(size_t(cfg_.num_layers), std::vector<float>(size_t(batch * cfg_.output_size()), 0));
+  c_.assign(size_t(cfg_.num_layers), std::vector<float>(size_t(batch * cfg_.hidden_size), 0));
+}
+
+// One layer, one direction, over a sequence: x [T,B,I_layer] -> y [T,B,O];
+// h [B,O], c [B,H] in (null: zeros) and, when given, updated.
+void Model::layer_forward(int64_t layer, int64_t d, const float* x, int64_t T, int64_t B, float* y,
+                          float* h, float* c) {
+  const int64_t H = cfg_.hidden_size, O = cfg_.output_size();
+  const std::string s = "_l" + std::to_string(layer) + (d ? "_reverse" : "");
+  Config cfg;
+  cfg.T = T, cfg.B = B, cfg.H = H, cfg.P = cfg_.proj_size, cfg.reverse = d == 1;
+  cfg.I = layer == 0 ? cfg_.input_size : cfg_.directions() * O;
+  std::vector<float>& bias = b_;  // bias_ih + bias_hh
+  if (cfg_.bias) {
+    const float *bi = find("bias_ih" + s), *bh = find("bias_hh" + s);
+    bias.resize(size_t(4 * H));
+    for (int64_t q = 0; q < 4 * H; ++q) bias[size_t(q)] = bi[q] + bh[q];
+  }
+  const Weights<float> w{find("weight_ih" + s), find("weight_hh" + s),
+                         cfg_.bias ? bias.data() : nullptr, find("weight_hr" + s), nullptr};
+  ws_.resize(size_t(forward_workspace_size(cfg, false)));
+  h_out_.resize(size_t(B * O));
+  c_out_.resize(size_t(B * H));
+  lstm_forward(y, h_out_.data(), c_out_.data(), nullptr, ws_.data(), x, h, c, w, cfg, false);
+  if (h) std::copy(h_out_.begin(), h_out_.end(), h);
+  if (c) std::copy(c_out_.begin(), c_out_.end(), c);
+}
+
+void Model::run(const float* x, int64_t T, int64_t B, float* y) {
+  if (T < 0 || B < 1) throw std::invalid_argument("lstm_ext::Model::run: T >= 0 and B >= 1");
+  const int64_t D = cfg_.directions(), O = cfg_.output_size();
+  if (D == 1 && B != batch_) reset(B);
+  const float* in = x;
+  for (int64_t layer = 0; layer < cfg_.num_layers; ++layer) {
+    const bool last = layer + 1 == cfg_.num_layers;
+    std::vector<float>& out = layer % 2 ? a_ : scratch_;  // alternate: `in` stays intact
+    float* dst = last ? y : (out.resize(size_t(T * B * D * O)), out.data());
+    if (D == 1) {
+      layer_forward(layer, 0, in, T, B, dst, h_[size_t(layer)].data(), c_[size_t(layer)].data());
+    } else {
+      y_dir_.resize(size_t(T * B * O));
+      for (int64_t d = 0; d < 2; ++d) {  // [T,B,O] each, then side by side: [T,B,2O]
+        layer_forward(layer, d, in, T, B, y_dir_.data(), nullptr, nullptr);
+        for (int64_t r = 0; r < T * B; ++r)
+          std::copy(y_dir_.begin() + r * O, y_dir_.begin() + (r + 1) * O, dst + (r * 2 + d) * O);
+      }
+    }
+    in = dst;
+  }
+}
+
+void Model::step(const float* x, float* y) {
+  if (cfg_.bidirectional)
+    throw std::logic_error(
+        "lstm_ext::Model::step: a bidirectional model needs the whole "
+        "sequence; use run()");
+  if (batch_ < 1) throw std::logic_error("lstm_ext::Model::step: call reset(batch) first");
+  run(x, 1, batch_, y);
+}
+
+}  // namespace lstm_ext
