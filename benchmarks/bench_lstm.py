@@ -31,6 +31,8 @@ CASES = [  # (T, B, I, H)
 ]
 STACK = (100, 32, 256, 256, 2)  # (T, B, I, H, layers), bidirectional
 RAGGED = (100, 64, 512, 512)  # lengths uniform in [1, T]
+FLOAT64_CASE = (100, 16, 256, 256)
+THREAD_CASES = [(100, 16, 256, 256), (100, 64, 512, 512)]
 GEMM_N = 2048
 WARM_UP_S = 0.3
 SLOW_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
@@ -178,6 +180,61 @@ def time_ragged(rng, repeat):
     return median_ms(run(lengths=lengths), repeat), median_ms(run(), repeat), lengths.mean() / T
 
 
+def time_step(torch, rng, repeat):
+    """lstm_ext.step against torch.nn.LSTMCell, B = 1, I = H = 128, in µs."""
+    p = problem(rng, 1, 1, 128, 128)
+    x, h, c = p["x"][0], p["h0"], p["c0"]
+    n = 200  # calls per timing: one call is a few µs
+
+    def ours():
+        for _ in range(n):
+            lstm_ext.step(x, h, c, p["W"], p["R"], p["b"])
+
+    us = median_ms(ours, repeat) * 1e3 / n
+    if torch is None:
+        return us, None
+    cell = torch.nn.LSTMCell(128, 128)
+    xt, ht, ct = (torch.from_numpy(a) for a in (x, h, c))
+
+    def theirs():
+        with torch.no_grad():
+            for _ in range(n):
+                cell(xt, (ht, ct))
+
+    return us, median_ms(theirs, repeat) * 1e3 / n
+
+
+def time_float64(torch, rng, repeat):
+    """(100,16,256,256) in float64: ours and torch's, fwd and fwd+bwd."""
+    p = {k: v.astype(np.float64) for k, v in problem(rng, *FLOAT64_CASE).items()}
+    return time_ours(p, repeat), time_torch(torch, p, repeat) if torch else (None, None)
+
+
+def time_threads(rng, repeat):
+    """Forward at 1 and at all of lstm_ext's threads, per case: {case: (ms_1, ms_n)}."""
+    before, out = lstm_ext.get_num_threads(), {}
+    for case in THREAD_CASES:
+        p = problem(rng, *case)
+        args = [p[k] for k in ("x", "W", "R", "b", "h0", "c0")]
+        ms = []
+        for n in (1, before):
+            lstm_ext.set_num_threads(n)
+            ms.append(median_ms(lambda a=args: lstm_ext.forward(*a, training=False), repeat))
+        out[case] = tuple(ms)
+    lstm_ext.set_num_threads(before)
+    return out, before
+
+
+def workspace_bytes(rng, case):
+    """The training cache's workspace in bytes, and lstm.h's formula for it
+    (no lengths, no projection, float32): 4·(6·T·B·H + 6·B·H)."""
+    T, B, I, H = case
+    p = problem(rng, T, B, I, H)
+    cache = lstm_ext.forward(p["x"], p["W"], p["R"], p["b"]).cache
+    copies = sum(p[k].nbytes for k in ("x", "W", "R", "b"))  # the cache's private copies
+    return cache.nbytes - copies, 4 * (6 * T * B * H + 6 * B * H)
+
+
 def optional_import(name):
     try:
         return __import__(name)
@@ -260,6 +317,27 @@ def main():
             f"(valid steps: {valid:.2f} of the padded ones)"
         )
 
+    extra = None
+    if args.sizes == "all":
+        step_us, cell_us = time_step(torch, rng, args.repeat)
+        (o64, t64) = time_float64(torch, rng, args.repeat)
+        threads, n = time_threads(rng, args.repeat)
+        key = lambda case: ",".join(map(str, case))  # noqa: E731
+        extra = dict(step_us=step_us, lstmcell_us=cell_us, float64_case=FLOAT64_CASE,
+                     float64_ms=o64, float64_torch_ms=t64, threads=n,
+                     thread_rows={key(k): v for k, v in threads.items()},
+                     workspace={key(c): workspace_bytes(rng, c) for c in CASES})  # fmt: skip
+        cell = f"{cell_us:.1f} µs, ratio {step_us / cell_us:.2f}" if cell_us else "-"
+        print(f"\nstep, B=1, I=H=128: {step_us:.1f} µs; torch.nn.LSTMCell: {cell}")
+        print(f"float64 {FLOAT64_CASE}: fwd {o64[0]:.2f} ms, fwd+bwd {o64[1]:.2f} ms; torch: "
+              + (f"{t64[0]:.2f} / {t64[1]:.2f} ms" if t64[0] else "-"))  # fmt: skip
+        for case, (one, all_) in threads.items():
+            print(f"fwd {case}: 1 thread {one:.2f} ms, {n} threads {all_:.2f} ms "
+                  f"(speedup {one / all_:.2f})")  # fmt: skip
+        for case, (got, formula) in extra["workspace"].items():
+            print(f"training workspace ({case}): {got:,} bytes; formula 4·(6TBH + 6BH) = "
+                  f"{formula:,}")  # fmt: skip
+
     if args.json:
         with open(args.json, "w") as f:
             json.dump(
@@ -270,6 +348,7 @@ def main():
                     rows=rows,
                     stack=stack,
                     ragged=ragged,
+                    extra=extra,
                 ),
                 f,
                 indent=1,
