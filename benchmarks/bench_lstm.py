@@ -91,7 +91,7 @@ def time_torch(torch, p, repeat):
     """torch.nn.LSTM with the same weights; fwd+bwd takes every gradient ours does."""
     t = {k: torch.from_numpy(v) for k, v in p.items()}
     I, H = p["W"].shape[1], p["R"].shape[1]
-    lstm = torch.nn.LSTM(I, H)
+    lstm = torch.nn.LSTM(I, H, dtype=t["x"].dtype)
     with torch.no_grad():
         for param, v in zip(lstm.parameters(), (t["W"], t["R"], t["b"], 0 * t["b"]), strict=True):
             param.copy_(v)
