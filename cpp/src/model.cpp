@@ -18,7 +18,7 @@ constexpr uint32_t kMaxSize = 1u << 20;  // input, hidden and projection sizes
 constexpr uint32_t kMaxLayers = 1024;
 constexpr uint32_t kMaxName = 64;
 
-std::string at(size_t pos) { return " (byte " + std::to_string(pos) + ")"; }
+std::string where(size_t pos) { return " (byte " + std::to_string(pos) + ")"; }
 
 // Bounded little-endian reads: every read is checked against the end first.
 struct Reader {
@@ -28,7 +28,7 @@ struct Reader {
   void need(size_t k, const std::string& what) const {
     if (k > n - pos)
       throw FormatError("lstm_ext model: truncated: " + what + " needs " + std::to_string(k) +
-                        " bytes, " + std::to_string(n - pos) + " left" + at(pos));
+                        " bytes, " + std::to_string(n - pos) + " left" + where(pos));
   }
   uint64_t uint(int bytes, const std::string& what) {
     need(size_t(bytes), what);
@@ -45,7 +45,7 @@ uint32_t checked(uint32_t v, uint32_t lo, uint32_t hi, const char* what, size_t 
   if (v < lo || v > hi)
     throw FormatError(std::string("lstm_ext model: ") + what + " = " + std::to_string(v) +
                       " is outside [" + std::to_string(lo) + ", " + std::to_string(hi) + "]" +
-                      at(pos));
+                      where(pos));
   return v;
 }
 
@@ -86,7 +86,7 @@ Model Model::from_bytes(const unsigned char* data, size_t size) {
   const uint32_t dtype = r.u32("the dtype");
   if (dtype != 4 && dtype != 8)
     throw FormatError("lstm_ext model: dtype code " + std::to_string(dtype) +
-                      " (expected 4, float32, or 8, float64)" + at(p0));
+                      " (expected 4, float32, or 8, float64)" + where(p0));
   Model m;
   ModelConfig& c = m.cfg_;
   p0 = r.pos;
@@ -106,7 +106,7 @@ Model Model::from_bytes(const unsigned char* data, size_t size) {
   const uint32_t count = r.u32("the tensor count");
   if (count != want.size())
     throw FormatError("lstm_ext model: " + std::to_string(count) + " tensors, expected " +
-                      std::to_string(want.size()) + " for this configuration" + at(p0));
+                      std::to_string(want.size()) + " for this configuration" + where(p0));
   m.names_.resize(want.size());
   m.params_.resize(want.size());
   std::vector<bool> seen(want.size(), false);
@@ -119,22 +119,23 @@ Model Model::from_bytes(const unsigned char* data, size_t size) {
     size_t k = 0;
     while (k < want.size() && want[k].first != name) ++k;
     if (k == want.size())
-      throw FormatError("lstm_ext model: unexpected tensor '" + name + "'" + at(p0));
-    if (seen[k]) throw FormatError("lstm_ext model: tensor '" + name + "' twice" + at(p0));
+      throw FormatError("lstm_ext model: unexpected tensor '" + name + "'" + where(p0));
+    if (seen[k]) throw FormatError("lstm_ext model: tensor '" + name + "' twice" + where(p0));
     seen[k] = true;
     const std::vector<uint64_t>& shape = want[k].second;
     p0 = r.pos;
     const uint32_t ndim = r.u32("'" + name + "' ndim");
     if (ndim != shape.size())
       throw FormatError("lstm_ext model: '" + name + "' has " + std::to_string(ndim) +
-                        " dimensions, expected " + std::to_string(shape.size()) + at(p0));
+                        " dimensions, expected " + std::to_string(shape.size()) + where(p0));
     uint64_t elements = 1;
     for (uint32_t i = 0; i < ndim; ++i) {
       p0 = r.pos;
       const uint64_t dim = r.u64("'" + name + "' shape");
       if (dim != shape[i])
         throw FormatError("lstm_ext model: '" + name + "' dimension " + std::to_string(i) + " is " +
-                          std::to_string(dim) + ", expected " + std::to_string(shape[i]) + at(p0));
+                          std::to_string(dim) + ", expected " + std::to_string(shape[i]) +
+                          where(p0));
       elements *= dim;  // each bounded by 4 * 2^20 * 2: no overflow
     }
     r.need(size_t(elements * dtype), "'" + name + "' data");  // before allocating
@@ -158,7 +159,8 @@ Model Model::from_bytes(const unsigned char* data, size_t size) {
   }
   if (r.pos != size)
     throw FormatError("lstm_ext model: " + std::to_string(size - r.pos) +
-                      " bytes after the last tensor" + at(r.pos));
+                      " bytes after the last tensor" + where(r.pos));
+  m.link();
   return m;
 }
 
@@ -175,16 +177,16 @@ Model Model::load(const std::string& path) {
   }
 }
 
-const float* Model::find(const std::string& name) const {
+int64_t Model::index(const std::string& name) const {
   for (size_t k = 0; k < names_.size(); ++k)
-    if (names_[k] == name) return params_[k].data();
-  return nullptr;
+    if (names_[k] == name) return int64_t(k);
+  return -1;
 }
 
 const std::vector<float>& Model::parameter(const std::string& name) const {
-  for (size_t k = 0; k < names_.size(); ++k)
-    if (names_[k] == name) return params_[k];
-  throw std::out_of_range("lstm_ext::Model: no parameter '" + name + "'");
+  const int64_t k = index(name);
+  if (k < 0) throw std::out_of_range("lstm_ext::Model: no parameter '" + name + "'");
+  return params_[size_t(k)];
 }
 
 void Model::reset(int64_t batch) {
@@ -194,23 +196,35 @@ void Model::reset(int64_t batch) {
   c_.assign(size_t(cfg_.num_layers), std::vector<float>(size_t(batch * cfg_.hidden_size), 0));
 }
 
+void Model::link() {
+  const int64_t D = cfg_.directions(), G = 4 * cfg_.hidden_size;
+  parts_.assign(size_t(cfg_.num_layers * D), Part{});
+  for (int64_t layer = 0; layer < cfg_.num_layers; ++layer)
+    for (int64_t d = 0; d < D; ++d) {
+      const std::string s = "_l" + std::to_string(layer) + (d ? "_reverse" : "");
+      Part& p = parts_[size_t(layer * D + d)];
+      p.W = index("weight_ih" + s);
+      p.R = index("weight_hh" + s);
+      p.W_hr = index("weight_hr" + s);
+      if (cfg_.bias) {
+        const float *bi = at(index("bias_ih" + s)), *bh = at(index("bias_hh" + s));
+        p.bias.resize(size_t(G));
+        for (int64_t q = 0; q < G; ++q) p.bias[size_t(q)] = bi[q] + bh[q];
+      }
+    }
+}
+
 // One layer, one direction, over a sequence: x [T,B,I_layer] -> y [T,B,O];
 // h [B,O], c [B,H] in (null: zeros) and, when given, updated.
 void Model::layer_forward(int64_t layer, int64_t d, const float* x, int64_t T, int64_t B, float* y,
                           float* h, float* c) {
   const int64_t H = cfg_.hidden_size, O = cfg_.output_size();
-  const std::string s = "_l" + std::to_string(layer) + (d ? "_reverse" : "");
   Config cfg;
   cfg.T = T, cfg.B = B, cfg.H = H, cfg.P = cfg_.proj_size, cfg.reverse = d == 1;
   cfg.I = layer == 0 ? cfg_.input_size : cfg_.directions() * O;
-  std::vector<float>& bias = b_;  // bias_ih + bias_hh
-  if (cfg_.bias) {
-    const float *bi = find("bias_ih" + s), *bh = find("bias_hh" + s);
-    bias.resize(size_t(4 * H));
-    for (int64_t q = 0; q < 4 * H; ++q) bias[size_t(q)] = bi[q] + bh[q];
-  }
-  const Weights<float> w{find("weight_ih" + s), find("weight_hh" + s),
-                         cfg_.bias ? bias.data() : nullptr, find("weight_hr" + s), nullptr};
+  const Part& p = parts_[size_t(layer * cfg_.directions() + d)];
+  const Weights<float> w{at(p.W), at(p.R), p.bias.empty() ? nullptr : p.bias.data(), at(p.W_hr),
+                         nullptr};
   ws_.resize(size_t(forward_workspace_size(cfg, false)));
   h_out_.resize(size_t(B * O));
   c_out_.resize(size_t(B * H));

@@ -17,6 +17,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
+import lstm_ext
+
 from . import _device
 from ._checks import check_state_keys
 
@@ -371,11 +373,12 @@ class LSTM(Module):
             for d in range(D):
                 k = layer * D + d
                 _, kw = self._weights(layer, d)
-                y, h, c, cache = self._call(
-                    "forward", inp, kw["W"], kw["R"], kw["b"],
+                y, h, c, cache = lstm_ext.forward(
+                    inp, kw["W"], kw["R"], kw["b"],
                     None if h0 is None else h0[k], None if c0 is None else c0[k],
                     training=keep, reverse=bool(d), lengths=lengths, W_hr=kw.get("W_hr"),
-                )[:4]  # fmt: skip
+                    device=self.device,
+                )  # fmt: skip
                 outs.append(y)
                 layer_caches.append(cache)
                 h_n[k], c_n[k] = h, c
@@ -390,30 +393,19 @@ class LSTM(Module):
                 inp = inp * mask
             masks.append(mask)
         self._saved = (caches, masks, state is not None, unbatched, host_io) if keep else None
-        if unbatched:
-            out, h_n, c_n = inp[:, 0], h_n[:, 0], c_n[:, 0]
-        else:
-            out = inp.swapaxes(0, 1) if self.batch_first else inp
-        if host_io:
-            out, h_n, c_n = (_device.host(a) for a in (out, h_n, c_n))
+        out, h_n, c_n = self._as_given(inp, h_n, c_n, unbatched, host_io)
         return out, (h_n, c_n)
 
-    def _call(self, what: str, *args, **kw):
-        """lstm_ext's forward or backward on this LSTM's device: GPU arrays made
-        contiguous, GPU results as CuPy arrays."""
-        if what == "forward":
-            mod = _device.module(self.device)
-            names = ("x", "W", "R", "b", "h0", "c0")
-            lib = _device.library_of(args[0])
-        else:
-            cache, rest = args[0], args[1:]
-            mod = _device.module_of_cache(cache)
-            lib = "cupy" if self._xp is not np else None
-            rest = _device.to_gpu_args(("dy", "dh", "dc"), rest, self.device)
-            return tuple(_device.as_library(r, lib) for r in mod.backward(cache, *rest))
-        args = _device.to_gpu_args(names, args, self.device)
-        kw["W_hr"] = _device.to_gpu_args(("W_hr",), (kw.get("W_hr"),), self.device)[0]
-        return tuple(_device.as_library(r, lib) for r in mod.forward(*args, **kw))
+    def _as_given(self, seq, first, second, unbatched, host_io):
+        """seq [T,B,*] and two states [L*D,B,*] laid out as the caller gave x:
+        one sequence without its batch axis, batch_first, on the host."""
+        if unbatched:
+            seq, first, second = seq[:, 0], first[:, 0], second[:, 0]
+        elif self.batch_first:
+            seq = seq.swapaxes(0, 1)
+        if host_io:
+            seq, first, second = (_device.host(a) for a in (seq, first, second))
+        return seq, first, second
 
     def backward(self, dy, dstate=None):
         """Gradients of the last forward call; see the class docstring."""
@@ -456,14 +448,13 @@ class LSTM(Module):
             for d in range(D):
                 k = layer * D + d
                 s, _ = self._weights(layer, d)
-                g = self._call(
-                    "backward",
+                g = lstm_ext.backward(
                     caches[layer][d],
                     dy[:, :, d * O : (d + 1) * O],
                     None if dh_n is None else dh_n[k],
                     None if dc_n is None else dc_n[k],
                 )
-                dx, dh0[k], dc0[k], dW, dR, db, dW_hr, _ = g
+                dx, dh0[k], dc0[k], dW, dR, db = g[:6]
                 dinp = dx if dinp is None else dinp + dx
                 self.grads["weight_ih" + s] += dW
                 self.grads["weight_hh" + s] += dR
@@ -471,14 +462,9 @@ class LSTM(Module):
                     for name in _BIAS_NAMES:
                         self.grads[name + s] += db
                 if self.proj_size:
-                    self.grads["weight_hr" + s] += dW_hr
+                    self.grads["weight_hr" + s] += g.dW_hr
             dy = dinp
-        if unbatched:
-            dx, dh0, dc0 = dy[:, 0], dh0[:, 0], dc0[:, 0]
-        else:
-            dx = dy.swapaxes(0, 1) if self.batch_first else dy
-        if host_io:
-            dx, dh0, dc0 = (_device.host(a) for a in (dx, dh0, dc0))
+        dx, dh0, dc0 = self._as_given(dy, dh0, dc0, unbatched, host_io)
         return (dx, (dh0, dc0)) if had_state else dx
 
 

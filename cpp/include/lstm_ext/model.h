@@ -10,7 +10,7 @@
 //
 // Letters as in lstm.h; D = 2 if bidirectional else 1; O = proj_size or
 // hidden_size. A Model is not safe to use from two threads at once (it holds
-// the streaming state and its work buffers); copies are independent.
+// the streaming state and its work buffers); copy it for another thread.
 #pragma once
 
 #include <cstdint>
@@ -58,14 +58,25 @@ class Model {
   void run(const float* x, int64_t T, int64_t B, float* y);
 
  private:
+  // One layer-direction's parameters, looked up once after loading: indices
+  // into params_ (-1: absent), so that copies of a Model stay independent.
+  struct Part {
+    int64_t W = -1, R = -1, W_hr = -1;
+    std::vector<float> bias;  // bias_ih + bias_hh; empty without bias
+  };
   ModelConfig cfg_;
   std::vector<std::string> names_;
   std::vector<std::vector<float>> params_;  // in names_ order
+  std::vector<Part> parts_;                 // [layer * D + d]
   int64_t batch_ = 0;
   std::vector<std::vector<float>> h_, c_;  // [L] of [B,O], [B,H]: the streaming state
-  std::vector<float> scratch_, ws_, a_, b_, y_dir_, h_out_, c_out_;
+  std::vector<float> scratch_, ws_, a_, y_dir_, h_out_, c_out_;
 
-  const float* find(const std::string& name) const;  // null where absent
+  int64_t index(const std::string& name) const;  // -1 where absent
+  const float* at(int64_t index) const {
+    return index < 0 ? nullptr : params_[size_t(index)].data();
+  }
+  void link();  // fills parts_ from params_
   void layer_forward(int64_t layer, int64_t d, const float* x, int64_t T, int64_t B, float* y,
                      float* h, float* c);
 };
