@@ -159,10 +159,10 @@ def test_inference_memory_does_not_grow_with_T():
     """training=False keeps O(B*H) beyond y: the chunked input projection."""
     from lstm_ext import _core
 
-    assert _core.inference_chunk >= 1
+    assert _core.inference_chunk(2) >= 1
     rng = np.random.default_rng(0)
     # A sequence much longer than the chunk, checked against training mode.
-    p = make_problem(rng, 5 * _core.inference_chunk + 3, 2, 3, 4)
+    p = make_problem(rng, 5 * _core.inference_chunk(2) + 3, 2, 3, 4)
     a = fwd(p, training=False)
     b = fwd(p)
     assert_close("y", a.y, b.y, 1e-12)

@@ -27,6 +27,7 @@
 #include "common.h"
 #include "lstm_ext/cell_math.h"
 #include "parallel.h"
+#include "recurrent.h"
 
 namespace lstm_ext {
 namespace {
@@ -35,12 +36,16 @@ using namespace detail;  // NOLINT: sizes, Config checks, the schedule
 
 // Element offsets of the buffers in the forward workspace, for a batch whose
 // packed rows number at most T*B. One place for forward, backward and sizes.
+// Elements of R packed for recurrent_block: float's (H rounded up to 32
+// units) is at least double's (to 16), so one size serves both.
+int64_t packed_size(const Config& c) { return packed_recurrent_size<float>(c.H, c.O()); }
+
 struct ForwardLayout {
-  int64_t xp, z, c, hp, m, h, cs, zt, total;
+  int64_t xp, z, c, hp, m, h, cs, zt, rp, total;
 };
 
 ForwardLayout forward_layout(const Config& c, bool training) {
-  const int64_t rows = mul(training ? c.T : std::min(c.T, kInferenceChunk), c.B);
+  const int64_t rows = mul(training ? c.T : std::min(c.T, inference_chunk(c.B)), c.B);
   ForwardLayout L{};
   Carve take;
   L.xp = take(gathers(c) ? mul(rows, c.I) : 0);               // [rows,I] gathered inputs
@@ -48,15 +53,16 @@ ForwardLayout forward_layout(const Config& c, bool training) {
   L.c = take(training ? mul(add(rows, c.B), c.H) : 0);        // [B+rows,H] c0, then c_t
   L.hp = take(training ? mul(rows, c.O()) : 0);               // [rows,O] h_{t-1}
   L.m = take(c.P > 0 ? mul(training ? rows : c.B, c.H) : 0);  // [rows or B,H] m_t
-  L.h = take(mul(c.B, c.O()));                                // [B,O] current h
+  L.h = take(mul(2 * c.B, c.O()));                            // [2,B,O] h, alternating
   L.cs = take(training ? 0 : mul(2 * c.B, c.H));  // [2,B,H] c, alternating between steps
   L.zt = take(mul(4 * c.H, c.B));                 // [4H,B] the recurrent product, gate-major
+  L.rp = take(c.P == 0 ? packed_size(c) : 0);     // R packed (recurrent.h)
   L.total = take.used;
   return L;
 }
 
 struct BackwardLayout {
-  int64_t dz, dh_all, dm, dh, dc, dxp, total;
+  int64_t dz, dh_all, dm, dh, dc, dxp, rb, total;
 };
 
 BackwardLayout backward_layout(const Config& c) {
@@ -69,6 +75,7 @@ BackwardLayout backward_layout(const Config& c) {
   L.dh = take(mul(c.B, c.O()));                   // [B,O] running dL/dh
   L.dc = take(mul(c.B, c.H));                     // [B,H] running dL/dc
   L.dxp = take(gathers(c) ? mul(rows, c.I) : 0);  // [rows,I]
+  L.rb = take(c.P == 0 ? packed_size(c) : 0);     // R packed by columns (recurrent.h)
   L.total = take.used;
   return L;
 }
@@ -101,11 +108,21 @@ void gather_steps(S* dst, const S* src, const Schedule& s, int64_t k0, int64_t k
                   sizeof(S) * width);
 }
 
-// Step k's rows of src ([batch[k],width]) into their places of a [T,B,width] array.
+// Step k's rows of src ([batch[k],width]) into their places of a [T,B,width]
+// array; columns [c0, c1) only, if given.
 template <typename S>
-void scatter_step(S* dst, const S* src, const Schedule& s, int64_t k, int64_t B, int64_t width) {
+void scatter_step(S* dst, const S* src, const Schedule& s, int64_t k, int64_t B, int64_t width,
+                  int64_t c0 = 0, int64_t c1 = -1) {
+  const int64_t n = (c1 < 0 ? width : c1) - c0;
   for (int64_t j = 0; j < s.batch[k]; ++j)
-    std::memcpy(dst + s.row(k, j, B) * width, src + j * width, sizeof(S) * width);
+    std::memcpy(dst + s.row(k, j, B) * width + c0, src + j * width + c0, sizeof(S) * n);
+}
+
+// Columns [c0, c1) of rows [0, n) of src [n,width] into dst [n,width].
+template <typename S>
+void copy_columns(S* dst, const S* src, int64_t n, int64_t width, int64_t c0, int64_t c1) {
+  for (int64_t j = 0; j < n; ++j)
+    std::memcpy(dst + j * width + c0, src + j * width + c0, sizeof(S) * (c1 - c0));
 }
 
 // ---- the fused pointwise passes --------------------------------------------
@@ -133,6 +150,9 @@ LSTM_EXT_CLONES void cell_forward_rows(S* LSTM_EXT_RESTRICT z, S* LSTM_EXT_RESTR
                                        int64_t H, int64_t j0, int64_t j1) {
   for (int64_t n = 0; n < nb; ++n) {
     S* zn = z + n * 4 * H;  // [4H]
+                            // Unit j reads and (with kSave) writes zn at j, H+j, 2H+j, 3H+j only:
+                            // no dependence between units, which the compiler cannot see alone.
+#pragma GCC ivdep
     for (int64_t j = j0; j < j1; ++j) {
       cell::Gates<S> zz = cell::load_gates(zn, j, H);
       if (b) zz = {zz.i + b[j], zz.f + b[H + j], zz.g + b[2 * H + j], zz.o + b[3 * H + j]};
@@ -203,6 +223,13 @@ void over_units(int64_t rows, int64_t H, F&& fn) {
   parallel_for(blocks, [&](int64_t k) { fn(k * kUnits, std::min(H, (k + 1) * kUnits)); });
 }
 
+// Threads for a step of nb rows: one per 32K multiply-adds of the recurrent
+// product (a step of B = 1, H = 128 splits in two), whole blocks each. Only
+// speed depends on it: every block is computed the same way on any thread.
+int team_size(int64_t nb, int64_t H, int64_t O) {
+  return int(std::clamp<int64_t>(nb * 4 * H * O / 32768, 1, 1024));
+}
+
 }  // namespace
 
 int64_t forward_workspace_size(const Config& c, bool training) {
@@ -234,20 +261,24 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
   const Schedule s = make_schedule(cfg);
   const S clip = S(cfg.clip);
 
-  S *Xp = ws + L.xp, *Z = ws + L.z, *Hp = ws + L.hp, *M = ws + L.m, *h = ws + L.h;
+  S *Xp = ws + L.xp, *Z = ws + L.z, *Hp = ws + L.hp, *M = ws + L.m;
   // c_{k} rows in schedule order; k = -1 is c0. Inference keeps one [B,H] state.
   auto c_at = [&](int64_t k) {
     if (training) return ws + L.c + (k < 0 ? 0 : B + s.offset[k]) * H;
     return ws + L.cs + ((k + 1) & 1) * B * H;  // two buffers, so c never aliases c_prev
   };
-  gather_state(h, h0, s, B, O);
+  // h_{k-1}, the input of step k: two [B,O] buffers, step k writes the other.
+  auto h_at = [&](int64_t k) { return ws + L.h + (k & 1) * B * O; };
+  gather_state(h_at(0), h0, s, B, O);
   gather_state(c_at(-1), c0, s, B, H);
   if (gathers(cfg)) {
     std::fill(y, y + T * B * O, S(0));
     if (cell_states) std::fill(cell_states, cell_states + T * B * H, S(0));
   }
+  const bool packed = P == 0 && packed_recurrent_enabled();  // R packed (recurrent.h)
+  const int64_t blocks = recurrent_blocks<S>(H);
 
-  const int64_t chunk = training ? std::max<int64_t>(s.K, 1) : kInferenceChunk;
+  const int64_t chunk = training ? std::max<int64_t>(s.K, 1) : inference_chunk(B);
   for (int64_t k0 = 0; k0 < s.K; k0 += chunk) {
     const int64_t k1 = std::min(s.K, k0 + chunk), r0 = s.offset[k0], rows = s.offset[k1] - r0;
     const int64_t at = training ? r0 : 0;  // where this chunk sits in Xp and Z
@@ -257,32 +288,66 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
       xin = Xp + at * I;
     }
     gemm(Op::N, Op::T, rows, G, I, S(1), xin, I, w.W, I, S(0), Z + at * G, G);  // [rows,4H]
+    auto z_at = [&](int64_t k) { return Z + (at + s.offset[k] - r0) * G; };     // [batch[k],4H]
 
-    for (int64_t k = k0; k < k1; ++k) {
-      const int64_t nb = s.batch[k];
-      S* z = Z + (at + s.offset[k] - r0) * G;  // [nb,4H]
-      if (training) std::memcpy(Hp + s.offset[k] * O, h, sizeof(S) * nb * O);
-      recurrent_product(z, ws + L.zt, h, w.R, nb, G, O);
-      S* c = c_at(k);
-      S* m = P > 0 ? M + (training ? s.offset[k] * H : 0) : h;  // [nb,H]
-      dispatch(
-          [&](auto save, auto peep, auto clipped, auto coupled) {
-            over_units(nb, H, [&](int64_t j0, int64_t j1) {
-              cell_forward_rows<decltype(save)::value, decltype(peep)::value,
-                                decltype(clipped)::value, decltype(coupled)::value>(
-                  z, c, m, c_at(k - 1), w.b, w.peephole, clip, nb, H, j0, j1);
-            });
-          },
-          training, w.peephole != nullptr, cfg.clip > 0, cfg.input_forget);
-      if (P > 0) gemm(Op::N, Op::T, nb, P, H, S(1), m, H, w.W_hr, H, S(0), h, P);  // [nb,P]
-      scatter_step(y, h, s, k, B, O);
-      if (cell_states) scatter_step(cell_states, c, s, k, B, H);
-    }
+    dispatch(
+        [&](auto save, auto peep, auto clipped, auto coupled) {
+          // The gate pass of step k for units [j0, j1): c_k, and m_k into m.
+          auto cells = [&](int64_t k, S* m, int64_t j0, int64_t j1) {
+            cell_forward_rows<decltype(save)::value, decltype(peep)::value,
+                              decltype(clipped)::value, decltype(coupled)::value>(
+                z_at(k), c_at(k), m, c_at(k - 1), w.b, w.peephole, clip, s.batch[k], H, j0, j1);
+          };
+          if (packed) {
+            // Each thread owns a range of unit blocks for the whole chunk: it
+            // packs them (in the first chunk), computes their products, gate
+            // pass and outputs; one barrier a step, since step k+1 reads all
+            // of h_k. Later chunks read blocks other threads packed: the
+            // end of a team is a synchronisation point.
+            parallel_team(int(std::min<int64_t>(blocks, team_size(s.batch[k0], H, O))),
+                          [&](int t, int n, Barrier& barrier) {
+                            const int64_t u0 = blocks * t / n, u1 = blocks * (t + 1) / n;
+                            const int64_t j0 = std::min(H, u0 * kPanel<S>),
+                                          j1 = std::min(H, u1 * kPanel<S>);
+                            if (k0 == 0)
+                              for (int64_t u = u0; u < u1; ++u)
+                                pack_recurrent_block(ws + L.rp, w.R, H, O, u);
+                            for (int64_t k = k0; k < k1; ++k) {
+                              const int64_t nb = s.batch[k];
+                              const S* hin = h_at(k);
+                              S* hout = h_at(k + 1);
+                              if (training) copy_columns(Hp + s.offset[k] * O, hin, nb, O, j0, j1);
+                              for (int64_t u = u0; u < u1; ++u)
+                                recurrent_block(z_at(k), G, hin, O, ws + L.rp, nb, H, O, u);
+                              cells(k, hout, j0, j1);
+                              scatter_step(y, hout, s, k, B, O, j0, j1);
+                              if (cell_states)
+                                scatter_step(cell_states, c_at(k), s, k, B, H, j0, j1);
+                              barrier.wait();
+                            }
+                          });
+            return;
+          }
+          for (int64_t k = k0; k < k1; ++k) {
+            const int64_t nb = s.batch[k];
+            const S* hin = h_at(k);
+            S* hout = h_at(k + 1);
+            if (training) std::memcpy(Hp + s.offset[k] * O, hin, sizeof(S) * nb * O);
+            recurrent_product(z_at(k), ws + L.zt, hin, w.R, nb, G, O);
+            S* m = P > 0 ? M + (training ? s.offset[k] * H : 0) : hout;  // [nb,H]
+            over_units(nb, H, [&](int64_t j0, int64_t j1) { cells(k, m, j0, j1); });
+            if (P > 0) gemm(Op::N, Op::T, nb, P, H, S(1), m, H, w.W_hr, H, S(0), hout, P);
+            scatter_step(y, hout, s, k, B, O);
+            if (cell_states) scatter_step(cell_states, c_at(k), s, k, B, H);
+          }
+        },
+        training, w.peephole != nullptr, cfg.clip > 0, cfg.input_forget);
   }
 
-  scatter_state(hT, h, s, B, O);
-  for (int64_t j = 0; j < B; ++j)  // each row's c after its last valid step
+  for (int64_t j = 0; j < B; ++j) {  // each row's state after its last valid step
+    std::memcpy(hT + s.perm[j] * O, h_at(s.len[j]) + j * O, sizeof(S) * O);
     std::memcpy(cT + s.perm[j] * H, c_at(s.len[j] - 1) + j * H, sizeof(S) * H);
+  }
 }
 
 template <typename S>
@@ -305,32 +370,62 @@ void lstm_backward(S* dx, S* dh0, S* dc0, const Grads<S>& g, S* scr, In<S> ws, I
   gather_state(dc, dcT, s, B, H);
   if (w.peephole) std::fill(g.dpeephole, g.dpeephole + 3 * H, S(0));
 
-  for (int64_t k = s.K - 1; k >= 0; --k) {
-    const int64_t nb = s.batch[k];
-    if (dy)  // dh = dL/dh_k in total
-      for (int64_t j = 0; j < nb; ++j) {
+  // dh[j][u] += dy at step k, for rows j < batch[k] and columns [u0, u1).
+  auto add_dy = [&](int64_t k, int64_t u0, int64_t u1) {
+    if (dy)
+      for (int64_t j = 0; j < s.batch[k]; ++j) {
         const S* dyj = dy + s.row(k, j, B) * O;
-        for (int64_t u = 0; u < O; ++u) dh[j * O + u] += dyj[u];
+        for (int64_t u = u0; u < u1; ++u) dh[j * O + u] += dyj[u];
       }
-    const S* dmk = dh;
-    if (P > 0) {
-      std::memcpy(DH + s.offset[k] * P, dh, sizeof(S) * nb * P);
-      gemm(Op::N, Op::N, nb, H, P, S(1), dh, P, w.W_hr, H, S(0), dm, H);  // [nb,H]
-      dmk = dm;
-    }
-    S* dz = dZ + s.offset[k] * G;  // [nb,4H]
-    dispatch(
-        [&](auto peep, auto clipped, auto coupled) {
-          over_units(nb, H, [&](int64_t j0, int64_t j1) {
-            cell_backward_rows<decltype(peep)::value, decltype(clipped)::value,
-                               decltype(coupled)::value>(dz, dc, g.dpeephole, Z + s.offset[k] * G,
-                                                         c_at(k - 1), c_at(k), dmk, w.peephole,
-                                                         clip, nb, H, j0, j1);
-          });
-        },
-        w.peephole != nullptr, cfg.clip > 0, cfg.input_forget);
-    gemm(Op::N, Op::N, nb, O, G, S(1), dz, G, w.R, O, S(0), dh, O);  // dL/dh_{k-1} [nb,O]
-  }
+  };
+  const bool packed = P == 0 && s.K > 0 && packed_recurrent_enabled();
+  dispatch(
+      [&](auto peep, auto clipped, auto coupled) {
+        // The gate pass of step k for units [j0, j1): dz_k, and dc.
+        auto cells = [&](int64_t k, const S* dmk, int64_t j0, int64_t j1) {
+          cell_backward_rows<decltype(peep)::value, decltype(clipped)::value,
+                             decltype(coupled)::value>(
+              dZ + s.offset[k] * G, dc, g.dpeephole, Z + s.offset[k] * G, c_at(k - 1), c_at(k), dmk,
+              w.peephole, clip, s.batch[k], H, j0, j1);
+        };
+        if (packed) {
+          // Each thread owns a range of units and the same columns of dh
+          // (O = H): its gate pass, then its columns of dz R once all of dz
+          // is there. One barrier a step.
+          const int64_t blocks = recurrent_blocks<S>(H), K = s.K;
+          parallel_team(
+              int(std::min<int64_t>(blocks, team_size(s.batch[0], H, O))),
+              [&](int t, int n, Barrier& barrier) {
+                const int64_t u0 = blocks * t / n, u1 = blocks * (t + 1) / n;
+                const int64_t j0 = std::min(H, u0 * kPanel<S>), j1 = std::min(H, u1 * kPanel<S>);
+                for (int64_t u = u0; u < u1; ++u) pack_columns(scr + BL.rb, w.R, G, O, u);
+                for (int64_t k = K - 1; k >= 0; --k) {
+                  const int64_t nb = s.batch[k];
+                  add_dy(k, j0, j1);
+                  cells(k, dh, j0, j1);
+                  barrier.wait();
+                  for (int64_t j = 0; j < nb; ++j)
+                    std::fill(dh + j * O + j0, dh + j * O + j1, S(0));
+                  column_product(dh, O, dZ + s.offset[k] * G, G, scr + BL.rb, nb, G, j0, j1);
+                }
+              });
+          return;
+        }
+        for (int64_t k = s.K - 1; k >= 0; --k) {
+          const int64_t nb = s.batch[k];
+          add_dy(k, 0, O);  // dh = dL/dh_k in total
+          const S* dmk = dh;
+          if (P > 0) {
+            std::memcpy(DH + s.offset[k] * P, dh, sizeof(S) * nb * P);
+            gemm(Op::N, Op::N, nb, H, P, S(1), dh, P, w.W_hr, H, S(0), dm, H);  // [nb,H]
+            dmk = dm;
+          }
+          over_units(nb, H, [&](int64_t j0, int64_t j1) { cells(k, dmk, j0, j1); });
+          gemm(Op::N, Op::N, nb, O, G, S(1), dZ + s.offset[k] * G, G, w.R, O, S(0), dh,
+               O);  // dL/dh_{k-1} [nb,O]
+        }
+      },
+      w.peephole != nullptr, cfg.clip > 0, cfg.input_forget);
 
   const int64_t N = s.N();
   gemm(Op::N, Op::N, N, I, G, S(1), dZ, G, w.W, I, S(0), dXp, I);  // [N,I]

@@ -2,7 +2,9 @@
 
 #include <sched.h>
 
+#include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdlib>
 #include <exception>
@@ -20,6 +22,26 @@ namespace lstm_ext {
 void blas_set_num_threads(int n);  // blas.cpp
 
 namespace {
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
+// Spins until pred() holds or about 100 us have passed; says which. Workers
+// and callers spin before they sleep: waking a sleeping thread costs tens to
+// hundreds of microseconds on a virtual machine whose idle CPU has halted,
+// more than a whole step of a small LSTM.
+template <typename Pred>
+bool spin_until(Pred pred) {
+  const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(100);
+  for (int i = 1;; ++i) {
+    if (pred()) return true;
+    cpu_relax();
+    if (i % 64 == 0 && std::chrono::steady_clock::now() > until) return false;
+  }
+}
 
 // A fixed set of worker threads that join the caller on one region of tasks
 // at a time.
@@ -44,25 +66,42 @@ class Pool {
       for (int64_t i = 0; i < n; ++i) fn(i);
       return;
     }
+    region_run(n, fn, false);
+  }
+
+  // fn(t) for t < n on n different threads at once; false (nothing run) if
+  // the pool is busy or too small.
+  bool team(int n, const std::function<void(int64_t)>& fn) {
+    std::unique_lock<std::mutex> region(region_, std::try_to_lock);
+    if (n > size() || n <= 1 || !region) return false;
+    region_run(n, fn, true);
+    return true;
+  }
+
+ private:
+  void region_run(int64_t n, const std::function<void(int64_t)>& fn, bool once) {
     {
       std::lock_guard<std::mutex> lk(m_);
       fn_ = &fn;
       n_ = n;
+      once_ = once;
       next_ = 0;
       done_ = 0;
       error_ = nullptr;
-      ++generation_;
+      generation_.fetch_add(1, std::memory_order_release);
     }
     wake_.notify_all();
-    work(fn, n);
+    work(fn, n, once);
+    auto finished = [&] { return done_ == n && active_ == 0; };
+    spin_until(finished);
     std::unique_lock<std::mutex> lk(m_);
-    finished_.wait(lk, [&] { return done_ == n_ && active_ == 0; });
+    finished_.wait(lk, finished);
     fn_ = nullptr;
     if (error_) std::rethrow_exception(error_);
   }
 
- private:
-  void work(const std::function<void(int64_t)>& fn, int64_t n) {
+  // Tasks until none is left; with once, at most one (a team member).
+  void work(const std::function<void(int64_t)>& fn, int64_t n, bool once) {
     for (int64_t i; (i = next_.fetch_add(1)) < n;) {
       try {
         fn(i);
@@ -72,6 +111,7 @@ class Pool {
       }
       std::lock_guard<std::mutex> lk(m_);
       if (++done_ == n_) finished_.notify_all();
+      if (once) break;
     }
   }
 
@@ -80,6 +120,8 @@ class Pool {
     for (;;) {
       const std::function<void(int64_t)>* fn;
       int64_t n;
+      bool once;
+      spin_until([&] { return generation_.load(std::memory_order_acquire) != seen; });
       {
         std::unique_lock<std::mutex> lk(m_);
         wake_.wait(lk, [&] { return stop_ || (generation_ != seen && fn_ != nullptr); });
@@ -87,9 +129,10 @@ class Pool {
         seen = generation_;
         fn = fn_;
         n = n_;
+        once = once_;
         ++active_;  // the region does not end while this worker is inside it
       }
-      work(*fn, n);
+      work(*fn, n, once);
       std::lock_guard<std::mutex> lk(m_);
       if (--active_ == 0) finished_.notify_all();
     }
@@ -100,11 +143,12 @@ class Pool {
   std::mutex m_;
   std::condition_variable wake_, finished_;
   const std::function<void(int64_t)>* fn_ = nullptr;
-  int64_t n_ = 0, done_ = 0;
-  int active_ = 0;
+  int64_t n_ = 0;
+  std::atomic<int64_t> done_{0};  // changed under m_, read while spinning
+  std::atomic<int> active_{0};
   std::atomic<int64_t> next_{0};
-  uint64_t generation_ = 0;
-  bool stop_ = false;
+  std::atomic<uint64_t> generation_{0};
+  bool stop_ = false, once_ = false;
   std::exception_ptr error_;
 };
 
@@ -138,6 +182,36 @@ int blas_depth = 0, blas_saved = 1;
 }  // namespace
 
 void parallel_for(int64_t n, const std::function<void(int64_t)>& fn) { pool()->run(n, fn); }
+
+void Barrier::wait() {
+  if (n_ == 1) return;
+  const uint32_t phase = phase_.load(std::memory_order_acquire);
+  if (arrived_.fetch_add(1, std::memory_order_acq_rel) == n_ - 1) {
+    arrived_.store(0, std::memory_order_relaxed);
+    phase_.store(phase + 1, std::memory_order_release);
+    return;
+  }
+  // Spin for a few microseconds (a step of a small LSTM is about that long),
+  // then give the core away: on a busy machine a spinning thread could keep
+  // the one it waits for off the core.
+  for (int spins = 0; phase_.load(std::memory_order_acquire) == phase; ++spins) {
+    if (spins < 4000)
+      cpu_relax();
+    else
+      std::this_thread::yield();
+  }
+}
+
+void parallel_team(int want, const std::function<void(int, int, Barrier&)>& fn) {
+  auto p = pool();
+  const int n = std::min(want, p->size());
+  if (n > 1) {
+    Barrier barrier(n);
+    if (p->team(n, [&](int64_t t) { fn(int(t), n, barrier); })) return;
+  }
+  Barrier alone(1);
+  fn(0, 1, alone);
+}
 
 int get_num_threads() { return pool()->size(); }
 

@@ -5,6 +5,7 @@
 // (BlasSerial), so the two never oversubscribe the cores.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 
@@ -14,6 +15,24 @@ namespace lstm_ext {
 // all are done, rethrowing the first exception a task threw. Calls from
 // several threads at once are safe (one runs on the pool, the others inline).
 void parallel_for(int64_t n, const std::function<void(int64_t)>& fn);
+
+// A barrier for the threads of one team: spins briefly, then yields.
+class Barrier {
+ public:
+  explicit Barrier(int n) : n_(n) {}
+  void wait();
+
+ private:
+  const int n_;
+  std::atomic<int> arrived_{0};
+  std::atomic<uint32_t> phase_{0};
+};
+
+// Runs fn(t, n, barrier) on n threads at once, t = 0..n-1, n = min(want, the
+// pool's size), with a barrier for the n of them; n = 1 (on the calling
+// thread) where the pool is busy with another caller. fn must not throw: a
+// thread that left early would leave the others waiting at the barrier.
+void parallel_team(int want, const std::function<void(int, int, Barrier&)>& fn);
 
 // While one exists (in any thread), the BLAS uses one thread; the count it
 // had comes back when the last one ends.

@@ -3,7 +3,9 @@
 import numpy as np
 from numpy.typing import ArrayLike
 
-inference_chunk: int
+def inference_chunk(B: int) -> int: ...
+def packed_recurrent_enabled() -> bool: ...
+def set_packed_recurrent(on: bool) -> bool: ...
 
 class Cache:
     @property

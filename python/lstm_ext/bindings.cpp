@@ -165,7 +165,8 @@ PYBIND11_MODULE(_core, m) {
       });
 
   def_calls(m, &forward, &backward, &step);
-  m.attr("inference_chunk") = lstm_ext::kInferenceChunk;
+  m.def("inference_chunk", &lstm_ext::inference_chunk, py::arg("B"),
+        "Steps whose input projection inference keeps at once, for a batch of B.");
   m.def(
       "_model_from_bytes",
       [](const py::bytes& data) {
@@ -193,5 +194,9 @@ PYBIND11_MODULE(_core, m) {
   m.def("get_num_threads", &lstm_ext::get_num_threads, "lstm_ext's threads.");
   m.def("set_num_threads", &lstm_ext::set_num_threads, py::arg("n"),
         "Set lstm_ext's threads (results are the same bits for any count).");
+  m.def("packed_recurrent_enabled", &lstm_ext::packed_recurrent_enabled,
+        "Whether the recurrent product runs on R packed for AVX-512 (else per step in the BLAS).");
+  m.def("set_packed_recurrent", &lstm_ext::set_packed_recurrent, py::arg("on"),
+        "Switch the packed AVX-512 recurrent product on or off; returns the previous setting.");
   m.def("build_description", &lstm_ext::build_description, "Compiler and options of the core.");
 }

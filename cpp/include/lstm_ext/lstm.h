@@ -92,9 +92,16 @@ struct Grads {
 
 // Elements (not bytes) of the workspace forward needs. Training keeps the
 // gates, cell states and inputs of every step (O(T*B*(I+H+O))); inference
-// keeps a chunk of kInferenceChunk steps' input projection and the state,
-// O(B*H) whatever T is. Throws std::length_error where a count overflows.
-constexpr int64_t kInferenceChunk = 16;
+// keeps the input projection of a chunk of inference_chunk(B) steps (at least
+// kInferenceChunk, and enough for kInferenceChunkRows rows, so that a small
+// batch's projection is one GEMM of a useful size) and the state, O(B*H)
+// whatever T is. Both hold R packed for the recurrent product when P = 0.
+// Throws std::length_error where a count overflows.
+constexpr int64_t kInferenceChunk = 16, kInferenceChunkRows = 256;
+inline int64_t inference_chunk(int64_t B) {
+  return B <= 0 || B * kInferenceChunk >= kInferenceChunkRows ? kInferenceChunk
+                                                              : (kInferenceChunkRows + B - 1) / B;
+}
 int64_t forward_workspace_size(const Config& cfg, bool training);
 
 // Elements of the scratch backward needs.

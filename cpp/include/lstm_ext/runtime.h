@@ -19,6 +19,14 @@ int blas_num_threads();
 int get_num_threads();
 void set_num_threads(int n);
 
+// The recurrent product on R packed once per call, with an AVX-512 kernel
+// (where the CPU has AVX-512F, unless LSTM_EXT_PACKED_RECURRENT=0), or each
+// step through the BLAS. Both are checked against the same reference; on one
+// machine each gives the same bits at any thread count. set_packed_recurrent
+// returns the previous setting (it stays off where the CPU cannot).
+bool packed_recurrent_enabled();
+bool set_packed_recurrent(bool on);
+
 // The compiler and options this library was built with, one line.
 std::string build_description();
 

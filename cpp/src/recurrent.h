@@ -1,0 +1,58 @@
+// The recurrent product z[nb,4H] += h[nb,O] R^T of one step, on R packed once
+// per call, in blocks of hidden units that a thread keeps in its cache from
+// step to step (the DeepCPU layout; dev/perf-notes.md, change 6).
+//
+// Block u holds units [u*kPanel, (u+1)*kPanel) of all four gates: four panels
+// of [O,kPanel] (k-major, so one k is two 512-bit vectors), zero past H:
+//   Rp [blocks,4,O,kPanel],  Rp[u][g][k][c] = R[g*H + u*kPanel + c][k]
+// Every element of z is its entry value plus h[n][k] * R[q][k] for k = 0, 1,
+// ..., O-1, one fused multiply-add at a time in that order, whatever the
+// batch, the block or the thread: the same bits at any thread count.
+// Internal: not installed.
+#pragma once
+
+#include <cstdint>
+
+#include "lstm_ext/runtime.h"  // packed_recurrent_enabled
+
+namespace lstm_ext {
+namespace detail {
+
+// Units per block: two 512-bit vectors of S.
+template <typename S>
+constexpr int64_t kPanel = int64_t(128 / sizeof(S));
+
+template <typename S>
+int64_t recurrent_blocks(int64_t H) {
+  return (H + kPanel<S> - 1) / kPanel<S>;
+}
+
+// Elements of Rp for H units and O columns of R.
+template <typename S>
+int64_t packed_recurrent_size(int64_t H, int64_t O);
+
+// Rp's block u from R [4H,O].
+template <typename S>
+void pack_recurrent_block(S* Rp, const S* R, int64_t H, int64_t O, int64_t u);
+
+// z[n][g*H + j] += sum_k h[n][k] R[g*H + j][k] for n < nb, the four gates g
+// and the units j of block u. z [nb,ldz] (ldz >= 4H), h [nb,ldh] (ldh >= O).
+// Needs packed_recurrent_enabled() (throws std::logic_error where it is not
+// compiled in).
+template <typename S>
+void recurrent_block(S* z, int64_t ldz, const S* h, int64_t ldh, const S* Rp, int64_t nb, int64_t H,
+                     int64_t O, int64_t u);
+
+// The same kernel for a product with a long inner dimension, as backward's
+// dL/dh = dz R ([nb,4H] x [4H,O]): B [K,N] packed in panels of kPanel columns,
+//   Bp [ceil(N/kPanel),K,kPanel],  Bp[p][k][c] = B[k][p*kPanel + c]  (0 past N)
+// pack_columns fills panel p. column_product computes columns [c0, c1) of
+//   z[nb,ldz] += a[nb,lda] B,   c0 a multiple of kPanel, summing over k in order.
+template <typename S>
+void pack_columns(S* Bp, const S* B, int64_t K, int64_t N, int64_t p);
+template <typename S>
+void column_product(S* z, int64_t ldz, const S* a, int64_t lda, const S* Bp, int64_t nb, int64_t K,
+                    int64_t c0, int64_t c1);
+
+}  // namespace detail
+}  // namespace lstm_ext

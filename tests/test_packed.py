@@ -1,0 +1,108 @@
+"""The two CPU paths of the recurrent product against lstm_ext.reference.
+
+Where the CPU has AVX-512F the core multiplies by R packed once per call, in
+blocks of 32 (float32) or 16 (float64) hidden units with a hand-written kernel
+(cpp/src/recurrent.cpp); elsewhere, and with set_packed_recurrent(False),
+each step calls the BLAS. The rest of the suite runs whichever this machine
+uses; this file runs both on the same problems. The shapes cover every row
+count the kernel has its own code for (1 to 12 rows at a time and the rest),
+hidden sizes that are not a multiple of the block (masked edges), blocks
+split over threads, ragged and reversed batches, peepholes and clipping.
+Tolerances as in test_features (RTOL 1e-12 float64, 1e-5 float32): both
+paths add the same O(H) products per step, in a different order.
+"""
+
+import numpy as np
+import pytest
+from test_features import check, features_problem, run_both
+
+import lstm_ext
+from lstm_ext import _core
+
+_before = _core.set_packed_recurrent(True)
+HAS_PACKED = _core.packed_recurrent_enabled()  # it stays off where the CPU cannot
+_core.set_packed_recurrent(_before)
+PATHS = [
+    pytest.param(True, id="packed"),
+    pytest.param(False, id="blas"),
+]
+
+
+@pytest.fixture(params=PATHS)
+def path(request):
+    if request.param and not HAS_PACKED:
+        pytest.skip("this CPU has no AVX-512F: the packed kernel is not used here")
+    before = _core.set_packed_recurrent(request.param)
+    assert _core.packed_recurrent_enabled() == request.param
+    yield request.param
+    _core.set_packed_recurrent(before)
+
+
+SHAPES = [  # (T, B, I, H)
+    (3, 1, 5, 1),
+    (4, 2, 7, 17),
+    (5, 3, 3, 33),
+    (3, 4, 6, 40),
+    (2, 5, 4, 64),
+    (3, 11, 9, 31),
+    (2, 12, 8, 16),
+    (3, 13, 5, 47),
+    (2, 25, 3, 70),
+    (9, 2, 16, 130),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_path_matches_reference(rng, path, shape, dtype):
+    T, B, I, H = shape
+    p, kw = features_problem(rng, T, B, I, H, dtype)
+    check(*run_both(p, kw, dtype), dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(reverse=True),
+        dict(ragged=True),
+        dict(ragged=True, reverse=True, peephole=True),
+        dict(clip=0.7, input_forget=True),
+    ],
+    ids=["reverse", "ragged", "ragged-reverse-peephole", "clip-coupled"],
+)
+def test_path_features(rng, path, options, dtype):
+    T, B, I, H = 7, 14, 6, 45
+    opts = dict(options)
+    lengths = rng.integers(0, T + 1, B) if opts.pop("ragged", False) else None
+    p, kw = features_problem(rng, T, B, I, H, dtype, lengths=lengths, **opts)
+    check(*run_both(p, kw, dtype), dtype)
+
+
+def test_inference_matches_training_on_both_paths(rng, path):
+    # Inference runs the input projection in chunks; the recurrence must give
+    # the same bits as training's, which keeps every step.
+    T = 3 * _core.inference_chunk(3) + 1
+    p, _ = features_problem(rng, T, 3, 4, 37, np.float32)
+    args = [p[k] for k in ("x", "W", "R", "b", "h0", "c0")]
+    a = lstm_ext.forward(*args, training=False)
+    b = lstm_ext.forward(*args, training=True)
+    for u, v in zip(a[:3], b[:3], strict=True):
+        np.testing.assert_array_equal(u, v)
+
+
+def test_paths_agree(rng):
+    if not HAS_PACKED:
+        pytest.skip("this CPU has no AVX-512F: only the BLAS path runs here")
+    p, _ = features_problem(rng, 20, 9, 24, 96, np.float64)
+    args = [p[k] for k in ("x", "W", "R", "b", "h0", "c0")]
+    outs = {}
+    for on in (True, False):
+        before = _core.set_packed_recurrent(on)
+        try:
+            f = lstm_ext.forward(*args)
+            outs[on] = [*f[:3], *lstm_ext.backward(f.cache, p["dy"], p["dh"], p["dc"])[:6]]
+        finally:
+            _core.set_packed_recurrent(before)
+    for a, b in zip(outs[True], outs[False], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
