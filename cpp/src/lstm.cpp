@@ -253,7 +253,7 @@ int64_t step_scratch_size(const Config& c) {
 template <typename S>
 void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, In<S> h0, In<S> c0,
                   const Weights<S>& w, const Config& cfg, bool training) {
-  const BlasSerial serial;  // lstm_ext parallelises; the BLAS runs single-threaded
+  use_serial_blas();  // lstm_ext parallelises; the BLAS runs single-threaded
   check_config(cfg);
   const int64_t T = cfg.T, B = cfg.B, I = cfg.I, H = cfg.H, P = cfg.P, O = cfg.O(), G = 4 * H;
   const ForwardLayout L = forward_layout(cfg, training);
@@ -353,7 +353,7 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
 template <typename S>
 void lstm_backward(S* dx, S* dh0, S* dc0, const Grads<S>& g, S* scr, In<S> ws, In<S> x, In<S> dy,
                    In<S> dhT, In<S> dcT, const Weights<S>& w, const Config& cfg) {
-  const BlasSerial serial;  // lstm_ext parallelises; the BLAS runs single-threaded
+  use_serial_blas();  // lstm_ext parallelises; the BLAS runs single-threaded
   check_config(cfg);
   const int64_t T = cfg.T, B = cfg.B, I = cfg.I, H = cfg.H, P = cfg.P, O = cfg.O(), G = 4 * H;
   const ForwardLayout L = forward_layout(cfg, true);
@@ -446,7 +446,7 @@ void lstm_backward(S* dx, S* dh0, S* dc0, const Grads<S>& g, S* scr, In<S> ws, I
 template <typename S>
 void lstm_step(S* h_out, S* c_out, S* scr, In<S> x, In<S> h, In<S> c, const Weights<S>& w,
                const Config& cfg) {
-  const BlasSerial serial;  // lstm_ext parallelises; the BLAS runs single-threaded
+  use_serial_blas();  // lstm_ext parallelises; the BLAS runs single-threaded
   const int64_t B = cfg.B, I = cfg.I, H = cfg.H, P = cfg.P, O = cfg.O(), G = 4 * H;
   require(scr, "scratch", step_scratch_size(cfg));
   require(h_out, "h_out", B * O);
@@ -454,9 +454,6 @@ void lstm_step(S* h_out, S* c_out, S* scr, In<S> x, In<S> h, In<S> c, const Weig
   require(x, "x", B * I);
   require_weights(w, cfg);
   S* z = scr;  // [B,4H]
-  gemm(Op::N, Op::T, B, G, I, S(1), x, I, w.W, I, S(0), z, G);
-  // h is read in full here, before h_out (which may alias it) is written.
-  if (h) gemm(Op::N, Op::T, B, G, O, S(1), h, O, w.R, O, S(1), z, G);
   // The fused pass reads c_prev and writes c_out through unaliased pointers.
   S* c_prev = scr + B * G;  // [B,H]
   if (c)
@@ -464,6 +461,9 @@ void lstm_step(S* h_out, S* c_out, S* scr, In<S> x, In<S> h, In<S> c, const Weig
   else
     std::fill(c_prev, c_prev + B * H, S(0));
   S* m = P > 0 ? c_prev + B * H : h_out;  // [B,H]
+  gemm(Op::N, Op::T, B, G, I, S(1), x, I, w.W, I, S(0), z, G);
+  // h is read in full here, before h_out (which may alias it) is written.
+  if (h) gemm(Op::N, Op::T, B, G, O, S(1), h, O, w.R, O, S(1), z, G);
   dispatch(
       [&](auto peep, auto clipped, auto coupled) {
         cell_forward_rows<false, decltype(peep)::value, decltype(clipped)::value,

@@ -176,8 +176,6 @@ std::shared_ptr<Pool> pool() {
   return p;
 }
 
-std::mutex blas_m;
-int blas_depth = 0, blas_saved = 1;
 
 }  // namespace
 
@@ -224,17 +222,8 @@ void set_num_threads(int n) {
   pool_slot().swap(fresh);  // the old pool goes when its last region ends
 }
 
-BlasSerial::BlasSerial() {
-  std::lock_guard<std::mutex> lk(blas_m);
-  if (blas_depth++ == 0) {
-    blas_saved = blas_num_threads();
-    if (blas_saved != 1) blas_set_num_threads(1);
-  }
-}
-
-BlasSerial::~BlasSerial() {
-  std::lock_guard<std::mutex> lk(blas_m);
-  if (--blas_depth == 0 && blas_saved != 1) blas_set_num_threads(blas_saved);
+void use_serial_blas() {
+  if (blas_num_threads() != 1) blas_set_num_threads(1);
 }
 
 }  // namespace lstm_ext

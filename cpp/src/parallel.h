@@ -2,7 +2,7 @@
 // only on the problem's shape, never on the thread count, and every piece is
 // computed by single-threaded code; so results are bit-identical whatever
 // the number of threads. The BLAS runs single-threaded inside lstm_ext calls
-// (BlasSerial), so the two never oversubscribe the cores.
+// (use_serial_blas), so the two never oversubscribe the cores.
 #pragma once
 
 #include <atomic>
@@ -34,14 +34,10 @@ class Barrier {
 // thread that left early would leave the others waiting at the barrier.
 void parallel_team(int want, const std::function<void(int, int, Barrier&)>& fn);
 
-// While one exists (in any thread), the BLAS uses one thread; the count it
-// had comes back when the last one ends.
-class BlasSerial {
- public:
-  BlasSerial();
-  ~BlasSerial();
-  BlasSerial(const BlasSerial&) = delete;
-  BlasSerial& operator=(const BlasSerial&) = delete;
-};
+// Sets the BLAS to one thread, if it is not: lstm_ext parallelises on its
+// own threads, cutting products by shape. The setting stays (switching back
+// and forth cost 3.5 us a call): the OpenBLAS lstm_ext links, scipy-openblas32's,
+// is not the one NumPy uses.
+void use_serial_blas();
 
 }  // namespace lstm_ext

@@ -190,7 +190,7 @@ PYBIND11_MODULE(_core, m) {
       py::arg("data"), "Tests only: lstm_ext::Model::from_bytes, its config or a ValueError.");
   m.def("blas_config", &lstm_ext::blas_config, "The BLAS's description of its build.");
   m.def("blas_num_threads", &lstm_ext::blas_num_threads,
-        "Threads the BLAS uses outside lstm_ext calls (inside them: one).");
+        "Threads the BLAS uses: 1 once lstm_ext has run (it parallelises on its own).");
   m.def("get_num_threads", &lstm_ext::get_num_threads, "lstm_ext's threads.");
   m.def("set_num_threads", &lstm_ext::set_num_threads, py::arg("n"),
         "Set lstm_ext's threads (results are the same bits for any count).");

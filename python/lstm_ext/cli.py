@@ -5,20 +5,30 @@ language model of the documentation text every Python ships
 (``pydoc_data.topics``). ``--task adding`` is Hochreiter & Schmidhuber's
 adding problem, ``--task forecast`` a time-series forecast. Every run with
 the same ``--seed`` repeats exactly.
+
+Training saves its checkpoint at every evaluation (atomically: a file is
+either the old one or the new one, whole). Ctrl-C (SIGINT) stops it after
+the step under way, saves nothing more and exits with status 130; the
+checkpoint on disk is the last one completed. A second Ctrl-C stops at once,
+except during a save, which it lets finish first.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
 
 from . import checkpoint, data, losses, nn, optim
 from ._version import __version__
-from .train import TruncatedBPTT, fit, generate, stream_chunks
+from .train import Interrupted, TruncatedBPTT, fit, generate, stream_chunks
 
 TASKS = {  # defaults per task; the command line overrides any of them
     "text": dict(hidden=256, layers=1, steps=600, batch=32, seq_len=64, lr=3e-3,
@@ -212,6 +222,73 @@ def loss_curves(history, train_label="training", eval_label="held-out", window=2
              x, sm), (eval_label, history.eval_steps, history.eval_loss)]  # fmt: skip
 
 
+class _Sigint:
+    """Ctrl-C while training: the first SIGINT asks ``fit`` to stop after the
+    step under way (``fit``'s ``stop``); a second raises KeyboardInterrupt at
+    once, unless a checkpoint is being saved, where it waits for the save to
+    finish. Installed only in the main thread (Python runs signal handlers
+    there); the previous handler comes back on exit."""
+
+    def __init__(self):
+        self.count = 0
+        self.saving = False
+        self._previous = None
+
+    def __call__(self) -> bool:
+        return self.count > 0
+
+    def _handler(self, signum, frame):
+        self.count += 1
+        if self.count == 1:  # os.write: no buffered stream to re-enter from a handler
+            os.write(2, b"\nlstm-ext: interrupted: stopping after this step "
+                        b"(Ctrl-C again to stop now)\n")  # fmt: skip
+        elif not self.saving:
+            raise KeyboardInterrupt
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    @contextlib.contextmanager
+    def uninterrupted(self):
+        self.saving = True
+        try:
+            yield
+        finally:
+            self.saving = False
+        if self.count > 1:
+            raise KeyboardInterrupt
+
+
+def fit_and_save(args, cfg, model, ckpt: Path, meta, *fit_args, **fit_kwargs):
+    """``fit(model, *fit_args, **fit_kwargs)`` saving a checkpoint to ``ckpt``
+    after every evaluation, with ``meta(eval_loss)`` and the steps done as its
+    metadata, and stopping cleanly on Ctrl-C (see the module docstring)."""
+    sigint, saved = _Sigint(), [0]
+
+    def after_eval(done, loss):
+        if not math.isfinite(loss):  # keep the last good checkpoint
+            return
+        with sigint.uninterrupted():
+            checkpoint.save(ckpt, model, None, dict(meta(loss), steps_done=done))
+            saved[0] = done
+
+    with sigint:
+        try:
+            return fit(model, *fit_args, eval_every=cfg["eval_every"], clip=cfg["clip"],
+                       progress=not args.no_progress, after_eval=after_eval, stop=sigint,
+                       **fit_kwargs)  # fmt: skip
+        except KeyboardInterrupt as e:  # Interrupted: between steps; else a second Ctrl-C
+            when = f"after step {e.steps_done}" if isinstance(e, Interrupted) else "during a step"
+            last = f"{ckpt} holds step {saved[0]}" if saved[0] else "no checkpoint saved yet"
+            raise KeyboardInterrupt(f"stopped {when} of {cfg['steps']}; {last}") from None
+
+
 # ---- the tasks -----------------------------------------------------------------
 
 
@@ -238,17 +315,20 @@ def train_text(args, cfg) -> None:
         logits, _ = m(held_streams[:-1], keep_cache=False)
         return losses.softmax_cross_entropy(logits, held_streams[1:])[0]
 
-    history = fit(
-        model, adam(model, cfg), stream_chunks(train_ids, cfg["batch"], cfg["seq_len"]),
-        TruncatedBPTT(), cfg["steps"], eval_fn=evaluate, eval_every=cfg["eval_every"],
-        clip=cfg["clip"], progress=not args.no_progress, unit="char", scale=1 / np.log(2),
+    ckpt = args.out / "text.npz"
+
+    def meta(heldout_bits):
+        return dict(task="text", vocab=vocab.chars, heldout_bits=heldout_bits,
+                    unigram_bits=unigram)  # fmt: skip
+
+    history = fit_and_save(
+        args, cfg, model, ckpt, meta, adam(model, cfg),
+        stream_chunks(train_ids, cfg["batch"], cfg["seq_len"]), TruncatedBPTT(), cfg["steps"],
+        eval_fn=evaluate, unit="char", scale=1 / np.log(2),
     )  # fmt: skip
     final = history.eval_loss[-1]
     print(f"held-out: {final:.3f} bits/char (unigram: {unigram:.3f}); "
           f"training: {np.mean(history.loss[-20:]):.3f} bits/char (last 20 steps)")  # fmt: skip
-    ckpt = args.out / "text.npz"
-    checkpoint.save(ckpt, model, None, dict(task="text", vocab=vocab.chars, heldout_bits=final,
-                                            unigram_bits=unigram))  # fmt: skip
     png = args.out / "text-loss.png"
     plot(png, "character LM on pydoc_data.topics", "bits per character",
          loss_curves(history), hline=("unigram", unigram))  # fmt: skip
@@ -284,14 +364,14 @@ def train_adding(args, cfg) -> None:
         out, _ = m(x_test, keep_cache=False)
         return losses.mse(out[-1], y_test)[0]
 
-    history = fit(model, adam(model, cfg), batches, step_fn, cfg["steps"], eval_fn=evaluate,
-                  eval_every=cfg["eval_every"], clip=cfg["clip"],
-                  progress=not args.no_progress, unit="seq")  # fmt: skip
+    ckpt, png = args.out / "adding.npz", args.out / "adding-loss.png"
+    history = fit_and_save(args, cfg, model, ckpt,
+                           lambda mse: dict(task="adding", seq_len=T, test_mse=mse),
+                           adam(model, cfg), batches, step_fn, cfg["steps"], eval_fn=evaluate,
+                           unit="seq")  # fmt: skip
     final = history.eval_loss[-1]
     verdict = "solved (< 0.01)" if final < 0.01 else "not solved yet (>= 0.01): try more --steps"
     print(f"test MSE: {final:.5f} (baseline {baseline:.4f}): {verdict}")
-    ckpt, png = args.out / "adding.npz", args.out / "adding-loss.png"
-    checkpoint.save(ckpt, model, None, dict(task="adding", seq_len=T, test_mse=final))
     plot(png, f"adding problem, T = {T}", "MSE", loss_curves(history, eval_label="test"),
          hline=("always 1.0", baseline), logy=True)  # fmt: skip
     print(f"wrote {ckpt} and {png}")
@@ -327,9 +407,11 @@ def train_forecast(args, cfg) -> None:
         return losses.mse(m(test[0], keep_cache=False)[0], test[1])[0]
 
     batches = lambda step: windows(np.random.default_rng([args.seed, step]), cfg["batch"], 0, split)  # noqa: E731
-    fit(model, adam(model, cfg), batches, step_fn, cfg["steps"], eval_fn=evaluate,
-                  eval_every=cfg["eval_every"], clip=cfg["clip"],
-                  progress=not args.no_progress, unit="pt")  # fmt: skip
+    ckpt, png = args.out / "forecast.npz", args.out / "forecast.png"
+    fit_and_save(args, cfg, model, ckpt,
+                 lambda mse: dict(task="forecast", mean=mean, std=std, window_mse=mse),
+                 adam(model, cfg), batches, step_fn, cfg["steps"], eval_fn=evaluate,
+                 unit="pt")  # fmt: skip
 
     # Forecast: read the last window of the training part, then feed back predictions.
     model.eval()
@@ -343,8 +425,8 @@ def train_forecast(args, cfg) -> None:
     mse = float(np.mean((forecast - truth) ** 2))
     naive = float(np.mean((series[split - 1] - truth) ** 2))
     print(f"forecast MSE over {horizon} steps: {mse:.4f} (repeating the last value: {naive:.4f})")
-    ckpt, png = args.out / "forecast.npz", args.out / "forecast.png"
-    checkpoint.save(ckpt, model, None, dict(task="forecast", mean=mean, std=std, mse=mse))
+    checkpoint.save(ckpt, model, None, dict(task="forecast", mean=mean, std=std, mse=mse,
+                                            steps_done=cfg["steps"]))  # fmt: skip
     plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(8, 3.5), dpi=110)
@@ -383,8 +465,8 @@ def cmd_info(args) -> None:
     print(f"core: {_core.build_description()}")
     print(f"threads: {_core.get_num_threads()} (LSTM_EXT_NUM_THREADS or set_num_threads); "
           f"CPU cores available: {len(os.sched_getaffinity(0))}")  # fmt: skip
-    print(f"BLAS: {_core.blas_config()}; {blas} thread{'s' * (blas != 1)} outside lstm_ext calls, "
-          "1 inside them")  # fmt: skip
+    print(f"BLAS: {_core.blas_config()}; {blas} thread{'s' * (blas != 1)} now, 1 once lstm_ext "
+          "has run (it parallelises on its own threads)")  # fmt: skip
     print(f"CUDA path compiled: {'yes' if _device.cuda_compiled() else 'no'}; "
           f"device='cuda' {'available' if _device.cuda_available() else 'unavailable'}: "
           f"{_device.cuda_status()}")  # fmt: skip
@@ -406,7 +488,7 @@ def main(argv=None) -> int:
     except (OSError, ValueError) as e:  # checkpoint errors are ValueErrors
         print(f"lstm-ext: error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("lstm-ext: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # Ctrl-C; from training, e says where it stopped
+        print(f"lstm-ext: interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)
         return 130
     return 0

@@ -8,8 +8,9 @@ namespace lstm_ext {
 // The BLAS's own description of its build (OpenBLAS: version, kernels, threading).
 std::string blas_config();
 
-// Threads the BLAS uses for one product outside lstm_ext calls (inside them
-// it uses one: lstm_ext parallelises on its own threads).
+// Threads the BLAS uses for one product: 1 once lstm_ext has run (it
+// parallelises on its own threads; the OpenBLAS it links is its own, not
+// NumPy's).
 int blas_num_threads();
 
 // lstm_ext's threads. The default is the environment variable
