@@ -152,9 +152,13 @@ LSTM_EXT_AVX512_FN void panels_avx512(S* z, int64_t ldz, int64_t zs, const S* a,
       nullptr,          few_rows<S, 1>,   few_rows<S, 2>,  few_rows<S, 3>,  many_rows<S, 4>,
       many_rows<S, 5>,  many_rows<S, 6>,  many_rows<S, 7>, many_rows<S, 8>, many_rows<S, 9>,
       many_rows<S, 10>, many_rows<S, 11>, many_rows<S, 12>};
-  for (int64_t n0 = 0; n0 < nb; n0 += 12) {
-    const int64_t nr = std::min<int64_t>(12, nb - n0);
+  // Groups of at most 12 rows, as even as possible (64 rows: 11,11,11,11,10,10
+  // rather than 12,12,12,12,12,4, whose last group keeps few FMAs in flight).
+  const int64_t groups = (nb + 11) / 12;
+  for (int64_t q = 0, n0 = 0; q < groups; ++q) {
+    const int64_t nr = nb / groups + (q < nb % groups ? 1 : 0);
     kRows[nr](z + n0 * ldz, ldz, zs, a + n0 * lda, lda, bp, K, ng, m0, m1);
+    n0 += nr;
   }
 }
 

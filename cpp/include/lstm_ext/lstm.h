@@ -96,6 +96,9 @@ struct Grads {
 // kInferenceChunk, and enough for kInferenceChunkRows rows, so that a small
 // batch's projection is one GEMM of a useful size) and the state, O(B*H)
 // whatever T is. Both hold R packed for the recurrent product when P = 0.
+// Training without lengths or projection takes 6TBH + 7BH + 4H*32*ceil(H/32)
+// elements: gates [T,B,4H], cell states [T+1,B,H], h_{t-1} [T,B,H], h
+// [2,B,H], the gate-major product [4H,B] and the packed R.
 // Throws std::length_error where a count overflows.
 constexpr int64_t kInferenceChunk = 16, kInferenceChunkRows = 256;
 inline int64_t inference_chunk(int64_t B) {
