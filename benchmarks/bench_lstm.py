@@ -336,8 +336,8 @@ def main():
             print(f"fwd {case}: 1 thread {one:.2f} ms, {n} threads {all_:.2f} ms "
                   f"(speedup {one / all_:.2f})")  # fmt: skip
         for case, (got, formula) in extra["workspace"].items():
-            print(f"training workspace ({case}): {got:,} bytes; formula 4·(6TBH + 7BH + 4H·32⌈H/32⌉) = "
-                  f"{formula:,}")  # fmt: skip
+            print(f"training workspace ({case}): {got:,} bytes; "
+                  f"formula 4·(6TBH + 7BH + 4H·32⌈H/32⌉) = {formula:,}")  # fmt: skip
 
     if args.json:
         with open(args.json, "w") as f:

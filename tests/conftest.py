@@ -1,9 +1,40 @@
-"""Fixtures shared by the tests."""
+"""Fixtures shared by the tests, and the hypothesis profiles."""
 
+import os
 import zlib
 
 import numpy as np
 import pytest
+
+try:
+    from hypothesis import HealthCheck, settings
+except ImportError:  # only tests/test_properties.py needs it (the "test" extra has it)
+    settings = None
+
+if settings is not None:
+    # "ci" (the default): the same examples every run (derandomize), few enough
+    # that tests/test_properties.py takes well under a minute on 2 cores, and
+    # no example database, so nothing is written into the checkout.
+    # "long" (HYPOTHESIS_PROFILE=long): thousands of fresh random examples per
+    # property, failures kept in .hypothesis/ (git-ignored) to replay them.
+    # No deadline in either: the machine is shared, timings are noise here.
+    settings.register_profile(
+        "ci",
+        max_examples=300,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        print_blob=True,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+    settings.register_profile(
+        "long",
+        max_examples=3000,
+        deadline=None,
+        print_blob=True,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture

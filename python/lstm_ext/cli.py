@@ -227,12 +227,14 @@ class _Sigint:
     step under way (``fit``'s ``stop``); a second raises KeyboardInterrupt at
     once, unless a checkpoint is being saved, where it waits for the save to
     finish. Installed only in the main thread (Python runs signal handlers
-    there); the previous handler comes back on exit."""
+    there); the previous handler comes back when training ends, and after an
+    interrupt SIGINT stays ignored until ``main`` returns."""
 
     def __init__(self):
         self.count = 0
         self.saving = False
-        self._previous = None
+        self.raised = False  # a KeyboardInterrupt is on its way: more would only get in its way
+        self._previous = None  # the handler replaced; None: not installed (not the main thread)
 
     def __call__(self) -> bool:
         return self.count > 0
@@ -242,17 +244,22 @@ class _Sigint:
         if self.count == 1:  # os.write: no buffered stream to re-enter from a handler
             os.write(2, b"\nlstm-ext: interrupted: stopping after this step "
                         b"(Ctrl-C again to stop now)\n")  # fmt: skip
-        elif not self.saving:
+        elif not self.saving and not self.raised:
+            self.raised = True
             raise KeyboardInterrupt
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handler)
+            self._previous = signal.signal(signal.SIGINT, self._handler) or signal.SIG_DFL
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, *exc):
         if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+            interrupted = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
+            if interrupted:  # main restores the handler it found, where it should
+                _ignore_sigint()
+            else:
+                signal.signal(signal.SIGINT, self._previous)
 
     @contextlib.contextmanager
     def uninterrupted(self):
@@ -261,7 +268,8 @@ class _Sigint:
             yield
         finally:
             self.saving = False
-        if self.count > 1:
+        if self.count > 1 and not self.raised:
+            self.raised = True
             raise KeyboardInterrupt
 
 
@@ -284,9 +292,10 @@ def fit_and_save(args, cfg, model, ckpt: Path, meta, *fit_args, **fit_kwargs):
                        progress=not args.no_progress, after_eval=after_eval, stop=sigint,
                        **fit_kwargs)  # fmt: skip
         except KeyboardInterrupt as e:  # Interrupted: between steps; else a second Ctrl-C
-            when = f"after step {e.steps_done}" if isinstance(e, Interrupted) else "during a step"
+            when = (f"after step {e.steps_done} of {cfg['steps']}" if isinstance(e, Interrupted)
+                    else "in the middle of a step")  # fmt: skip
             last = f"{ckpt} holds step {saved[0]}" if saved[0] else "no checkpoint saved yet"
-            raise KeyboardInterrupt(f"stopped {when} of {cfg['steps']}; {last}") from None
+            raise KeyboardInterrupt(f"stopped {when}; {last}") from None
 
 
 # ---- the tasks -----------------------------------------------------------------
@@ -478,7 +487,19 @@ def cmd_train(args) -> None:
     {"text": train_text, "adding": train_adding, "forecast": train_forecast}[args.task](args, cfg)
 
 
+def _ignore_sigint():
+    """Further Ctrl-C are ignored: the command is on its way out, and a
+    KeyboardInterrupt now would only turn a clean exit into a traceback."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def main(argv=None) -> int:
+    """The command line; returns the exit status (0, 1: an error, 2: bad
+    arguments, 130: interrupted). argv None means sys.argv[1:] and a process
+    of its own: once interrupted, it ignores SIGINT until it exits. Given an
+    argv (a call from Python), it restores the SIGINT handler it found."""
+    on_entry = signal.getsignal(signal.SIGINT) or signal.SIG_DFL  # None: not set from Python
     try:
         args = build_parser().parse_args(argv)
         {"train": cmd_train, "sample": cmd_sample, "info": cmd_info}[args.command](args)
@@ -489,6 +510,10 @@ def main(argv=None) -> int:
         print(f"lstm-ext: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as e:  # Ctrl-C; from training, e says where it stopped
+        _ignore_sigint()
         print(f"lstm-ext: interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)
         return 130
+    finally:
+        if argv is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, on_entry)
     return 0

@@ -8,11 +8,14 @@ Every module keeps its parameters in ``params`` and their gradients in
 ``grads`` (same names and shapes). backward *adds* into ``grads``;
 ``zero_grad()`` clears them. Parameter arrays are updated in place, never
 replaced, so an optimiser's references stay valid. A module keeps what its
-last forward call needs for backward: do not share one between threads.
+last forward call needs for backward: do not share one between threads
+(``LSTM`` raises RuntimeError when two threads are inside it at once).
 """
 
 from __future__ import annotations
 
+import functools
+import threading
 from collections.abc import Iterator
 
 import numpy as np
@@ -28,6 +31,28 @@ _BIAS_NAMES = ("bias_ih", "bias_hh")
 def _check_size(name: str, v, low: int) -> None:
     if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < low:
         raise ValueError(f"{name}: expected an integer >= {low}, got {v!r}")
+
+
+def _one_thread_at_a_time(method):
+    """Refuse a call while another thread is inside forward or backward of the
+    same instance: their caches would mix. A non-blocking acquire, so it costs
+    next to nothing and never waits."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        if not self._busy.acquire(blocking=False):
+            raise RuntimeError(
+                f"{type(self).__name__}.{method.__name__}: another thread is inside this "
+                "instance's forward or backward; an instance keeps one forward call's caches "
+                "for backward, so it serves one thread at a time: give each thread its own "
+                "(load_state_dict copies the weights)"
+            )
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._busy.release()
+
+    return wrapper
 
 
 def _float_dtype(dtype) -> np.dtype:
@@ -232,9 +257,16 @@ class LSTM(Module):
     do the caches between forward and backward: only the batch crosses the
     bus. x and dy may be NumPy arrays (results come back as NumPy arrays) or
     GPU arrays (results stay on the GPU). Without CuPy, parameters are NumPy
-    arrays, sent to the GPU at each forward call. One
-    instance holds one forward's caches at a time: do not share an instance
-    between threads.
+    arrays, sent to the GPU at each forward call.
+
+    Threads: an instance holds one forward call's caches for the backward
+    that follows, so it serves one thread at a time. A forward or backward
+    call while another thread is inside this instance's forward or backward
+    raises RuntimeError (caught cheaply, without waiting); calls of two
+    threads taking turns are not caught, and the second forward replaces the
+    first's caches. Give each thread its own LSTM (``load_state_dict`` copies
+    the weights): separate instances, like separate ``lstm_ext.forward``
+    calls on separate arrays, run in parallel, the GIL released.
     """
 
     def __init__(
@@ -279,6 +311,7 @@ class LSTM(Module):
         self.params = {name: self._xp.asarray(p) for name, p in self.params.items()}
         self._init_grads()
         self._saved = None  # what the last forward kept for backward
+        self._busy = threading.Lock()  # held during forward and backward
 
     # ---- shapes and names ------------------------------------------------------
 
@@ -326,6 +359,7 @@ class LSTM(Module):
 
     # ---- forward and backward ----------------------------------------------------
 
+    @_one_thread_at_a_time
     def forward(self, x, state=None, lengths=None, *, keep_cache=None):
         """See the class docstring. Returns ``out, (h_n, c_n)``."""
         xp = self._xp
@@ -407,6 +441,7 @@ class LSTM(Module):
             seq, first, second = (_device.host(a) for a in (seq, first, second))
         return seq, first, second
 
+    @_one_thread_at_a_time
     def backward(self, dy, dstate=None):
         """Gradients of the last forward call; see the class docstring."""
         if self._saved is None:

@@ -11,7 +11,8 @@ The pieces, each replaceable:
   counts what the throughput is measured in (tokens, sequences);
 - ``fit`` zeroes the gradients, calls the step function, clips, steps the
   optimiser, evaluates now and then, shows a progress bar and keeps a
-  ``History``.
+  ``History``; ``after_eval`` can save a checkpoint at each evaluation, and
+  ``stop`` ends training between two steps (the command line's Ctrl-C).
 """
 
 from __future__ import annotations
@@ -47,6 +48,16 @@ class History:
         return np.convolve(loss, np.ones(window) / window, mode="valid")
 
 
+class Interrupted(KeyboardInterrupt):
+    """``fit`` stopped between two steps because its ``stop()`` said so:
+    ``steps_done`` optimiser steps were completed (the model holds their
+    result; no step was cut short), ``history`` has what fit saw."""
+
+    def __init__(self, steps_done: int, history: History):
+        super().__init__(f"stopped after {steps_done} steps")
+        self.steps_done, self.history = steps_done, history
+
+
 def fit(
     model,
     optimizer,
@@ -62,6 +73,8 @@ def fit(
     unit: str = "item",
     scale: float = 1.0,
     history: History | None = None,
+    after_eval: Callable[[int, float], None] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> History:
     """Train for ``steps`` optimiser steps (numbered from ``start``).
 
@@ -69,6 +82,11 @@ def fit(
     the model is in eval mode meanwhile. ``clip``: clip the gradients' global
     norm to it. ``scale`` multiplies losses for display and history (e.g.
     1/ln 2 for bits). Returns the History (appended to, if given).
+
+    ``after_eval(steps_done, eval_loss)`` runs after each evaluation (to save
+    a checkpoint, say), ``steps_done`` counting from ``start``. ``stop()`` is
+    asked after every step, its evaluation and after_eval; when it answers
+    True, fit raises ``Interrupted`` (a KeyboardInterrupt) right there.
     """
     history = history or History()
     bar = tqdm(total=steps, disable=not progress, unit="step", dynamic_ncols=True)
@@ -87,6 +105,8 @@ def fit(
             history.loss.append(loss * scale)
             history.items_per_s.append(rate)
             postfix.update(loss=f"{loss * scale:.3f}", **{f"{unit}/s": f"{rate:,.0f}"})
+            if not math.isfinite(loss):  # before after_eval could save a broken model
+                raise FloatingPointError(f"training loss is {loss} at step {step}")
             last = step == start + steps - 1
             if eval_fn is not None and ((step + 1) % eval_every == 0 or last):
                 model.eval()
@@ -94,10 +114,12 @@ def fit(
                 history.eval_steps.append(step)
                 history.eval_loss.append(ev)
                 postfix["eval"] = f"{ev:.3f}"
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"training loss is {loss} at step {step}")
+                if after_eval is not None:
+                    after_eval(step + 1 - start, ev)
             bar.set_postfix(postfix, refresh=False)
             bar.update(1)
+            if stop is not None and stop():
+                raise Interrupted(step + 1 - start, history)
     finally:
         bar.close()
         model.train()

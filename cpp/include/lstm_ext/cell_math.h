@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 
 // Always inlined: the fused loops vectorise only when every call in them is
 // (GCC otherwise keeps some out of line in the target_clones versions).
@@ -35,9 +36,11 @@ namespace cell {
 // float on the CPU: e^x by range reduction and a polynomial (Cephes's expf
 // coefficients), in plain arithmetic so that loops over it vectorise. Its
 // relative error is below 7.5e-8 (about one ulp) on [-86, 88]; x is clamped
-// to that range first (so e^x never overflows to inf nor underflows below
-// the normal range), and NaN comes back as NaN. Every operation is IEEE
-// (no contraction), so scalar and vector code give the same bits.
+// to that range first (so the polynomial never overflows nor underflows below
+// the normal range), past ln(FLT_MAX) the result is +inf as IEEE's expf
+// gives (so that sigmoid(-inf) is an exact 0), and NaN comes back as NaN.
+// Every operation is IEEE (no contraction), so scalar and vector code give
+// the same bits.
 LSTM_EXT_INLINE float host_expf(float x) {
   const float xc = x < -86.0f ? -86.0f : (x > 88.0f ? 88.0f : x);
   const float magic = 12582912.0f;  // 1.5*2^23: adding it rounds to an integer
@@ -57,7 +60,7 @@ LSTM_EXT_INLINE float host_expf(float x) {
   std::memcpy(&pb, &p, 4);
   pb += (tb - 0x4B400000u) << 23;  // the low bits of t hold n
   std::memcpy(&p, &pb, 4);
-  return x != x ? x : p;
+  return x != x ? x : (x > 88.72283905f ? std::numeric_limits<float>::infinity() : p);
 }
 
 #if defined(__CUDA_ARCH__)
