@@ -8,7 +8,7 @@
 #   bash benchmarks/gpu_check.sh
 #
 # Environment: PYTHON (default python3) must have numpy, scikit-build-core,
-# pybind11, scipy-openblas32, tqdm, matplotlib, pytest and (for the
+# pybind11, scipy-openblas32, tqdm, matplotlib, pytest, hypothesis and (for the
 # comparison) torch with CUDA; LSTM_EXT_CUDA_ARCHITECTURES narrows the build
 # (e.g. 90 on an H100); a folder of wheels in WHEELS is installed first
 # (offline machines).

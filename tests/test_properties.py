@@ -27,6 +27,8 @@ default, HYPOTHESIS_PROFILE=long for thousands.
 
 import numpy as np
 import pytest
+
+pytest.importorskip("hypothesis", reason="hypothesis (the `test` extra) is not installed")
 from hypothesis import assume, given, note
 from hypothesis import strategies as st
 
