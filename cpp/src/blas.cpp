@@ -64,7 +64,8 @@ void gemm_impl(F blas, Op opA, Op opB, int64_t M, int64_t N, int64_t K, S alpha,
   };
   const bool by_rows = M >= N;
   const int64_t along = by_rows ? M : N, blocks = (along + kBlock - 1) / kBlock;
-  if (M * N * K < kSplitWork || blocks < 2) return call(0, M, 0, N);
+  // M*N*K can pass 2^63 for sizes the checks allow; compare without forming it.
+  if (M * N < (kSplitWork + K - 1) / K || blocks < 2) return call(0, M, 0, N);
   parallel_for(blocks, [&](int64_t k) {
     const int64_t at = k * kBlock, len = std::min(kBlock, along - at);
     by_rows ? call(at, len, 0, N) : call(0, M, at, len);

@@ -19,18 +19,23 @@ namespace detail {
 
 // ---- sizes ----------------------------------------------------------------
 
-// a*b, refusing results past what a byte count of double can hold.
+// Sizes are element counts in int64_t. mul and add refuse (std::length_error,
+// naming the operands) any result past 2^63/8, so that a byte count of
+// elements up to 8 bytes (double) fits an int64_t too. The operands are
+// sizes, >= 0 (check_config refuses negative ones first).
+constexpr int64_t kMaxElements = std::numeric_limits<int64_t>::max() / 8;
+
 inline int64_t mul(int64_t a, int64_t b) {
-  constexpr int64_t kMax = std::numeric_limits<int64_t>::max() / 8;
-  if (a != 0 && b > kMax / a)
+  if (a != 0 && b > kMaxElements / a)
     throw std::length_error("lstm_ext: size " + std::to_string(a) + " x " + std::to_string(b) +
                             " overflows a 64-bit byte count");
   return a * b;
 }
 
 inline int64_t add(int64_t a, int64_t b) {
-  if (b > std::numeric_limits<int64_t>::max() / 8 - a)
-    throw std::length_error("lstm_ext: size overflows a 64-bit byte count");
+  if (b > kMaxElements - a)
+    throw std::length_error("lstm_ext: size " + std::to_string(a) + " + " + std::to_string(b) +
+                            " overflows a 64-bit byte count");
   return a + b;
 }
 
@@ -45,18 +50,30 @@ inline void check_config(const Config& c) {
   if (!(c.clip >= 0))
     throw std::invalid_argument("lstm_ext: clip must be >= 0 (0: no clipping), got " +
                                 std::to_string(c.clip));
+  const int64_t O = c.O();
+  try {
+    // One bound on all the buffers the CPU and CUDA paths carve from a
+    // workspace or scratch (rows <= T*B; the packed R pads H and O to 32;
+    // the schedule's indices; CUDA's alignment), and on the weights. Within
+    // it, every size and offset computed after this check fits an int64_t:
+    //   (T+3) B (I + 8H + 2O) + 4 (H+32)(O+32) + 8 (T+B) + 4096,   4H (I+O),   P H
+    const int64_t per_row = add(add(c.I, mul(8, c.H)), mul(2, O));
+    add(add(mul(mul(add(c.T, 3), c.B), per_row), mul(mul(4, add(c.H, 32)), add(O, 32))),
+        add(mul(8, add(c.T, c.B)), 4096));
+    mul(mul(4, c.H), add(c.I, O));
+    mul(c.P, c.H);
+  } catch (const std::length_error& e) {
+    std::string what = e.what();  // "lstm_ext: size a x b overflows a 64-bit byte count"
+    if (what.rfind("lstm_ext: ", 0) == 0) what.erase(0, 10);
+    throw std::length_error("lstm_ext: sizes " + str(c) + " refused: " + what);
+  }
   // BLAS takes 32-bit dimensions: refuse what no GEMM below could take,
   // before anything is written.
-  const int64_t gemm_dims[] = {mul(c.T, c.B), mul(4, c.H), c.I, c.O()};
+  const int64_t gemm_dims[] = {c.T * c.B, 4 * c.H, c.I, O};
   for (int64_t v : gemm_dims)
     if (v > std::numeric_limits<int>::max())
       throw std::length_error("lstm_ext: a GEMM dimension of " + std::to_string(v) + " (" + str(c) +
                               ") exceeds the BLAS limit of 2^31-1");
-  // Every product used below, checked once.
-  const int64_t widest = add(add(mul(4, c.H), c.I), add(mul(2, c.H), c.O()));
-  mul(mul(add(c.T, 1), c.B), widest);
-  mul(mul(4, c.H), add(c.I, c.O()));
-  mul(c.P, c.H);
 }
 
 inline bool gathers(const Config& c) { return c.lengths != nullptr || c.reverse; }

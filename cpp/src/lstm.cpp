@@ -227,7 +227,8 @@ void over_units(int64_t rows, int64_t H, F&& fn) {
 // product (a step of B = 1, H = 128 splits in two), whole blocks each. Only
 // speed depends on it: every block is computed the same way on any thread.
 int team_size(int64_t nb, int64_t H, int64_t O) {
-  return int(std::clamp<int64_t>(nb * 4 * H * O / 32768, 1, 1024));
+  // In double: nb*4*H*O can pass 2^63 for sizes the checks allow.
+  return int(std::clamp(double(nb) * 4 * double(H) * double(O) / 32768, 1.0, 1024.0));
 }
 
 }  // namespace

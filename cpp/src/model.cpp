@@ -7,6 +7,7 @@
 #include <fstream>
 #include <iterator>
 
+#include "common.h"
 #include "lstm_ext/lstm.h"
 
 namespace lstm_ext {
@@ -19,6 +20,25 @@ constexpr uint32_t kMaxLayers = 1024;
 constexpr uint32_t kMaxName = 64;
 
 std::string where(size_t pos) { return " (byte " + std::to_string(pos) + ")"; }
+
+// A name from the file as a message quotes it: printable ASCII as is, any
+// other byte as \xNN, so that a message is always valid UTF-8 (Python gets
+// it as a str) and prints no control characters.
+std::string quoted(const std::string& name) {
+  static const char hex[] = "0123456789abcdef";
+  std::string out = "'";
+  for (const char ch : name) {
+    const unsigned char b = static_cast<unsigned char>(ch);
+    if (b >= 0x20 && b < 0x7f && b != '\\' && b != '\'') {
+      out += ch;
+    } else {
+      out += "\\x";
+      out += hex[b >> 4];
+      out += hex[b & 15];
+    }
+  }
+  return out + "'";
+}
 
 // Bounded little-endian reads: every read is checked against the end first.
 struct Reader {
@@ -70,6 +90,14 @@ std::vector<std::pair<std::string, std::vector<uint64_t>>> expected(const ModelC
   return out;
 }
 
+// The call of layer `layer`, direction d, over x [T,B,I_layer].
+Config layer_config(const ModelConfig& m, int64_t layer, int64_t d, int64_t T, int64_t B) {
+  Config c;
+  c.T = T, c.B = B, c.H = m.hidden_size, c.P = m.proj_size, c.reverse = d == 1;
+  c.I = layer == 0 ? m.input_size : m.directions() * m.output_size();
+  return c;
+}
+
 }  // namespace
 
 Model Model::from_bytes(const unsigned char* data, size_t size) {
@@ -119,8 +147,8 @@ Model Model::from_bytes(const unsigned char* data, size_t size) {
     size_t k = 0;
     while (k < want.size() && want[k].first != name) ++k;
     if (k == want.size())
-      throw FormatError("lstm_ext model: unexpected tensor '" + name + "'" + where(p0));
-    if (seen[k]) throw FormatError("lstm_ext model: tensor '" + name + "' twice" + where(p0));
+      throw FormatError("lstm_ext model: unexpected tensor " + quoted(name) + where(p0));
+    if (seen[k]) throw FormatError("lstm_ext model: tensor " + quoted(name) + " twice" + where(p0));
     seen[k] = true;
     const std::vector<uint64_t>& shape = want[k].second;
     p0 = r.pos;
@@ -191,9 +219,15 @@ const std::vector<float>& Model::parameter(const std::string& name) const {
 
 void Model::reset(int64_t batch) {
   if (batch < 1) throw std::invalid_argument("lstm_ext::Model: batch must be >= 1");
+  // Sizes checked (std::length_error) before anything is allocated; the
+  // state changes only once all of it is allocated.
+  forward_workspace_size(layer_config(cfg_, cfg_.num_layers - 1, 0, 1, batch), false);
+  const size_t L = size_t(cfg_.num_layers), nh = size_t(detail::mul(batch, cfg_.output_size())),
+               nc = size_t(detail::mul(batch, cfg_.hidden_size));
+  std::vector<std::vector<float>> h(L, std::vector<float>(nh, 0)), c(L, std::vector<float>(nc, 0));
+  h_.swap(h);
+  c_.swap(c);
   batch_ = batch;
-  h_.assign(size_t(cfg_.num_layers), std::vector<float>(size_t(batch * cfg_.output_size()), 0));
-  c_.assign(size_t(cfg_.num_layers), std::vector<float>(size_t(batch * cfg_.hidden_size), 0));
 }
 
 void Model::link() {
@@ -219,9 +253,7 @@ void Model::link() {
 void Model::layer_forward(int64_t layer, int64_t d, const float* x, int64_t T, int64_t B, float* y,
                           float* h, float* c) {
   const int64_t H = cfg_.hidden_size, O = cfg_.output_size();
-  Config cfg;
-  cfg.T = T, cfg.B = B, cfg.H = H, cfg.P = cfg_.proj_size, cfg.reverse = d == 1;
-  cfg.I = layer == 0 ? cfg_.input_size : cfg_.directions() * O;
+  const Config cfg = layer_config(cfg_, layer, d, T, B);
   const Part& p = parts_[size_t(layer * cfg_.directions() + d)];
   const Weights<float> w{at(p.W), at(p.R), p.bias.empty() ? nullptr : p.bias.data(), at(p.W_hr),
                          nullptr};
@@ -236,6 +268,10 @@ void Model::layer_forward(int64_t layer, int64_t d, const float* x, int64_t T, i
 void Model::run(const float* x, int64_t T, int64_t B, float* y) {
   if (T < 0 || B < 1) throw std::invalid_argument("lstm_ext::Model::run: T >= 0 and B >= 1");
   const int64_t D = cfg_.directions(), O = cfg_.output_size();
+  // Every layer's sizes checked (std::length_error) before anything is
+  // allocated; then no product below overflows (T*B*D*O is within the bound).
+  for (int64_t layer = 0; layer < cfg_.num_layers; ++layer)
+    forward_workspace_size(layer_config(cfg_, layer, 0, T, B), false);
   if (D == 1 && B != batch_) reset(B);
   const float* in = x;
   for (int64_t layer = 0; layer < cfg_.num_layers; ++layer) {

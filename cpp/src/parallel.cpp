@@ -176,7 +176,6 @@ std::shared_ptr<Pool> pool() {
   return p;
 }
 
-
 }  // namespace
 
 void parallel_for(int64_t n, const std::function<void(int64_t)>& fn) { pool()->run(n, fn); }

@@ -4,6 +4,28 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 def inference_chunk(B: int) -> int: ...
+def forward_workspace_size(
+    T: int,
+    B: int,
+    I: int,
+    H: int,
+    P: int = 0,
+    *,
+    training: bool = True,
+    reverse: bool = False,
+    ragged: bool = False,
+) -> int: ...
+def backward_scratch_size(
+    T: int,
+    B: int,
+    I: int,
+    H: int,
+    P: int = 0,
+    *,
+    reverse: bool = False,
+    ragged: bool = False,
+) -> int: ...
+def step_scratch_size(B: int, I: int, H: int, P: int = 0) -> int: ...
 def packed_recurrent_enabled() -> bool: ...
 def set_packed_recurrent(on: bool) -> bool: ...
 

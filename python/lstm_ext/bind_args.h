@@ -169,6 +169,9 @@ struct LayerArgs {
 
 // H and P from the weights (H from W_hr when projecting, else from R), then
 // every weight's dtype and shape. The letters in messages are lstm.h's.
+// 4H and 3H cannot overflow: NumPy keeps an array's size (as if no dimension
+// were 0) times its item size below 2^63, so H < 2^61. The core checks every
+// product of sizes (std::length_error, a ValueError here).
 inline LayerArgs check_layer(const py::object& W, const py::object& R, const py::object& b,
                              const py::object& W_hr, const py::object& peephole,
                              const py::object& clip, bool input_forget, int size, int64_t I) {

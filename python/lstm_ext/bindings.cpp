@@ -137,8 +137,51 @@ py::tuple step(const py::object& x, const py::object& h, const py::object& c, co
                const py::object& R, const py::object& b, const py::object& W_hr,
                const py::object& peephole, const py::object& clip, bool input_forget) {
   const StepArgs a = check_step(x, h, c, W, R, b, W_hr, peephole, clip, input_forget);
+  lstm_ext::step_scratch_size(a.cfg);  // sizes refused (ValueError) before x is copied
   return a.size == 4 ? step_impl<float>(a.x, a.h, a.c, a.l, a.cfg)
                      : step_impl<double>(a.x, a.h, a.c, a.l, a.cfg);
+}
+
+// ---- workspace sizes --------------------------------------------------------------
+
+// The Config of a size query. ragged: the call has lengths (the core only
+// tests the pointer for null to size the workspace, never reads it here).
+Config size_config(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P, bool reverse,
+                   bool ragged) {
+  static const int64_t kSomeLengths = 0;
+  Config c;
+  c.T = T, c.B = B, c.I = I, c.H = H, c.P = P, c.reverse = reverse;
+  c.lengths = ragged ? &kSomeLengths : nullptr;
+  return c;
+}
+
+void def_sizes(py::module_& m) {
+  m.def(
+      "forward_workspace_size",
+      [](int64_t T, int64_t B, int64_t I, int64_t H, int64_t P, bool training, bool reverse,
+         bool ragged) {
+        return lstm_ext::forward_workspace_size(size_config(T, B, I, H, P, reverse, ragged),
+                                                training);
+      },
+      py::arg("T"), py::arg("B"), py::arg("I"), py::arg("H"), py::arg("P") = 0, py::kw_only(),
+      py::arg("training") = true, py::arg("reverse") = false, py::arg("ragged") = false,
+      "Elements of the workspace forward keeps (the cache's; times the item size for bytes). "
+      "ValueError where a size is negative or a byte count would pass 2^63.");
+  m.def(
+      "backward_scratch_size",
+      [](int64_t T, int64_t B, int64_t I, int64_t H, int64_t P, bool reverse, bool ragged) {
+        return lstm_ext::backward_scratch_size(size_config(T, B, I, H, P, reverse, ragged));
+      },
+      py::arg("T"), py::arg("B"), py::arg("I"), py::arg("H"), py::arg("P") = 0, py::kw_only(),
+      py::arg("reverse") = false, py::arg("ragged") = false,
+      "Elements of the scratch backward allocates for the call.");
+  m.def(
+      "step_scratch_size",
+      [](int64_t B, int64_t I, int64_t H, int64_t P) {
+        return lstm_ext::step_scratch_size(size_config(1, B, I, H, P, false, false));
+      },
+      py::arg("B"), py::arg("I"), py::arg("H"), py::arg("P") = 0,
+      "Elements of the scratch step allocates for the call.");
 }
 
 }  // namespace
@@ -165,6 +208,7 @@ PYBIND11_MODULE(_core, m) {
       });
 
   def_calls(m, &forward, &backward, &step);
+  def_sizes(m);
   m.def("inference_chunk", &lstm_ext::inference_chunk, py::arg("B"),
         "Steps whose input projection inference keeps at once, for a batch of B.");
   m.def(
@@ -195,8 +239,9 @@ PYBIND11_MODULE(_core, m) {
   m.def("set_num_threads", &lstm_ext::set_num_threads, py::arg("n"),
         "Set lstm_ext's threads (results are the same bits for any count).");
   m.def("packed_recurrent_enabled", &lstm_ext::packed_recurrent_enabled,
-        "Whether the recurrent product runs on R packed for AVX-512 (else per step in the BLAS).");
+        "Whether the recurrent product runs on R packed (AVX-512F or AVX2+FMA; else per step in the "
+        "BLAS).");
   m.def("set_packed_recurrent", &lstm_ext::set_packed_recurrent, py::arg("on"),
-        "Switch the packed AVX-512 recurrent product on or off; returns the previous setting.");
+        "Switch the packed recurrent product on or off; returns the previous setting.");
   m.def("build_description", &lstm_ext::build_description, "Compiler and options of the core.");
 }

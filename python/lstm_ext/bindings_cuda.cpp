@@ -333,6 +333,7 @@ py::tuple backward(const py::object& cache_obj, const py::object& dy, const py::
 template <typename S>
 py::tuple step_impl(const StepArgs& a, const GpuArgs& gpu) {
   const Config& cfg = a.cfg;
+  const int64_t scratch_size = lc::step_scratch_size(cfg);  // refuses sizes before any copy
   const bool on_gpu = gpu.ptr("x") != nullptr;
   lc::Context& ctx = context();
   lc::Buffer x, h, c;
@@ -341,7 +342,7 @@ py::tuple step_impl(const StepArgs& a, const GpuArgs& gpu) {
   const S* pc = device_input<S>(ctx, gpu, "c", a.c, a.c.a, false, c);
   const DeviceLayer w = device_layer<S>(ctx, gpu, a.l, false);
   lc::Buffer h_out = device_array<S>(cfg.B * cfg.O()), c_out = device_array<S>(cfg.B * cfg.H),
-             scratch = device_array<S>(lc::step_scratch_size(cfg));
+             scratch = device_array<S>(scratch_size);
   {
     py::gil_scoped_release nogil;
     lc::lstm_step<S>(ctx, h_out.as<S>(), c_out.as<S>(), scratch.as<S>(), px, ph, pc, w.weights<S>(),

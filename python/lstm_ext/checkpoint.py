@@ -14,13 +14,22 @@ Saving is atomic: the file is written beside the target under a temporary
 name, flushed to disk and renamed over it, so a crash mid-save leaves the
 previous checkpoint intact. A missing, truncated, corrupt or mismatched file
 raises ``CheckpointError`` (a ValueError) that says which and why.
+
+Loading trusts nothing in the file: it reads only uncompressed members (as
+``save`` writes them) that are ``.npy`` arrays whose bytes hold what their
+headers declare, and builds the model only when the parameters its
+configuration declares are about as many as the file holds, so that memory
+stays within a small multiple of the file's size: a small file cannot ask
+for a huge model.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +40,8 @@ from . import _device, nn
 from ._version import __version__
 
 FORMAT = "lstm_ext.checkpoint/1"
+_SPARE_PARAMETERS = 4096  # declared beyond twice what the file holds: refused
+_MAX_NESTING = 8  # Sequentials within Sequentials in a model config
 
 
 class CheckpointError(ValueError):
@@ -52,7 +63,11 @@ def _rng_states(model: nn.Module) -> dict:
 
 def _set_rng_states(model: nn.Module, states: dict) -> None:
     mods = model.modules if isinstance(model, nn.Sequential) else [model]
+    if not isinstance(states, dict):
+        raise TypeError(f"rng: expected a dict by module index, got {type(states).__name__}")
     for k, state in states.items():
+        if not (k.isdigit() and int(k) < len(mods) and hasattr(mods[int(k)], "_rng")):
+            raise ValueError(f"rng: {k!r} is not the index of a module that draws")
         mods[int(k)]._rng.bit_generator.state = state
 
 
@@ -87,6 +102,87 @@ def save(path, model: nn.Module, optimizer=None, meta: dict | None = None) -> No
         os.close(dir_fd)
 
 
+def _check_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, file_size: int) -> None:
+    """CheckpointError unless the member is a .npy array whose bytes can hold
+    what its header declares (checked before NumPy allocates for it)."""
+    name = info.filename
+    if not name.endswith(".npy"):
+        raise CheckpointError(f"member {name!r} is not a .npy array")
+    if info.compress_type != zipfile.ZIP_STORED:  # as np.savez writes: no zip bombs
+        raise CheckpointError(f"member {name!r} is compressed (method {info.compress_type})")
+    if info.file_size != info.compress_size or info.compress_size > file_size:
+        raise CheckpointError(
+            f"member {name!r} claims {info.file_size} bytes stored in {info.compress_size}, "
+            f"in a file of {file_size}"
+        )
+    with zf.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        read = {(1, 0): np.lib.format.read_array_header_1_0,
+                (2, 0): np.lib.format.read_array_header_2_0}.get(version)  # fmt: skip
+        if read is None:  # 3.0 is for non-Latin-1 field names: never a checkpoint's
+            raise CheckpointError(f"member {name!r}: .npy format version {version}")
+        shape, _, dtype = read(f)
+    if dtype.hasobject:
+        raise CheckpointError(f"member {name!r} holds Python objects (never unpickled)")
+    if math.prod(shape) * dtype.itemsize > info.file_size:
+        raise CheckpointError(
+            f"member {name!r} declares {dtype} {shape}, more than its {info.file_size} bytes"
+        )
+
+
+def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+    file_size = path.stat().st_size
+    # our own file object: np.load leaves a path's file open when the zip is bad
+    with open(path, "rb") as f, warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # NumPy's for a Python 2 .npy header
+        if f.read(4) not in (b"PK\x03\x04", b"PK\x05\x06"):  # what np.load takes for a zip
+            raise CheckpointError("not a .npz (zip) file")
+        f.seek(0)
+        with np.load(f, allow_pickle=False) as z:
+            arrays = {}
+            for info in z.zip.infolist():
+                try:
+                    _check_member(z.zip, info, file_size)
+                    arrays[info.filename[: -len(".npy")]] = z[info.filename]  # CRC-checked
+                except (CheckpointError, MemoryError):
+                    raise
+                except Exception as e:  # what and why: see load
+                    why = str(e) or type(e).__name__
+                    raise CheckpointError(f"member {info.filename!r}: {why}") from None
+            return arrays
+
+
+def _declared_parameters(config, depth: int = 0) -> int:
+    """How many parameter values the module of ``config`` would allocate, from
+    its sizes alone; a size that is not an integer counts 0 (``from_config``
+    refuses it)."""
+    if not isinstance(config, dict):
+        return 0
+    if config.get("type") == "Sequential":
+        if depth == _MAX_NESTING:
+            raise CheckpointError(f"model config: Sequentials nested over {_MAX_NESTING} deep")
+        mods = config.get("modules")
+        mods = mods if isinstance(mods, list) else []
+        return sum(_declared_parameters(m, depth + 1) for m in mods)
+
+    def size(key: str, default: int = 0) -> int:
+        v = config.get(key, default)
+        return max(v, 0) if isinstance(v, int) and not isinstance(v, bool) else 0
+
+    bias = bool(config.get("bias", True))
+    if config.get("type") == "Linear":
+        return size("out_features") * (size("in_features") + bias)
+    if config.get("type") == "Embedding":
+        return size("num_embeddings") * size("embedding_dim")
+    if config.get("type") == "LSTM":  # the shapes of nn.LSTM: 4H rows, O = P or H
+        H, P, layers = size("hidden_size"), size("proj_size"), size("num_layers", 1)
+        D, O = 1 + bool(config.get("bidirectional", False)), size("proj_size") or H
+        per = 4 * H * O + 8 * H * bias + P * H  # weight_hh, biases, weight_hr
+        first, above = 4 * H * size("input_size") + per, 4 * H * D * O + per
+        return D * first + max(layers - 1, 0) * D * above
+    return 0
+
+
 def load(path, *, expect_config: dict | None = None) -> Checkpoint:
     """Read a checkpoint written by ``save``; rebuild its model with the saved
     weights. ``expect_config``: the ``config()`` the model must have, else
@@ -94,17 +190,22 @@ def load(path, *, expect_config: dict | None = None) -> Checkpoint:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path}: no such file")
-    try:  # our own file object: np.load leaves a path's file open when the zip is bad
-        with open(path, "rb") as f, np.load(f, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}  # reads (and CRC-checks) every member
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
-        raise CheckpointError(f"checkpoint {path}: truncated or corrupt ({e})") from None
+    try:
+        arrays = _read_arrays(path)
+    except MemoryError:
+        raise  # sizes are checked first: this is the machine's, not the file's
+    except Exception as e:
+        # zipfile, zlib and NumPy's .npy reader raise a dozen types for bad
+        # bytes (BadZipFile, zlib.error, EOFError, NotImplementedError,
+        # tokenize.TokenError, SyntaxError, ...): all mean a corrupt file
+        why = str(e) or type(e).__name__
+        raise CheckpointError(f"checkpoint {path}: truncated or corrupt ({why})") from None
     if "__meta__" not in arrays:
         raise CheckpointError(f"checkpoint {path}: not an lstm_ext checkpoint (no __meta__)")
     try:
         header = json.loads(arrays.pop("__meta__").tobytes().decode())
         fmt = header["format"]
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
         raise CheckpointError(f"checkpoint {path}: unreadable metadata ({e})") from None
     if fmt != FORMAT:
         raise CheckpointError(f"checkpoint {path}: format {fmt!r}, expected {FORMAT!r}")
@@ -112,13 +213,23 @@ def load(path, *, expect_config: dict | None = None) -> Checkpoint:
         raise CheckpointError(
             f"checkpoint {path}: model {header.get('model')} does not match {expect_config}"
         )
+    params = {k[len("param/") :]: v for k, v in arrays.items() if k.startswith("param/")}
+    for k, v in params.items():
+        if v.dtype.kind not in "biuf":
+            raise CheckpointError(f"checkpoint {path}: parameter {k!r} has dtype {v.dtype}")
+    declared = _declared_parameters(header.get("model"))
+    held = sum(v.size for v in params.values())
+    if declared > 2 * held + _SPARE_PARAMETERS:
+        raise CheckpointError(
+            f"checkpoint {path}: its model config declares {declared} parameter values, "
+            f"the file holds {held}"
+        )
     try:
         model = nn.from_config(header["model"])
-        model.load_state_dict(
-            {k[len("param/") :]: v for k, v in arrays.items() if k.startswith("param/")}
-        )
+        with np.errstate(over="ignore"):  # float64 values past float32's range: inf
+            model.load_state_dict(params)
         _set_rng_states(model, header.get("rng", {}))
-    except (ValueError, TypeError, KeyError, IndexError) as e:
+    except (ValueError, TypeError, KeyError, IndexError, OverflowError, RuntimeError) as e:
         raise CheckpointError(f"checkpoint {path}: does not fit its model ({e})") from None
     optim = {k[len("optim/") :]: v for k, v in arrays.items() if k.startswith("optim/")}
     return Checkpoint(model, optim, header.get("meta", {}), header.get("lstm_ext_version", ""))

@@ -94,26 +94,45 @@ def load_model(path) -> nn.LSTM:
     flags = {k: u32(k) for k in ("bidirectional", "bias")}
     if any(v not in (0, 1) for v in flags.values()):
         raise FormatError(f"{path}: bidirectional and bias must be 0 or 1, got {flags}")
-    lstm = nn.LSTM(**cfg, bidirectional=bool(flags["bidirectional"]), bias=bool(flags["bias"]),
-                   dtype=np.dtype(dtype.type))  # fmt: skip
-    want = {k: v.shape for k, v in lstm.params.items()}
+    want = _shapes(cfg, bool(flags["bidirectional"]), bool(flags["bias"]))
     if (count := u32("the tensor count")) != len(want):
         raise FormatError(f"{path}: {count} tensors, expected {len(want)}")
-    seen = set()
+    values = {}  # read (and their bytes checked) before the LSTM is built
     for _ in range(count):
         n = u32("a name's length")
         if not 1 <= n <= 64:
             raise FormatError(f"{path}: a name of {n} bytes (at most 64)")
         name = take(n, "a tensor name").decode("ascii", errors="replace")
-        if name not in want or name in seen:
+        if name not in want or name in values:
             raise FormatError(f"{path}: unexpected or repeated tensor {name!r}")
-        seen.add(name)
         ndim = u32(f"{name!r} ndim")
         shape = struct.unpack(f"<{ndim}Q", take(8 * ndim, f"{name!r} shape")) if ndim < 8 else ()
         if shape != want[name]:
             raise FormatError(f"{path}: {name!r} has shape {shape}, expected {want[name]}")
         size = int(np.prod(shape)) * dtype.itemsize
-        lstm.params[name][...] = np.frombuffer(take(size, f"{name!r} data"), dtype).reshape(shape)
+        values[name] = np.frombuffer(take(size, f"{name!r} data"), dtype).reshape(shape)
     if pos != len(data):
         raise FormatError(f"{path}: {len(data) - pos} bytes after the last tensor")
+    lstm = nn.LSTM(**cfg, bidirectional=bool(flags["bidirectional"]), bias=bool(flags["bias"]),
+                   dtype=np.dtype(dtype.type))  # fmt: skip
+    for name, v in values.items():
+        lstm.params[name][...] = v
     return lstm.eval()
+
+
+def _shapes(cfg: dict, bidirectional: bool, bias: bool) -> dict[str, tuple[int, ...]]:
+    """nn.LSTM's parameter names and shapes, without building one (the file
+    must prove it holds them first)."""
+    H, P, D = cfg["hidden_size"], cfg["proj_size"], 2 if bidirectional else 1
+    O = P or H
+    shapes = {}
+    for layer in range(cfg["num_layers"]):
+        I = cfg["input_size"] if layer == 0 else D * O
+        for s in [f"_l{layer}", f"_l{layer}_reverse"][:D]:
+            shapes["weight_ih" + s] = (4 * H, I)
+            shapes["weight_hh" + s] = (4 * H, O)
+            if bias:
+                shapes["bias_ih" + s] = shapes["bias_hh" + s] = (4 * H,)
+            if P:
+                shapes["weight_hr" + s] = (P, H)
+    return shapes

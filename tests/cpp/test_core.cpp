@@ -140,6 +140,107 @@ TEST(Core, SameBitsAtAnyThreadCount) {
   EXPECT_EQ(std::memcmp(one.data(), three.data(), one.size() * sizeof(float)), 0);
 }
 
+// ---- 64-bit sizes ------------------------------------------------------------------
+
+using lstm_ext::backward_scratch_size;
+using lstm_ext::forward_workspace_size;
+using lstm_ext::step_scratch_size;
+
+Config sizes(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P = 0) {
+  Config c;
+  c.T = T, c.B = B, c.I = I, c.H = H, c.P = P;
+  return c;
+}
+
+// What lstm.h states for training without lengths or projection:
+// 6TBH + 7BH + 4H*32*ceil(H/32) elements.
+int64_t documented_training_workspace(const Config& c) {
+  return 6 * c.T * c.B * c.H + 7 * c.B * c.H + 4 * c.H * 32 * ((c.H + 31) / 32);
+}
+
+TEST(Sizes, WorkspaceSizesPast2To31AreExact) {
+  const int64_t T = int64_t(1) << 16, B = 1024, I = 8, H = 1024, P = 256;
+  const Config c = sizes(T, B, I, H), next = sizes(T + 1, B, I, H);  // T*B*H = 2^36
+  EXPECT_EQ(forward_workspace_size(c, true), documented_training_workspace(c));
+  EXPECT_EQ(forward_workspace_size(c, true), int64_t(412328394752));  // by hand
+  // Each step more keeps 6BH in training: gates 4BH, c_t BH, h_{t-1} BH; with
+  // a projection h_{t-1} is BP and m_t BH more; with lengths the gathered x
+  // BI more. Backward's scratch: dz 4BH, with a projection dL/dh_t BP.
+  EXPECT_EQ(forward_workspace_size(next, true) - forward_workspace_size(c, true), 6 * B * H);
+  EXPECT_EQ(backward_scratch_size(next) - backward_scratch_size(c), 4 * B * H);
+  const Config cp = sizes(T, B, I, H, P), np = sizes(T + 1, B, I, H, P);
+  EXPECT_EQ(forward_workspace_size(np, true) - forward_workspace_size(cp, true), B * (6 * H + P));
+  EXPECT_EQ(backward_scratch_size(np) - backward_scratch_size(cp), B * (4 * H + P));
+  const int64_t lengths[1] = {0};  // only tested for null by the size queries
+  Config ragged = c, ragged_next = next;
+  ragged.lengths = ragged_next.lengths = lengths;
+  EXPECT_EQ(forward_workspace_size(ragged_next, true) - forward_workspace_size(ragged, true),
+            B * (6 * H + I));
+  // Inference keeps a chunk of steps, whatever T is.
+  EXPECT_EQ(forward_workspace_size(sizes(T * 16, B, I, H), false),
+            forward_workspace_size(c, false));
+  // step: z [B,4H] and c_prev [B,H], B*5H = 5*2^31 here.
+  const int64_t big_B = int64_t(1) << 21;
+  EXPECT_EQ(step_scratch_size(sizes(1, big_B, I, H)), big_B * 5 * H);
+  EXPECT_EQ(step_scratch_size(sizes(1, big_B, I, H, P)), big_B * 6 * H);
+}
+
+TEST(Sizes, InferenceChunkTakesAnyBatch) {
+  EXPECT_EQ(lstm_ext::inference_chunk(1), 256);
+  EXPECT_EQ(lstm_ext::inference_chunk(15), 18);
+  EXPECT_EQ(lstm_ext::inference_chunk(16), 16);
+  // No B * 16 (UBSan's signed-overflow check watches this under ctest).
+  EXPECT_EQ(lstm_ext::inference_chunk(std::numeric_limits<int64_t>::max()), 16);
+  EXPECT_EQ(lstm_ext::inference_chunk(std::numeric_limits<int64_t>::min()), 16);
+}
+
+TEST(Sizes, ByteCountsPast64BitsAreRefusedNamingTheSizes) {
+  const int64_t big = int64_t(1) << 31;
+  const Config c = sizes(big, big, 1, 1);  // T*B = 2^62 elements
+  try {
+    forward_workspace_size(c, true);
+    ADD_FAILURE() << "no exception";
+  } catch (const std::length_error& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("T=2147483648 B=2147483648 I=1 H=1 P=0"), std::string::npos) << m;
+    EXPECT_NE(m.find("overflows a 64-bit byte count"), std::string::npos) << m;
+  }
+  const int64_t max = std::numeric_limits<int64_t>::max();
+  for (const Config& bad : {c, sizes(1, 1, 1, int64_t(1) << 40), sizes(max, 1, 1, 1),
+                            sizes(1, max, 1, 1), sizes(1, 1, max, 1), sizes(1, 1, 1, max),
+                            sizes(1, 1, 1, int64_t(1) << 30, int64_t(1) << 40)}) {
+    EXPECT_THROW(forward_workspace_size(bad, false), std::length_error) << bad.T << " " << bad.H;
+    EXPECT_THROW(backward_scratch_size(bad), std::length_error);
+    if (bad.T != max) EXPECT_THROW(step_scratch_size(bad), std::length_error);  // T = 1 there
+  }
+  // The calls refuse it before looking at a buffer: every one is null here,
+  // which a call with valid sizes refuses with std::invalid_argument.
+  const lstm_ext::Weights<float> none{};
+  EXPECT_THROW(lstm_ext::lstm_forward<float>(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
+                                             nullptr, nullptr, none, c, true),
+               std::length_error);
+  EXPECT_THROW(lstm_ext::lstm_backward<float>(nullptr, nullptr, nullptr, {}, nullptr, nullptr,
+                                              nullptr, nullptr, nullptr, nullptr, none, c),
+               std::length_error);
+  EXPECT_THROW(lstm_ext::lstm_step<float>(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
+                                          none, sizes(1, int64_t(1) << 61, 1, 1)),
+               std::length_error);
+  EXPECT_THROW(lstm_ext::lstm_forward<float>(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
+                                             nullptr, nullptr, none, sizes(2, 3, 4, 5), false),
+               std::invalid_argument);
+}
+
+TEST(Sizes, GemmDimensionsPastBlasRangeAreRefused) {
+  // T*B = 2^31: an int64_t count, but no 32-bit BLAS takes it as a dimension.
+  try {
+    forward_workspace_size(sizes(int64_t(1) << 16, int64_t(1) << 15, 1, 1), true);
+    ADD_FAILURE() << "no exception";
+  } catch (const std::length_error& e) {
+    EXPECT_NE(std::string(e.what()).find("BLAS limit"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(forward_workspace_size(sizes(1, 1, int64_t(1) << 31, 1), true), std::length_error);
+}
+
 // ---- lstm_ext::Model ----------------------------------------------------------------
 
 void put32(std::vector<unsigned char>& out, uint32_t v) {
@@ -209,6 +310,25 @@ TEST(Model, BidirectionalRunsButDoesNotStream) {
   for (float v : y) EXPECT_TRUE(std::isfinite(v));
   m.reset(1);
   EXPECT_THROW(m.step(x.data(), y.data()), std::logic_error);
+}
+
+TEST(Model, HugeSizesAreRefusedBeforeAllocatingAndKeepTheState) {
+  const auto f = model_file();
+  lstm_ext::Model a = lstm_ext::Model::from_bytes(f.data(), f.size()), b = a;
+  const std::vector<float> x = {0.5f, -1, 2};
+  std::vector<float> ya(4), yb(4);
+  a.reset(1);
+  b.reset(1);
+  a.step(x.data(), ya.data());
+  b.step(x.data(), yb.data());
+  // x is never read: the sizes are refused first.
+  EXPECT_THROW(a.reset(int64_t(1) << 62), std::length_error);
+  EXPECT_THROW(a.run(x.data(), int64_t(1) << 40, int64_t(1) << 30, ya.data()), std::length_error);
+  EXPECT_THROW(a.run(x.data(), int64_t(1) << 20, int64_t(1) << 12, ya.data()),
+               std::length_error);  // T*B = 2^32: past BLAS's range
+  a.step(x.data(), ya.data());      // the state a had, carried on
+  b.step(x.data(), yb.data());
+  for (int k = 0; k < 4; ++k) EXPECT_EQ(ya[size_t(k)], yb[size_t(k)]);
 }
 
 }  // namespace

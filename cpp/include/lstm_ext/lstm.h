@@ -99,11 +99,13 @@ struct Grads {
 // Training without lengths or projection takes 6TBH + 7BH + 4H*32*ceil(H/32)
 // elements: gates [T,B,4H], cell states [T+1,B,H], h_{t-1} [T,B,H], h
 // [2,B,H], the gate-major product [4H,B] and the packed R.
-// Throws std::length_error where a count overflows.
+// Throws std::length_error, naming T, B, I, H and P, where a count's byte
+// count would pass 2^63 (or a GEMM dimension BLAS's 2^31-1).
 constexpr int64_t kInferenceChunk = 16, kInferenceChunkRows = 256;
 inline int64_t inference_chunk(int64_t B) {
-  return B <= 0 || B * kInferenceChunk >= kInferenceChunkRows ? kInferenceChunk
-                                                              : (kInferenceChunkRows + B - 1) / B;
+  // B * kInferenceChunk >= kInferenceChunkRows, without the product (any B)
+  constexpr int64_t kFullFrom = (kInferenceChunkRows + kInferenceChunk - 1) / kInferenceChunk;
+  return B <= 0 || B >= kFullFrom ? kInferenceChunk : (kInferenceChunkRows + B - 1) / B;
 }
 int64_t forward_workspace_size(const Config& cfg, bool training);
 
