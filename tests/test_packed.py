@@ -1,11 +1,11 @@
 """The two CPU paths of the recurrent product against lstm_ext.reference.
 
-Where the CPU has AVX-512F the core multiplies by R packed once per call, in
-blocks of 32 (float32) or 16 (float64) hidden units with a hand-written kernel
-(cpp/src/recurrent.cpp); elsewhere, and with set_packed_recurrent(False),
+Where the CPU has AVX-512F, or AVX2 and FMA, the core multiplies by R packed
+once per call, in blocks of 32 (float32) or 16 (float64) hidden units with a
+hand-written kernel (cpp/src/recurrent.cpp; both kernels give the same bits); elsewhere, and with set_packed_recurrent(False),
 each step calls the BLAS. The rest of the suite runs whichever this machine
 uses; this file runs both on the same problems. The shapes cover every row
-count the kernel has its own code for (1 to 12 rows at a time and the rest),
+count the kernels have their own code for (1 to 12 rows at a time and the rest),
 hidden sizes that are not a multiple of the block (masked edges), blocks
 split over threads, ragged and reversed batches, peepholes and clipping.
 Tolerances as in test_features (RTOL 1e-12 float64, 1e-5 float32): both
@@ -31,7 +31,7 @@ PATHS = [
 @pytest.fixture(params=PATHS)
 def path(request):
     if request.param and not HAS_PACKED:
-        pytest.skip("this CPU has no AVX-512F: the packed kernel is not used here")
+        pytest.skip("this CPU has neither AVX-512F nor AVX2+FMA: the packed kernel is not used here")
     before = _core.set_packed_recurrent(request.param)
     assert _core.packed_recurrent_enabled() == request.param
     yield request.param
@@ -93,7 +93,7 @@ def test_inference_matches_training_on_both_paths(rng, path):
 
 def test_paths_agree(rng):
     if not HAS_PACKED:
-        pytest.skip("this CPU has no AVX-512F: only the BLAS path runs here")
+        pytest.skip("this CPU has neither AVX-512F nor AVX2+FMA: only the BLAS path runs here")
     p, _ = features_problem(rng, 20, 9, 24, 96, np.float64)
     args = [p[k] for k in ("x", "W", "R", "b", "h0", "c0")]
     outs = {}

@@ -158,7 +158,7 @@ LSTM_EXT_CLONES void cell_forward_rows(S* LSTM_EXT_RESTRICT z, S* LSTM_EXT_RESTR
       if (b) zz = {zz.i + b[j], zz.f + b[H + j], zz.g + b[2 * H + j], zz.o + b[3 * H + j]};
       const int64_t k = n * H + j;
       const auto a = cell::cell_forward<kPeep, kClip, kCoupled>(
-          &zz, c_prev[k], cell::peep_of(peep, j, H), clip, &c[k], &m[k]);
+          &zz, c_prev[k], cell::peep_of<kPeep>(peep, j, H), clip, &c[k], &m[k]);
       if (kSave) cell::store_gates(zn, j, H, kClip ? zz : a);
     }
   }
@@ -184,7 +184,7 @@ LSTM_EXT_CLONES void cell_backward_rows(S* LSTM_EXT_RESTRICT dz, S* LSTM_EXT_RES
       const cell::Gates<S> kept = cell::load_gates(sn, j, H);
       const cell::Gates<S> a = kClip ? cell::activate<kClip, kCoupled>(kept, clip) : kept;
       const auto d = cell::cell_backward<kPeep, kClip, kCoupled>(
-          a, kept, c_prev[k], c[k], dm[k], cell::peep_of(peep, j, H), clip, &dc[k]);
+          a, kept, c_prev[k], c[k], dm[k], cell::peep_of<kPeep>(peep, j, H), clip, &dc[k]);
       cell::store_gates(dzn, j, H, d);
       if (kPeep) {  // ONNX order i, o, f
         dpeep[j] += d.i * c_prev[k];

@@ -9,20 +9,30 @@
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
-#define LSTM_EXT_HAVE_AVX512_KERNEL 1
+#define LSTM_EXT_HAVE_X86_KERNELS 1
 #define LSTM_EXT_AVX512 __attribute__((target("avx512f"), always_inline)) inline
 #define LSTM_EXT_AVX512_FN __attribute__((target("avx512f")))
+#define LSTM_EXT_AVX2 __attribute__((target("avx2,fma"), always_inline)) inline
+#define LSTM_EXT_AVX2_FN __attribute__((target("avx2,fma")))
 #endif
 
 namespace lstm_ext {
 namespace detail {
 namespace {
 
-bool cpu_has_avx512f() {
-#ifdef LSTM_EXT_HAVE_AVX512_KERNEL
-  return __builtin_cpu_supports("avx512f");
+// Which kernel this CPU runs: AVX-512F, else AVX2 with FMA, else none (the
+// BLAS path). Both kernels do the same FMAs in the same order: the same bits.
+enum class Isa { kNone, kAvx2, kAvx512 };
+
+Isa cpu_isa() {
+#ifdef LSTM_EXT_HAVE_X86_KERNELS
+  static const Isa isa = __builtin_cpu_supports("avx512f") ? Isa::kAvx512
+                         : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
+                             ? Isa::kAvx2
+                             : Isa::kNone;
+  return isa;
 #else
-  return false;
+  return Isa::kNone;
 #endif
 }
 
@@ -30,12 +40,12 @@ bool cpu_has_avx512f() {
 std::atomic<bool>& packed_on() {
   static std::atomic<bool> on{[] {
     const char* env = std::getenv("LSTM_EXT_PACKED_RECURRENT");
-    return cpu_has_avx512f() && !(env && env[0] == '0');
+    return cpu_isa() != Isa::kNone && !(env && env[0] == '0');
   }()};
   return on;
 }
 
-#ifdef LSTM_EXT_HAVE_AVX512_KERNEL
+#ifdef LSTM_EXT_HAVE_X86_KERNELS
 
 // One 512-bit vector of S, and what the kernel does with it.
 template <typename S>
@@ -66,12 +76,14 @@ struct Vec<double> {
 };
 
 // NR rows of z, NG panels at once, each panel two vectors wide:
-//   z[r][g*zs + c] += sum_k a[r][k] * bp[g][k][c]     (c where panel g's mask is set)
+//   z[r][g*zs + c] += sum_k a[r][k] * bp[g*ps + k*P + c]     (c where panel g's mask is set)
+// (ps: the panels' stride, k < K: one chunk of their rows).
 // NR*NG*2 accumulators, each an independent chain over k. Few rows take
 // several panels at once, so that enough chains hide the FMA latency.
 template <typename S, int NR, int NG>
 LSTM_EXT_AVX512_FN void panel_rows(S* z, int64_t ldz, int64_t zs, const S* a, int64_t lda,
-                                   const S* bp, int64_t K, const typename Vec<S>::Mask* m0,
+                                   const S* bp, int64_t ps, int64_t K,
+                                   const typename Vec<S>::Mask* m0,
                                    const typename Vec<S>::Mask* m1) {
   using X = Vec<S>;
   constexpr int64_t L = X::kLanes, P = 2 * L;
@@ -86,8 +98,7 @@ LSTM_EXT_AVX512_FN void panel_rows(S* z, int64_t ldz, int64_t zs, const S* a, in
   for (int64_t k = 0; k < K; ++k) {
 #pragma GCC unroll 4
     for (int g = 0; g < NG; ++g) {
-      const typename X::V b0 = X::load(bp + (g * K + k) * P),
-                          b1 = X::load(bp + (g * K + k) * P + L);
+      const typename X::V b0 = X::load(bp + g * ps + k * P), b1 = X::load(bp + g * ps + k * P + L);
 #pragma GCC unroll 16
       for (int r = 0; r < NR; ++r) {
         const typename X::V ak = X::bcast(a[r * lda + k]);
@@ -106,39 +117,40 @@ LSTM_EXT_AVX512_FN void panel_rows(S* z, int64_t ldz, int64_t zs, const S* a, in
 }
 
 template <typename S>
-using RowsFn = void (*)(S*, int64_t, int64_t, const S*, int64_t, const S*, int64_t, int,
+using RowsFn = void (*)(S*, int64_t, int64_t, const S*, int64_t, const S*, int64_t, int64_t, int,
                         const typename Vec<S>::Mask*, const typename Vec<S>::Mask*);
 
 // Fewer than 4 rows: all ng panels at once.
 template <typename S, int NR>
 LSTM_EXT_AVX512_FN void few_rows(S* z, int64_t ldz, int64_t zs, const S* a, int64_t lda,
-                                 const S* bp, int64_t K, int ng, const typename Vec<S>::Mask* m0,
-                                 const typename Vec<S>::Mask* m1) {
+                                 const S* bp, int64_t ps, int64_t K, int ng,
+                                 const typename Vec<S>::Mask* m0, const typename Vec<S>::Mask* m1) {
   switch (ng) {
     case 1:
-      return panel_rows<S, NR, 1>(z, ldz, zs, a, lda, bp, K, m0, m1);
+      return panel_rows<S, NR, 1>(z, ldz, zs, a, lda, bp, ps, K, m0, m1);
     case 2:
-      return panel_rows<S, NR, 2>(z, ldz, zs, a, lda, bp, K, m0, m1);
+      return panel_rows<S, NR, 2>(z, ldz, zs, a, lda, bp, ps, K, m0, m1);
     case 3:
-      return panel_rows<S, NR, 3>(z, ldz, zs, a, lda, bp, K, m0, m1);
+      return panel_rows<S, NR, 3>(z, ldz, zs, a, lda, bp, ps, K, m0, m1);
     default:
-      return panel_rows<S, NR, 4>(z, ldz, zs, a, lda, bp, K, m0, m1);
+      return panel_rows<S, NR, 4>(z, ldz, zs, a, lda, bp, ps, K, m0, m1);
   }
 }
 
 // 4 to 12 rows: one panel at a time.
 template <typename S, int NR>
 LSTM_EXT_AVX512_FN void many_rows(S* z, int64_t ldz, int64_t zs, const S* a, int64_t lda,
-                                  const S* bp, int64_t K, int ng, const typename Vec<S>::Mask* m0,
+                                  const S* bp, int64_t ps, int64_t K, int ng,
+                                  const typename Vec<S>::Mask* m0,
                                   const typename Vec<S>::Mask* m1) {
   constexpr int64_t P = 2 * Vec<S>::kLanes;
   for (int g = 0; g < ng; ++g)
-    panel_rows<S, NR, 1>(z + g * zs, ldz, zs, a, lda, bp + g * K * P, K, m0 + g, m1 + g);
+    panel_rows<S, NR, 1>(z + g * zs, ldz, zs, a, lda, bp + g * ps, ps, K, m0 + g, m1 + g);
 }
 
 template <typename S>
 LSTM_EXT_AVX512_FN void panels_avx512(S* z, int64_t ldz, int64_t zs, const S* a, int64_t lda,
-                                      const S* bp, int64_t nb, int64_t K, int ng,
+                                      const S* bp, int64_t ps, int64_t nb, int64_t K, int ng,
                                       const int64_t* width) {
   using X = Vec<S>;
   using Mask = typename X::Mask;
@@ -157,12 +169,132 @@ LSTM_EXT_AVX512_FN void panels_avx512(S* z, int64_t ldz, int64_t zs, const S* a,
   const int64_t groups = (nb + 11) / 12;
   for (int64_t q = 0, n0 = 0; q < groups; ++q) {
     const int64_t nr = nb / groups + (q < nb % groups ? 1 : 0);
-    kRows[nr](z + n0 * ldz, ldz, zs, a + n0 * lda, lda, bp, K, ng, m0, m1);
+    kRows[nr](z + n0 * ldz, ldz, zs, a + n0 * lda, lda, bp, ps, K, ng, m0, m1);
     n0 += nr;
   }
 }
 
-#endif  // LSTM_EXT_HAVE_AVX512_KERNEL
+// The same product with 256-bit vectors (AVX2 and FMA): 16 registers, so
+// fewer accumulators. A panel is four vectors here; the kernel takes a strip
+// of NV of the 4*ng vectors of a row (NV 2, 4 or 8, the strip starting at a
+// multiple of NV) for NR rows: NR*NV accumulators, the strip's NV vectors of
+// bp and one broadcast of a, at most 15 registers.
+template <typename S>
+struct Vec2;
+
+template <>
+struct Vec2<float> {
+  using V = __m256;
+  static constexpr int kLanes = 8;
+  static LSTM_EXT_AVX2 V load(const float* p) { return _mm256_loadu_ps(p); }
+  static LSTM_EXT_AVX2 V load(__m256i m, const float* p) { return _mm256_maskload_ps(p, m); }
+  static LSTM_EXT_AVX2 void store(float* p, __m256i m, V v) { _mm256_maskstore_ps(p, m, v); }
+  static LSTM_EXT_AVX2 V bcast(float s) { return _mm256_set1_ps(s); }
+  static LSTM_EXT_AVX2 V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  // Lanes below n set.
+  static LSTM_EXT_AVX2 __m256i lanes(int64_t n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(int(std::clamp<int64_t>(n, 0, kLanes))),
+                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+};
+
+template <>
+struct Vec2<double> {
+  using V = __m256d;
+  static constexpr int kLanes = 4;
+  static LSTM_EXT_AVX2 V load(const double* p) { return _mm256_loadu_pd(p); }
+  static LSTM_EXT_AVX2 V load(__m256i m, const double* p) { return _mm256_maskload_pd(p, m); }
+  static LSTM_EXT_AVX2 void store(double* p, __m256i m, V v) { _mm256_maskstore_pd(p, m, v); }
+  static LSTM_EXT_AVX2 V bcast(double s) { return _mm256_set1_pd(s); }
+  static LSTM_EXT_AVX2 V fma(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
+  static LSTM_EXT_AVX2 __m256i lanes(int64_t n) {
+    return _mm256_cmpgt_epi64(_mm256_set1_epi64x(std::clamp<int64_t>(n, 0, kLanes)),
+                              _mm256_setr_epi64x(0, 1, 2, 3));
+  }
+};
+
+// z[r][.] += sum_k a[r][k] * bp[.] over vectors v0 .. v0+NV-1 (vector v is
+// panel v/4's columns (v%4)*L .., at bp + (v/4)*ps + k*P), rows r < NR;
+// mask[v] its lanes in z.
+template <typename S, int NR, int NV>
+LSTM_EXT_AVX2_FN void strip_rows(S* z, int64_t ldz, int64_t zs, const S* a, int64_t lda,
+                                 const S* bp, int64_t ps, int64_t K, int v0, const __m256i* mask) {
+  using X = Vec2<S>;
+  constexpr int64_t L = X::kLanes, P = 4 * L;
+  constexpr int NP = (NV + 3) / 4, VP = NV / NP;  // panels touched, vectors in each
+  const int64_t off = (v0 % 4) * L;
+  S* zp[NP];
+  const S* bq[NP];
+  for (int p = 0; p < NP; ++p) {
+    const int64_t g = v0 / 4 + p;
+    zp[p] = z + g * zs + off;
+    bq[p] = bp + g * ps + off;
+  }
+  typename X::V acc[NR][NP][VP];
+#pragma GCC unroll 8
+  for (int r = 0; r < NR; ++r)
+#pragma GCC unroll 2
+    for (int p = 0; p < NP; ++p)
+#pragma GCC unroll 4
+      for (int j = 0; j < VP; ++j)
+        acc[r][p][j] = X::load(mask[v0 + 4 * p + j], zp[p] + r * ldz + j * L);
+  for (int64_t k = 0; k < K; ++k) {
+    typename X::V b[NP][VP];
+#pragma GCC unroll 2
+    for (int p = 0; p < NP; ++p)
+#pragma GCC unroll 4
+      for (int j = 0; j < VP; ++j) b[p][j] = X::load(bq[p] + k * P + j * L);
+#pragma GCC unroll 8
+    for (int r = 0; r < NR; ++r) {
+      const typename X::V ak = X::bcast(a[r * lda + k]);
+#pragma GCC unroll 2
+      for (int p = 0; p < NP; ++p)
+#pragma GCC unroll 4
+        for (int j = 0; j < VP; ++j) acc[r][p][j] = X::fma(ak, b[p][j], acc[r][p][j]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < NR; ++r)
+#pragma GCC unroll 2
+    for (int p = 0; p < NP; ++p)
+#pragma GCC unroll 4
+      for (int j = 0; j < VP; ++j)
+        X::store(zp[p] + r * ldz + j * L, mask[v0 + 4 * p + j], acc[r][p][j]);
+}
+
+// NR rows over all 4*ng vectors: strips of 8 vectors for one row, 4 for two,
+// 2 for three to six (8, 8 and 6 to 12 accumulators).
+template <typename S, int NR>
+LSTM_EXT_AVX2_FN void strips(S* z, int64_t ldz, int64_t zs, const S* a, int64_t lda, const S* bp,
+                             int64_t ps, int64_t K, int ng, const __m256i* mask) {
+  constexpr int NV = NR == 1 ? 8 : NR == 2 ? 4 : 2;
+  int v = 0;
+  for (; v + NV <= 4 * ng; v += NV) strip_rows<S, NR, NV>(z, ldz, zs, a, lda, bp, ps, K, v, mask);
+  if constexpr (NV == 8)  // ng odd: the last panel
+    if (v < 4 * ng) strip_rows<S, NR, 4>(z, ldz, zs, a, lda, bp, ps, K, v, mask);
+}
+
+template <typename S>
+LSTM_EXT_AVX2_FN void panels_avx2(S* z, int64_t ldz, int64_t zs, const S* a, int64_t lda,
+                                  const S* bp, int64_t ps, int64_t nb, int64_t K, int ng,
+                                  const int64_t* width) {
+  using X = Vec2<S>;
+  constexpr int64_t L = X::kLanes;
+  __m256i mask[16];
+  for (int v = 0; v < 4 * ng; ++v) mask[v] = X::lanes(width[v / 4] - (v % 4) * L);
+  using Fn = void (*)(S*, int64_t, int64_t, const S*, int64_t, const S*, int64_t, int64_t, int,
+                      const __m256i*);
+  static constexpr Fn kRows[] = {nullptr,      strips<S, 1>, strips<S, 2>, strips<S, 3>,
+                                 strips<S, 4>, strips<S, 5>, strips<S, 6>};
+  const int64_t groups = (nb + 5) / 6;  // of at most 6 rows, as even as possible
+  for (int64_t q = 0, n0 = 0; q < groups; ++q) {
+    const int64_t nr = nb / groups + (q < nb % groups ? 1 : 0);
+    kRows[nr](z + n0 * ldz, ldz, zs, a + n0 * lda, lda, bp, ps, K, ng, mask);
+    n0 += nr;
+  }
+}
+
+#endif  // LSTM_EXT_HAVE_X86_KERNELS
 
 }  // namespace
 
@@ -200,8 +332,22 @@ void pack_columns(S* Bp, const S* B, int64_t K, int64_t N, int64_t p) {
 template <typename S>
 void panel_product(S* z, int64_t ldz, int64_t zs, const S* a, int64_t lda, const S* Bp, int64_t nb,
                    int64_t K, int ng, const int64_t* width) {
-#ifdef LSTM_EXT_HAVE_AVX512_KERNEL
-  panels_avx512(z, ldz, zs, a, lda, Bp, nb, K, ng, width);
+#ifdef LSTM_EXT_HAVE_X86_KERNELS
+  // In chunks of kChunk along k, so that the chunk of the panels (256 KiB,
+  // half of a Zen 3 core's L2) stays in L2 while every group of rows passes
+  // over it. Each chunk adds to z what the one before left there: the same
+  // FMAs in the same order.
+  constexpr int64_t P = kPanel<S>, kChunk = 512;
+  const Isa isa = cpu_isa();
+  if (isa == Isa::kNone)
+    throw std::logic_error("lstm_ext: this CPU has no packed recurrent kernel (AVX2 and FMA)");
+  for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
+    const int64_t kc = std::min(kChunk, K - k0);
+    if (isa == Isa::kAvx512)
+      panels_avx512(z, ldz, zs, a + k0, lda, Bp + k0 * P, K * P, nb, kc, ng, width);
+    else
+      panels_avx2(z, ldz, zs, a + k0, lda, Bp + k0 * P, K * P, nb, kc, ng, width);
+  }
 #else
   (void)z, (void)ldz, (void)zs, (void)a, (void)lda, (void)Bp, (void)nb, (void)K, (void)ng,
       (void)width;
@@ -245,7 +391,7 @@ LSTM_EXT_INSTANTIATE(double)
 bool packed_recurrent_enabled() { return detail::packed_on().load(std::memory_order_relaxed); }
 
 bool set_packed_recurrent(bool on) {
-  return detail::packed_on().exchange(on && detail::cpu_has_avx512f());
+  return detail::packed_on().exchange(on && detail::cpu_isa() != detail::Isa::kNone);
 }
 
 }  // namespace lstm_ext

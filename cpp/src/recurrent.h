@@ -3,11 +3,13 @@
 // step to step (the DeepCPU layout; dev/perf-notes.md, change 6).
 //
 // Block u holds units [u*kPanel, (u+1)*kPanel) of all four gates: four panels
-// of [O,kPanel] (k-major, so one k is two 512-bit vectors), zero past H:
+// of [O,kPanel] (k-major, so one k is two 512-bit or four 256-bit vectors),
+// zero past H:
 //   Rp [blocks,4,O,kPanel],  Rp[u][g][k][c] = R[g*H + u*kPanel + c][k]
 // Every element of z is its entry value plus h[n][k] * R[q][k] for k = 0, 1,
 // ..., O-1, one fused multiply-add at a time in that order, whatever the
-// batch, the block or the thread: the same bits at any thread count.
+// batch, the block or the thread: the same bits at any thread count, and
+// with the AVX-512F kernel or the AVX2+FMA one (whichever the CPU has).
 // Internal: not installed.
 #pragma once
 
@@ -18,7 +20,7 @@
 namespace lstm_ext {
 namespace detail {
 
-// Units per block: two 512-bit vectors of S.
+// Units per block: two 512-bit vectors of S (four 256-bit ones).
 template <typename S>
 constexpr int64_t kPanel = int64_t(128 / sizeof(S));
 

@@ -112,7 +112,7 @@ __global__ void forward_cells(S* z, S* c, S* m, const S* c_prev, const S* b, con
     if (b) zz = {zz.i + b[j], zz.f + b[H + j], zz.g + b[2 * H + j], zz.o + b[3 * H + j]};
     S mv;
     const auto a = cell::cell_forward<kPeep, kClip, kCoupled>(
-        &zz, c_prev[idx], cell::peep_of(peep, j, H), clip, &c[idx], &mv);
+        &zz, c_prev[idx], cell::peep_of<kPeep>(peep, j, H), clip, &c[idx], &mv);
     m[idx] = mv;
     if (h_next && n < nb_next) h_next[idx] = mv;
     cell::store_gates(zn, j, H, kClip ? zz : a);
@@ -131,7 +131,7 @@ __global__ void backward_cells(S* dz, S* dc, const S* saved, const S* c_prev, co
     const cell::Gates<S> a = kClip ? cell::activate<kClip, kCoupled>(kept, clip) : kept;
     S dcv = dc[idx];
     const auto d = cell::cell_backward<kPeep, kClip, kCoupled>(
-        a, kept, c_prev[idx], c[idx], dm[idx], cell::peep_of(peep, j, H), clip, &dcv);
+        a, kept, c_prev[idx], c[idx], dm[idx], cell::peep_of<kPeep>(peep, j, H), clip, &dcv);
     dc[idx] = dcv;
     cell::store_gates(dz + n * 4 * H, j, H, d);
   }
@@ -328,7 +328,7 @@ __global__ void __launch_bounds__(256)
       if (b) zz = {zz.i + b[j], zz.f + b[H + j], zz.g + b[2 * H + j], zz.o + b[3 * H + j]};
       S cv, mv;
       const auto a = cell::cell_forward<kPeep, kClip, kCoupled>(
-          &zz, cs[i], cell::peep_of(peep, j, H), clip, &cv, &mv);
+          &zz, cs[i], cell::peep_of<kPeep>(peep, j, H), clip, &cv, &mv);
       cs[i] = cv;
       C[(B + off[k] + n) * H + j] = cv;
       Y[(off[k] + n) * H + j] = mv;
@@ -400,7 +400,7 @@ __global__ void __launch_bounds__(256)
       const S c_prev = C[(k == 0 ? n : B + off[k - 1] + n) * H + j], c = C[(B + r) * H + j];
       S dcv = dcs[i];
       const auto d = cell::cell_backward<kPeep, kClip, kCoupled>(
-          a, kept, c_prev, c, dm, cell::peep_of(peep, j, H), clip, &dcv);
+          a, kept, c_prev, c, dm, cell::peep_of<kPeep>(peep, j, H), clip, &dcv);
       dcs[i] = dcv;
       cell::store_gates(dZ + r * G, j, H, d);
     }

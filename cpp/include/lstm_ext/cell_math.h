@@ -133,10 +133,13 @@ LSTM_EXT_HD void store_gates(S* row, int64_t j, int64_t H, const Gates<S>& g) {
   row[3 * H + j] = g.o;
 }
 
-// Unit j's peephole weights from p [3H] (ONNX order i, o, f); zeros for null p.
-template <typename S>
+// Unit j's peephole weights from p [3H] (ONNX order i, o, f) with kPeep (p
+// then not null), zeros without: no branch inside the caller's loop, which
+// would keep it from being vectorised.
+template <bool kPeep, typename S>
 LSTM_EXT_HD Peep<S> peep_of(const S* p, int64_t j, int64_t H) {
-  return p ? Peep<S>{p[j], p[H + j], p[2 * H + j]} : Peep<S>{S(0), S(0), S(0)};
+  if (!kPeep) return Peep<S>{S(0), S(0), S(0)};
+  return Peep<S>{p[j], p[H + j], p[2 * H + j]};
 }
 
 // Activations of the (final) pre-activations z.

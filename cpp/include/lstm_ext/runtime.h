@@ -20,8 +20,9 @@ int blas_num_threads();
 int get_num_threads();
 void set_num_threads(int n);
 
-// The recurrent product on R packed once per call, with an AVX-512 kernel
-// (where the CPU has AVX-512F, unless LSTM_EXT_PACKED_RECURRENT=0), or each
+// The recurrent product on R packed once per call, with a hand-written kernel
+// (where the CPU has AVX-512F, or AVX2 and FMA, unless
+// LSTM_EXT_PACKED_RECURRENT=0; the two kernels give the same bits), or each
 // step through the BLAS. Both are checked against the same reference; on one
 // machine each gives the same bits at any thread count. set_packed_recurrent
 // returns the previous setting (it stays off where the CPU cannot).
