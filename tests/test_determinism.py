@@ -3,7 +3,8 @@
 Each setting runs in its own process (lstm_ext reads LSTM_EXT_NUM_THREADS
 and OpenBLAS reads OPENBLAS_NUM_THREADS when they load), computes forward and
 backward for several shapes, features and both dtypes, and prints a hash of
-every byte of every result; the hashes must agree. The shapes include the
+every byte of every result (and of a few streaming steps); the hashes must
+agree. The shapes include the
 ones where OpenBLAS's own threading changes the last bits (a skinny product
 with a long inner dimension, (1,3,2800,175) and (40,3,300,700)): lstm_ext
 runs the BLAS single-threaded and cuts the work by shape alone.
@@ -35,6 +36,15 @@ for dt in (np.float32, np.float64):
             g = lstm_ext.backward(out.cache, np.ones_like(out.y))
             for a in (*out[:3], *g):
                 h.update(np.ascontiguousarray(a).tobytes())
+    # step: split over two threads at B <= 8, H >= 64 (cpp/src/lstm.cpp), not below
+    for B, I, H in [(1, 128, 128), (8, 40, 72), (9, 40, 72), (2, 16, 40)]:
+        W = (0.1 * rng.standard_normal((4 * H, I))).astype(dt)
+        R = (0.1 * rng.standard_normal((4 * H, H))).astype(dt)
+        hs, cs = rng.standard_normal((2, B, H)).astype(dt)
+        for t in range(3):
+            hs, cs = lstm_ext.step(rng.standard_normal((B, I)).astype(dt), hs, cs, W, R)
+            h.update(hs.tobytes())
+            h.update(cs.tobytes())
     lstm = LSTM(32, 48, 2, bidirectional=True, proj_size=16, dtype=dt, seed=1)
     x = rng.standard_normal((30, 8, 32)).astype(dt)
     y, (hn, cn) = lstm(x)

@@ -117,6 +117,25 @@ def test_step_with_features_matches_forward(rng, case):
     assert_close("c", c, whole.c, RTOL[np.float64])
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", ["plain", "peephole", "everything"])
+@pytest.mark.parametrize("shape", [(1, 128, 128), (8, 9, 72), (3, 5, 67)], ids=str)
+def test_step_split_over_threads_matches_forward(rng, case, shape, dtype):
+    # B <= 8 and H >= 64 without projection: step computes two halves of the
+    # units on two threads (cpp/src/lstm.cpp); H = 67 and 72 cut off the
+    # vector width. "everything" has a projection, so it takes the other path.
+    B, I, H = shape
+    opts = {} if case == "plain" else CASES[case]
+    opts = {k: v for k, v in opts.items() if k not in ("lengths", "reverse")}
+    p, kw = features_problem(rng, 4, B, I, H, dtype, **opts)
+    whole = lstm_ext.forward(p["x"], p["W"], p["R"], p["b"], p["h0"], p["c0"], **kw)
+    h, c = p["h0"], p["c0"]
+    for t in range(4):
+        h, c = lstm_ext.step(p["x"][t], h, c, p["W"], p["R"], p["b"], **kw)
+        assert_close(f"h[{t}]", h, whole.y[t], RTOL[dtype])
+    assert_close("c", c, whole.c, RTOL[dtype])
+
+
 def test_inference_with_features_matches_training(rng):
     """training=False runs the same schedule in chunks; same answer."""
     p, kw = features_problem(

@@ -460,6 +460,10 @@ void lstm_backward(S* dx, S* dh0, S* dc0, const Grads<S>& g, S* scr, In<S> ws, I
   scatter_state(dc0, dc, s, B, H);
 }
 
+// lstm_step splits a step of at most kStepSplitRows rows and at least
+// kStepSplitUnits units over two threads.
+constexpr int64_t kStepSplitRows = 8, kStepSplitUnits = 64;
+
 template <typename S>
 void lstm_step(S* h_out, S* c_out, S* scr, In<S> x, In<S> h, In<S> c, const Weights<S>& w,
                const Config& cfg) {
@@ -478,16 +482,39 @@ void lstm_step(S* h_out, S* c_out, S* scr, In<S> x, In<S> h, In<S> c, const Weig
   else
     std::fill(c_prev, c_prev + B * H, S(0));
   S* m = P > 0 ? c_prev + B * H : h_out;  // [B,H]
+  const auto cells = [&](int64_t j0, int64_t j1) {
+    dispatch(
+        [&](auto peep, auto clipped, auto coupled) {
+          cell_forward_rows<false, decltype(peep)::value, decltype(clipped)::value,
+                            decltype(coupled)::value>(z, c_out, m, c_prev, w.b, w.peephole,
+                                                      S(cfg.clip), B, H, j0, j1);
+        },
+        w.peephole != nullptr, cfg.clip > 0, cfg.input_forget);
+  };
+  if (B <= kStepSplitRows && H >= kStepSplitUnits && P == 0) {
+    // Streaming: the units in two halves fixed by H, each one thread's where
+    // there are two. A thread's rows of W and R (256 KiB at H = 128) then
+    // stay in its core's L2 from call to call instead of coming from L3
+    // (dev/perf-notes.md, 13). The halves depend on the shape alone: the
+    // same bits at any thread count.
+    const int64_t cut[3] = {0, std::min(H, (H / 2 + 7) / 8 * 8), H};
+    const auto products = [&](int64_t j0, int64_t j1) {  // z[:, g*H + j0 .. g*H + j1)
+      for (int64_t g = 0, q = j0; g < 4; ++g, q += H) {
+        gemm(Op::N, Op::T, B, j1 - j0, I, S(1), x, I, w.W + q * I, I, S(0), z + q, G);
+        if (h) gemm(Op::N, Op::T, B, j1 - j0, O, S(1), h, O, w.R + q * O, O, S(1), z + q, G);
+      }
+    };
+    parallel_team(2, [&](int t, int n, Barrier& barrier) {
+      for (int p = t; p < 2; p += n) products(cut[p], cut[p + 1]);
+      barrier.wait();  // all of h read before h_out, which may alias it, is written
+      for (int p = t; p < 2; p += n) cells(cut[p], cut[p + 1]);
+    });
+    return;
+  }
   gemm(Op::N, Op::T, B, G, I, S(1), x, I, w.W, I, S(0), z, G);
   // h is read in full here, before h_out (which may alias it) is written.
   if (h) gemm(Op::N, Op::T, B, G, O, S(1), h, O, w.R, O, S(1), z, G);
-  dispatch(
-      [&](auto peep, auto clipped, auto coupled) {
-        cell_forward_rows<false, decltype(peep)::value, decltype(clipped)::value,
-                          decltype(coupled)::value>(z, c_out, m, c_prev, w.b, w.peephole,
-                                                    S(cfg.clip), B, H, 0, H);
-      },
-      w.peephole != nullptr, cfg.clip > 0, cfg.input_forget);
+  cells(0, H);
   if (P > 0) gemm(Op::N, Op::T, B, P, H, S(1), m, H, w.W_hr, H, S(0), h_out, P);
 }
 
