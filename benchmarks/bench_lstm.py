@@ -245,6 +245,25 @@ def optional_import(name):
         return None
 
 
+def cpu_description():
+    """The CPU's model name and widest vector extension (Linux), and lstm_ext's path."""
+    name, flags = "?", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    name = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    simd = next((f for f in ("avx512f", "avx2", "sse4_2") if f in flags), "?")
+    packed = "packed kernel" if lstm_ext._core.packed_recurrent_enabled() else "BLAS per step"
+    return f"{name}, {simd}; recurrent product: {packed}"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeat", type=int, default=5, help="timed calls per cell (median)")
@@ -264,6 +283,7 @@ def main():
     machine = dict(
         date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         processor=platform.processor() or " ".join(platform.uname()).strip(),
+        cpu=cpu_description(),
         cores=os.cpu_count(),
         numpy=np.__version__,
         lstm_ext=lstm_ext.__version__,
