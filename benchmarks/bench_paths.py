@@ -10,11 +10,10 @@ CPU has no packed kernel (neither AVX-512F nor AVX2+FMA) only the BLAS path
 is timed. dev/perf-notes.md quotes its output.
 """
 
-import statistics
 import sys
-import time
 
 import numpy as np
+from bench_lstm import median_ms  # same folder
 
 import lstm_ext
 from lstm_ext import _core
@@ -22,19 +21,9 @@ from lstm_ext import _core
 CASES = [(100, 1, 128, 128), (100, 16, 256, 256), (100, 64, 512, 512), (50, 128, 1024, 1024)]
 
 
-def median_s(fn, repeat):
-    fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def gemm_rate():
     a = np.random.default_rng(1).standard_normal((2048, 2048), dtype=np.float32)
-    return 2 * 2048**3 / median_s(lambda: a @ a, 5)
+    return 2 * 2048**3 / (median_ms(lambda: a @ a, 5) / 1e3)
 
 
 def main():
@@ -53,8 +42,8 @@ def main():
         cells = []
         for packed in paths:
             _core.set_packed_recurrent(packed)
-            fwd = median_s(lambda a=(x, W, R): lstm_ext.forward(*a, training=False), repeat)
-            both = median_s(
+            fwd = 1e-3 * median_ms(lambda a=(x, W, R): lstm_ext.forward(*a, training=False), repeat)
+            both = 1e-3 * median_ms(
                 lambda a=(x, W, R), dy=dy: lstm_ext.backward(lstm_ext.forward(*a).cache, dy), repeat
             )
             cells.append(

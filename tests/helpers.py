@@ -1,4 +1,6 @@
-"""Random LSTM problems and the tolerance check every test uses."""
+"""Random LSTM problems, the tolerance check every test uses, and threads started together."""
+
+import threading
 
 import numpy as np
 
@@ -61,3 +63,26 @@ def central_difference(f, a, k, eps=1e-6):
     down = f()
     a[k] = orig
     return (up - down) / (2 * eps)
+
+
+def run_in_threads(fns):
+    """fns[k]() in thread k, all started together; results in order, the
+    first error re-raised here."""
+    results, errors = [None] * len(fns), []
+    start = threading.Barrier(len(fns))
+
+    def worker(k):
+        try:
+            start.wait()
+            results[k] = fns[k]()
+        except BaseException as e:  # re-raised in the test's thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(len(fns))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results

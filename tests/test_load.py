@@ -20,35 +20,12 @@ import numpy as np
 import pytest
 
 import lstm_ext
-from helpers import assert_close
+from helpers import assert_close, run_in_threads
 from lstm_ext import nn
 from lstm_ext import reference as ref
 
 RTOL = {np.float32: 1e-5, np.float64: 1e-12}  # test_core's, for the calls made alone
 THREADS, ROUNDS = 8, 1000
-
-
-def run_in_threads(fns):
-    """fns[k]() in thread k, all started together; results in order, the
-    first error re-raised here."""
-    results, errors = [None] * len(fns), []
-    start = threading.Barrier(len(fns))
-
-    def worker(k):
-        try:
-            start.wait()
-            results[k] = fns[k]()
-        except BaseException as e:  # re-raised in the test's thread
-            errors.append(e)
-
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(len(fns))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-    return results
 
 
 def problem(seed):

@@ -2,8 +2,9 @@
 
 Where the CPU has AVX-512F, or AVX2 and FMA, the core multiplies by R packed
 once per call, in blocks of 32 (float32) or 16 (float64) hidden units with a
-hand-written kernel (cpp/src/recurrent.cpp; both kernels give the same bits); elsewhere, and with set_packed_recurrent(False),
-each step calls the BLAS. The rest of the suite runs whichever this machine
+hand-written kernel (cpp/src/recurrent.cpp; both kernels give the same
+bits); elsewhere, and with set_packed_recurrent(False), each step calls the
+BLAS. The rest of the suite runs whichever this machine
 uses; this file runs both on the same problems. The shapes cover every row
 count the kernels have their own code for (1 to 12 rows at a time and the rest),
 hidden sizes that are not a multiple of the block (masked edges), blocks
@@ -31,7 +32,7 @@ PATHS = [
 @pytest.fixture(params=PATHS)
 def path(request):
     if request.param and not HAS_PACKED:
-        pytest.skip("this CPU has neither AVX-512F nor AVX2+FMA: the packed kernel is not used here")
+        pytest.skip("this CPU has neither AVX-512F nor AVX2+FMA: no packed kernel here")
     before = _core.set_packed_recurrent(request.param)
     assert _core.packed_recurrent_enabled() == request.param
     yield request.param

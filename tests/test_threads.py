@@ -6,29 +6,7 @@ import time
 import numpy as np
 
 import lstm_ext
-from helpers import make_problem
-
-
-def run_in_threads(fns):
-    results = [None] * len(fns)
-    errors = []
-    start = threading.Barrier(len(fns))
-
-    def worker(k):
-        try:
-            start.wait()
-            results[k] = fns[k]()
-        except BaseException as e:  # re-raised below, in the test's thread
-            errors.append(e)
-
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(len(fns))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-    return results
+from helpers import make_problem, run_in_threads
 
 
 def forward_backward(p):
