@@ -29,6 +29,13 @@ PATHS = [
 ]
 
 
+def test_kernel_named():
+    # The kernel follows the CPU: avx512f, else avx2 (with FMA), else none.
+    kernel = _core.packed_recurrent_kernel()
+    assert kernel in ("avx512f", "avx2", "none")
+    assert (kernel != "none") == HAS_PACKED
+
+
 @pytest.fixture(params=PATHS)
 def path(request):
     if request.param and not HAS_PACKED:

@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <stdexcept>
+#include <string>
 
 #include "common.h"
 
@@ -389,6 +390,18 @@ LSTM_EXT_INSTANTIATE(double)
 }  // namespace detail
 
 bool packed_recurrent_enabled() { return detail::packed_on().load(std::memory_order_relaxed); }
+
+std::string packed_recurrent_kernel() {
+  switch (detail::cpu_isa()) {
+    case detail::Isa::kAvx512:
+      return "avx512f";
+    case detail::Isa::kAvx2:
+      return "avx2";
+    case detail::Isa::kNone:
+      break;
+  }
+  return "none";
+}
 
 bool set_packed_recurrent(bool on) {
   return detail::packed_on().exchange(on && detail::cpu_isa() != detail::Isa::kNone);

@@ -238,9 +238,12 @@ PYBIND11_MODULE(_core, m) {
   m.def("get_num_threads", &lstm_ext::get_num_threads, "lstm_ext's threads.");
   m.def("set_num_threads", &lstm_ext::set_num_threads, py::arg("n"),
         "Set lstm_ext's threads (results are the same bits for any count).");
-  m.def("packed_recurrent_enabled", &lstm_ext::packed_recurrent_enabled,
-        "Whether the recurrent product runs on R packed (AVX-512F or AVX2+FMA; else per step in the "
-        "BLAS).");
+  m.def(
+      "packed_recurrent_enabled", &lstm_ext::packed_recurrent_enabled,
+      "Whether the recurrent product runs on R packed (AVX-512F or AVX2+FMA; else per step in the "
+      "BLAS).");
+  m.def("packed_recurrent_kernel", &lstm_ext::packed_recurrent_kernel,
+        "The packed kernel this CPU runs: 'avx512f', 'avx2' (with FMA) or 'none'.");
   m.def("set_packed_recurrent", &lstm_ext::set_packed_recurrent, py::arg("on"),
         "Switch the packed recurrent product on or off; returns the previous setting.");
   m.def("build_description", &lstm_ext::build_description, "Compiler and options of the core.");

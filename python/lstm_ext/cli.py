@@ -476,6 +476,10 @@ def cmd_info(args) -> None:
           f"CPU cores available: {len(os.sched_getaffinity(0))}")  # fmt: skip
     print(f"BLAS: {_core.blas_config()}; {blas} thread{'s' * (blas != 1)} now, 1 once lstm_ext "
           "has run (it parallelises on its own threads)")  # fmt: skip
+    kernel = _core.packed_recurrent_kernel()
+    path = "R packed, hand-written kernel" if _core.packed_recurrent_enabled() else "BLAS per step"
+    print(f"recurrent product: {path}; this CPU's kernel: {kernel} "
+          "(LSTM_EXT_PACKED_RECURRENT=0: BLAS per step)")  # fmt: skip
     print(f"CUDA path compiled: {'yes' if _device.cuda_compiled() else 'no'}; "
           f"device='cuda' {'available' if _device.cuda_available() else 'unavailable'}: "
           f"{_device.cuda_status()}")  # fmt: skip

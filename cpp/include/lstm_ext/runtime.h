@@ -28,6 +28,8 @@ void set_num_threads(int n);
 // returns the previous setting (it stays off where the CPU cannot).
 bool packed_recurrent_enabled();
 bool set_packed_recurrent(bool on);
+// The packed kernel this CPU runs: "avx512f", "avx2" (with FMA) or "none".
+std::string packed_recurrent_kernel();
 
 // The compiler and options this library was built with, one line.
 std::string build_description();
