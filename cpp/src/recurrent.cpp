@@ -285,14 +285,29 @@ LSTM_EXT_AVX2_FN void panels_avx2(S* z, int64_t ldz, int64_t zs, const S* a, int
   for (int v = 0; v < 4 * ng; ++v) mask[v] = X::lanes(width[v / 4] - (v % 4) * L);
   using Fn = void (*)(S*, int64_t, int64_t, const S*, int64_t, const S*, int64_t, int64_t, int,
                       const __m256i*);
-  static constexpr Fn kRows[] = {nullptr,      strips<S, 1>, strips<S, 2>, strips<S, 3>,
-                                 strips<S, 4>, strips<S, 5>, strips<S, 6>};
-  const int64_t groups = (nb + 5) / 6;  // of at most 6 rows, as even as possible
-  for (int64_t q = 0, n0 = 0; q < groups; ++q) {
-    const int64_t nr = nb / groups + (q < nb % groups ? 1 : 0);
-    kRows[nr](z + n0 * ldz, ldz, zs, a + n0 * lda, lda, bp, ps, K, ng, mask);
-    n0 += nr;
+  if (nb < 3) {  // one group, wider strips
+    static constexpr Fn kRows[] = {nullptr, strips<S, 1>, strips<S, 2>};
+    return kRows[nb](z, ldz, zs, a, lda, bp, ps, K, ng, mask);
   }
+  // Groups of 3 to 6 rows (as even as possible), strips of two vectors. Strip
+  // outer: its slice of the panels (K*64 bytes) stays in L1 while the groups
+  // pass over it, and only the groups' rows of a come from L2 again.
+  using StripFn = void (*)(S*, int64_t, int64_t, const S*, int64_t, const S*, int64_t, int64_t, int,
+                           const __m256i*);
+  static constexpr StripFn kStrip[] = {nullptr,
+                                       nullptr,
+                                       nullptr,
+                                       strip_rows<S, 3, 2>,
+                                       strip_rows<S, 4, 2>,
+                                       strip_rows<S, 5, 2>,
+                                       strip_rows<S, 6, 2>};
+  const int64_t groups = (nb + 5) / 6;
+  for (int v = 0; v < 4 * ng; v += 2)
+    for (int64_t q = 0, n0 = 0; q < groups; ++q) {
+      const int64_t nr = nb / groups + (q < nb % groups ? 1 : 0);
+      kStrip[nr](z + n0 * ldz, ldz, zs, a + n0 * lda, lda, bp, ps, K, v, mask);
+      n0 += nr;
+    }
 }
 
 #endif  // LSTM_EXT_HAVE_X86_KERNELS
