@@ -44,12 +44,13 @@ bool prepare(int64_t M, int64_t N, int64_t K, S beta, S* C, int64_t ldc) {
   return true;
 }
 
-// Products of at least kSplitWork multiply-adds are cut into blocks of
-// kBlock rows of C (or columns, whichever side is longer), one task each.
+// Products of at least kSplitWork multiply-adds are cut into an even number
+// of blocks of about kBlock rows of C (or columns, whichever side is
+// longer), one task each.
 // The cut depends on the shape alone, and each block is one single-threaded
 // BLAS call, so the result is the same whatever the number of threads.
 constexpr int64_t kSplitWork = int64_t(1) << 21;
-constexpr int64_t kBlock = 256;
+constexpr int64_t kBlock = 256, kMinBlock = 16;
 
 // One row of C (M == 1: a step of one sequence) as a matrix-vector product:
 // OpenBLAS's GEMM packs all of B first even then (sgemm_incopy: 30 us of a
@@ -83,12 +84,17 @@ void gemm_impl(F blas, V gemv, Op opA, Op opB, int64_t M, int64_t N, int64_t K, 
          C + m0 * ldc + n0, to_blasint(ldc, "ldc"));
   };
   const bool by_rows = M >= N;
-  const int64_t along = by_rows ? M : N, blocks = (along + kBlock - 1) / kBlock;
+  const int64_t along = by_rows ? M : N;
   // M*N*K can pass 2^63 for sizes the checks allow; compare without forming it.
-  if (M * N < (kSplitWork + K - 1) / K || blocks < 2) return call(0, M, 0, N);
+  if (M * N < (kSplitWork + K - 1) / K || along < 2 * kMinBlock) return call(0, M, 0, N);
+  // An even number of blocks of about kBlock (at least two), of equal length
+  // but the last, a multiple of kMinBlock: two or four threads get equal
+  // shares (7 blocks of 256 for 1,600 rows left one thread 4 of them).
+  const int64_t blocks = std::max<int64_t>(2, ((along + kBlock - 1) / kBlock + 1) / 2 * 2);
+  const int64_t len = ((along + blocks - 1) / blocks + kMinBlock - 1) / kMinBlock * kMinBlock;
   parallel_for(blocks, [&](int64_t k) {
-    const int64_t at = k * kBlock, len = std::min(kBlock, along - at);
-    by_rows ? call(at, len, 0, N) : call(0, M, at, len);
+    const int64_t at = k * len, n = std::min(len, along - at);
+    if (n > 0) by_rows ? call(at, n, 0, N) : call(0, M, at, n);
   });
 }
 
