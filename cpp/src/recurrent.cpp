@@ -144,7 +144,6 @@ LSTM_EXT_AVX512_FN void many_rows(S* z, int64_t ldz, int64_t zs, const S* a, int
                                   const S* bp, int64_t ps, int64_t K, int ng,
                                   const typename Vec<S>::Mask* m0,
                                   const typename Vec<S>::Mask* m1) {
-  constexpr int64_t P = 2 * Vec<S>::kLanes;
   for (int g = 0; g < ng; ++g)
     panel_rows<S, NR, 1>(z + g * zs, ldz, zs, a, lda, bp + g * ps, ps, K, m0 + g, m1 + g);
 }
