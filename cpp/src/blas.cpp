@@ -63,12 +63,10 @@ void row_product(V gemv, Op opA, Op opB, int64_t N, int64_t K, S alpha, const S*
   if (beta == S(0)) std::fill(C, C + N, S(0));
   const int inca = opA == Op::N ? 1 : to_blasint(lda, "lda");
   // op(B) = B^T, B [N,K]: C^T = B a^T;  op(B) = B [K,N]: C^T = B^T a^T
-  if (opB == Op::T)
-    gemv(CblasRowMajor, CblasNoTrans, to_blasint(N, "N"), to_blasint(K, "K"), alpha, B,
-         to_blasint(ldb, "ldb"), A, inca, beta == S(0) ? S(1) : beta, C, 1);
-  else
-    gemv(CblasRowMajor, CblasTrans, to_blasint(K, "K"), to_blasint(N, "N"), alpha, B,
-         to_blasint(ldb, "ldb"), A, inca, beta == S(0) ? S(1) : beta, C, 1);
+  const bool t = opB == Op::T;
+  gemv(CblasRowMajor, t ? CblasNoTrans : CblasTrans, to_blasint(t ? N : K, t ? "N" : "K"),
+       to_blasint(t ? K : N, t ? "K" : "N"), alpha, B, to_blasint(ldb, "ldb"), A, inca,
+       beta == S(0) ? S(1) : beta, C, 1);
 }
 
 template <typename S, typename F, typename V>

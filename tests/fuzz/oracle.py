@@ -50,16 +50,23 @@ def forward_once(model: nn.Module) -> None:
                 raise
 
 
-def check_checkpoint(path: Path):
-    """checkpoint.load(path): the Checkpoint, or None when refused."""
+def _load_strictly(load, path: Path, error):
+    """load(path) with warnings as errors: its result, or None when it
+    refuses with `error` (checked by _refused)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            ck = checkpoint.load(path)
-    except checkpoint.CheckpointError as e:
-        _refused(e, checkpoint.CheckpointError)
+            return load(path)
+    except error as e:
+        _refused(e, error)
         return None
-    forward_once(ck.model)
+
+
+def check_checkpoint(path: Path):
+    """checkpoint.load(path): the Checkpoint, or None when refused."""
+    ck = _load_strictly(checkpoint.load, path, checkpoint.CheckpointError)
+    if ck is not None:
+        forward_once(ck.model)
     return ck
 
 
@@ -71,13 +78,7 @@ def check_lstmx(path: Path, data: bytes):
     except ValueError as e:
         _refused(e, ValueError)
         cpp = None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            lstm = export.load_model(path)
-    except export.FormatError as e:
-        _refused(e, export.FormatError)
-        lstm = None
+    lstm = _load_strictly(export.load_model, path, export.FormatError)
     if (cpp is None) != (lstm is None):
         raise AssertionError(f"the readers disagree: C++ {cpp}, Python {lstm and lstm.config()}")
     if lstm is not None:
