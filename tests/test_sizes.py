@@ -209,6 +209,6 @@ def test_forward_over_x_past_2_31_elements(rng):
 
 
 def test_forward_over_W_past_2_31_elements(rng):
-    # W [260, 2^23]: 2^31 + 2^26 elements. The input GEMM is cut into column
-    # blocks of 256 rows of W; the second starts at W[256], element 2^31.
+    # W [260, 2^23]: 2^31 + 2^26 elements. The input product (one row, so a
+    # GEMV over all of W) reads rows 256 to 259 past element 2^31.
     check_sparse(rng, 1, 2**23, 65)

@@ -46,11 +46,13 @@ bool prepare(int64_t M, int64_t N, int64_t K, S beta, S* C, int64_t ldc) {
 
 // Products of at least kSplitWork multiply-adds are cut into an even number
 // of blocks of about kBlock rows of C (or columns, whichever side is
-// longer), one task each.
+// longer), one task each. Each block packs the other operand anew: blocks of
+// 1,024 rather than 256 made a (100,64,512,512) forward+backward 5 % faster
+// on Zen 5 (dev/perf-notes.md, 17).
 // The cut depends on the shape alone, and each block is one single-threaded
 // BLAS call, so the result is the same whatever the number of threads.
 constexpr int64_t kSplitWork = int64_t(1) << 21;
-constexpr int64_t kBlock = 256, kMinBlock = 16;
+constexpr int64_t kBlock = 1024, kMinBlock = 16;
 
 // One row of C (M == 1: a step of one sequence) as a matrix-vector product:
 // OpenBLAS's GEMM packs all of B first even then (sgemm_incopy: 30 us of a

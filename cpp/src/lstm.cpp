@@ -492,20 +492,20 @@ void lstm_step(S* h_out, S* c_out, S* scr, In<S> x, In<S> h, In<S> c, const Weig
         w.peephole != nullptr, cfg.clip > 0, cfg.input_forget);
   };
   if (B <= kStepSplitRows && H >= kStepSplitUnits && P == 0) {
-    // Streaming: the units in two halves fixed by H, each one thread's where
+    // Streaming: the products in two halves of the gate rows (i and f, g
+    // and o: two GEMV calls each, where halves of the units took eight),
+    // then the gate pass in two halves of the units, each one thread's where
     // there are two. A thread's rows of W and R (256 KiB at H = 128) then
     // stay in its core's L2 from call to call instead of coming from L3
-    // (dev/perf-notes.md, 13). The halves depend on the shape alone: the
-    // same bits at any thread count.
+    // (dev/perf-notes.md, 13 and 17). The halves depend on the shape alone:
+    // the same bits at any thread count.
     const int64_t cut[3] = {0, std::min(H, (H / 2 + 7) / 8 * 8), H};
-    const auto products = [&](int64_t j0, int64_t j1) {  // z[:, g*H + j0 .. g*H + j1)
-      for (int64_t g = 0, q = j0; g < 4; ++g, q += H) {
-        gemm(Op::N, Op::T, B, j1 - j0, I, S(1), x, I, w.W + q * I, I, S(0), z + q, G);
-        if (h) gemm(Op::N, Op::T, B, j1 - j0, O, S(1), h, O, w.R + q * O, O, S(1), z + q, G);
-      }
+    const auto products = [&](int64_t q0, int64_t q1) {  // z[:, q0 .. q1)
+      gemm(Op::N, Op::T, B, q1 - q0, I, S(1), x, I, w.W + q0 * I, I, S(0), z + q0, G);
+      if (h) gemm(Op::N, Op::T, B, q1 - q0, O, S(1), h, O, w.R + q0 * O, O, S(1), z + q0, G);
     };
     parallel_team(2, [&](int t, int n, Barrier& barrier) {
-      for (int p = t; p < 2; p += n) products(cut[p], cut[p + 1]);
+      for (int p = t; p < 2; p += n) products(p * 2 * H, (p + 1) * 2 * H);
       barrier.wait();  // all of h read before h_out, which may alias it, is written
       for (int p = t; p < 2; p += n) cells(cut[p], cut[p + 1]);
     });

@@ -8,11 +8,13 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "buffers.h"
 #include "lstm_ext/lstm.h"
 
 namespace py = pybind11;
@@ -123,6 +125,12 @@ opt_carray<S> opt_contiguous(const Arg& a) {
   return contiguous<S>(a.a);
 }
 
+// An uninitialised array: large ones reuse buffers of earlier calls (buffers.h).
+template <typename S>
+carray<S> empty(const std::vector<int64_t>& shape) {
+  return cached_empty<S>(std::vector<py::ssize_t>(shape.begin(), shape.end()));
+}
+
 // As contiguous(), but never sharing memory with what the user holds, so that
 // changing the user's array after forward cannot change what backward sees.
 // Only a conversion of an ndarray is known to be fresh; anything else (a
@@ -132,7 +140,10 @@ carray<S> private_copy(const py::array& view, const py::object& original) {
   carray<S> c = contiguous<S>(view);
   const bool fresh = py::isinstance<py::array>(original) && c.ptr() != original.ptr() &&
                      c.ptr() != view.ptr() && c.owndata();
-  return fresh ? c : carray<S>(c.request());  // the constructor copies
+  if (fresh) return c;
+  carray<S> copy = empty<S>(shape_of(c));
+  if (c.size() > 0) std::memcpy(copy.mutable_data(), c.data(), sizeof(S) * size_t(c.size()));
+  return copy;
 }
 
 template <typename S>
@@ -149,11 +160,6 @@ const S* ptr_or_null(const opt_carray<S>& a) {
 template <typename S>
 S* mut_or_null(opt_carray<S>& a) {
   return a ? a->mutable_data() : nullptr;
-}
-
-template <typename S>
-carray<S> empty(const std::vector<int64_t>& shape) {
-  return carray<S>(std::vector<py::ssize_t>(shape.begin(), shape.end()));
 }
 
 inline py::array swap01(const py::array& a) { return a.attr("swapaxes")(0, 1); }

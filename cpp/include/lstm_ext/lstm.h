@@ -139,7 +139,8 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* workspace,  //
 //   g         out the parameter gradients
 //   scratch   out [backward_scratch_size(cfg)]
 //   workspace in
-//   x         in  [T,B,I]
+//   x         in  [T,B,I]   read only without lengths and reverse (with
+//                           them, forward kept the rows it used)
 //   dy        in  [T,B,O]   dL/dy; nullptr: zeros. Ignored past a sequence's end.
 //   dhT       in  [B,O]     dL/dh_T; nullptr: zeros
 //   dcT       in  [B,H]     dL/dc_T; nullptr: zeros

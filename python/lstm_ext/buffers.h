@@ -1,0 +1,127 @@
+// Large arrays that lstm_ext hands out (workspaces, outputs) come from a small
+// cache of buffers freed by earlier calls. A fresh buffer costs the kernel a
+// page fault and a page of zeros for each 4 KiB (or 2 MiB) touched, about
+// 1 ms per 20 MB: 4 % of a (100,64,512,512) forward+backward and 10 % of a
+// ragged one (dev/perf-notes.md, 17). A training loop asks for the same sizes
+// every iteration, so a buffer its last iteration freed serves the next.
+//
+// Bounded: at most kBlocks buffers and LSTM_EXT_BUFFER_CACHE_MB (default 1024)
+// megabytes are held; 0 turns the cache off. Buffers under kMinBytes (128 KiB)
+// come from NumPy as usual. Thread-safe. Header-only; internal.
+#pragma once
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <deque>
+#include <mutex>
+#include <new>
+#include <vector>
+
+namespace py = pybind11;
+
+namespace lstm_ext_bind {
+
+class BufferCache {
+ public:
+  // kMinBytes: glibc's default threshold for serving malloc by mmap, i.e.
+  // by fresh pages on every call (it raises the threshold only after such a
+  // block is freed, which other libraries in the process may or may not do).
+  static constexpr size_t kMinBytes = size_t(128) << 10, kAlign = 64, kBlocks = 32;
+
+  static BufferCache& instance() {
+    static BufferCache* cache = new BufferCache();  // never destroyed: arrays may outlive exit
+    return *cache;
+  }
+
+  // A buffer of at least `bytes`, and its capacity: a cached one of
+  // [bytes, 5/4 bytes] (the latest freed first), else a new one.
+  std::pair<void*, size_t> take(size_t bytes) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (auto it = free_.rbegin(); it != free_.rend(); ++it) {
+        if (it->second >= bytes && it->second - bytes <= bytes / 4) {
+          const auto block = *it;
+          held_ -= block.second;
+          free_.erase(std::next(it).base());
+          return block;
+        }
+      }
+    }
+    const size_t capacity = (bytes + kAlign - 1) / kAlign * kAlign;
+    void* p = std::aligned_alloc(kAlign, capacity);
+    if (!p) throw std::bad_alloc();
+    return {p, capacity};
+  }
+
+  // Back into the cache, dropping the oldest buffers past the bounds.
+  void give(void* p, size_t capacity) {
+    std::vector<void*> drop;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (capacity > limit_) {
+        drop.push_back(p);
+      } else {
+        free_.emplace_back(p, capacity);
+        held_ += capacity;
+        while (held_ > limit_ || free_.size() > kBlocks) {
+          drop.push_back(free_.front().first);
+          held_ -= free_.front().second;
+          free_.pop_front();
+        }
+      }
+    }
+    for (void* q : drop) std::free(q);
+  }
+
+  size_t held() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return held_;
+  }
+
+  size_t limit() const { return limit_; }
+
+ private:
+  BufferCache() {
+    const char* env = std::getenv("LSTM_EXT_BUFFER_CACHE_MB");
+    const long long mb = env ? std::atoll(env) : 1024;
+    limit_ = mb > 0 ? size_t(mb) << 20 : 0;
+  }
+
+  std::mutex mu_;
+  std::deque<std::pair<void*, size_t>> free_;  // oldest first
+  size_t held_ = 0, limit_ = 0;
+};
+
+// An uninitialised C-contiguous array of `shape`; large ones from the cache,
+// given back when NumPy frees the array.
+template <typename S>
+py::array_t<S, py::array::c_style | py::array::forcecast> cached_empty(
+    const std::vector<py::ssize_t>& shape) {
+  using Array = py::array_t<S, py::array::c_style | py::array::forcecast>;
+  size_t n = 1;
+  for (const py::ssize_t d : shape) n *= size_t(d);
+  BufferCache& cache = BufferCache::instance();
+  if (n * sizeof(S) < BufferCache::kMinBytes || cache.limit() == 0) return Array(shape);
+  struct Block {
+    std::pair<void*, size_t> memory;
+  };
+  auto* block = new Block{cache.take(n * sizeof(S))};
+  const auto give_back = [](void* b) {
+    auto* done = static_cast<Block*>(b);
+    BufferCache::instance().give(done->memory.first, done->memory.second);
+    delete done;
+  };
+  py::capsule owner;
+  try {
+    owner = py::capsule(block, give_back);
+  } catch (...) {
+    give_back(block);
+    throw;
+  }
+  return Array(shape, static_cast<S*>(block->memory.first), owner);
+}
+
+}  // namespace lstm_ext_bind

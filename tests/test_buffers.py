@@ -1,0 +1,147 @@
+"""The cache of freed large buffers (python/lstm_ext/buffers.h).
+
+Large workspaces and outputs reuse the buffers earlier calls freed, which
+hold stale numbers where a fresh buffer held zeros. These tests check that
+no result depends on what a buffer held before, that a buffer is never
+handed out while an array still uses it, that the cache stays within its
+bound, and that LSTM_EXT_BUFFER_CACHE_MB=0 turns it off.
+"""
+
+import gc
+import hashlib
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+import lstm_ext
+from helpers import run_in_threads
+from lstm_ext import _core
+
+# Big enough that x, y, the workspace and the scratch pass the cache's 1 MiB.
+T, B, I, H = 64, 32, 128, 128
+
+
+def problem(seed, dtype=np.float32):
+    rng = np.random.default_rng(seed)
+
+    def r(*shape, s=1.0):
+        return (s * rng.standard_normal(shape)).astype(dtype)
+
+    lengths = rng.integers(0, T + 1, B)
+    return dict(
+        x=r(T, B, I), W=r(4 * H, I, s=0.1), R=r(4 * H, H, s=0.1), b=r(4 * H, s=0.1),
+        dy=r(T, B, H), lengths=lengths,
+    )  # fmt: skip
+
+
+def run(p, **kw):
+    """fwd+bwd; every array it returns, as bytes."""
+    f = lstm_ext.forward(p["x"], p["W"], p["R"], p["b"], **kw)
+    g = lstm_ext.backward(f.cache, p["dy"])
+    arrays = (f.y, f.h, f.c, g.dx, g.dh0, g.dc0, g.dW, g.dR, g.db)
+    return [a.tobytes() for a in arrays]
+
+
+def digest(results):
+    h = hashlib.sha256()
+    for r in results:
+        for a in r:
+            h.update(a)
+    return h.hexdigest()
+
+
+CASES = [dict(), dict(reverse=True), dict(lengths=True), dict(lengths=True, reverse=True)]
+
+
+def all_cases(seed, before=lambda: None):
+    """run() for each case of CASES, before() ahead of each."""
+    p = problem(seed)
+    out = []
+    for kw in CASES:
+        kw = dict(kw, lengths=p["lengths"]) if kw.get("lengths") else kw
+        before()
+        out.append(run(p, **kw))
+    return out
+
+
+SCRIPT = """
+import sys; sys.path.insert(0, {tests!r})
+import test_buffers
+print(test_buffers.digest(test_buffers.all_cases(1)))
+"""
+
+
+def fresh_process_digest(cache_mb):
+    env = dict(os.environ, LSTM_EXT_BUFFER_CACHE_MB=str(cache_mb))
+    tests = os.path.dirname(os.path.abspath(__file__))
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT.format(tests=tests)],
+        env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return out.stdout.strip()
+
+
+def test_freed_buffers_are_kept_and_reused():
+    gc.collect()
+    p = problem(0)
+    run(p)
+    held, limit = _core.buffer_cache()
+    assert 0 < held <= limit  # the last call's workspace, scratch and outputs
+    before = held
+    run(p)  # takes those buffers and gives them back
+    assert _core.buffer_cache()[0] == before
+
+
+def poison(value):
+    """Leave buffers full of `value` in the cache: every case, all inputs `value`."""
+    p = {k: np.full_like(v, value) if k != "lengths" else v for k, v in problem(0).items()}
+    for kw in CASES:
+        run(p, **(dict(kw, lengths=p["lengths"]) if kw.get("lengths") else kw))
+
+
+def test_results_do_not_depend_on_what_buffers_held():
+    # Each case right after buffers of its sizes were filled with NaN, then
+    # with 1e30: anything read before it is written would carry NaN into the
+    # results, or differ between the two; compare with a process whose cache
+    # is off as well.
+    after_nan = all_cases(1, before=lambda: poison(np.nan))
+    assert not any(np.isnan(np.frombuffer(a, np.float32)).any() for r in after_nan for a in r)
+    after_big = all_cases(1, before=lambda: poison(1e30))
+    assert digest(after_big) == digest(after_nan) == fresh_process_digest(0)
+
+
+def test_cache_off_holds_nothing():
+    env = dict(os.environ, LSTM_EXT_BUFFER_CACHE_MB="0")
+    code = "import test_buffers as t, lstm_ext._core as c; t.all_cases(1); print(*c.buffer_cache())"
+    tests = os.path.dirname(os.path.abspath(__file__))
+    out = subprocess.run(
+        [sys.executable, "-c", f"import sys; sys.path.insert(0, {tests!r}); {code}"],
+        env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert out.stdout.split() == ["0", "0"]
+
+
+def test_live_arrays_are_never_handed_out_again():
+    p = problem(2)
+    kept = lstm_ext.forward(p["x"], p["W"], p["R"], p["b"], training=False).y
+    copy = kept.copy()
+    for seed in range(3, 8):  # calls that free and take buffers of kept's size
+        q = problem(seed)
+        lstm_ext.forward(q["x"], q["W"], q["R"], q["b"], training=False)
+        run(q)
+    np.testing.assert_array_equal(kept, copy)
+
+
+def test_cache_stays_within_its_bound():
+    limit = _core.buffer_cache()[1]
+    for seed in range(10):
+        run(problem(seed))
+        assert _core.buffer_cache()[0] <= limit
+
+
+def test_threads_share_the_cache():
+    alone = [digest(all_cases(s)) for s in range(4)]
+    together = run_in_threads([lambda s=s: digest(all_cases(s)) for s in range(4)] * 2)
+    assert together == alone * 2
