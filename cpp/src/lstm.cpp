@@ -497,7 +497,7 @@ void lstm_step(S* h_out, S* c_out, S* scr, In<S> x, In<S> h, In<S> c, const Weig
     // then the gate pass in two halves of the units, each one thread's where
     // there are two. A thread's rows of W and R (256 KiB at H = 128) then
     // stay in its core's L2 from call to call instead of coming from L3
-    // (dev/perf-notes.md, 13 and 17). The halves depend on the shape alone:
+    // (dev/perf-notes.md, 13 and 18). The halves depend on the shape alone:
     // the same bits at any thread count.
     const int64_t cut[3] = {0, std::min(H, (H / 2 + 7) / 8 * 8), H};
     const auto products = [&](int64_t q0, int64_t q1) {  // z[:, q0 .. q1)
