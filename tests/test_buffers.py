@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 import lstm_ext
 from helpers import run_in_threads
@@ -139,6 +140,30 @@ def test_cache_stays_within_its_bound():
     for seed in range(10):
         run(problem(seed))
         assert _core.buffer_cache()[0] <= limit
+
+
+def test_free_cached_buffers_gives_the_memory_back():
+    p = problem(3)
+    kept = lstm_ext.forward(p["x"], p["W"], p["R"], p["b"], training=False).y
+    copy = kept.copy()
+    run(p)
+    held = _core.buffer_cache()[0]
+    assert held > 0
+    assert lstm_ext.free_cached_buffers() == held
+    assert _core.buffer_cache()[0] == 0
+    np.testing.assert_array_equal(kept, copy)  # arrays in use keep their memory
+    run(p)  # and the cache fills again
+    assert _core.buffer_cache()[0] > 0
+
+
+def test_the_cuda_module_shares_the_cache():
+    try:
+        from lstm_ext import _cuda
+    except ImportError:
+        pytest.skip("the CUDA module is not compiled into this install")
+    run(problem(4))
+    assert _cuda.buffer_cache() == _core.buffer_cache()
+    assert _core.buffer_cache()[0] > 0
 
 
 def test_threads_share_the_cache():

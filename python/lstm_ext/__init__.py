@@ -27,6 +27,10 @@ own threads (``set_num_threads``, or the environment variable
 LSTM_EXT_NUM_THREADS; default: the cores available) with the BLAS
 single-threaded inside its calls; results are bit-identical from run to run
 at any thread count.
+
+Arrays of 128 KiB and more that lstm_ext hands out reuse the memory of such
+arrays freed before (up to LSTM_EXT_BUFFER_CACHE_MB megabytes, default 1024,
+are kept for that; 0 turns it off); ``free_cached_buffers()`` gives it back.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ import scipy_openblas32  # noqa: F401  (loads libscipy_openblas before _core nee
 from numpy.typing import ArrayLike
 
 from . import _core, convert, nn
-from ._core import Cache, get_num_threads, set_num_threads
+from ._core import Cache, free_cached_buffers, get_num_threads, set_num_threads
 from ._device import (
     as_library,
     check_device,
@@ -80,6 +84,7 @@ __all__ = [
     "data",
     "export",
     "forward",
+    "free_cached_buffers",
     "get_cmake_dir",
     "get_include",
     "get_num_threads",

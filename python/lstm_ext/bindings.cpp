@@ -237,13 +237,7 @@ PYBIND11_MODULE(_core, m) {
         }
       },
       py::arg("data"), "Tests only: lstm_ext::Model::from_bytes, its config or a ValueError.");
-  m.def(
-      "buffer_cache",
-      [] {
-        auto& c = BufferCache::instance();
-        return py::make_tuple(c.held(), c.limit());
-      },
-      "(bytes held, limit in bytes) of the cache of freed large buffers (buffers.h).");
+  def_buffer_cache(m);
   m.def("blas_config", &lstm_ext::blas_config, "The BLAS's description of its build.");
   m.def("blas_num_threads", &lstm_ext::blas_num_threads,
         "Threads the BLAS uses: 1 once lstm_ext has run (it parallelises on its own).");

@@ -31,10 +31,15 @@ class BufferCache {
   // block is freed, which other libraries in the process may or may not do).
   static constexpr size_t kMinBytes = size_t(128) << 10, kAlign = 64, kBlocks = 32;
 
+  // The process's cache: _core's, which _cuda adopts when it loads
+  // (def_buffer_cache), so that both modules share one bound. Never
+  // destroyed: arrays may outlive the interpreter's exit.
   static BufferCache& instance() {
-    static BufferCache* cache = new BufferCache();  // never destroyed: arrays may outlive exit
+    BufferCache*& cache = slot();
+    if (!cache) cache = new BufferCache();  // first use, with the GIL held
     return *cache;
   }
+  static void adopt(BufferCache* shared) { slot() = shared; }
 
   // A buffer of at least `bytes`, and its capacity: a cached one of
   // [bytes, 5/4 bytes] (the latest freed first), else a new one.
@@ -81,6 +86,20 @@ class BufferCache {
     return held_;
   }
 
+  // Frees every cached buffer (arrays in use keep theirs); the bytes freed.
+  size_t release() {
+    std::deque<std::pair<void*, size_t>> drop;
+    size_t bytes = 0;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      drop.swap(free_);
+      bytes = held_;
+      held_ = 0;
+    }
+    for (const auto& block : drop) std::free(block.first);
+    return bytes;
+  }
+
   size_t limit() const { return limit_; }
 
  private:
@@ -88,6 +107,11 @@ class BufferCache {
     const char* env = std::getenv("LSTM_EXT_BUFFER_CACHE_MB");
     const long long mb = env ? std::atoll(env) : 1024;
     limit_ = mb > 0 ? size_t(mb) << 20 : 0;
+  }
+
+  static BufferCache*& slot() {
+    static BufferCache* cache = nullptr;
+    return cache;
   }
 
   std::mutex mu_;
@@ -122,6 +146,27 @@ py::array_t<S, py::array::c_style | py::array::forcecast> cached_empty(
     throw;
   }
   return Array(shape, static_cast<S*>(block->memory.first), owner);
+}
+
+// The cache's functions in module m: _core makes the cache and hands it out
+// as a capsule; _cuda (owner = _core) adopts _core's.
+inline void def_buffer_cache(py::module_& m, const py::module_* owner = nullptr) {
+  if (owner) {
+    BufferCache::adopt(
+        static_cast<BufferCache*>(owner->attr("_buffer_cache").cast<py::capsule>().get_pointer()));
+  } else {
+    m.attr("_buffer_cache") = py::capsule(&BufferCache::instance(), "lstm_ext.BufferCache");
+  }
+  m.def(
+      "buffer_cache",
+      [] {
+        auto& c = BufferCache::instance();
+        return py::make_tuple(c.held(), c.limit());
+      },
+      "(bytes held, limit in bytes) of the cache of freed large buffers (buffers.h).");
+  m.def(
+      "free_cached_buffers", [] { return BufferCache::instance().release(); },
+      "Frees the cached buffers; the bytes freed.");
 }
 
 }  // namespace lstm_ext_bind
