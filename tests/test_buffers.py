@@ -56,29 +56,30 @@ def digest(results):
 CASES = [dict(), dict(reverse=True), dict(lengths=True), dict(lengths=True, reverse=True)]
 
 
+def case_kwargs(kw, p):
+    """A case of CASES as forward's keywords, lengths=True taking p's lengths."""
+    return dict(kw, lengths=p["lengths"]) if kw.get("lengths") else kw
+
+
 def all_cases(seed, before=lambda: None):
     """run() for each case of CASES, before() ahead of each."""
     p = problem(seed)
     out = []
     for kw in CASES:
-        kw = dict(kw, lengths=p["lengths"]) if kw.get("lengths") else kw
         before()
-        out.append(run(p, **kw))
+        out.append(run(p, **case_kwargs(kw, p)))
     return out
 
 
-SCRIPT = """
-import sys; sys.path.insert(0, {tests!r})
-import test_buffers
-print(test_buffers.digest(test_buffers.all_cases(1)))
-"""
-
-
-def fresh_process_digest(cache_mb):
+def in_fresh_process(code, cache_mb):
+    """What `code` prints (test_buffers imported as t, lstm_ext._core as c) in
+    a new interpreter with LSTM_EXT_BUFFER_CACHE_MB=cache_mb."""
     env = dict(os.environ, LSTM_EXT_BUFFER_CACHE_MB=str(cache_mb))
     tests = os.path.dirname(os.path.abspath(__file__))
+    prelude = f"import sys; sys.path.insert(0, {tests!r}); "
+    prelude += "import test_buffers as t, lstm_ext._core as c"
     out = subprocess.run(
-        [sys.executable, "-c", SCRIPT.format(tests=tests)],
+        [sys.executable, "-c", f"{prelude}; {code}"],
         env=env, capture_output=True, text=True, check=True,
     )  # fmt: skip
     return out.stdout.strip()
@@ -99,7 +100,7 @@ def poison(value):
     """Leave buffers full of `value` in the cache: every case, all inputs `value`."""
     p = {k: np.full_like(v, value) if k != "lengths" else v for k, v in problem(0).items()}
     for kw in CASES:
-        run(p, **(dict(kw, lengths=p["lengths"]) if kw.get("lengths") else kw))
+        run(p, **case_kwargs(kw, p))
 
 
 def test_results_do_not_depend_on_what_buffers_held():
@@ -110,18 +111,13 @@ def test_results_do_not_depend_on_what_buffers_held():
     after_nan = all_cases(1, before=lambda: poison(np.nan))
     assert not any(np.isnan(np.frombuffer(a, np.float32)).any() for r in after_nan for a in r)
     after_big = all_cases(1, before=lambda: poison(1e30))
-    assert digest(after_big) == digest(after_nan) == fresh_process_digest(0)
+    fresh = in_fresh_process("print(t.digest(t.all_cases(1)))", 0)
+    assert digest(after_big) == digest(after_nan) == fresh
 
 
 def test_cache_off_holds_nothing():
-    env = dict(os.environ, LSTM_EXT_BUFFER_CACHE_MB="0")
-    code = "import test_buffers as t, lstm_ext._core as c; t.all_cases(1); print(*c.buffer_cache())"
-    tests = os.path.dirname(os.path.abspath(__file__))
-    out = subprocess.run(
-        [sys.executable, "-c", f"import sys; sys.path.insert(0, {tests!r}); {code}"],
-        env=env, capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    assert out.stdout.split() == ["0", "0"]
+    out = in_fresh_process("t.all_cases(1); print(*c.buffer_cache())", 0)
+    assert out.split() == ["0", "0"]
 
 
 def test_live_arrays_are_never_handed_out_again():

@@ -56,8 +56,10 @@ struct Arg {
 inline Arg arg(const char* name, const py::object& obj) {
   // An ndarray itself (not a subclass) is used as it is: what ensure() would
   // return, without NumPy's conversion machinery (a fifth of a B = 1 step).
-  static PyTypeObject* const ndarray = py::detail::npy_api::get().PyArray_Type_;
-  if (Py_TYPE(obj.ptr()) == ndarray) return {name, obj, py::reinterpret_borrow<py::array>(obj)};
+  static const py::handle ndarray =
+      py::object(py::module_::import("numpy").attr("ndarray")).release();
+  if (Py_TYPE(obj.ptr()) == reinterpret_cast<PyTypeObject*>(ndarray.ptr()))
+    return {name, obj, py::reinterpret_borrow<py::array>(obj)};
   py::array a;
   try {
     a = py::array::ensure(obj);

@@ -131,16 +131,10 @@ py::tuple step_impl(const Arg& x_arg, const Arg& h_arg, const Arg& c_arg, const 
   // call (a NumPy array for each of a stream's steps cost 0.2 us of 6).
   constexpr int64_t kKeptScratch = 16384;  // elements
   const int64_t n_scratch = lstm_ext::step_scratch_size(cfg);
-  thread_local std::vector<S> kept;
+  thread_local std::vector<S> kept = std::vector<S>(size_t(kKeptScratch));
   std::optional<carray<S>> big;
-  S* ps;
-  if (n_scratch <= kKeptScratch) {
-    if (int64_t(kept.size()) < n_scratch) kept.resize(size_t(kKeptScratch));
-    ps = kept.data();
-  } else {
-    big = empty<S>({n_scratch});
-    ps = big->mutable_data();
-  }
+  if (n_scratch > kKeptScratch) big = empty<S>({n_scratch});
+  S* ps = big ? big->mutable_data() : kept.data();
   {
     S *ph = h_out.mutable_data(), *pc = c_out.mutable_data();
     const S *px = x.data(), *phi = ptr_or_null(h), *pci = ptr_or_null(c);

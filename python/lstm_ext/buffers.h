@@ -18,6 +18,7 @@
 #include <deque>
 #include <mutex>
 #include <new>
+#include <utility>
 #include <vector>
 
 namespace py = pybind11;
@@ -129,13 +130,11 @@ py::array_t<S, py::array::c_style | py::array::forcecast> cached_empty(
   for (const py::ssize_t d : shape) n *= size_t(d);
   BufferCache& cache = BufferCache::instance();
   if (n * sizeof(S) < BufferCache::kMinBytes || cache.limit() == 0) return Array(shape);
-  struct Block {
-    std::pair<void*, size_t> memory;
-  };
-  auto* block = new Block{cache.take(n * sizeof(S))};
+  using Block = std::pair<void*, size_t>;  // the buffer and its capacity
+  auto* block = new Block(cache.take(n * sizeof(S)));
   const auto give_back = [](void* b) {
     auto* done = static_cast<Block*>(b);
-    BufferCache::instance().give(done->memory.first, done->memory.second);
+    BufferCache::instance().give(done->first, done->second);
     delete done;
   };
   py::capsule owner;
@@ -145,7 +144,7 @@ py::array_t<S, py::array::c_style | py::array::forcecast> cached_empty(
     give_back(block);
     throw;
   }
-  return Array(shape, static_cast<S*>(block->memory.first), owner);
+  return Array(shape, static_cast<S*>(block->first), owner);
 }
 
 // The cache's functions in module m: _core makes the cache and hands it out
