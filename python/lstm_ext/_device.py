@@ -13,6 +13,8 @@ import functools
 import importlib.util
 from types import ModuleType
 
+from numpy import ndarray
+
 from . import _core
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -74,6 +76,8 @@ def module(device: str) -> ModuleType:
 def library_of(a) -> str | None:
     """ "cupy" or "torch" for their GPU arrays, "cuda" for any other object with
     ``__cuda_array_interface__``, None for host data."""
+    if type(a) is ndarray:  # the common case, without the lookups below
+        return None
     top = type(a).__module__.split(".")[0]
     if top == "torch":
         return "torch" if getattr(a, "is_cuda", False) else None
@@ -110,6 +114,9 @@ def to_gpu_args(names, values, device: str) -> list:
     as they are. On the CPU a GPU array is a TypeError."""
     out = []
     for name, a in zip(names, values, strict=True):
+        if a is None or type(a) is ndarray:  # host data: as it is (4.5 of 7 µs of a small forward)
+            out.append(a)
+            continue
         a = from_dlpack(name, a)
         lib = None if a is None else library_of(a)
         if lib is not None and device == "cpu":
