@@ -41,7 +41,7 @@ using namespace detail;  // NOLINT: sizes, Config checks, the schedule
 int64_t packed_size(const Config& c) { return packed_recurrent_size<float>(c.H, c.O()); }
 
 struct ForwardLayout {
-  int64_t xp, z, c, hp, m, h, cs, zt, rp, total;
+  int64_t xp, z, c, hp, m, h, cs, zt, rp, wq, rq, total;
 };
 
 ForwardLayout forward_layout(const Config& c, bool training) {
@@ -56,9 +56,21 @@ ForwardLayout forward_layout(const Config& c, bool training) {
   L.h = take(mul(2 * c.B, c.O()));                            // [2,B,O] h, alternating
   L.cs = take(training ? 0 : mul(2 * c.B, c.H));  // [2,B,H] c, alternating between steps
   L.zt = take(mul(4 * c.H, c.B));                 // [4H,B] the recurrent product, gate-major
-  L.rp = take(c.P == 0 ? packed_size(c) : 0);     // R packed (recurrent.h)
+  L.rp = take(c.P == 0 && !c.bf16_weights ? packed_size(c) : 0);  // R packed (recurrent.h)
+  // bf16_weights: [4H,I] W, [4H,O] R and [P,H] W_hr rounded; R packed as
+  // bfloat16 (uint16_t elements, two a float).
+  L.wq = take(c.bf16_weights ? add(mul(4 * c.H, add(c.I, c.O())), mul(c.P, c.H)) : 0);
+  L.rq = take(c.bf16_weights && c.P == 0 ? (packed_size(c) + 1) / 2 : 0);
   L.total = take.used;
   return L;
+}
+
+// bf16_weights is for inference, in float.
+void check_bf16(const Config& c, bool training, bool is_float = true) {
+  if (c.bf16_weights && training)
+    throw std::invalid_argument("lstm_ext: bf16_weights is for inference: training must be false");
+  if (c.bf16_weights && !is_float)
+    throw std::invalid_argument("lstm_ext: bf16_weights needs float (float32) data, got double");
 }
 
 struct BackwardLayout {
@@ -239,6 +251,15 @@ void over_units(int64_t rows, int64_t H, F&& fn) {
   parallel_for(blocks, [&](int64_t k) { fn(k * kUnits, std::min(H, (k + 1) * kUnits)); });
 }
 
+// dst[i] = src[i] rounded to bfloat16, i < n, in pieces over the threads
+// (serial, W's rounding took 5 % of a B = 1, H = 256 forward).
+void round_weights(float* dst, const float* src, int64_t n) {
+  constexpr int64_t kPiece = 32768;
+  parallel_for((n + kPiece - 1) / kPiece, [&](int64_t p) {
+    round_to_bf16(dst + p * kPiece, src + p * kPiece, std::min(kPiece, n - p * kPiece));
+  });
+}
+
 // Threads for a step of nb rows: one per 32K multiply-adds of the recurrent
 // product (a step of B = 1, H = 128 splits in two), whole blocks each. Only
 // speed depends on it: every block is computed the same way on any thread.
@@ -251,6 +272,7 @@ int team_size(int64_t nb, int64_t H, int64_t O) {
 
 int64_t forward_workspace_size(const Config& c, bool training) {
   check_config(c);
+  check_bf16(c, training);
   return forward_layout(c, training).total;
 }
 
@@ -273,6 +295,7 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
   use_serial_blas();  // lstm_ext parallelises; the BLAS runs single-threaded
   check_config(cfg);
   const int64_t T = cfg.T, B = cfg.B, I = cfg.I, H = cfg.H, P = cfg.P, O = cfg.O(), G = 4 * H;
+  check_bf16(cfg, training, std::is_same_v<S, float>);
   const ForwardLayout L = forward_layout(cfg, training);
   require_forward<S>(y, hT, cT, ws, L.total, x, w, cfg);
   const Schedule s = make_schedule(cfg);
@@ -292,8 +315,33 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
     std::fill(y, y + T * B * O, S(0));
     if (cell_states) std::fill(cell_states, cell_states + T * B * H, S(0));
   }
-  const bool packed = P == 0 && packed_recurrent_enabled();  // R packed (recurrent.h)
+  // R packed (recurrent.h); as bfloat16 with bf16_weights, where the kernel has AVX-512.
+  const bool bf16 = cfg.bf16_weights;
+  const bool packed = P == 0 && packed_recurrent_enabled() && (!bf16 || packed_bf16_enabled());
   const int64_t blocks = recurrent_blocks<S>(H);
+  // What the products read: w, or (bf16_weights) its matrices rounded to
+  // bfloat16; the packed bfloat16 R is rounded as it is packed.
+  Weights<S> wq = w;
+  uint16_t* Rq = reinterpret_cast<uint16_t*>(ws + L.rq);  // written and read by intrinsics only
+  if constexpr (std::is_same_v<S, float>)
+    if (bf16) {
+      S* at = ws + L.wq;
+      round_weights(at, w.W, G * I);
+      wq.W = at;
+      if (!packed) round_weights(at + G * I, w.R, G * O), wq.R = at + G * I;
+      if (P > 0) round_weights(at + G * (I + O), w.W_hr, P * H), wq.W_hr = at + G * (I + O);
+    }
+  // Block u's share of the recurrent product, and its packing.
+  auto pack_block = [&](int64_t u) {
+    if constexpr (std::is_same_v<S, float>)
+      if (bf16) return pack_recurrent_block_bf16(Rq, w.R, H, O, u);
+    pack_recurrent_block(ws + L.rp, w.R, H, O, u);
+  };
+  auto block_product = [&](S* z, const S* hin, int64_t nb, int64_t u) {
+    if constexpr (std::is_same_v<S, float>)
+      if (bf16) return recurrent_block_bf16(z, G, hin, O, Rq, nb, H, O, u);
+    recurrent_block(z, G, hin, O, ws + L.rp, nb, H, O, u);
+  };
 
   const int64_t chunk = training ? std::max<int64_t>(s.K, 1) : inference_chunk(B);
   for (int64_t k0 = 0; k0 < s.K; k0 += chunk) {
@@ -304,8 +352,8 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
       gather_steps(Xp + at * I, x, s, k0, k1, B, I);
       xin = Xp + at * I;
     }
-    gemm(Op::N, Op::T, rows, G, I, S(1), xin, I, w.W, I, S(0), Z + at * G, G);  // [rows,4H]
-    auto z_at = [&](int64_t k) { return Z + (at + s.offset[k] - r0) * G; };     // [batch[k],4H]
+    gemm(Op::N, Op::T, rows, G, I, S(1), xin, I, wq.W, I, S(0), Z + at * G, G);  // [rows,4H]
+    auto z_at = [&](int64_t k) { return Z + (at + s.offset[k] - r0) * G; };      // [batch[k],4H]
 
     dispatch(
         [&](auto save, auto peep, auto clipped, auto coupled) {
@@ -327,15 +375,13 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
                             const int64_t j0 = std::min(H, u0 * kPanel<S>),
                                           j1 = std::min(H, u1 * kPanel<S>);
                             if (k0 == 0)
-                              for (int64_t u = u0; u < u1; ++u)
-                                pack_recurrent_block(ws + L.rp, w.R, H, O, u);
+                              for (int64_t u = u0; u < u1; ++u) pack_block(u);
                             for (int64_t k = k0; k < k1; ++k) {
                               const int64_t nb = s.batch[k];
                               const S* hin = h_at(k);
                               S* hout = h_at(k + 1);
                               if (training) copy_columns(Hp + s.offset[k] * O, hin, nb, O, j0, j1);
-                              for (int64_t u = u0; u < u1; ++u)
-                                recurrent_block(z_at(k), G, hin, O, ws + L.rp, nb, H, O, u);
+                              for (int64_t u = u0; u < u1; ++u) block_product(z_at(k), hin, nb, u);
                               cells(k, hout, j0, j1);
                               scatter_step(y, hout, s, k, B, O, j0, j1);
                               if (cell_states)
@@ -350,10 +396,10 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
             const S* hin = h_at(k);
             S* hout = h_at(k + 1);
             if (training) std::memcpy(Hp + s.offset[k] * O, hin, sizeof(S) * nb * O);
-            recurrent_product(z_at(k), ws + L.zt, hin, w.R, nb, G, O);
+            recurrent_product(z_at(k), ws + L.zt, hin, wq.R, nb, G, O);
             S* m = P > 0 ? M + (training ? s.offset[k] * H : 0) : hout;  // [nb,H]
             over_units(nb, H, [&](int64_t j0, int64_t j1) { cells(k, m, j0, j1); });
-            if (P > 0) gemm(Op::N, Op::T, nb, P, H, S(1), m, H, w.W_hr, H, S(0), hout, P);
+            if (P > 0) gemm(Op::N, Op::T, nb, P, H, S(1), m, H, wq.W_hr, H, S(0), hout, P);
             scatter_step(y, hout, s, k, B, O);
             if (cell_states) scatter_step(cell_states, c_at(k), s, k, B, H);
           }
@@ -372,6 +418,8 @@ void lstm_backward(S* dx, S* dh0, S* dc0, const Grads<S>& g, S* scr, In<S> ws, I
                    In<S> dhT, In<S> dcT, const Weights<S>& w, const Config& cfg) {
   use_serial_blas();  // lstm_ext parallelises; the BLAS runs single-threaded
   check_config(cfg);
+  if (cfg.bf16_weights)  // no forward with them leaves a workspace for backward
+    throw std::invalid_argument("lstm_ext: backward has no bf16_weights (an inference option)");
   const int64_t T = cfg.T, B = cfg.B, I = cfg.I, H = cfg.H, P = cfg.P, O = cfg.O(), G = 4 * H;
   const ForwardLayout L = forward_layout(cfg, true);
   const BackwardLayout BL = backward_layout(cfg);
@@ -469,6 +517,8 @@ void lstm_step(S* h_out, S* c_out, S* scr, In<S> x, In<S> h, In<S> c, const Weig
                const Config& cfg) {
   use_serial_blas();  // lstm_ext parallelises; the BLAS runs single-threaded
   const int64_t B = cfg.B, I = cfg.I, H = cfg.H, P = cfg.P, O = cfg.O(), G = 4 * H;
+  if (cfg.bf16_weights)
+    throw std::invalid_argument("lstm_ext: step has no bf16_weights (lstm_forward has)");
   require(scr, "scratch", step_scratch_size(cfg));
   require(h_out, "h_out", B * O);
   require(c_out, "c_out", B * H);

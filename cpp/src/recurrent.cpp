@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -49,6 +50,12 @@ std::atomic<bool>& packed_on() {
 
 #ifdef LSTM_EXT_HAVE_X86_KERNELS
 
+// GCC 12 warns of an uninitialised variable inside its own avx512fintrin.h
+// (the undefined source operand of the shift and unpack intrinsics): a false
+// positive, silenced for the kernels.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
 // One 512-bit vector of S, and what the kernel does with it.
 template <typename S>
 struct Vec;
@@ -77,14 +84,29 @@ struct Vec<double> {
   static LSTM_EXT_AVX512 V fma(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
 };
 
+// One k-row of a panel, two vectors of S: as stored, or from bfloat16 (the
+// layout of recurrent.h: 32-bit lane i holds unit i in its low half and unit
+// 16 + i in its high half, so each vector is one shift or one mask away).
+template <typename S>
+LSTM_EXT_AVX512 void panel_row(const S* p, typename Vec<S>::V& b0, typename Vec<S>::V& b1) {
+  b0 = Vec<S>::load(p);
+  b1 = Vec<S>::load(p + Vec<S>::kLanes);
+}
+LSTM_EXT_AVX512 void panel_row(const uint16_t* p, __m512& b0, __m512& b1) {
+  const __m512i v = _mm512_loadu_si512(p);
+  b0 = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+  b1 = _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32(int(0xFFFF0000u))));
+}
+
 // NR rows of z, NG panels at once, each panel two vectors wide:
 //   z[r][g*zs + c] += sum_k a[r][k] * bp[g*ps + k*P + c]     (c where panel g's mask is set)
 // (ps: the panels' stride, k < K: one chunk of their rows).
 // NR*NG*2 accumulators, each an independent chain over k. Few rows take
 // several panels at once, so that enough chains hide the FMA latency.
-template <typename S, int NR, int NG>
+// bp's elements: S, or bfloat16 (B = uint16_t, S = float).
+template <typename S, int NR, int NG, typename B>
 LSTM_EXT_AVX512_FN void panel_rows(S* z, int64_t ldz, int64_t zs, const S* a, int64_t lda,
-                                   const S* bp, int64_t ps, int64_t K,
+                                   const B* bp, int64_t ps, int64_t K,
                                    const typename Vec<S>::Mask* m0,
                                    const typename Vec<S>::Mask* m1) {
   using X = Vec<S>;
@@ -100,7 +122,8 @@ LSTM_EXT_AVX512_FN void panel_rows(S* z, int64_t ldz, int64_t zs, const S* a, in
   for (int64_t k = 0; k < K; ++k) {
 #pragma GCC unroll 4
     for (int g = 0; g < NG; ++g) {
-      const typename X::V b0 = X::load(bp + g * ps + k * P), b1 = X::load(bp + g * ps + k * P + L);
+      typename X::V b0, b1;
+      panel_row(bp + g * ps + k * P, b0, b1);
 #pragma GCC unroll 16
       for (int r = 0; r < NR; ++r) {
         const typename X::V ak = X::bcast(a[r * lda + k]);
@@ -118,40 +141,40 @@ LSTM_EXT_AVX512_FN void panel_rows(S* z, int64_t ldz, int64_t zs, const S* a, in
     }
 }
 
-template <typename S>
-using RowsFn = void (*)(S*, int64_t, int64_t, const S*, int64_t, const S*, int64_t, int64_t, int,
+template <typename S, typename B>
+using RowsFn = void (*)(S*, int64_t, int64_t, const S*, int64_t, const B*, int64_t, int64_t, int,
                         const typename Vec<S>::Mask*, const typename Vec<S>::Mask*);
 
 // Fewer than 4 rows: all ng panels at once.
-template <typename S, int NR>
+template <typename S, int NR, typename B>
 LSTM_EXT_AVX512_FN void few_rows(S* z, int64_t ldz, int64_t zs, const S* a, int64_t lda,
-                                 const S* bp, int64_t ps, int64_t K, int ng,
+                                 const B* bp, int64_t ps, int64_t K, int ng,
                                  const typename Vec<S>::Mask* m0, const typename Vec<S>::Mask* m1) {
   switch (ng) {
     case 1:
-      return panel_rows<S, NR, 1>(z, ldz, zs, a, lda, bp, ps, K, m0, m1);
+      return panel_rows<S, NR, 1, B>(z, ldz, zs, a, lda, bp, ps, K, m0, m1);
     case 2:
-      return panel_rows<S, NR, 2>(z, ldz, zs, a, lda, bp, ps, K, m0, m1);
+      return panel_rows<S, NR, 2, B>(z, ldz, zs, a, lda, bp, ps, K, m0, m1);
     case 3:
-      return panel_rows<S, NR, 3>(z, ldz, zs, a, lda, bp, ps, K, m0, m1);
+      return panel_rows<S, NR, 3, B>(z, ldz, zs, a, lda, bp, ps, K, m0, m1);
     default:
-      return panel_rows<S, NR, 4>(z, ldz, zs, a, lda, bp, ps, K, m0, m1);
+      return panel_rows<S, NR, 4, B>(z, ldz, zs, a, lda, bp, ps, K, m0, m1);
   }
 }
 
 // 4 to 12 rows: one panel at a time.
-template <typename S, int NR>
+template <typename S, int NR, typename B>
 LSTM_EXT_AVX512_FN void many_rows(S* z, int64_t ldz, int64_t zs, const S* a, int64_t lda,
-                                  const S* bp, int64_t ps, int64_t K, int ng,
+                                  const B* bp, int64_t ps, int64_t K, int ng,
                                   const typename Vec<S>::Mask* m0,
                                   const typename Vec<S>::Mask* m1) {
   for (int g = 0; g < ng; ++g)
-    panel_rows<S, NR, 1>(z + g * zs, ldz, zs, a, lda, bp + g * ps, ps, K, m0 + g, m1 + g);
+    panel_rows<S, NR, 1, B>(z + g * zs, ldz, zs, a, lda, bp + g * ps, ps, K, m0 + g, m1 + g);
 }
 
-template <typename S>
+template <typename S, typename B = S>
 LSTM_EXT_AVX512_FN void panels_avx512(S* z, int64_t ldz, int64_t zs, const S* a, int64_t lda,
-                                      const S* bp, int64_t ps, int64_t nb, int64_t K, int ng,
+                                      const B* bp, int64_t ps, int64_t nb, int64_t K, int ng,
                                       const int64_t* width) {
   using X = Vec<S>;
   using Mask = typename X::Mask;
@@ -161,10 +184,19 @@ LSTM_EXT_AVX512_FN void panels_avx512(S* z, int64_t ldz, int64_t zs, const S* a,
   };
   Mask m0[4], m1[4];
   for (int g = 0; g < ng; ++g) m0[g] = lanes(width[g]), m1[g] = lanes(width[g] - L);
-  static constexpr RowsFn<S> kRows[] = {
-      nullptr,          few_rows<S, 1>,   few_rows<S, 2>,  few_rows<S, 3>,  many_rows<S, 4>,
-      many_rows<S, 5>,  many_rows<S, 6>,  many_rows<S, 7>, many_rows<S, 8>, many_rows<S, 9>,
-      many_rows<S, 10>, many_rows<S, 11>, many_rows<S, 12>};
+  static constexpr RowsFn<S, B> kRows[] = {nullptr,
+                                           few_rows<S, 1, B>,
+                                           few_rows<S, 2, B>,
+                                           few_rows<S, 3, B>,
+                                           many_rows<S, 4, B>,
+                                           many_rows<S, 5, B>,
+                                           many_rows<S, 6, B>,
+                                           many_rows<S, 7, B>,
+                                           many_rows<S, 8, B>,
+                                           many_rows<S, 9, B>,
+                                           many_rows<S, 10, B>,
+                                           many_rows<S, 11, B>,
+                                           many_rows<S, 12, B>};
   // Groups of at most 12 rows, as even as possible (64 rows: 11,11,11,11,10,10
   // rather than 12,12,12,12,12,4, whose last group keeps few FMAs in flight).
   const int64_t groups = (nb + 11) / 12;
@@ -310,10 +342,6 @@ LSTM_EXT_AVX2_FN void panels_avx2(S* z, int64_t ldz, int64_t zs, const S* a, int
     }
 }
 
-// GCC 12 warns of an uninitialised variable inside its own avx512fintrin.h
-// (the undefined source operand of the unpack intrinsics): a false positive.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 // Transposes a tile of n <= 16 rows and m <= 16 columns of src (rows ld
 // apart) into dst, whose row k gets src's column k (rows P apart): the rows
 // of src past n read as zeros, and the tile's 16 columns are all written.
@@ -349,8 +377,43 @@ LSTM_EXT_AVX512_FN void transpose_tile(float* dst, int64_t P, const float* src, 
   for (int q = 0; q < 16; ++q)
     if (kCol[q] < m) _mm512_storeu_ps(dst + kCol[q] * P, r[q]);
 }
-#pragma GCC diagnostic pop
 
+// v rounded to bfloat16 (to nearest, ties to even; a NaN stays a quiet NaN),
+// its 16 bits in the high half of each 32-bit lane, the low half zero.
+LSTM_EXT_AVX512 __m512i bf16_high(__m512 v) {
+  const __m512i b = _mm512_castps_si512(v), one = _mm512_set1_epi32(1);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, 16), one);
+  __m512i r = _mm512_add_epi32(b, _mm512_add_epi32(_mm512_set1_epi32(0x7FFF), lsb));
+  r = _mm512_mask_or_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), b,
+                           _mm512_set1_epi32(0x00400000));  // NaN: b with its quiet bit
+  return _mm512_and_si512(r, _mm512_set1_epi32(int(0xFFFF0000u)));
+}
+
+// Rows [k0, k0 + m) of block u's panel for gate g as bfloat16: the 32 units'
+// rows of R transposed in two tiles, then each k-row's two halves rounded and
+// merged into one 64-byte row (units c and 16 + c in lane c).
+LSTM_EXT_AVX512_FN void pack_bf16_rows(uint16_t* rows, const float* R, int64_t O, int64_t w,
+                                       int64_t k0, int64_t m) {
+  alignas(64) float tile[16 * 32];  // [k,32 units]
+  transpose_tile(tile, 32, R + k0, O, w, m);
+  transpose_tile(tile + 16, 32, R + 16 * O + k0, O, std::max<int64_t>(0, w - 16), m);
+  for (int64_t k = 0; k < m; ++k) {
+    const __m512i lo = bf16_high(_mm512_load_ps(tile + k * 32)),
+                  hi = bf16_high(_mm512_load_ps(tile + k * 32 + 16));
+    _mm512_storeu_si512(rows + (k0 + k) * 32, _mm512_or_si512(_mm512_srli_epi32(lo, 16), hi));
+  }
+}
+
+// dst[i] = src[i] rounded to bfloat16, i < n.
+LSTM_EXT_AVX512_FN void round_avx512(float* dst, const float* src, int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = n - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - i)) - 1);
+    const __m512i r = bf16_high(_mm512_maskz_loadu_ps(m, src + i));
+    _mm512_mask_storeu_ps(dst + i, m, _mm512_castsi512_ps(r));
+  }
+}
+
+#pragma GCC diagnostic pop
 #endif  // LSTM_EXT_HAVE_X86_KERNELS
 
 }  // namespace
@@ -445,6 +508,62 @@ void column_product(S* z, int64_t ldz, const S* a, int64_t lda, const S* Bp, int
     for (; ng < 4 && c + ng * P < c1; ++ng) width[ng] = std::min(P, c1 - c - ng * P);
     panel_product(z + c, ldz, P, a, lda, Bp + (c / P) * K * P, nb, K, ng, width);
   }
+}
+
+uint16_t to_bf16(float v) {
+  uint32_t b;
+  std::memcpy(&b, &v, 4);
+  if ((b & 0x7FFFFFFFu) > 0x7F800000u) return uint16_t((b | 0x00400000u) >> 16);  // quiet NaN
+  return uint16_t((b + 0x7FFFu + ((b >> 16) & 1u)) >> 16);
+}
+
+void round_to_bf16(float* dst, const float* src, int64_t n) {
+#ifdef LSTM_EXT_HAVE_X86_KERNELS
+  if (cpu_isa() == Isa::kAvx512) return round_avx512(dst, src, n);
+#endif
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t b = uint32_t(to_bf16(src[i])) << 16;
+    std::memcpy(dst + i, &b, 4);
+  }
+}
+
+bool packed_bf16_enabled() { return packed_on().load() && cpu_isa() == Isa::kAvx512; }
+
+int64_t packed_recurrent_bf16_size(int64_t H, int64_t O) {
+  return packed_recurrent_size<float>(H, O);  // uint16_t elements: the float layout's count
+}
+
+void pack_recurrent_block_bf16(uint16_t* Rq, const float* R, int64_t H, int64_t O, int64_t u) {
+#ifdef LSTM_EXT_HAVE_X86_KERNELS
+  constexpr int64_t P = kPanel<float>;
+  if (!packed_bf16_enabled())
+    throw std::logic_error("lstm_ext: bfloat16 panels need the AVX-512F kernel");
+  const int64_t w = std::min(P, H - u * P);  // units of this block
+  for (int64_t g = 0; g < 4; ++g)
+    for (int64_t k0 = 0; k0 < O; k0 += 16)
+      pack_bf16_rows(Rq + (u * 4 + g) * O * P, R + (g * H + u * P) * O, O, w, k0,
+                     std::min<int64_t>(16, O - k0));
+#else
+  (void)Rq, (void)R, (void)H, (void)O, (void)u;
+  throw std::logic_error("lstm_ext: the packed recurrent kernel is not compiled in");
+#endif
+}
+
+void recurrent_block_bf16(float* z, int64_t ldz, const float* h, int64_t ldh, const uint16_t* Rq,
+                          int64_t nb, int64_t H, int64_t O, int64_t u) {
+#ifdef LSTM_EXT_HAVE_X86_KERNELS
+  constexpr int64_t P = kPanel<float>, kChunk = 512;  // as panel_product's chunks
+  if (!packed_bf16_enabled())
+    throw std::logic_error("lstm_ext: bfloat16 panels need the AVX-512F kernel");
+  const int64_t w = std::min(P, H - u * P), width[4] = {w, w, w, w};
+  const uint16_t* block = Rq + u * 4 * O * P;
+  for (int64_t k0 = 0; k0 < O; k0 += kChunk)
+    panels_avx512(z + u * P, ldz, H, h + k0, ldh, block + k0 * P, O * P, nb,
+                  std::min(kChunk, O - k0), 4, width);
+#else
+  (void)z, (void)ldz, (void)h, (void)ldh, (void)Rq, (void)nb, (void)H, (void)O, (void)u;
+  throw std::logic_error("lstm_ext: the packed recurrent kernel is not compiled in");
+#endif
 }
 
 #define LSTM_EXT_INSTANTIATE(S)                                                                \

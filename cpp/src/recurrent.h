@@ -56,5 +56,25 @@ template <typename S>
 void column_product(S* z, int64_t ldz, const S* a, int64_t lda, const S* Bp, int64_t nb, int64_t K,
                     int64_t c0, int64_t c1);
 
+// bfloat16 weights (Config::bf16_weights). to_bf16: v rounded to nearest,
+// ties to even (a NaN stays a quiet NaN); round_to_bf16: dst[i] = src[i] so
+// rounded, as floats (dst may be src).
+uint16_t to_bf16(float v);
+void round_to_bf16(float* dst, const float* src, int64_t n);
+
+// R packed as Rp is for float, each k-row of a panel's 32 units as 32
+// bfloat16 (64 bytes) in the order the kernel widens them: 32-bit word c
+// holds unit c in its low half and unit 16 + c in its high half.
+//   Rq [blocks,4,O,32] of uint16_t
+// recurrent_block_bf16 is recurrent_block on Rq: each product of an element
+// of h and a (bfloat16) weight is exact in float, so z gets the bits
+// recurrent_block gives on R rounded to bfloat16. Both need
+// packed_bf16_enabled() (the AVX-512F kernel, on): std::logic_error otherwise.
+bool packed_bf16_enabled();
+int64_t packed_recurrent_bf16_size(int64_t H, int64_t O);  // uint16_t elements
+void pack_recurrent_block_bf16(uint16_t* Rq, const float* R, int64_t H, int64_t O, int64_t u);
+void recurrent_block_bf16(float* z, int64_t ldz, const float* h, int64_t ldh, const uint16_t* Rq,
+                          int64_t nb, int64_t H, int64_t O, int64_t u);
+
 }  // namespace detail
 }  // namespace lstm_ext

@@ -629,11 +629,18 @@ const Context::Impl& enter(Context& ctx) {
   return ctx.impl();
 }
 
+// Config::bf16_weights is the CPU's (lstm.h).
+void no_bf16(const Config& c) {
+  if (c.bf16_weights)
+    throw std::invalid_argument("lstm_ext: the CUDA path has no bf16_weights (the CPU's has)");
+}
+
 }  // namespace
 
 template <typename S>
 int64_t forward_workspace_size(const Config& c, bool training) {
   core::check_config(c);
+  no_bf16(c);
   return forward_layout<S>(c, training).total;
 }
 
@@ -654,6 +661,7 @@ template <typename S>
 void lstm_forward(Context& ctx, S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x,
                   In<S> h0, In<S> c0, const Weights<S>& w, const Config& cfg, bool training) {
   core::check_config(cfg);
+  no_bf16(cfg);
   const int64_t T = cfg.T, B = cfg.B, I = cfg.I, H = cfg.H, P = cfg.P, O = cfg.O(), G = 4 * H;
   const ForwardLayout L = forward_layout<S>(cfg, training);
   core::require_forward<S>(y, hT, cT, ws, L.total, x, w, cfg);
@@ -727,6 +735,7 @@ void lstm_backward(Context& ctx, S* dx, S* dh0, S* dc0, const Grads<S>& gr, S* s
                    In<S> x, In<S> dy, In<S> dhT, In<S> dcT, const Weights<S>& w,
                    const Config& cfg) {
   core::check_config(cfg);
+  no_bf16(cfg);
   const int64_t T = cfg.T, B = cfg.B, I = cfg.I, H = cfg.H, P = cfg.P, O = cfg.O(), G = 4 * H;
   const ForwardLayout L = forward_layout<S>(cfg, true);
   const BackwardLayout BL = backward_layout<S>(cfg);
@@ -804,6 +813,7 @@ void swap01(Context& ctx, S* dst, In<S> src, int64_t A, int64_t B, int64_t W) {
 template <typename S>
 void lstm_step(Context& ctx, S* h_out, S* c_out, S* scr, In<S> x, In<S> h, In<S> c,
                const Weights<S>& w, const Config& cfg) {
+  no_bf16(cfg);
   const int64_t B = cfg.B, I = cfg.I, H = cfg.H, P = cfg.P, O = cfg.O(), G = 4 * H;
   core::require(scr, "scratch", cuda::step_scratch_size(cfg));
   core::require(h_out, "h_out", B * O);

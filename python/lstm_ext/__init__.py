@@ -55,6 +55,7 @@ from ._device import (
 )
 from ._version import __version__
 from .onnx import onnx_lstm
+from .reference import round_bfloat16
 
 # The training side loads on first use (lstm_ext.optim, ...), keeping import light.
 _LAZY = ("checkpoint", "data", "export", "losses", "optim", "train")
@@ -92,6 +93,7 @@ __all__ = [
     "nn",
     "onnx_lstm",
     "optim",
+    "round_bfloat16",
     "set_num_threads",
     "step",
     "train",
@@ -172,6 +174,7 @@ def forward(
     input_forget: bool = False,
     return_cell_states: bool = False,
     device: str = "cpu",
+    weight_dtype: str | None = None,
 ) -> ForwardResult | ForwardResultWithCells:
     """Run one LSTM layer in one direction over a whole batch of sequences.
 
@@ -194,6 +197,12 @@ def forward(
     - ``return_cell_states``: add c_t of every step, [T,B,H], as a fifth result.
     - ``device``: "cpu", "cuda" or "auto" (see the module docstring). On the
       GPU the cache keeps x, the weights and the workspace in GPU memory.
+    - ``weight_dtype="bfloat16"`` (float32, ``training=False``, CPU): W, R and
+      W_hr rounded to bfloat16 (to nearest, ties to even), products summed in
+      float32. The recurrent product then reads half the bytes a step, which
+      is where small batches spend their time. The result is the float32 one
+      with the weights rounded first, bit for bit (``round_bfloat16``); its
+      distance from the unrounded float32 result is in benchmarks/README.md.
 
     Returns ``ForwardResult(y, h, c, cache)``, or ``ForwardResultWithCells(y,
     h, c, cache, cell_states)``. The cache holds private copies of x and the
@@ -210,7 +219,7 @@ def forward(
         x, W, R, b, h0, c0,
         batch_first=batch_first, training=training, reverse=reverse, lengths=lengths,
         W_hr=W_hr, peephole=peephole, clip=clip, input_forget=input_forget,
-        return_cell_states=return_cell_states,
+        return_cell_states=return_cell_states, weight_dtype=weight_dtype,
     )  # fmt: skip
     lib = library_of(x)  # after to_gpu_args: a DLPack array is CuPy's or torch's now
     if lib is not None:

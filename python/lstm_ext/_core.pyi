@@ -69,6 +69,7 @@ def forward(
     clip: float | None = None,
     input_forget: bool = False,
     return_cell_states: bool = False,
+    weight_dtype: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Cache | None, np.ndarray | None]: ...
 def backward(
     cache: Cache,

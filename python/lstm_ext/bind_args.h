@@ -297,12 +297,25 @@ struct ForwardArgs {
   int size;  // 4 or 8
 };
 
+// weight_dtype: None (the weights as given) or "bfloat16" (float32 data only).
+inline bool check_weight_dtype(const py::object& o, int size) {
+  if (o.is_none()) return false;
+  if (!py::isinstance<py::str>(o))
+    throw py::type_error("weight_dtype: expected None or 'bfloat16', got " + type_name(o));
+  const std::string v = o.cast<std::string>();
+  if (v != "bfloat16")
+    throw py::value_error("weight_dtype: expected None or 'bfloat16', got '" + v + "'");
+  if (size != 4)
+    throw py::type_error("weight_dtype='bfloat16': expected float32 arrays, got float64");
+  return true;
+}
+
 inline ForwardArgs check_forward(const py::object& x_obj, const py::object& W, const py::object& R,
                                  const py::object& b, const py::object& h0_obj,
                                  const py::object& c0_obj, bool batch_first, bool reverse,
                                  const py::object& lengths, const py::object& W_hr,
                                  const py::object& peephole, const py::object& clip,
-                                 bool input_forget) {
+                                 bool input_forget, const py::object& weight_dtype) {
   Arg x = arg("x", x_obj);
   const int size = float_size(x);
   check_ndim(x, 3, batch_first ? "[B,T,I]" : "[T,B,I]");
@@ -313,6 +326,7 @@ inline ForwardArgs check_forward(const py::object& x_obj, const py::object& W, c
   cfg.T = x_tb.shape(0);
   cfg.B = x_tb.shape(1);
   cfg.reverse = reverse;
+  cfg.bf16_weights = check_weight_dtype(weight_dtype, size);
   check_state(h0, size, cfg.B, cfg.O(), cfg.P ? "[B,P]" : "[B,H]", "x");
   check_state(c0, size, cfg.B, cfg.H, "[B,H]", "x");
   auto lens = check_lengths(lengths, cfg.B, cfg.T);
@@ -407,7 +421,8 @@ void def_calls(py::module_& m, Forward forward, Backward backward, Step step) {
         py::arg("batch_first") = false, py::arg("training") = true, py::arg("reverse") = false,
         py::arg("lengths") = py::none(), py::arg("W_hr") = py::none(),
         py::arg("peephole") = py::none(), py::arg("clip") = py::none(),
-        py::arg("input_forget") = false, py::arg("return_cell_states") = false);
+        py::arg("input_forget") = false, py::arg("return_cell_states") = false,
+        py::arg("weight_dtype") = py::none());
   m.def("backward", backward, py::arg("cache"), py::arg("dy"), py::arg("dh") = py::none(),
         py::arg("dc") = py::none());
   m.def("step", step, py::arg("x"), py::arg("h"), py::arg("c"), py::arg("W"), py::arg("R"),

@@ -67,9 +67,11 @@ py::tuple forward(const py::object& x, const py::object& W, const py::object& R,
                   const py::object& b, const py::object& h0, const py::object& c0, bool batch_first,
                   bool training, bool reverse, const py::object& lengths, const py::object& W_hr,
                   const py::object& peephole, const py::object& clip, bool input_forget,
-                  bool return_cell_states) {
+                  bool return_cell_states, const py::object& weight_dtype) {
   ForwardArgs f = check_forward(x, W, R, b, h0, c0, batch_first, reverse, lengths, W_hr, peephole,
-                                clip, input_forget);
+                                clip, input_forget, weight_dtype);
+  if (f.cfg.bf16_weights && training)
+    throw py::value_error("weight_dtype='bfloat16' is for inference: expected training=False");
   return f.size == 4 ? forward_impl<float>(f, batch_first, training, return_cell_states)
                      : forward_impl<double>(f, batch_first, training, return_cell_states);
 }

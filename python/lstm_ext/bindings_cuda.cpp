@@ -262,14 +262,18 @@ py::tuple forward(const py::object& x, const py::object& W, const py::object& R,
                   const py::object& b, const py::object& h0, const py::object& c0, bool batch_first,
                   bool training, bool reverse, const py::object& lengths, const py::object& W_hr,
                   const py::object& peephole, const py::object& clip, bool input_forget,
-                  bool return_cell_states) {
+                  bool return_cell_states, const py::object& weight_dtype) {
+  if (!weight_dtype.is_none())
+    throw py::value_error(
+        "weight_dtype: the CUDA path takes None only (bfloat16 weights run on "
+        "the CPU, device='cpu')");
   GpuArgs gpu;
   const py::object x_ = gpu.take("x", x), W_ = gpu.take("W", W), R_ = gpu.take("R", R),
                    b_ = gpu.take("b", b), h0_ = gpu.take("h0", h0), c0_ = gpu.take("c0", c0),
                    W_hr_ = gpu.take("W_hr", W_hr), peephole_ = gpu.take("peephole", peephole);
   no_gpu_lengths(lengths);
   ForwardArgs f = check_forward(x_, W_, R_, b_, h0_, c0_, batch_first, reverse, lengths, W_hr_,
-                                peephole_, clip, input_forget);
+                                peephole_, clip, input_forget, py::none());
   gpu.wait_for_producers();
   return f.size == 4 ? forward_impl<float>(f, gpu, batch_first, training, return_cell_states)
                      : forward_impl<double>(f, gpu, batch_first, training, return_cell_states);

@@ -55,6 +55,22 @@ It does not validate its inputs.
 import numpy as np
 
 
+def round_bfloat16(a):
+    """float32 ``a`` rounded to bfloat16 (to nearest, ties to even), as float32.
+
+    bfloat16 keeps float32's sign, exponent and top 7 mantissa bits: the
+    rounding adds half of the dropped 16 bits' range (less one, plus the kept
+    last bit, for ties to even) and cuts. A NaN stays a (quiet) NaN; numbers
+    past bfloat16's largest round to ±inf. This is ``weight_dtype="bfloat16"``'s
+    rounding, bit for bit.
+    """
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    b = a.view(np.uint32).astype(np.uint64)  # room for the carry
+    r = (b + 0x7FFF + ((b >> 16) & 1)) & 0xFFFF0000
+    r = np.where(np.isnan(a), (b | 0x00400000) & 0xFFFF0000, r)
+    return r.astype(np.uint32).view(np.float32)
+
+
 def sigmoid(z):
     """σ(z) without overflow: e^{-|z|} never exceeds 1."""
     e = np.exp(-np.abs(z))
@@ -103,8 +119,11 @@ def forward(
     clip=None,
     input_forget=False,
     return_cell_states=False,
+    weight_dtype=None,
 ):
     """Returns (y, h, c, cache), plus cell_states when return_cell_states.
+
+    weight_dtype="bfloat16": W, R and W_hr go through round_bfloat16 first.
 
     x [T,B,I]; W [4H,I]; R [4H,P]; b [4H]; h0 [B,P]; c0 [B,H]; lengths [B];
     W_hr [P,H]; peephole [3H] as (p_i, p_o, p_f). y [T,B,P]; h [B,P]; c [B,H];
@@ -115,6 +134,9 @@ def forward(
     x = np.asarray(x)
     if batch_first:
         x = x.swapaxes(0, 1)
+    if weight_dtype == "bfloat16":
+        W, R = round_bfloat16(W), round_bfloat16(R)
+        W_hr = None if W_hr is None else round_bfloat16(W_hr)
     dt = x.dtype
     T, B, _ = x.shape
     H = W.shape[0] // 4

@@ -53,6 +53,13 @@ struct Config {
   bool input_forget = false;         // coupled gates: f = 1 - i
   double clip = 0;                   // > 0: clamp pre-activations to [-clip, clip]
   const int64_t* lengths = nullptr;  // [B], each in [0,T]; nullptr: all T
+  // Inference with W, R and W_hr rounded to bfloat16 (to nearest, ties to
+  // even), float32 only: the products read R as bfloat16 (half the bytes a
+  // step) and accumulate in float32; bias, peepholes, inputs and states stay
+  // float32. The results are those of the same call in float32 with the
+  // weights rounded first, bit for bit. forward_workspace_size and
+  // lstm_forward refuse it with training = true, lstm_forward with double.
+  bool bf16_weights = false;
   int64_t O() const { return P > 0 ? P : H; }
 };
 
@@ -98,7 +105,9 @@ struct Grads {
 // whatever T is. Both hold R packed for the recurrent product when P = 0.
 // Training without lengths or projection takes 6TBH + 7BH + 4H*32*ceil(H/32)
 // elements: gates [T,B,4H], cell states [T+1,B,H], h_{t-1} [T,B,H], h
-// [2,B,H], the gate-major product [4H,B] and the packed R.
+// [2,B,H], the gate-major product [4H,B] and the packed R. With bf16_weights
+// inference adds the rounded W, R and W_hr (4H(I+O) + PH elements) and R
+// packed as bfloat16 (half the packed R's).
 // Throws std::length_error, naming T, B, I, H and P, where a count's byte
 // count would pass 2^63 (or a GEMM dimension BLAS's 2^31-1).
 constexpr int64_t kInferenceChunk = 16, kInferenceChunkRows = 256;
