@@ -33,6 +33,7 @@ STACK = (100, 32, 256, 256, 2)  # (T, B, I, H, layers), bidirectional
 RAGGED = (100, 64, 512, 512)  # lengths uniform in [1, T]
 FLOAT64_CASE = (100, 16, 256, 256)
 THREAD_CASES = [(100, 16, 256, 256), (100, 64, 512, 512)]
+BF16_CASES = [(100, 1, 128, 128), (100, 1, 512, 512), (100, 64, 512, 512)]  # forward
 GEMM_N = 2048
 WARM_UP_S = 0.3
 SLOW_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
@@ -212,6 +213,30 @@ def time_float64(torch, rng, repeat):
     return time_ours(p, repeat), time_torch(torch, p, repeat) if torch else (None, None)
 
 
+def time_bf16(ort, rng, repeat, threads):
+    """Forward with weight_dtype="bfloat16" against float32 (taken in turns),
+    onnxruntime's float32 time, and the largest |y difference| from float32."""
+    out = []
+    for case in BF16_CASES:
+        p = problem(rng, *case)
+        args = [p[k] for k in ("x", "W", "R", "b", "h0", "c0")]
+        f32 = lambda a=args: lstm_ext.forward(*a, training=False)  # noqa: E731
+        b16 = lambda a=args: lstm_ext.forward(*a, training=False, weight_dtype="bfloat16")  # noqa: E731
+        rounds = [(median_ms(f32, repeat), median_ms(b16, repeat)) for _ in range(3)]
+        y32, y16 = f32().y, b16().y
+        out.append(
+            dict(
+                case=case,
+                fp32_ms=statistics.median(r[0] for r in rounds),
+                bf16_ms=statistics.median(r[1] for r in rounds),
+                ort_ms=time_ort(ort, p, repeat, threads) if ort else None,
+                max_abs_err=float(np.abs(y16.astype(np.float64) - y32).max()),
+                max_abs_y=float(np.abs(y32).max()),
+            )
+        )
+    return out
+
+
 def time_threads(rng, repeat):
     """Forward at 1 and at all of lstm_ext's threads, per case: {case: (ms_1, ms_n)}."""
     before, out = lstm_ext.get_num_threads(), {}
@@ -350,11 +375,13 @@ def main():
         step_us, cell_us = time_step(torch, rng, args.repeat)
         (o64, t64) = time_float64(torch, rng, args.repeat)
         threads, n = time_threads(rng, args.repeat)
+        bf16 = time_bf16(ort, rng, args.repeat, args.threads)
         key = lambda case: ",".join(map(str, case))  # noqa: E731
         extra = dict(step_us=step_us, lstmcell_us=cell_us, float64_case=FLOAT64_CASE,
                      float64_ms=o64, float64_torch_ms=t64, threads=n,
                      thread_rows={key(k): v for k, v in threads.items()},
-                     workspace={key(c): workspace_bytes(rng, c) for c in CASES})  # fmt: skip
+                     workspace={key(c): workspace_bytes(rng, c) for c in CASES},
+                     bf16=bf16)  # fmt: skip
         cell = f"{cell_us:.1f} µs, ratio {step_us / cell_us:.2f}" if cell_us else "-"
         print(f"\nstep, B=1, I=H=128: {step_us:.1f} µs; torch.nn.LSTMCell: {cell}")
         print(f"float64 {FLOAT64_CASE}: fwd {o64[0]:.2f} ms, fwd+bwd {o64[1]:.2f} ms; torch: "
@@ -362,6 +389,13 @@ def main():
         for case, (one, all_) in threads.items():
             print(f"fwd {case}: 1 thread {one:.2f} ms, {n} threads {all_:.2f} ms "
                   f"(speedup {one / all_:.2f})")  # fmt: skip
+        print("\nforward, weight_dtype='bfloat16' (W, R rounded; float32 activations):")
+        for r in bf16:
+            ort_cells = f", onnxruntime {r['ort_ms']:.3f} ms ({r['bf16_ms'] / r['ort_ms']:.2f}x)"
+            print(f"  {key(r['case'])}: float32 {r['fp32_ms']:.3f} ms, bfloat16 {r['bf16_ms']:.3f} "
+                  f"ms ({r['bf16_ms'] / r['fp32_ms']:.2f}x)" + (ort_cells if r["ort_ms"] else "")
+                  + f"; max |y - y_float32| {r['max_abs_err']:.1e} (max |y| "
+                  f"{r['max_abs_y']:.2f})")  # fmt: skip
         for case, (got, formula) in extra["workspace"].items():
             print(f"training workspace ({case}): {got:,} bytes; "
                   f"formula 4·(6TBH + 7BH + 4H·32⌈H/32⌉) = {formula:,}")  # fmt: skip

@@ -225,3 +225,27 @@ def test_cuda_refuses(rng):
         lstm_ext.forward(
             *[p[k] for k in ARGS], training=False, weight_dtype="bfloat16", device="cuda"
         )
+
+
+def test_layer_in_eval_mode(rng):
+    # nn.LSTM.inference_weight_dtype: the calls that keep no cache give the
+    # float32 layer's result on rounded weight matrices (biases unrounded).
+    from lstm_ext.nn import LSTM
+
+    layer = LSTM(6, 20, num_layers=2, bidirectional=True, proj_size=7, seed=3)
+    twin = LSTM(6, 20, num_layers=2, bidirectional=True, proj_size=7, seed=3)
+    twin.params = {
+        k: lstm_ext.round_bfloat16(v) if k.startswith("weight") else v
+        for k, v in layer.params.items()
+    }
+    x = rng.standard_normal((9, 4, 6)).astype(np.float32)
+    layer.inference_weight_dtype = "bfloat16"
+    layer.eval(), twin.eval()
+    out, (h, c) = layer(x)
+    want, (hw, cw) = twin(x)
+    for a, b in ((out, want), (h, hw), (c, cw)):
+        np.testing.assert_array_equal(a, b)
+    # a call that keeps a cache (as training does) runs on the float32 weights
+    kept, _ = layer(x, keep_cache=True)
+    layer.inference_weight_dtype = None
+    np.testing.assert_array_equal(kept, layer(x)[0])

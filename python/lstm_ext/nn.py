@@ -249,7 +249,10 @@ class LSTM(Module):
 
     In training mode (the default; ``train()``/``eval()`` switch) forward
     keeps what backward needs and applies dropout between layers; in eval
-    mode it keeps nothing unless called with ``keep_cache=True``.
+    mode it keeps nothing unless called with ``keep_cache=True``. Setting
+    ``inference_weight_dtype = "bfloat16"`` (float32 on the CPU) makes the
+    calls that keep nothing use bfloat16 weights (``lstm_ext.forward``'s
+    ``weight_dtype``; ``params`` stay float32); calls that keep a cache do not.
 
     On the GPU (``device="cuda"``) with CuPy installed, ``params`` and
     ``grads`` are CuPy arrays that stay in GPU memory (the optimisers update
@@ -312,6 +315,7 @@ class LSTM(Module):
         self._init_grads()
         self._saved = None  # what the last forward kept for backward
         self._busy = threading.Lock()  # held during forward and backward
+        self.inference_weight_dtype: str | None = None  # lstm_ext.forward's weight_dtype
 
     # ---- shapes and names ------------------------------------------------------
 
@@ -398,6 +402,7 @@ class LSTM(Module):
             if unbatched:
                 h0, c0 = h0[:, None], c0[:, None]
         keep = self.training if keep_cache is None else keep_cache
+        weight_dtype = None if keep else self.inference_weight_dtype
         h_n = xp.empty((L * D, B, O), self.dtype)
         c_n = xp.empty((L * D, B, H), self.dtype)
         caches, masks = [], []
@@ -411,7 +416,7 @@ class LSTM(Module):
                     inp, kw["W"], kw["R"], kw["b"],
                     None if h0 is None else h0[k], None if c0 is None else c0[k],
                     training=keep, reverse=bool(d), lengths=lengths, W_hr=kw.get("W_hr"),
-                    device=self.device,
+                    device=self.device, weight_dtype=weight_dtype,
                 )  # fmt: skip
                 outs.append(y)
                 layer_caches.append(cache)

@@ -140,6 +140,41 @@ TEST(Core, SameBitsAtAnyThreadCount) {
   EXPECT_EQ(std::memcmp(one.data(), three.data(), one.size() * sizeof(float)), 0);
 }
 
+// bf16_weights: the float result on weights rounded to bfloat16 first, bit
+// for bit (lstm.h), at 1, 3 and 16 rows (the kernel's code paths), across
+// thread counts; refused for training and for double.
+float rounded_to_bf16(float v) {  // to nearest, ties to even (finite v)
+  uint32_t b;
+  std::memcpy(&b, &v, 4);
+  b = (b + 0x7FFFu + ((b >> 16) & 1u)) & 0xFFFF0000u;
+  std::memcpy(&v, &b, 4);
+  return v;
+}
+
+TEST(Core, Bf16WeightsAreFloatOnRoundedWeights) {
+  for (int64_t B : {1, 3, 16}) {
+    Problem<float> p(9, B, 13, 70, unsigned(B));
+    Problem<float> q = p;
+    for (auto* v : {&q.W, &q.R})
+      for (float& e : *v) e = rounded_to_bf16(e);
+    p.cfg.bf16_weights = true;
+    const int before = lstm_ext::get_num_threads();
+    for (int threads : {1, 2}) {
+      lstm_ext::set_num_threads(threads);
+      const std::vector<float> got = p.forward(), want = q.forward();
+      ASSERT_EQ(got.size(), want.size());
+      EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)), 0) << B;
+    }
+    lstm_ext::set_num_threads(before);
+  }
+  Config c;
+  c.T = 2, c.B = 1, c.I = 3, c.H = 4, c.bf16_weights = true;
+  EXPECT_THROW(lstm_ext::forward_workspace_size(c, true), std::invalid_argument);
+  Problem<double> d(2, 1, 3, 4);
+  d.cfg.bf16_weights = true;
+  EXPECT_THROW(d.forward(), std::invalid_argument);
+}
+
 // ---- 64-bit sizes ------------------------------------------------------------------
 
 using lstm_ext::backward_scratch_size;
