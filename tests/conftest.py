@@ -41,3 +41,19 @@ if settings is not None:
 def rng(request):
     # A seed per test, stable from run to run, so a failure can be replayed.
     return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
+
+
+@pytest.fixture(params=[True, False], ids=["packed", "blas"])
+def path(request):
+    """The test once on each CPU recurrent path: R packed for the hand-written
+    kernel (skipped where the CPU has neither AVX-512F nor AVX2+FMA), and a
+    BLAS call per step (test_packed.py)."""
+    from lstm_ext import _core
+
+    before = _core.set_packed_recurrent(request.param)
+    try:
+        if _core.packed_recurrent_enabled() != request.param:
+            pytest.skip("this CPU has neither AVX-512F nor AVX2+FMA: no packed kernel here")
+        yield request.param
+    finally:
+        _core.set_packed_recurrent(before)

@@ -20,22 +20,9 @@ import pytest
 from test_features import features_problem
 
 import lstm_ext
-from lstm_ext import _core
 from lstm_ext import reference as ref
 
 ARGS = ("x", "W", "R", "b", "h0", "c0")
-_before = _core.set_packed_recurrent(True)
-HAS_PACKED = _core.packed_recurrent_enabled()
-_core.set_packed_recurrent(_before)
-
-
-@pytest.fixture(params=[True, False], ids=["packed", "blas"])
-def path(request):
-    if request.param and not HAS_PACKED:
-        pytest.skip("this CPU has neither AVX-512F nor AVX2+FMA: no packed kernel here")
-    before = _core.set_packed_recurrent(request.param)
-    yield request.param
-    _core.set_packed_recurrent(before)
 
 
 def rounded(p, kw):

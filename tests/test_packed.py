@@ -23,10 +23,6 @@ from lstm_ext import _core
 _before = _core.set_packed_recurrent(True)
 HAS_PACKED = _core.packed_recurrent_enabled()  # it stays off where the CPU cannot
 _core.set_packed_recurrent(_before)
-PATHS = [
-    pytest.param(True, id="packed"),
-    pytest.param(False, id="blas"),
-]
 
 
 def test_kernel_named():
@@ -34,16 +30,6 @@ def test_kernel_named():
     kernel = _core.packed_recurrent_kernel()
     assert kernel in ("avx512f", "avx2", "none")
     assert (kernel != "none") == HAS_PACKED
-
-
-@pytest.fixture(params=PATHS)
-def path(request):
-    if request.param and not HAS_PACKED:
-        pytest.skip("this CPU has neither AVX-512F nor AVX2+FMA: no packed kernel here")
-    before = _core.set_packed_recurrent(request.param)
-    assert _core.packed_recurrent_enabled() == request.param
-    yield request.param
-    _core.set_packed_recurrent(before)
 
 
 SHAPES = [  # (T, B, I, H)
