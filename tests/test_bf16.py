@@ -7,7 +7,7 @@ kernel that reads bfloat16 panels does the same fused multiply-adds, in the
 same order, as the float32 kernel on the rounded weights; the input
 projection and the projection W_hr are float32 GEMMs on rounded copies. So
 the main tests compare with np.array_equal, on both recurrent paths (the
-packed kernel and the BLAS one), over the row counts and hidden sizes the
+packed kernel and the BLAS one: conftest's ``path``), over the row counts and hidden sizes the
 kernel has its own code for. The rounding itself is checked against an
 independent definition (the nearer of the two neighbouring bfloat16 values,
 ties to the even one).
