@@ -344,7 +344,7 @@ LSTM_EXT_AVX2_FN void panels_avx2(S* z, int64_t ldz, int64_t zs, const S* a, int
 
 // Transposes a tile of n <= 16 rows and m <= 16 columns of src (rows ld
 // apart) into dst, whose row k gets src's column k (rows P apart): the rows
-// of src past n read as zeros, and the tile's 16 columns are all written.
+// of src past n read as zeros (with n = 0, src is not read, nor needed).
 LSTM_EXT_AVX512_FN void transpose_tile(float* dst, int64_t P, const float* src, int64_t ld,
                                        int64_t n, int64_t m) {
   const __mmask16 cols = m >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << m) - 1);
@@ -396,7 +396,7 @@ LSTM_EXT_AVX512_FN void pack_bf16_rows(uint16_t* rows, const float* R, int64_t O
                                        int64_t k0, int64_t m) {
   alignas(64) float tile[16 * 32];  // [k,32 units]
   transpose_tile(tile, 32, R + k0, O, w, m);
-  transpose_tile(tile + 16, 32, R + 16 * O + k0, O, std::max<int64_t>(0, w - 16), m);
+  transpose_tile(tile + 16, 32, w > 16 ? R + 16 * O + k0 : nullptr, O, w - 16, m);
   for (int64_t k = 0; k < m; ++k) {
     const __m512i lo = bf16_high(_mm512_load_ps(tile + k * 32)),
                   hi = bf16_high(_mm512_load_ps(tile + k * 32 + 16));
@@ -436,9 +436,11 @@ void pack_recurrent_block(S* Rp, const S* R, int64_t H, int64_t O, int64_t u) {
       const int64_t w = std::min(P, H - u * P);  // units of this block
       for (int64_t g = 0; g < 4; ++g)
         for (int64_t c0 = 0; c0 < P; c0 += 16)
-          for (int64_t k0 = 0; k0 < O; k0 += 16)
-            transpose_tile(block + g * O * P + k0 * P + c0, P, R + (g * H + u * P + c0) * O + k0, O,
-                           std::max<int64_t>(0, w - c0), std::min<int64_t>(16, O - k0));
+          for (int64_t k0 = 0; k0 < O; k0 += 16) {
+            const float* rows = w > c0 ? R + (g * H + u * P + c0) * O + k0 : nullptr;
+            transpose_tile(block + g * O * P + k0 * P + c0, P, rows, O, w - c0,
+                           std::min<int64_t>(16, O - k0));
+          }
       return;
     }
 #endif
@@ -529,6 +531,15 @@ void round_to_bf16(float* dst, const float* src, int64_t n) {
 
 bool packed_bf16_enabled() { return packed_on().load() && cpu_isa() == Isa::kAvx512; }
 
+namespace {
+// The bfloat16 kernel is AVX-512's: thrown where the CPU lacks it (never on
+// packed_on(), which another thread may turn off while a call runs).
+void need_avx512() {
+  if (cpu_isa() != Isa::kAvx512)
+    throw std::logic_error("lstm_ext: bfloat16 panels need the AVX-512F kernel");
+}
+}  // namespace
+
 int64_t packed_recurrent_bf16_size(int64_t H, int64_t O) {
   return packed_recurrent_size<float>(H, O);  // uint16_t elements: the float layout's count
 }
@@ -536,8 +547,7 @@ int64_t packed_recurrent_bf16_size(int64_t H, int64_t O) {
 void pack_recurrent_block_bf16(uint16_t* Rq, const float* R, int64_t H, int64_t O, int64_t u) {
 #ifdef LSTM_EXT_HAVE_X86_KERNELS
   constexpr int64_t P = kPanel<float>;
-  if (!packed_bf16_enabled())
-    throw std::logic_error("lstm_ext: bfloat16 panels need the AVX-512F kernel");
+  need_avx512();
   const int64_t w = std::min(P, H - u * P);  // units of this block
   for (int64_t g = 0; g < 4; ++g)
     for (int64_t k0 = 0; k0 < O; k0 += 16)
@@ -553,8 +563,7 @@ void recurrent_block_bf16(float* z, int64_t ldz, const float* h, int64_t ldh, co
                           int64_t nb, int64_t H, int64_t O, int64_t u) {
 #ifdef LSTM_EXT_HAVE_X86_KERNELS
   constexpr int64_t P = kPanel<float>, kChunk = 512;  // as panel_product's chunks
-  if (!packed_bf16_enabled())
-    throw std::logic_error("lstm_ext: bfloat16 panels need the AVX-512F kernel");
+  need_avx512();
   const int64_t w = std::min(P, H - u * P), width[4] = {w, w, w, w};
   const uint16_t* block = Rq + u * 4 * O * P;
   for (int64_t k0 = 0; k0 < O; k0 += kChunk)
