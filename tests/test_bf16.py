@@ -99,6 +99,19 @@ def test_features_are_float32_on_rounded_weights(rng, path, options):
         np.testing.assert_array_equal(a, b, err_msg=name)
 
 
+def test_across_inference_chunks(rng, path):
+    # Inference projects the inputs a chunk of steps at a time, and a ragged
+    # batch's team shrinks with it: later chunks read panels other threads packed.
+    B = 20
+    T = 2 * lstm_ext._core.inference_chunk(B) + 3
+    p, kw = features_problem(rng, T, B, 9, 70, np.float32, lengths=rng.integers(0, T + 1, B))
+    got = lstm_ext.forward(*[p[k] for k in ARGS], training=False, weight_dtype="bfloat16", **kw)
+    q, kwq = rounded(p, kw)
+    want = lstm_ext.forward(*[q[k] for k in ARGS], training=False, **kwq)
+    for name, a, b in zip("yhc", got[:3], want[:3], strict=True):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+
+
 def test_matches_the_reference(rng):
     # The reference rounds the same way and computes in float64: float32's
     # tolerance (test_features, 1e-5 relative) against it.
