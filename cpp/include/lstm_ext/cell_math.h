@@ -35,7 +35,8 @@ namespace cell {
 
 // float on the CPU: e^x by range reduction and a polynomial (Cephes's expf
 // coefficients), in plain arithmetic so that loops over it vectorise. Its
-// relative error is below 7.5e-8 (about one ulp) on [-86, 88]; x is clamped
+// relative error is below 8.4e-8 (0.7 ulp) on [-86, 88] (the largest over
+// every float there, against double's exp: 8.31e-8, at -81.44); x is clamped
 // to that range first (so the polynomial never overflows nor underflows below
 // the normal range), past ln(FLT_MAX) the result is +inf as IEEE's expf
 // gives (so that sigmoid(-inf) is an exact 0), and NaN comes back as NaN.
