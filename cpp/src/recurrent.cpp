@@ -466,8 +466,9 @@ void pack_columns(S* Bp, const S* B, int64_t K, int64_t N, int64_t p) {
   }
 }
 
-template <typename S>
-void panel_product(S* z, int64_t ldz, int64_t zs, const S* a, int64_t lda, const S* Bp, int64_t nb,
+// Bp's elements: S, or bfloat16 (B = uint16_t, S = float; AVX-512 only).
+template <typename S, typename B = S>
+void panel_product(S* z, int64_t ldz, int64_t zs, const S* a, int64_t lda, const B* Bp, int64_t nb,
                    int64_t K, int ng, const int64_t* width) {
 #ifdef LSTM_EXT_HAVE_X86_KERNELS
   // In chunks of kChunk along k, so that the chunk of the panels (256 KiB,
@@ -482,8 +483,10 @@ void panel_product(S* z, int64_t ldz, int64_t zs, const S* a, int64_t lda, const
     const int64_t kc = std::min(kChunk, K - k0);
     if (isa == Isa::kAvx512)
       panels_avx512(z, ldz, zs, a + k0, lda, Bp + k0 * P, K * P, nb, kc, ng, width);
-    else
+    else if constexpr (std::is_same_v<B, S>)
       panels_avx2(z, ldz, zs, a + k0, lda, Bp + k0 * P, K * P, nb, kc, ng, width);
+    else
+      throw std::logic_error("lstm_ext: bfloat16 panels need the AVX-512F kernel");
   }
 #else
   (void)z, (void)ldz, (void)zs, (void)a, (void)lda, (void)Bp, (void)nb, (void)K, (void)ng,
@@ -512,12 +515,15 @@ void column_product(S* z, int64_t ldz, const S* a, int64_t lda, const S* Bp, int
   }
 }
 
+namespace {
+// v rounded to bfloat16 (to nearest, ties to even; a NaN stays a quiet NaN).
 uint16_t to_bf16(float v) {
   uint32_t b;
   std::memcpy(&b, &v, 4);
   if ((b & 0x7FFFFFFFu) > 0x7F800000u) return uint16_t((b | 0x00400000u) >> 16);  // quiet NaN
   return uint16_t((b + 0x7FFFu + ((b >> 16) & 1u)) >> 16);
 }
+}  // namespace
 
 void round_to_bf16(float* dst, const float* src, int64_t n) {
 #ifdef LSTM_EXT_HAVE_X86_KERNELS
@@ -561,18 +567,9 @@ void pack_recurrent_block_bf16(uint16_t* Rq, const float* R, int64_t H, int64_t 
 
 void recurrent_block_bf16(float* z, int64_t ldz, const float* h, int64_t ldh, const uint16_t* Rq,
                           int64_t nb, int64_t H, int64_t O, int64_t u) {
-#ifdef LSTM_EXT_HAVE_X86_KERNELS
-  constexpr int64_t P = kPanel<float>, kChunk = 512;  // as panel_product's chunks
-  need_avx512();
+  constexpr int64_t P = kPanel<float>;
   const int64_t w = std::min(P, H - u * P), width[4] = {w, w, w, w};
-  const uint16_t* block = Rq + u * 4 * O * P;
-  for (int64_t k0 = 0; k0 < O; k0 += kChunk)
-    panels_avx512(z + u * P, ldz, H, h + k0, ldh, block + k0 * P, O * P, nb,
-                  std::min(kChunk, O - k0), 4, width);
-#else
-  (void)z, (void)ldz, (void)h, (void)ldh, (void)Rq, (void)nb, (void)H, (void)O, (void)u;
-  throw std::logic_error("lstm_ext: the packed recurrent kernel is not compiled in");
-#endif
+  panel_product(z + u * P, ldz, H, h, ldh, Rq + u * 4 * O * P, nb, O, 4, width);
 }
 
 #define LSTM_EXT_INSTANTIATE(S)                                                                \

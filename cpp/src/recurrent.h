@@ -56,10 +56,9 @@ template <typename S>
 void column_product(S* z, int64_t ldz, const S* a, int64_t lda, const S* Bp, int64_t nb, int64_t K,
                     int64_t c0, int64_t c1);
 
-// bfloat16 weights (Config::bf16_weights). to_bf16: v rounded to nearest,
-// ties to even (a NaN stays a quiet NaN); round_to_bf16: dst[i] = src[i] so
-// rounded, as floats (dst may be src).
-uint16_t to_bf16(float v);
+// bfloat16 weights (Config::bf16_weights). round_to_bf16: dst[i] = src[i]
+// rounded to bfloat16 (to nearest, ties to even; a NaN stays a quiet NaN), as
+// floats (dst may be src).
 void round_to_bf16(float* dst, const float* src, int64_t n);
 
 // R packed as Rp is for float, each k-row of a panel's 32 units as 32
