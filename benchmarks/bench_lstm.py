@@ -254,13 +254,15 @@ def time_threads(rng, repeat):
 
 def workspace_bytes(rng, case):
     """The training cache's workspace in bytes, and lstm.h's formula for it
-    (no lengths, no projection, float32): 4·(6·T·B·H + 7·B·H + 4·H·32⌈H/32⌉)."""
+    (no lengths, no projection, float32): 4·(6·T·B·H + 7·B·H + 4·H·32⌈H/32⌉),
+    plus 4·4·I·32⌈H/32⌉ for B <= 4."""
     T, B, I, H = case
     p = problem(rng, T, B, I, H)
     cache = lstm_ext.forward(p["x"], p["W"], p["R"], p["b"]).cache
     copies = sum(p[k].nbytes for k in ("x", "W", "R", "b"))  # the cache's private copies
-    packed_r = 4 * H * 32 * -(-H // 32)  # R packed in blocks of 32 units
-    return cache.nbytes - copies, 4 * (6 * T * B * H + 7 * B * H + packed_r)
+    packed = 4 * 32 * -(-H // 32)  # R (and for B <= 4 W) packed in blocks of 32 units
+    packed_w = packed * I if B <= 4 else 0
+    return cache.nbytes - copies, 4 * (6 * T * B * H + 7 * B * H + packed * H + packed_w)
 
 
 def optional_import(name):

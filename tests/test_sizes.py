@@ -28,10 +28,17 @@ from lstm_ext import _core, reference
 # ---- the size queries -----------------------------------------------------------
 
 
-def documented_training_workspace(T, B, H):
+def documented_training_workspace(T, B, H, I=0):
     """lstm.h: training without lengths or projection takes
-    6TBH + 7BH + 4H*32*ceil(H/32) elements."""
-    return 6 * T * B * H + 7 * B * H + 4 * H * 32 * -(-H // 32)
+    6TBH + 7BH + 4H*32*ceil(H/32) elements, and 4I*32*ceil(H/32) more for
+    B <= 4 (W packed)."""
+    packed = 4 * 32 * -(-H // 32)
+    return 6 * T * B * H + 7 * B * H + packed * H + (packed * I if B <= 4 else 0)
+
+
+@pytest.mark.parametrize("B", [1, 4, 5])
+def test_small_batch_workspace_holds_w_packed(B):
+    assert _core.forward_workspace_size(7, B, 9, 40) == documented_training_workspace(7, B, 40, 9)
 
 
 T, B, I, H, P = 2**16, 1024, 8, 1024, 256  # T*B*H = 2^36, T*B = 2^26 (BLAS takes it)

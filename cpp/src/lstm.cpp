@@ -40,8 +40,16 @@ using namespace detail;  // NOLINT: sizes, Config checks, the schedule
 // units) is at least double's (to 16), so one size serves both.
 int64_t packed_size(const Config& c) { return packed_recurrent_size<float>(c.H, c.O()); }
 
+// Batches of at most kTeamInputBatch rows have the input products x W^T
+// computed by the recurrent kernel on W packed as R is, each thread for its
+// own units, in chunks of inference_chunk(B) steps, instead of by the BLAS
+// (one small GEMM per chunk ran at 80 % of a core's peak on Zen 5;
+// dev/perf-notes.md, 27). Inference and training alike, for the same bits.
+constexpr int64_t kTeamInputBatch = 4;
+bool input_in_team(const Config& c) { return c.P == 0 && c.B <= kTeamInputBatch; }
+
 struct ForwardLayout {
-  int64_t xp, z, c, hp, m, h, cs, zt, rp, wq, rq, total;
+  int64_t xp, z, c, hp, m, h, cs, zt, rp, wp, wq, rq, total;
 };
 
 ForwardLayout forward_layout(const Config& c, bool training) {
@@ -57,6 +65,9 @@ ForwardLayout forward_layout(const Config& c, bool training) {
   L.cs = take(training ? 0 : mul(2 * c.B, c.H));  // [2,B,H] c, alternating between steps
   L.zt = take(mul(4 * c.H, c.B));                 // [4H,B] the recurrent product, gate-major
   L.rp = take(c.P == 0 && !c.bf16_weights ? packed_size(c) : 0);  // R packed (recurrent.h)
+  // W packed as R is, for input_in_team (as bfloat16, half of it, with bf16_weights).
+  const int64_t wp = input_in_team(c) ? packed_recurrent_size<float>(c.H, c.I) : 0;
+  L.wp = take(c.bf16_weights ? (wp + 1) / 2 : wp);
   // bf16_weights: [4H,I] W, [4H,O] R and [P,H] W_hr rounded; R packed as
   // bfloat16 (uint16_t elements, two a float).
   L.wq = take(c.bf16_weights ? add(mul(4 * c.H, add(c.I, c.O())), mul(c.P, c.H)) : 0);
@@ -195,10 +206,10 @@ LSTM_EXT_CLONES void cell_forward_rows(S* LSTM_EXT_RESTRICT z, S* LSTM_EXT_RESTR
 // Backward for nb rows.
 //   dz [nb,4H] out;  dc [nb,H] in/out (dL/dc_t -> dL/dc_{t-1})
 //   saved [nb,4H] what forward kept;  c_prev, c [nb,H];  dm [nb,H]
-//   dpeep [3H] accumulated (+=) when kPeep
+//   db [4H] accumulated (+=);  dpeep [3H] accumulated (+=) when kPeep
 template <bool kPeep, bool kClip, bool kCoupled, typename S>
 LSTM_EXT_CLONES void cell_backward_rows(S* LSTM_EXT_RESTRICT dz, S* LSTM_EXT_RESTRICT dc,
-                                        S* LSTM_EXT_RESTRICT dpeep,
+                                        S* LSTM_EXT_RESTRICT db, S* LSTM_EXT_RESTRICT dpeep,
                                         const S* LSTM_EXT_RESTRICT saved,
                                         const S* LSTM_EXT_RESTRICT c_prev,
                                         const S* LSTM_EXT_RESTRICT c, const S* LSTM_EXT_RESTRICT dm,
@@ -207,6 +218,9 @@ LSTM_EXT_CLONES void cell_backward_rows(S* LSTM_EXT_RESTRICT dz, S* LSTM_EXT_RES
   for (int64_t n = 0; n < nb; ++n) {
     const S* sn = saved + n * 4 * H;
     S* dzn = dz + n * 4 * H;
+    // Unit j reads and writes saved, dzn, db and dpeep at j, H+j, 2H+j (and
+    // 3H+j) only: no dependence between units (as in cell_forward_row).
+#pragma GCC ivdep
     for (int64_t j = j0; j < j1; ++j) {
       const int64_t k = n * H + j;
       const cell::Gates<S> kept = cell::load_gates(sn, j, H);
@@ -214,6 +228,7 @@ LSTM_EXT_CLONES void cell_backward_rows(S* LSTM_EXT_RESTRICT dz, S* LSTM_EXT_RES
       const auto d = cell::cell_backward<kPeep, kClip, kCoupled>(
           a, kept, c_prev[k], c[k], dm[k], cell::peep_of<kPeep>(peep, j, H), clip, &dc[k]);
       cell::store_gates(dzn, j, H, d);
+      db[j] += d.i, db[H + j] += d.f, db[2 * H + j] += d.g, db[3 * H + j] += d.o;
       if (kPeep) {  // ONNX order i, o, f
         dpeep[j] += d.i * c_prev[k];
         dpeep[H + j] += d.o * c[k];
@@ -318,32 +333,42 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
   // R packed (recurrent.h); as bfloat16 with bf16_weights, where the kernel has AVX-512.
   const bool bf16 = cfg.bf16_weights;
   const bool packed = P == 0 && packed_recurrent_enabled() && (!bf16 || packed_bf16_enabled());
+  const bool team_input = packed && input_in_team(cfg);  // x W^T by the kernel, not the BLAS
   const int64_t blocks = recurrent_blocks<S>(H);
   // What the products read: w, or (bf16_weights) its matrices rounded to
-  // bfloat16; the packed bfloat16 R is rounded as it is packed.
+  // bfloat16; packed bfloat16 matrices are rounded as they are packed.
   Weights<S> wq = w;
-  uint16_t* Rq = reinterpret_cast<uint16_t*>(ws + L.rq);  // written and read by intrinsics only
+  // Written and read by intrinsics only: R and (team_input) W packed as bfloat16.
+  uint16_t *Rq = reinterpret_cast<uint16_t*>(ws + L.rq),
+           *Wq = reinterpret_cast<uint16_t*>(ws + L.wp);
   if constexpr (std::is_same_v<S, float>)
     if (bf16) {
       S* at = ws + L.wq;
-      round_weights(at, w.W, G * I);
-      wq.W = at;
+      if (!team_input) round_weights(at, w.W, G * I), wq.W = at;
       if (!packed) round_weights(at + G * I, w.R, G * O), wq.R = at + G * I;
       if (P > 0) round_weights(at + G * (I + O), w.W_hr, P * H), wq.W_hr = at + G * (I + O);
     }
-  // Block u's share of the recurrent product, and its packing.
+  // Block u's packing of R (and with team_input of W), and its share of
+  //   z [nb,4H] += a [nb,K] M^T,   M = R (K = O), or with input W (K = I).
   auto pack_block = [&](int64_t u) {
     if constexpr (std::is_same_v<S, float>)
-      if (bf16) return pack_recurrent_block_bf16(Rq, w.R, H, O, u);
+      if (bf16) {
+        pack_recurrent_block_bf16(Rq, w.R, H, O, u);
+        if (team_input) pack_recurrent_block_bf16(Wq, w.W, H, I, u);
+        return;
+      }
     pack_recurrent_block(ws + L.rp, w.R, H, O, u);
+    if (team_input) pack_recurrent_block(ws + L.wp, w.W, H, I, u);
   };
-  auto block_product = [&](S* z, const S* hin, int64_t nb, int64_t u) {
+  auto block_product = [&](S* z, const S* a, int64_t nb, int64_t u, bool input = false) {
+    const int64_t K = input ? I : O;
     if constexpr (std::is_same_v<S, float>)
-      if (bf16) return recurrent_block_bf16(z, G, hin, O, Rq, nb, H, O, u);
-    recurrent_block(z, G, hin, O, ws + L.rp, nb, H, O, u);
+      if (bf16) return recurrent_block_bf16(z, G, a, K, input ? Wq : Rq, nb, H, K, u);
+    recurrent_block(z, G, a, K, ws + (input ? L.wp : L.rp), nb, H, K, u);
   };
 
   const int64_t chunk = training ? std::max<int64_t>(s.K, 1) : inference_chunk(B);
+  const int64_t sub = inference_chunk(B);  // steps a team_input product covers
   for (int64_t k0 = 0; k0 < s.K; k0 += chunk) {
     const int64_t k1 = std::min(s.K, k0 + chunk), r0 = s.offset[k0], rows = s.offset[k1] - r0;
     const int64_t at = training ? r0 : 0;  // where this chunk sits in Xp and Z
@@ -352,8 +377,18 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
       gather_steps(Xp + at * I, x, s, k0, k1, B, I);
       xin = Xp + at * I;
     }
-    gemm(Op::N, Op::T, rows, G, I, S(1), xin, I, wq.W, I, S(0), Z + at * G, G);  // [rows,4H]
-    auto z_at = [&](int64_t k) { return Z + (at + s.offset[k] - r0) * G; };      // [batch[k],4H]
+    if (!team_input) gemm(Op::N, Op::T, rows, G, I, S(1), xin, I, wq.W, I, S(0), Z + at * G, G);
+    auto z_at = [&](int64_t k) { return Z + (at + s.offset[k] - r0) * G; };  // [batch[k],4H]
+    // team_input: x W^T [n,4H] of steps [k, ke), the units of blocks [u0, u1).
+    auto input_products = [&](int64_t k, int64_t ke, int64_t u0, int64_t u1) {
+      const int64_t n = s.offset[ke] - s.offset[k];
+      const int64_t j0 = std::min(H, u0 * kPanel<S>), j1 = std::min(H, u1 * kPanel<S>);
+      S* z = z_at(k);
+      for (int64_t r = 0; r < n; ++r)
+        for (int64_t g = 0; g < 4; ++g)
+          std::fill(z + r * G + g * H + j0, z + r * G + g * H + j1, S(0));
+      for (int64_t u = u0; u < u1; ++u) block_product(z, xin + (s.offset[k] - r0) * I, n, u, true);
+    };
 
     dispatch(
         [&](auto save, auto peep, auto clipped, auto coupled) {
@@ -377,6 +412,8 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
                             if (k0 == 0)
                               for (int64_t u = u0; u < u1; ++u) pack_block(u);
                             for (int64_t k = k0; k < k1; ++k) {
+                              if (team_input && (k - k0) % sub == 0)
+                                input_products(k, std::min(k1, k + sub), u0, u1);
                               const int64_t nb = s.batch[k];
                               const S* hin = h_at(k);
                               S* hout = h_at(k + 1);
@@ -433,6 +470,9 @@ void lstm_backward(S* dx, S* dh0, S* dc0, const Grads<S>& g, S* scr, In<S> ws, I
     *dc = scr + BL.dc, *dXp = gathers(cfg) ? scr + BL.dxp : dx;
   gather_state(dh, dhT, s, B, O);
   gather_state(dc, dcT, s, B, H);
+  // Summed over the rows of each step, from the last step to the first, by
+  // the gate pass (each unit's sums by the one task that owns it).
+  std::fill(g.db, g.db + G, S(0));
   if (w.peephole) std::fill(g.dpeephole, g.dpeephole + 3 * H, S(0));
 
   // dh[j][u] += dy at step k, for rows j < batch[k] and columns [u0, u1).
@@ -450,8 +490,8 @@ void lstm_backward(S* dx, S* dh0, S* dc0, const Grads<S>& g, S* scr, In<S> ws, I
         auto cells = [&](int64_t k, const S* dmk, int64_t j0, int64_t j1) {
           cell_backward_rows<decltype(peep)::value, decltype(clipped)::value,
                              decltype(coupled)::value>(
-              dZ + s.offset[k] * G, dc, g.dpeephole, Z + s.offset[k] * G, c_at(k - 1), c_at(k), dmk,
-              w.peephole, clip, s.batch[k], H, j0, j1);
+              dZ + s.offset[k] * G, dc, g.db, g.dpeephole, Z + s.offset[k] * G, c_at(k - 1),
+              c_at(k), dmk, w.peephole, clip, s.batch[k], H, j0, j1);
         };
         if (packed) {
           // Each thread owns a range of units and the same columns of dh
@@ -498,11 +538,8 @@ void lstm_backward(S* dx, S* dh0, S* dc0, const Grads<S>& g, S* scr, In<S> ws, I
     std::fill(dx, dx + T * B * I, S(0));
     for (int64_t k = 0; k < s.K; ++k) scatter_step(dx, dXp + s.offset[k] * I, s, k, B, I);
   }
-  gemm(Op::T, Op::N, G, I, N, S(1), dZ, G, Xp, I, S(0), g.dW, I);  // [4H,I]
-  gemm(Op::T, Op::N, G, O, N, S(1), dZ, G, Hp, O, S(0), g.dR, O);  // [4H,O]
-  std::fill(g.db, g.db + G, S(0));
-  for (int64_t r = 0; r < N; ++r)
-    for (int64_t q = 0; q < G; ++q) g.db[q] += dZ[r * G + q];
+  gemm(Op::T, Op::N, G, I, N, S(1), dZ, G, Xp, I, S(0), g.dW, I);               // [4H,I]
+  gemm(Op::T, Op::N, G, O, N, S(1), dZ, G, Hp, O, S(0), g.dR, O);               // [4H,O]
   if (P > 0) gemm(Op::T, Op::N, P, H, N, S(1), DH, P, M, H, S(0), g.dW_hr, H);  // [P,H]
   scatter_state(dh0, dh, s, B, O);
   scatter_state(dc0, dc, s, B, H);

@@ -102,10 +102,12 @@ struct Grads {
 // keeps the input projection of a chunk of inference_chunk(B) steps (at least
 // kInferenceChunk, and enough for kInferenceChunkRows rows, so that a small
 // batch's projection is one GEMM of a useful size) and the state, O(B*H)
-// whatever T is. Both hold R packed for the recurrent product when P = 0.
+// whatever T is. Both hold R packed for the recurrent product when P = 0,
+// and for B <= 4 W packed the same way (the input products use it).
 // Training without lengths or projection takes 6TBH + 7BH + 4H*32*ceil(H/32)
 // elements: gates [T,B,4H], cell states [T+1,B,H], h_{t-1} [T,B,H], h
-// [2,B,H], the gate-major product [4H,B] and the packed R. With bf16_weights
+// [2,B,H], the gate-major product [4H,B] and the packed R; for B <= 4 add
+// 4I*32*ceil(H/32), the packed W. With bf16_weights
 // inference adds the rounded W, R and W_hr (4H(I+O) + PH elements) and R
 // packed as bfloat16 (half the packed R's).
 // Throws std::length_error, naming T, B, I, H and P, where a count's byte
