@@ -7,7 +7,8 @@ every byte of every result (and of a few streaming steps); the hashes must
 agree. The shapes include the
 ones where OpenBLAS's own threading changes the last bits (a skinny product
 with a long inner dimension, (1,3,2800,175) and (40,3,300,700)): lstm_ext
-runs the BLAS single-threaded and cuts the work by shape alone.
+runs the BLAS single-threaded and cuts the work by shape alone ((3,1,520,520):
+dW and dR side by side, each in two blocks).
 """
 
 import os
@@ -26,7 +27,7 @@ h = hashlib.sha256()
 rng = np.random.default_rng(0)
 for dt in (np.float32, np.float64):
     for T, B, I, H in [(50, 1, 64, 64), (20, 16, 96, 128), (7, 33, 5, 200),
-                       (1, 3, 2800, 175), (40, 3, 300, 700)]:
+                       (1, 3, 2800, 175), (40, 3, 300, 700), (3, 1, 520, 520)]:
         x = rng.standard_normal((T, B, I)).astype(dt)
         W = (0.1 * rng.standard_normal((4 * H, I))).astype(dt)
         R = (0.1 * rng.standard_normal((4 * H, H))).astype(dt)

@@ -48,6 +48,8 @@ SHAPES = [  # (T, B, I, H)
     (70, 4, 300, 37),  # x W^T in the team: chunks of 64 steps, I past OpenBLAS's K block
     (5, 1, 600, 40),  # I past the kernel's 512-row chunk
     (260, 1, 3, 20),  # a second chunk of 256 steps
+    (3, 2, 40, 40),  # I = H: dW and dR side by side (blas.h's gemms)
+    (3, 1, 520, 520),  # ... each cut in two blocks (4H > 2,048)
 ]
 
 

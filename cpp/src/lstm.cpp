@@ -538,8 +538,12 @@ void lstm_backward(S* dx, S* dh0, S* dc0, const Grads<S>& g, S* scr, In<S> ws, I
     std::fill(dx, dx + T * B * I, S(0));
     for (int64_t k = 0; k < s.K; ++k) scatter_step(dx, dXp + s.offset[k] * I, s, k, B, I);
   }
-  gemm(Op::T, Op::N, G, I, N, S(1), dZ, G, Xp, I, S(0), g.dW, I);               // [4H,I]
-  gemm(Op::T, Op::N, G, O, N, S(1), dZ, G, Hp, O, S(0), g.dR, O);               // [4H,O]
+  const Gemm<S> dW{Op::T, Op::N, G, I, N, S(1), dZ, G, Xp, I, S(0), g.dW, I};  // [4H,I]
+  const Gemm<S> dR{Op::T, Op::N, G, O, N, S(1), dZ, G, Hp, O, S(0), g.dR, O};  // [4H,O]
+  if (I == O)  // the same cost: side by side (blas.h)
+    gemms({dW, dR});
+  else
+    gemm(dW), gemm(dR);
   if (P > 0) gemm(Op::T, Op::N, P, H, N, S(1), DH, P, M, H, S(0), g.dW_hr, H);  // [P,H]
   scatter_state(dh0, dh, s, B, O);
   scatter_state(dc0, dc, s, B, H);
