@@ -399,8 +399,9 @@ def main():
                   + f"; max |y - y_float32| {r['max_abs_err']:.1e} (max |y| "
                   f"{r['max_abs_y']:.2f})")  # fmt: skip
         for case, (got, formula) in extra["workspace"].items():
+            packed_w = " + 4I·32⌈H/32⌉" if int(case.split(",")[1]) <= 4 else ""  # W packed, B <= 4
             print(f"training workspace ({case}): {got:,} bytes; "
-                  f"formula 4·(6TBH + 7BH + 4H·32⌈H/32⌉) = {formula:,}")  # fmt: skip
+                  f"formula 4·(6TBH + 7BH + 4H·32⌈H/32⌉{packed_w}) = {formula:,}")  # fmt: skip
 
     if args.json:
         with open(args.json, "w") as f:

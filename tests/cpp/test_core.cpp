@@ -4,11 +4,14 @@
 // itself: steps agree with whole sequences, gradients with finite
 // differences, errors throw, thread counts keep the bits, files are checked.
 #include <gtest/gtest.h>
+#include <lstm_ext/cell_math.h>
 #include <lstm_ext/lstm.h>
 #include <lstm_ext/model.h>
 #include <lstm_ext/runtime.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <limits>
 #include <random>
@@ -188,9 +191,11 @@ Config sizes(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P = 0) {
 }
 
 // What lstm.h states for training without lengths or projection:
-// 6TBH + 7BH + 4H*32*ceil(H/32) elements.
+// 6TBH + 7BH + 4H*32*ceil(H/32) elements, and 4I*32*ceil(H/32) more for
+// B <= 4 (W packed).
 int64_t documented_training_workspace(const Config& c) {
-  return 6 * c.T * c.B * c.H + 7 * c.B * c.H + 4 * c.H * 32 * ((c.H + 31) / 32);
+  const int64_t packed = 4 * 32 * ((c.H + 31) / 32);
+  return 6 * c.T * c.B * c.H + 7 * c.B * c.H + packed * c.H + (c.B <= 4 ? packed * c.I : 0);
 }
 
 TEST(Sizes, WorkspaceSizesPast2To31AreExact) {
@@ -198,6 +203,10 @@ TEST(Sizes, WorkspaceSizesPast2To31AreExact) {
   const Config c = sizes(T, B, I, H), next = sizes(T + 1, B, I, H);  // T*B*H = 2^36
   EXPECT_EQ(forward_workspace_size(c, true), documented_training_workspace(c));
   EXPECT_EQ(forward_workspace_size(c, true), int64_t(412328394752));  // by hand
+  for (int64_t b : {1, 4, 5}) {
+    const Config small = sizes(7, b, 9, 40);
+    EXPECT_EQ(forward_workspace_size(small, true), documented_training_workspace(small)) << b;
+  }
   // Each step more keeps 6BH in training: gates 4BH, c_t BH, h_{t-1} BH; with
   // a projection h_{t-1} is BP and m_t BH more; with lengths the gathered x
   // BI more. Backward's scratch: dz 4BH, with a projection dL/dh_t BP.
@@ -218,6 +227,35 @@ TEST(Sizes, WorkspaceSizesPast2To31AreExact) {
   const int64_t big_B = int64_t(1) << 21;
   EXPECT_EQ(step_scratch_size(sizes(1, big_B, I, H)), big_B * 5 * H);
   EXPECT_EQ(step_scratch_size(sizes(1, big_B, I, H, P)), big_B * 6 * H);
+}
+
+// cell_math.h's float exp: relative error below 8.4e-8 on [-86, 88] (every
+// float there was checked once: 8.33e-8 at the worst, dev/perf-notes.md 31),
+// here every 61st; +inf past ln(FLT_MAX), NaN for NaN, and the sigmoid and
+// tanh built on it exact at their limits.
+TEST(CellMath, FloatExpWithinItsBound) {
+  using lstm_ext::cell::host_expf;
+  double worst = 0;
+  const uint32_t top = 0x42B00000u, bottom = 0xC2AC0000u;  // 88.0f, -86.0f
+  for (uint32_t b = 0; b <= top; b += 61) {
+    for (uint32_t bits : {b, b | 0x80000000u}) {
+      if (bits > bottom) continue;
+      float x;
+      std::memcpy(&x, &bits, 4);
+      const double want = std::exp(double(x));
+      worst = std::max(worst, std::fabs(double(host_expf(x)) - want) / want);
+    }
+  }
+  EXPECT_LT(worst, 8.4e-8);
+  EXPECT_GT(worst, 5e-8);  // the sweep reached the polynomial's error
+  const float inf = std::numeric_limits<float>::infinity();
+  EXPECT_EQ(host_expf(88.8f), inf);
+  EXPECT_EQ(host_expf(inf), inf);
+  EXPECT_TRUE(std::isnan(host_expf(std::nanf(""))));
+  EXPECT_EQ(lstm_ext::cell::sigmoid(-inf), 0.0f);
+  EXPECT_EQ(lstm_ext::cell::sigmoid(inf), 1.0f);
+  EXPECT_EQ(lstm_ext::cell::tanh_(inf), 1.0f);
+  EXPECT_EQ(lstm_ext::cell::tanh_(-inf), -1.0f);
 }
 
 TEST(Sizes, InferenceChunkTakesAnyBatch) {
