@@ -15,6 +15,10 @@ Tolerances as in test_features (RTOL 1e-12 float64, 1e-5 float32): both
 paths add the same O(H) products per step, in a different order.
 """
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from test_features import check, features_problem, run_both
@@ -124,3 +128,57 @@ def test_paths_agree(rng):
             _core.set_packed_recurrent(before)
     for a, b in zip(outs[True], outs[False], strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+# The AVX-512F and AVX2 kernels promise the same bits (recurrent.h), and
+# bfloat16 weights the float32 result on rounded weights with either (the
+# AVX2 kernel reads float copies). LSTM_EXT_PACKED_KERNEL=avx2 runs the AVX2
+# kernel on a CPU with AVX-512F, in a process of its own (it is read once).
+KERNEL_SCRIPT = r"""
+import hashlib
+import numpy as np
+import lstm_ext
+from lstm_ext import _core
+
+h = hashlib.sha256()
+rng = np.random.default_rng(0)
+for dt in (np.float32, np.float64):
+    for T, B, I, H in [(9, 1, 7, 40), (5, 3, 300, 70), (4, 13, 9, 100), (3, 2, 520, 520)]:
+        x = rng.standard_normal((T, B, I)).astype(dt)
+        W, R = (0.1 * rng.standard_normal((2, 4 * H, max(I, H)))).astype(dt)
+        W, R = W[:, :I].copy(), R[:, :H].copy()
+        lengths = rng.integers(0, T + 1, B)
+        for kw in ({}, {"lengths": lengths, "reverse": True}):
+            out = lstm_ext.forward(x, W, R, **kw)
+            g = lstm_ext.backward(out.cache, np.ones_like(out.y))
+            for a in (*out[:3], *g, *lstm_ext.forward(x, W, R, training=False, **kw)[:3]):
+                h.update(np.ascontiguousarray(a).tobytes())
+            if dt == np.float32:
+                b16 = lstm_ext.forward(x, W, R, training=False, weight_dtype="bfloat16", **kw)
+                rW, rR = lstm_ext.round_bfloat16(W), lstm_ext.round_bfloat16(R)
+                f32 = lstm_ext.forward(x, rW, rR, training=False, **kw)
+                for a, b in zip(b16[:3], f32[:3]):
+                    assert np.array_equal(a, b), "bfloat16 is not float32 on rounded weights"
+                    h.update(a.tobytes())
+print(_core.packed_recurrent_kernel(), h.hexdigest())
+"""
+
+
+def test_avx2_kernel_gives_the_avx512_bits():
+    if _core.packed_recurrent_kernel() != "avx512f":
+        pytest.skip("this CPU has no AVX-512F: the two kernels cannot be compared on it")
+
+    def run(**env):
+        out = subprocess.run(
+            [sys.executable, "-c", KERNEL_SCRIPT],
+            env=dict(os.environ, **env),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert out.returncode == 0, out.stderr
+        return out.stdout.split()
+
+    avx512, avx2 = run(), run(LSTM_EXT_PACKED_KERNEL="avx2")
+    assert (avx512[0], avx2[0]) == ("avx512f", "avx2")
+    assert avx512[1] == avx2[1]

@@ -49,7 +49,7 @@ constexpr int64_t kTeamInputBatch = 4;
 bool input_in_team(const Config& c) { return c.P == 0 && c.B <= kTeamInputBatch; }
 
 struct ForwardLayout {
-  int64_t xp, z, c, hp, m, h, cs, zt, rp, wp, wq, rq, total;
+  int64_t xp, z, c, hp, m, h, cs, zt, rp, wp, wq, total;
 };
 
 ForwardLayout forward_layout(const Config& c, bool training) {
@@ -64,14 +64,13 @@ ForwardLayout forward_layout(const Config& c, bool training) {
   L.h = take(mul(2 * c.B, c.O()));                            // [2,B,O] h, alternating
   L.cs = take(training ? 0 : mul(2 * c.B, c.H));  // [2,B,H] c, alternating between steps
   L.zt = take(mul(4 * c.H, c.B));                 // [4H,B] the recurrent product, gate-major
-  L.rp = take(c.P == 0 && !c.bf16_weights ? packed_size(c) : 0);  // R packed (recurrent.h)
-  // W packed as R is, for input_in_team (as bfloat16, half of it, with bf16_weights).
-  const int64_t wp = input_in_team(c) ? packed_recurrent_size<float>(c.H, c.I) : 0;
-  L.wp = take(c.bf16_weights ? (wp + 1) / 2 : wp);
-  // bf16_weights: [4H,I] W, [4H,O] R and [P,H] W_hr rounded; R packed as
-  // bfloat16 (uint16_t elements, two a float).
+  // R packed (recurrent.h), and for input_in_team W packed the same way; with
+  // bf16_weights as bfloat16 where the CPU has AVX-512F (uint16_t elements in
+  // the first half), as floats on rounded copies elsewhere.
+  L.rp = take(c.P == 0 ? packed_size(c) : 0);
+  L.wp = take(input_in_team(c) ? packed_recurrent_size<float>(c.H, c.I) : 0);
+  // bf16_weights: [4H,I] W, [4H,O] R and [P,H] W_hr rounded.
   L.wq = take(c.bf16_weights ? add(mul(4 * c.H, add(c.I, c.O())), mul(c.P, c.H)) : 0);
-  L.rq = take(c.bf16_weights && c.P == 0 ? (packed_size(c) + 1) / 2 : 0);
   L.total = take.used;
   return L;
 }
@@ -330,40 +329,42 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
     std::fill(y, y + T * B * O, S(0));
     if (cell_states) std::fill(cell_states, cell_states + T * B * H, S(0));
   }
-  // R packed (recurrent.h); as bfloat16 with bf16_weights, where the kernel has AVX-512.
+  // R packed (recurrent.h), with bf16_weights as bfloat16 panels where the
+  // CPU has AVX-512F (else as floats, rounded first: the same bits).
   const bool bf16 = cfg.bf16_weights;
-  const bool packed = P == 0 && packed_recurrent_enabled() && (!bf16 || packed_bf16_enabled());
+  const bool packed = P == 0 && packed_recurrent_enabled();
+  const bool bf16_panels = packed && bf16 && packed_bf16_enabled();
   const bool team_input = packed && input_in_team(cfg);  // x W^T by the kernel, not the BLAS
   const int64_t blocks = recurrent_blocks<S>(H);
   // What the products read: w, or (bf16_weights) its matrices rounded to
-  // bfloat16; packed bfloat16 matrices are rounded as they are packed.
+  // bfloat16; bfloat16 panels are rounded as they are packed.
   Weights<S> wq = w;
-  // Written and read by intrinsics only: R and (team_input) W packed as bfloat16.
-  uint16_t *Rq = reinterpret_cast<uint16_t*>(ws + L.rq),
+  // Written and read by intrinsics only: R and (team_input) W as bfloat16 panels.
+  uint16_t *Rq = reinterpret_cast<uint16_t*>(ws + L.rp),
            *Wq = reinterpret_cast<uint16_t*>(ws + L.wp);
   if constexpr (std::is_same_v<S, float>)
     if (bf16) {
       S* at = ws + L.wq;
-      if (!team_input) round_weights(at, w.W, G * I), wq.W = at;
-      if (!packed) round_weights(at + G * I, w.R, G * O), wq.R = at + G * I;
+      if (!(bf16_panels && team_input)) round_weights(at, w.W, G * I), wq.W = at;
+      if (!bf16_panels) round_weights(at + G * I, w.R, G * O), wq.R = at + G * I;
       if (P > 0) round_weights(at + G * (I + O), w.W_hr, P * H), wq.W_hr = at + G * (I + O);
     }
   // Block u's packing of R (and with team_input of W), and its share of
   //   z [nb,4H] += a [nb,K] M^T,   M = R (K = O), or with input W (K = I).
   auto pack_block = [&](int64_t u) {
     if constexpr (std::is_same_v<S, float>)
-      if (bf16) {
+      if (bf16_panels) {
         pack_recurrent_block_bf16(Rq, w.R, H, O, u);
         if (team_input) pack_recurrent_block_bf16(Wq, w.W, H, I, u);
         return;
       }
-    pack_recurrent_block(ws + L.rp, w.R, H, O, u);
-    if (team_input) pack_recurrent_block(ws + L.wp, w.W, H, I, u);
+    pack_recurrent_block(ws + L.rp, wq.R, H, O, u);
+    if (team_input) pack_recurrent_block(ws + L.wp, wq.W, H, I, u);
   };
   auto block_product = [&](S* z, const S* a, int64_t nb, int64_t u, bool input = false) {
     const int64_t K = input ? I : O;
     if constexpr (std::is_same_v<S, float>)
-      if (bf16) return recurrent_block_bf16(z, G, a, K, input ? Wq : Rq, nb, H, K, u);
+      if (bf16_panels) return recurrent_block_bf16(z, G, a, K, input ? Wq : Rq, nb, H, K, u);
     recurrent_block(z, G, a, K, ws + (input ? L.wp : L.rp), nb, H, K, u);
   };
 

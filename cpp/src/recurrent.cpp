@@ -25,14 +25,19 @@ namespace {
 
 // Which kernel this CPU runs: AVX-512F, else AVX2 with FMA, else none (the
 // BLAS path). Both kernels do the same FMAs in the same order: the same bits.
+// LSTM_EXT_PACKED_KERNEL=avx2 (read once) runs the AVX2 kernel on a CPU with
+// AVX-512F, so that a test can compare the two on one machine.
 enum class Isa { kNone, kAvx2, kAvx512 };
 
 Isa cpu_isa() {
 #ifdef LSTM_EXT_HAVE_X86_KERNELS
-  static const Isa isa = __builtin_cpu_supports("avx512f") ? Isa::kAvx512
-                         : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
-                             ? Isa::kAvx2
-                             : Isa::kNone;
+  static const Isa isa = [] {
+    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    const char* env = std::getenv("LSTM_EXT_PACKED_KERNEL");
+    if (__builtin_cpu_supports("avx512f") && !(env && std::strcmp(env, "avx2") == 0))
+      return Isa::kAvx512;
+    return avx2 ? Isa::kAvx2 : Isa::kNone;
+  }();
   return isa;
 #else
   return Isa::kNone;

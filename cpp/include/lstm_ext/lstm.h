@@ -55,7 +55,8 @@ struct Config {
   const int64_t* lengths = nullptr;  // [B], each in [0,T]; nullptr: all T
   // Inference with W, R and W_hr rounded to bfloat16 (to nearest, ties to
   // even), float32 only: the products read R as bfloat16 (half the bytes a
-  // step) and accumulate in float32; bias, peepholes, inputs and states stay
+  // step; with the AVX-512F kernel, else float32 copies of the rounded
+  // weights) and accumulate in float32; bias, peepholes, inputs and states stay
   // float32. The results are those of the same call in float32 with the
   // weights rounded first, bit for bit. forward_workspace_size and
   // lstm_forward refuse it with training = true, lstm_forward with double.
@@ -107,9 +108,9 @@ struct Grads {
 // Training without lengths or projection takes 6TBH + 7BH + 4H*32*ceil(H/32)
 // elements: gates [T,B,4H], cell states [T+1,B,H], h_{t-1} [T,B,H], h
 // [2,B,H], the gate-major product [4H,B] and the packed R; for B <= 4 add
-// 4I*32*ceil(H/32), the packed W. With bf16_weights
-// inference adds the rounded W, R and W_hr (4H(I+O) + PH elements) and R
-// packed as bfloat16 (half the packed R's).
+// 4I*32*ceil(H/32), the packed W. With bf16_weights inference adds the
+// rounded W, R and W_hr (4H(I+O) + PH elements); where the CPU has AVX-512F
+// the packed R and W hold bfloat16 panels (in the first half of their room).
 // Throws std::length_error, naming T, B, I, H and P, where a count's byte
 // count would pass 2^63 (or a GEMM dimension BLAS's 2^31-1).
 constexpr int64_t kInferenceChunk = 16, kInferenceChunkRows = 256;

@@ -22,7 +22,8 @@ void set_num_threads(int n);
 
 // The recurrent product on R packed once per call, with a hand-written kernel
 // (where the CPU has AVX-512F, or AVX2 and FMA, unless
-// LSTM_EXT_PACKED_RECURRENT=0; the two kernels give the same bits), or each
+// LSTM_EXT_PACKED_RECURRENT=0; the two kernels give the same bits, and
+// LSTM_EXT_PACKED_KERNEL=avx2 runs the AVX2 one on an AVX-512F CPU), or each
 // step through the BLAS. Both are checked against the same reference; on one
 // machine each gives the same bits at any thread count. set_packed_recurrent
 // returns the previous setting (it stays off where the CPU cannot).
