@@ -5,9 +5,9 @@ with the weights rounded first, bit for bit. It holds because each product
 of a float32 activation and a bfloat16 weight is exact in float32, so the
 kernel that reads bfloat16 panels (AVX-512F) does the same fused
 multiply-adds, in the same order, as the float32 kernel on the rounded
-weights (which the AVX2 kernel reads; test_packed.py runs this file with it
-too); the input projection (from 5 rows) and the projection W_hr are float32
-GEMMs on rounded copies. So
+weights (which the AVX2 kernel reads; test_packed.py checks that with the
+AVX2 kernel too); the input projection (by the same kernel for at most 4
+rows, else a float32 GEMM) and the projection W_hr read rounded copies. So
 the main tests compare with np.array_equal, on both recurrent paths (the
 packed kernel and the BLAS one: conftest's ``path``), over the row counts and hidden sizes the
 kernel has its own code for. The rounding itself is checked against an
