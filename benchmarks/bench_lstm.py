@@ -252,16 +252,21 @@ def time_threads(rng, repeat):
     return out, before
 
 
+def w_packed(I, H):
+    """Whether the workspace holds W packed too (lstm.h: where 4H(I+H) <= 2^21)."""
+    return 4 * H * (I + H) <= 2**21
+
+
 def workspace_bytes(rng, case):
     """The training cache's workspace in bytes, and lstm.h's formula for it
     (no lengths, no projection, float32): 4·(6·T·B·H + 7·B·H + 4·H·32⌈H/32⌉),
-    plus 4·4·I·32⌈H/32⌉ for B <= 4."""
+    plus 4·4·I·32⌈H/32⌉ where W is packed too."""
     T, B, I, H = case
     p = problem(rng, T, B, I, H)
     cache = lstm_ext.forward(p["x"], p["W"], p["R"], p["b"]).cache
     copies = sum(p[k].nbytes for k in ("x", "W", "R", "b"))  # the cache's private copies
-    packed = 4 * 32 * -(-H // 32)  # R (and for B <= 4 W) packed in blocks of 32 units
-    packed_w = packed * I if B <= 4 else 0
+    packed = 4 * 32 * -(-H // 32)  # R (and W where w_packed) packed in blocks of 32 units
+    packed_w = packed * I if w_packed(I, H) else 0
     return cache.nbytes - copies, 4 * (6 * T * B * H + 7 * B * H + packed * H + packed_w)
 
 
@@ -399,7 +404,8 @@ def main():
                   + f"; max |y - y_float32| {r['max_abs_err']:.1e} (max |y| "
                   f"{r['max_abs_y']:.2f})")  # fmt: skip
         for case, (got, formula) in extra["workspace"].items():
-            packed_w = " + 4I·32⌈H/32⌉" if int(case.split(",")[1]) <= 4 else ""  # W packed, B <= 4
+            _, _, i, h = (int(v) for v in case.split(","))
+            packed_w = " + 4I·32⌈H/32⌉" if w_packed(i, h) else ""
             print(f"training workspace ({case}): {got:,} bytes; "
                   f"formula 4·(6TBH + 7BH + 4H·32⌈H/32⌉{packed_w}) = {formula:,}")  # fmt: skip
 

@@ -4,8 +4,9 @@ Where the CPU has AVX-512F, or AVX2 and FMA, the core multiplies by R packed
 once per call, in blocks of 32 (float32) or 16 (float64) hidden units with a
 hand-written kernel (cpp/src/recurrent.cpp; both kernels give the same
 bits); elsewhere, and with set_packed_recurrent(False), each step calls the
-BLAS. Batches of at most 4 rows take the input products x W^T on W packed
-the same way too, in chunks of inference_chunk(B) steps. The rest of the
+BLAS. Where W and R are small (4H(I+H) <= 2^21) the input products x W^T
+take the same kernel on W packed the same way, a few steps at a time (at
+least 64 rows); larger weights take them from the BLAS. The rest of the
 suite runs whichever this machine uses; this file runs both on the same
 problems. The shapes cover every row
 count the kernels have their own code for (1 to 12 rows at a time and the rest),
@@ -86,26 +87,27 @@ def test_path_features(rng, path, options, dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_path_small_ragged_batch(rng, path, dtype):
-    # B <= 4: x W^T in the team, over chunks of steps whose batch shrinks
-    # (inference_chunk(3) = 86 steps).
+    # x W^T in the team (22 steps at a time at B = 3), over inference chunks
+    # of 86 steps, while the batch shrinks.
     T = 2 * _core.inference_chunk(3) + 5
     lengths = [T, _core.inference_chunk(3) + 3, 0]
     p, kw = features_problem(rng, T, 3, 5, 40, dtype, lengths=lengths, reverse=True, peephole=True)
     check(*run_both(p, kw, dtype), dtype)
 
 
-@pytest.mark.parametrize("B, I", [(3, 4), (5, 4), (2, 300)])
-def test_inference_matches_training_on_both_paths(rng, path, B, I):
+@pytest.mark.parametrize("B, I, H", [(3, 4, 37), (5, 4, 37), (2, 300, 37), (20, 300, 37),
+                                     (5, 4, 520)])  # fmt: skip
+def test_inference_matches_training_on_both_paths(rng, path, B, I, H):
     # Inference runs the input projection in chunks; the recurrence must give
     # the same bits as training's, which keeps every step. Where x W^T is the
-    # BLAS's (the BLAS path, B > 4 on either), I is small: OpenBLAS's
-    # blocking of I depends on the number of rows (I = 300 gave other bits for
-    # a chunk than for all steps). The kernel's order is fixed (B <= 4 on the
-    # packed path): any I.
+    # BLAS's (the BLAS path, and 4H(I+H) > 2^21 as at H = 520 on either), I
+    # is small: OpenBLAS's blocking of I depends on the number of rows (I =
+    # 300 gave other bits for a chunk than for all steps). The kernel's order
+    # is fixed (small weights on the packed path): any I.
     if not path and I > 4:
         I = 4
     T = 3 * _core.inference_chunk(B) + 1
-    p, _ = features_problem(rng, T, B, I, 37, np.float32)
+    p, _ = features_problem(rng, T, B, I, H, np.float32)
     args = [p[k] for k in ("x", "W", "R", "b", "h0", "c0")]
     a = lstm_ext.forward(*args, training=False)
     b = lstm_ext.forward(*args, training=True)

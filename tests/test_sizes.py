@@ -30,15 +30,23 @@ from lstm_ext import _core, reference
 
 def documented_training_workspace(T, B, H, I=0):
     """lstm.h: training without lengths or projection takes
-    6TBH + 7BH + 4H*32*ceil(H/32) elements, and 4I*32*ceil(H/32) more for
-    B <= 4 (W packed)."""
+    6TBH + 7BH + 4H*32*ceil(H/32) elements, and 4I*32*ceil(H/32) more where
+    4H(I+H) <= 2^21 (W packed)."""
     packed = 4 * 32 * -(-H // 32)
-    return 6 * T * B * H + 7 * B * H + packed * H + (packed * I if B <= 4 else 0)
+    small = 4 * H * (I + H) <= 2**21
+    return 6 * T * B * H + 7 * B * H + packed * H + (packed * I if small else 0)
 
 
-@pytest.mark.parametrize("B", [1, 4, 5])
-def test_small_batch_workspace_holds_w_packed(B):
-    assert _core.forward_workspace_size(7, B, 9, 40) == documented_training_workspace(7, B, 40, 9)
+@pytest.mark.parametrize(
+    "B, I, H",
+    [(1, 9, 40), (5, 9, 40), (64, 9, 40), (64, 512, 512), (2, 513, 512), (64, 1024, 1024)],
+)
+def test_workspace_holds_w_packed_where_the_weights_are_small(B, I, H):
+    # (64,512,512) is at the bound 4H(I+H) = 2^21, (513,512) and (1024,1024) past it.
+    got = _core.forward_workspace_size(7, B, I, H)
+    assert got == documented_training_workspace(7, B, H, I)
+    without_w = documented_training_workspace(7, B, H)
+    assert (got > without_w) == (4 * H * (I + H) <= 2**21)
 
 
 T, B, I, H, P = 2**16, 1024, 8, 1024, 256  # T*B*H = 2^36, T*B = 2^26 (BLAS takes it)

@@ -40,13 +40,24 @@ using namespace detail;  // NOLINT: sizes, Config checks, the schedule
 // units) is at least double's (to 16), so one size serves both.
 int64_t packed_size(const Config& c) { return packed_recurrent_size<float>(c.H, c.O()); }
 
-// Batches of at most kTeamInputBatch rows have the input products x W^T
-// computed by the recurrent kernel on W packed as R is, each thread for its
-// own units, in chunks of inference_chunk(B) steps, instead of by the BLAS
-// (one small GEMM per chunk ran at 80 % of a core's peak on Zen 5;
-// dev/perf-notes.md, 27). Inference and training alike, for the same bits.
-constexpr int64_t kTeamInputBatch = 4;
-bool input_in_team(const Config& c) { return c.P == 0 && c.B <= kTeamInputBatch; }
+// Where W and R are small enough (4H(I+O) <= kTeamInputWeights elements, 8
+// MiB in float32), the input products x W^T are computed by the recurrent
+// kernel on W packed as R is, each thread for its own units, a few steps at a
+// time (team_input_steps: at least kTeamInputRows rows) just before their
+// recurrence, instead of by the BLAS over a chunk. Their z rows are then still
+// in the core's cache when the recurrence adds h R^T to them: read back from
+// L3 they cost a (100,64,512,512) step's panel 13 %. Past that size the
+// packed W and R read every step no longer fit in L3 beside the rest (18 MiB
+// took a B = 64 forward 15 % longer here). Inference and training alike, for
+// the same bits; the rule depends on the shape alone (dev/perf-notes.md, 27
+// and 32).
+constexpr int64_t kTeamInputRows = 64, kTeamInputWeights = int64_t(1) << 21;
+bool input_in_team(const Config& c) {
+  return c.P == 0 && mul(mul(4, c.H), add(c.I, c.O())) <= kTeamInputWeights;
+}
+int64_t team_input_steps(int64_t B) {
+  return B >= kTeamInputRows ? 1 : B <= 0 ? kTeamInputRows : (kTeamInputRows + B - 1) / B;
+}
 
 struct ForwardLayout {
   int64_t xp, z, c, hp, m, h, cs, zt, rp, wp, wq, total;
@@ -369,7 +380,7 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
   };
 
   const int64_t chunk = training ? std::max<int64_t>(s.K, 1) : inference_chunk(B);
-  const int64_t sub = inference_chunk(B);  // steps a team_input product covers
+  const int64_t sub = team_input_steps(B);  // steps a team_input product covers
   for (int64_t k0 = 0; k0 < s.K; k0 += chunk) {
     const int64_t k1 = std::min(s.K, k0 + chunk), r0 = s.offset[k0], rows = s.offset[k1] - r0;
     const int64_t at = training ? r0 : 0;  // where this chunk sits in Xp and Z

@@ -191,11 +191,12 @@ Config sizes(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P = 0) {
 }
 
 // What lstm.h states for training without lengths or projection:
-// 6TBH + 7BH + 4H*32*ceil(H/32) elements, and 4I*32*ceil(H/32) more for
-// B <= 4 (W packed).
+// 6TBH + 7BH + 4H*32*ceil(H/32) elements, and 4I*32*ceil(H/32) more where
+// 4H(I+H) <= 2^21 (W packed).
 int64_t documented_training_workspace(const Config& c) {
   const int64_t packed = 4 * 32 * ((c.H + 31) / 32);
-  return 6 * c.T * c.B * c.H + 7 * c.B * c.H + packed * c.H + (c.B <= 4 ? packed * c.I : 0);
+  const bool small = 4 * c.H * (c.I + c.H) <= (int64_t(1) << 21);
+  return 6 * c.T * c.B * c.H + 7 * c.B * c.H + packed * c.H + (small ? packed * c.I : 0);
 }
 
 TEST(Sizes, WorkspaceSizesPast2To31AreExact) {
@@ -203,10 +204,10 @@ TEST(Sizes, WorkspaceSizesPast2To31AreExact) {
   const Config c = sizes(T, B, I, H), next = sizes(T + 1, B, I, H);  // T*B*H = 2^36
   EXPECT_EQ(forward_workspace_size(c, true), documented_training_workspace(c));
   EXPECT_EQ(forward_workspace_size(c, true), int64_t(412328394752));  // by hand
-  for (int64_t b : {1, 4, 5}) {
-    const Config small = sizes(7, b, 9, 40);
-    EXPECT_EQ(forward_workspace_size(small, true), documented_training_workspace(small)) << b;
-  }
+  for (const Config& small :
+       {sizes(7, 1, 9, 40), sizes(7, 64, 9, 40), sizes(7, 64, 512, 512), sizes(7, 2, 513, 512)})
+    EXPECT_EQ(forward_workspace_size(small, true), documented_training_workspace(small))
+        << small.B << " " << small.I << " " << small.H;
   // Each step more keeps 6BH in training: gates 4BH, c_t BH, h_{t-1} BH; with
   // a projection h_{t-1} is BP and m_t BH more; with lengths the gathered x
   // BI more. Backward's scratch: dz 4BH, with a projection dL/dh_t BP.

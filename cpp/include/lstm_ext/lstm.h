@@ -104,11 +104,11 @@ struct Grads {
 // kInferenceChunk, and enough for kInferenceChunkRows rows, so that a small
 // batch's projection is one GEMM of a useful size) and the state, O(B*H)
 // whatever T is. Both hold R packed for the recurrent product when P = 0,
-// and for B <= 4 W packed the same way (the input products use it).
+// and where 4H(I+O) <= 2^21 W packed the same way (the input products use it).
 // Training without lengths or projection takes 6TBH + 7BH + 4H*32*ceil(H/32)
 // elements: gates [T,B,4H], cell states [T+1,B,H], h_{t-1} [T,B,H], h
-// [2,B,H], the gate-major product [4H,B] and the packed R; for B <= 4 add
-// 4I*32*ceil(H/32), the packed W. With bf16_weights inference adds the
+// [2,B,H], the gate-major product [4H,B] and the packed R; where 4H(I+H) <=
+// 2^21 add 4I*32*ceil(H/32), the packed W. With bf16_weights inference adds the
 // rounded W, R and W_hr (4H(I+O) + PH elements); where the CPU has AVX-512F
 // the packed R and W hold bfloat16 panels (in the first half of their room).
 // Throws std::length_error, naming T, B, I, H and P, where a count's byte
