@@ -423,9 +423,8 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
                                           j1 = std::min(H, u1 * kPanel<S>);
                             if (k0 == 0)
                               for (int64_t u = u0; u < u1; ++u) pack_block(u);
+                            if (team_input) input_products(k0, std::min(k1, k0 + sub), u0, u1);
                             for (int64_t k = k0; k < k1; ++k) {
-                              if (team_input && (k - k0) % sub == 0)
-                                input_products(k, std::min(k1, k + sub), u0, u1);
                               const int64_t nb = s.batch[k];
                               const S* hin = h_at(k);
                               S* hout = h_at(k + 1);
@@ -435,7 +434,12 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
                               scatter_step(y, hout, s, k, B, O, j0, j1);
                               if (cell_states)
                                 scatter_step(cell_states, c_at(k), s, k, B, H, j0, j1);
-                              barrier.wait();
+                              // The next steps' input products need nothing
+                              // the other threads write: while they arrive.
+                              const uint32_t phase = barrier.arrive();
+                              if (team_input && (k + 1 - k0) % sub == 0 && k + 1 < k1)
+                                input_products(k + 1, std::min(k1, k + 1 + sub), u0, u1);
+                              barrier.wait(phase);
                             }
                           });
             return;

@@ -180,14 +180,18 @@ std::shared_ptr<Pool> pool() {
 
 void parallel_for(int64_t n, const std::function<void(int64_t)>& fn) { pool()->run(n, fn); }
 
-void Barrier::wait() {
-  if (n_ == 1) return;
+uint32_t Barrier::arrive() {
+  if (n_ == 1) return 0;
   const uint32_t phase = phase_.load(std::memory_order_acquire);
   if (arrived_.fetch_add(1, std::memory_order_acq_rel) == n_ - 1) {
     arrived_.store(0, std::memory_order_relaxed);
     phase_.store(phase + 1, std::memory_order_release);
-    return;
   }
+  return phase;
+}
+
+void Barrier::wait(uint32_t phase) {
+  if (n_ == 1) return;
   // Spin for a few microseconds (a step of a small LSTM is about that long),
   // then give the core away: on a busy machine a spinning thread could keep
   // the one it waits for off the core.

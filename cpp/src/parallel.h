@@ -17,10 +17,16 @@ namespace lstm_ext {
 void parallel_for(int64_t n, const std::function<void(int64_t)>& fn);
 
 // A barrier for the threads of one team: spins briefly, then yields.
+// wait() is arrive() then wait(phase): work between the two overlaps the
+// other threads' arrival, where it needs nothing they write before it.
 class Barrier {
  public:
   explicit Barrier(int n) : n_(n) {}
-  void wait();
+  void wait() { wait(arrive()); }
+  // Counts this thread in; returns the phase wait() waits out.
+  uint32_t arrive();
+  // Returns once every thread has arrived in `phase`.
+  void wait(uint32_t phase);
 
  private:
   const int n_;
