@@ -58,6 +58,15 @@ bool input_in_team(const Config& c) {
 int64_t team_input_steps(int64_t B) {
   return B >= kTeamInputRows ? 1 : B <= 0 ? kTeamInputRows : (kTeamInputRows + B - 1) / B;
 }
+// Backward, under the same rule: dx = dz W by the kernel too, on W packed by
+// columns, each thread for its panels of I's columns, team_dx_steps(B) steps
+// (at least kTeamDxRows rows) at a time while the other threads arrive at
+// the step's barrier, instead of by the BLAS after the loop
+// (dev/perf-notes.md, 34).
+constexpr int64_t kTeamDxRows = 16;
+int64_t team_dx_steps(int64_t B) {
+  return B >= kTeamDxRows ? 1 : B <= 0 ? kTeamDxRows : (kTeamDxRows + B - 1) / B;
+}
 
 struct ForwardLayout {
   int64_t xp, z, c, hp, m, h, cs, zt, rp, wp, wq, total;
@@ -95,7 +104,7 @@ void check_bf16(const Config& c, bool training, bool is_float = true) {
 }
 
 struct BackwardLayout {
-  int64_t dz, dh_all, dm, dh, dc, dxp, rb, total;
+  int64_t dz, dh_all, dm, dh, dc, dxp, rb, wb, total;
 };
 
 BackwardLayout backward_layout(const Config& c) {
@@ -109,6 +118,8 @@ BackwardLayout backward_layout(const Config& c) {
   L.dc = take(mul(c.B, c.H));                     // [B,H] running dL/dc
   L.dxp = take(gathers(c) ? mul(rows, c.I) : 0);  // [rows,I]
   L.rb = take(c.P == 0 ? packed_size(c) : 0);     // R packed by columns (recurrent.h)
+  // With input_in_team, W [4H,I] packed by columns too: 4H*32*ceil(I/32).
+  L.wb = take(input_in_team(c) ? packed_recurrent_size<float>(c.I, c.H) : 0);
   L.total = take.used;
   return L;
 }
@@ -500,6 +511,8 @@ void lstm_backward(S* dx, S* dh0, S* dc0, const Grads<S>& g, S* scr, In<S> ws, I
       }
   };
   const bool packed = P == 0 && s.K > 0 && packed_recurrent_enabled();
+  const bool team_dx = packed && input_in_team(cfg);  // dx by the kernel, not the BLAS
+  const int64_t dsub = team_dx_steps(B);
   dispatch(
       [&](auto peep, auto clipped, auto coupled) {
         // The gate pass of step k for units [j0, j1): dz_k, and dc.
@@ -520,15 +533,34 @@ void lstm_backward(S* dx, S* dh0, S* dc0, const Grads<S>& g, S* scr, In<S> ws, I
                 const int64_t u0 = blocks * t / n, u1 = blocks * (t + 1) / n;
                 const int64_t j0 = std::min(H, u0 * kPanel<S>), j1 = std::min(H, u1 * kPanel<S>);
                 for (int64_t u = u0; u < u1; ++u) pack_columns(scr + BL.rb, w.R, G, O, u);
+                // team_dx: this thread's panels [p0, p1) of dx's columns.
+                const int64_t pi = (I + kPanel<S> - 1) / kPanel<S>, p0 = pi * t / n,
+                              p1 = pi * (t + 1) / n;
+                const int64_t i0 = std::min(I, p0 * kPanel<S>), i1 = std::min(I, p1 * kPanel<S>);
+                if (team_dx)
+                  for (int64_t p = p0; p < p1; ++p) pack_columns(scr + BL.wb, w.W, G, I, p);
+                // dx [n,I] = dz W of steps [k, ke), columns [i0, i1).
+                auto dx_rows = [&](int64_t k, int64_t ke) {
+                  const int64_t r0 = s.offset[k], rows = s.offset[ke] - r0;
+                  for (int64_t r = r0; r < r0 + rows; ++r)
+                    std::fill(dXp + r * I + i0, dXp + r * I + i1, S(0));
+                  column_product(dXp + r0 * I, I, dZ + r0 * G, G, scr + BL.wb, rows, G, i0, i1);
+                };
                 for (int64_t k = K - 1; k >= 0; --k) {
                   const int64_t nb = s.batch[k];
                   add_dy(k, j0, j1);
                   cells(k, dh, j0, j1);
-                  barrier.wait();
+                  // dz of the steps after k is whole: their dx while the
+                  // other threads arrive (chunks of dsub steps from the top).
+                  const uint32_t phase = barrier.arrive();
+                  if (team_dx && k + 1 < K && (K - k - 1) % dsub == 0)
+                    dx_rows(k + 1, std::min(K, k + 1 + dsub));
+                  barrier.wait(phase);
                   for (int64_t j = 0; j < nb; ++j)
                     std::fill(dh + j * O + j0, dh + j * O + j1, S(0));
                   column_product(dh, O, dZ + s.offset[k] * G, G, scr + BL.rb, nb, G, j0, j1);
                 }
+                if (team_dx) dx_rows(0, K - (K - 1) / dsub * dsub);
               });
           return;
         }
@@ -549,7 +581,7 @@ void lstm_backward(S* dx, S* dh0, S* dc0, const Grads<S>& g, S* scr, In<S> ws, I
       w.peephole != nullptr, cfg.clip > 0, cfg.input_forget);
 
   const int64_t N = s.N();
-  gemm(Op::N, Op::N, N, I, G, S(1), dZ, G, w.W, I, S(0), dXp, I);  // [N,I]
+  if (!team_dx) gemm(Op::N, Op::N, N, I, G, S(1), dZ, G, w.W, I, S(0), dXp, I);  // [N,I]
   if (gathers(cfg)) {
     std::fill(dx, dx + T * B * I, S(0));
     for (int64_t k = 0; k < s.K; ++k) scatter_step(dx, dXp + s.offset[k] * I, s, k, B, I);
