@@ -37,16 +37,30 @@ def documented_training_workspace(T, B, H, I=0):
     return 6 * T * B * H + 7 * B * H + packed * H + (packed * I if small else 0)
 
 
-@pytest.mark.parametrize(
-    "B, I, H",
-    [(1, 9, 40), (5, 9, 40), (64, 9, 40), (64, 512, 512), (2, 513, 512), (64, 1024, 1024)],
-)
+def documented_backward_scratch(T, B, H, I):
+    """lstm.h: backward without lengths or projection takes 4TBH + 2BH +
+    4H*32*ceil(H/32) elements, and 4H*32*ceil(I/32) more where 4H(I+H) <= 2^21
+    (W packed by columns)."""
+    small = 4 * H * (I + H) <= 2**21
+    return 4 * T * B * H + 2 * B * H + 4 * H * 32 * (-(-H // 32) + (-(-I // 32) if small else 0))
+
+
+SMALL_AND_LARGE = [(1, 9, 40), (5, 9, 40), (64, 9, 40), (64, 512, 512), (2, 513, 512),
+                   (64, 1024, 1024)]  # fmt: skip
+
+
+@pytest.mark.parametrize("B, I, H", SMALL_AND_LARGE)
 def test_workspace_holds_w_packed_where_the_weights_are_small(B, I, H):
     # (64,512,512) is at the bound 4H(I+H) = 2^21, (513,512) and (1024,1024) past it.
     got = _core.forward_workspace_size(7, B, I, H)
     assert got == documented_training_workspace(7, B, H, I)
     without_w = documented_training_workspace(7, B, H)
     assert (got > without_w) == (4 * H * (I + H) <= 2**21)
+
+
+@pytest.mark.parametrize("B, I, H", SMALL_AND_LARGE)
+def test_backward_scratch_is_lstm_h_formula(B, I, H):
+    assert _core.backward_scratch_size(7, B, I, H) == documented_backward_scratch(7, B, H, I)
 
 
 T, B, I, H, P = 2**16, 1024, 8, 1024, 256  # T*B*H = 2^36, T*B = 2^26 (BLAS takes it)

@@ -121,7 +121,10 @@ inline int64_t inference_chunk(int64_t B) {
 }
 int64_t forward_workspace_size(const Config& cfg, bool training);
 
-// Elements of the scratch backward needs.
+// Elements of the scratch backward needs. Without lengths or projection,
+// 4TBH + 2BH + 4H*32*ceil(H/32): the gates' gradients [T,B,4H], dL/dh and
+// dL/dc [B,H] and R packed by columns; where 4H(I+H) <= 2^21 add
+// 4H*32*ceil(I/32), W packed by columns (dx = dz W uses it).
 int64_t backward_scratch_size(const Config& cfg);
 
 // Elements of the scratch step() needs.
