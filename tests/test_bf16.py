@@ -6,8 +6,9 @@ of a float32 activation and a bfloat16 weight is exact in float32, so the
 kernel that reads bfloat16 panels (AVX-512F) does the same fused
 multiply-adds, in the same order, as the float32 kernel on the rounded
 weights (which the AVX2 kernel reads; test_packed.py checks that with the
-AVX2 kernel too); the input projection (by the same kernel for at most 4
-rows, else a float32 GEMM) and the projection W_hr read rounded copies. So
+AVX2 kernel too); the input projection (by the same kernel where
+4H(I+H) <= 2^21, else a float32 GEMM) and the projection W_hr read rounded
+copies. So
 the main tests compare with np.array_equal, on both recurrent paths (the
 packed kernel and the BLAS one: conftest's ``path``), over the row counts and hidden sizes the
 kernel has its own code for. The rounding itself is checked against an

@@ -28,21 +28,25 @@ from lstm_ext import _core, reference
 # ---- the size queries -----------------------------------------------------------
 
 
+def w_packed(I, H):
+    """lstm.h: the workspaces hold W packed too where 4H(I+H) <= 2^21."""
+    return 4 * H * (I + H) <= 2**21
+
+
 def documented_training_workspace(T, B, H, I=0):
     """lstm.h: training without lengths or projection takes
     6TBH + 7BH + 4H*32*ceil(H/32) elements, and 4I*32*ceil(H/32) more where
     4H(I+H) <= 2^21 (W packed)."""
     packed = 4 * 32 * -(-H // 32)
-    small = 4 * H * (I + H) <= 2**21
-    return 6 * T * B * H + 7 * B * H + packed * H + (packed * I if small else 0)
+    return 6 * T * B * H + 7 * B * H + packed * H + (packed * I if w_packed(I, H) else 0)
 
 
 def documented_backward_scratch(T, B, H, I):
     """lstm.h: backward without lengths or projection takes 4TBH + 2BH +
     4H*32*ceil(H/32) elements, and 4H*32*ceil(I/32) more where 4H(I+H) <= 2^21
     (W packed by columns)."""
-    small = 4 * H * (I + H) <= 2**21
-    return 4 * T * B * H + 2 * B * H + 4 * H * 32 * (-(-H // 32) + (-(-I // 32) if small else 0))
+    columns_w = -(-I // 32) if w_packed(I, H) else 0
+    return 4 * T * B * H + 2 * B * H + 4 * H * 32 * (-(-H // 32) + columns_w)
 
 
 SMALL_AND_LARGE = [(1, 9, 40), (5, 9, 40), (64, 9, 40), (64, 512, 512), (2, 513, 512),
@@ -55,7 +59,7 @@ def test_workspace_holds_w_packed_where_the_weights_are_small(B, I, H):
     got = _core.forward_workspace_size(7, B, I, H)
     assert got == documented_training_workspace(7, B, H, I)
     without_w = documented_training_workspace(7, B, H)
-    assert (got > without_w) == (4 * H * (I + H) <= 2**21)
+    assert (got > without_w) == w_packed(I, H)
 
 
 @pytest.mark.parametrize("B, I, H", SMALL_AND_LARGE)

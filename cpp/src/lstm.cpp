@@ -40,32 +40,28 @@ using namespace detail;  // NOLINT: sizes, Config checks, the schedule
 // units) is at least double's (to 16), so one size serves both.
 int64_t packed_size(const Config& c) { return packed_recurrent_size<float>(c.H, c.O()); }
 
-// Where W and R are small enough (4H(I+O) <= kTeamInputWeights elements, 8
-// MiB in float32), the input products x W^T are computed by the recurrent
-// kernel on W packed as R is, each thread for its own units, a few steps at a
-// time (team_input_steps: at least kTeamInputRows rows) just before their
-// recurrence, instead of by the BLAS over a chunk. Their z rows are then still
+// Where W and R are small enough (4H(I+O) <= kTeamWeights elements, 8 MiB in
+// float32), the input products x W^T are computed by the recurrent kernel on
+// W packed as R is, each thread for its own units, a few steps at a time (at
+// least kTeamInputRows rows) just before their recurrence, instead of by the
+// BLAS over a chunk. Their z rows are then still
 // in the core's cache when the recurrence adds h R^T to them: read back from
 // L3 they cost a (100,64,512,512) step's panel 13 %. Past that size the
 // packed W and R read every step no longer fit in L3 beside the rest (18 MiB
 // took a B = 64 forward 15 % longer here). Inference and training alike, for
 // the same bits; the rule depends on the shape alone (dev/perf-notes.md, 27
 // and 32).
-constexpr int64_t kTeamInputRows = 64, kTeamInputWeights = int64_t(1) << 21;
-bool input_in_team(const Config& c) {
-  return c.P == 0 && mul(mul(4, c.H), add(c.I, c.O())) <= kTeamInputWeights;
-}
-int64_t team_input_steps(int64_t B) {
-  return B >= kTeamInputRows ? 1 : B <= 0 ? kTeamInputRows : (kTeamInputRows + B - 1) / B;
-}
 // Backward, under the same rule: dx = dz W by the kernel too, on W packed by
-// columns, each thread for its panels of I's columns, team_dx_steps(B) steps
-// (at least kTeamDxRows rows) at a time while the other threads arrive at
-// the step's barrier, instead of by the BLAS after the loop
-// (dev/perf-notes.md, 34).
-constexpr int64_t kTeamDxRows = 16;
-int64_t team_dx_steps(int64_t B) {
-  return B >= kTeamDxRows ? 1 : B <= 0 ? kTeamDxRows : (kTeamDxRows + B - 1) / B;
+// columns, each thread for its panels of I's columns, at least kTeamDxRows
+// rows at a time while the other threads arrive at the step's barrier,
+// instead of by the BLAS after the loop (dev/perf-notes.md, 34).
+constexpr int64_t kTeamInputRows = 64, kTeamDxRows = 16, kTeamWeights = int64_t(1) << 21;
+bool team_products(const Config& c) {
+  return c.P == 0 && mul(mul(4, c.H), add(c.I, c.O())) <= kTeamWeights;
+}
+// Steps of B rows that make at least `rows` rows (rows for any B <= 0).
+int64_t steps_for_rows(int64_t rows, int64_t B) {
+  return B >= rows ? 1 : B <= 0 ? rows : (rows + B - 1) / B;
 }
 
 struct ForwardLayout {
@@ -84,11 +80,11 @@ ForwardLayout forward_layout(const Config& c, bool training) {
   L.h = take(mul(2 * c.B, c.O()));                            // [2,B,O] h, alternating
   L.cs = take(training ? 0 : mul(2 * c.B, c.H));  // [2,B,H] c, alternating between steps
   L.zt = take(mul(4 * c.H, c.B));                 // [4H,B] the recurrent product, gate-major
-  // R packed (recurrent.h), and for input_in_team W packed the same way; with
+  // R packed (recurrent.h), and for team_products W packed the same way; with
   // bf16_weights as bfloat16 where the CPU has AVX-512F (uint16_t elements in
   // the first half), as floats on rounded copies elsewhere.
   L.rp = take(c.P == 0 ? packed_size(c) : 0);
-  L.wp = take(input_in_team(c) ? packed_recurrent_size<float>(c.H, c.I) : 0);
+  L.wp = take(team_products(c) ? packed_recurrent_size<float>(c.H, c.I) : 0);
   // bf16_weights: [4H,I] W, [4H,O] R and [P,H] W_hr rounded.
   L.wq = take(c.bf16_weights ? add(mul(4 * c.H, add(c.I, c.O())), mul(c.P, c.H)) : 0);
   L.total = take.used;
@@ -118,8 +114,8 @@ BackwardLayout backward_layout(const Config& c) {
   L.dc = take(mul(c.B, c.H));                     // [B,H] running dL/dc
   L.dxp = take(gathers(c) ? mul(rows, c.I) : 0);  // [rows,I]
   L.rb = take(c.P == 0 ? packed_size(c) : 0);     // R packed by columns (recurrent.h)
-  // With input_in_team, W [4H,I] packed by columns too: 4H*32*ceil(I/32).
-  L.wb = take(input_in_team(c) ? packed_recurrent_size<float>(c.I, c.H) : 0);
+  // With team_products, W [4H,I] packed by columns too: 4H*32*ceil(I/32).
+  L.wb = take(team_products(c) ? packed_recurrent_size<float>(c.I, c.H) : 0);
   L.total = take.used;
   return L;
 }
@@ -356,7 +352,7 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
   const bool bf16 = cfg.bf16_weights;
   const bool packed = P == 0 && packed_recurrent_enabled();
   const bool bf16_panels = packed && bf16 && packed_bf16_enabled();
-  const bool team_input = packed && input_in_team(cfg);  // x W^T by the kernel, not the BLAS
+  const bool team_input = packed && team_products(cfg);  // x W^T by the kernel, not the BLAS
   const int64_t blocks = recurrent_blocks<S>(H);
   // What the products read: w, or (bf16_weights) its matrices rounded to
   // bfloat16; bfloat16 panels are rounded as they are packed.
@@ -391,7 +387,7 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
   };
 
   const int64_t chunk = training ? std::max<int64_t>(s.K, 1) : inference_chunk(B);
-  const int64_t sub = team_input_steps(B);  // steps a team_input product covers
+  const int64_t sub = steps_for_rows(kTeamInputRows, B);  // steps a team_input product covers
   for (int64_t k0 = 0; k0 < s.K; k0 += chunk) {
     const int64_t k1 = std::min(s.K, k0 + chunk), r0 = s.offset[k0], rows = s.offset[k1] - r0;
     const int64_t at = training ? r0 : 0;  // where this chunk sits in Xp and Z
@@ -511,8 +507,8 @@ void lstm_backward(S* dx, S* dh0, S* dc0, const Grads<S>& g, S* scr, In<S> ws, I
       }
   };
   const bool packed = P == 0 && s.K > 0 && packed_recurrent_enabled();
-  const bool team_dx = packed && input_in_team(cfg);  // dx by the kernel, not the BLAS
-  const int64_t dsub = team_dx_steps(B);
+  const bool team_dx = packed && team_products(cfg);  // dx by the kernel, not the BLAS
+  const int64_t dsub = steps_for_rows(kTeamDxRows, B);
   dispatch(
       [&](auto peep, auto clipped, auto coupled) {
         // The gate pass of step k for units [j0, j1): dz_k, and dc.
