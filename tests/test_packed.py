@@ -6,7 +6,8 @@ hand-written kernel (cpp/src/recurrent.cpp; both kernels give the same
 bits); elsewhere, and with set_packed_recurrent(False), each step calls the
 BLAS. Where W and R are small (4H(I+H) <= 2^21) the input products x W^T
 take the same kernel on W packed the same way, a few steps at a time (at
-least 64 rows); larger weights take them from the BLAS. The rest of the
+least 64 rows); larger weights take them from the BLAS, and the kernel then
+fetches each next panel of R into L2 ahead (the same bits). The rest of the
 suite runs whichever this machine uses; this file runs both on the same
 problems. The shapes cover every row
 count the kernels have their own code for (1 to 12 rows at a time and the rest),
@@ -55,6 +56,7 @@ SHAPES = [  # (T, B, I, H)
     (260, 1, 3, 20),  # a second chunk of 256 steps
     (3, 2, 40, 40),  # I = H: dW and dR side by side (blas.h's gemms)
     (3, 1, 520, 520),  # ... each cut in two blocks (4H > 2,048)
+    (2, 14, 520, 520),  # past 2^21 with two groups of rows: panel by panel, fetching ahead
 ]
 
 
@@ -145,7 +147,10 @@ from lstm_ext import _core
 h = hashlib.sha256()
 rng = np.random.default_rng(0)
 for dt in (np.float32, np.float64):
-    for T, B, I, H in [(9, 1, 7, 40), (5, 3, 300, 70), (4, 13, 9, 100), (3, 2, 520, 520)]:
+    # (3, 14, 520, 520): past 2^21, the AVX-512 kernel's panel-by-panel order
+    # that fetches each next panel (two groups of 7 rows, I = 520 in two chunks).
+    shapes = [(9, 1, 7, 40), (5, 3, 300, 70), (4, 13, 9, 100), (3, 2, 520, 520), (3, 14, 520, 520)]
+    for T, B, I, H in shapes:
         x = rng.standard_normal((T, B, I)).astype(dt)
         W, R = (0.1 * rng.standard_normal((2, 4 * H, max(I, H)))).astype(dt)
         W, R = W[:, :I].copy(), R[:, :H].copy()

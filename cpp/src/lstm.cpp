@@ -55,10 +55,12 @@ int64_t packed_size(const Config& c) { return packed_recurrent_size<float>(c.H, 
 // columns, each thread for its panels of I's columns, at least kTeamDxRows
 // rows at a time while the other threads arrive at the step's barrier,
 // instead of by the BLAS after the loop (dev/perf-notes.md, 34).
+// Past that size the kernel fetches each next panel ahead (fetch_ahead,
+// recurrent.h): R then comes from L3 or memory, and the (50,128,1024,1024)
+// forward took 5 % longer without (dev/perf-notes.md, 38).
 constexpr int64_t kTeamInputRows = 64, kTeamDxRows = 16, kTeamWeights = int64_t(1) << 21;
-bool team_products(const Config& c) {
-  return c.P == 0 && mul(mul(4, c.H), add(c.I, c.O())) <= kTeamWeights;
-}
+bool large_weights(const Config& c) { return mul(mul(4, c.H), add(c.I, c.O())) > kTeamWeights; }
+bool team_products(const Config& c) { return c.P == 0 && !large_weights(c); }
 // Steps of B rows that make at least `rows` rows (rows for any B <= 0).
 int64_t steps_for_rows(int64_t rows, int64_t B) {
   return B >= rows ? 1 : B <= 0 ? rows : (rows + B - 1) / B;
@@ -353,6 +355,7 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
   const bool packed = P == 0 && packed_recurrent_enabled();
   const bool bf16_panels = packed && bf16 && packed_bf16_enabled();
   const bool team_input = packed && team_products(cfg);  // x W^T by the kernel, not the BLAS
+  const bool far = large_weights(cfg);                   // the kernel's fetch_ahead
   const int64_t blocks = recurrent_blocks<S>(H);
   // What the products read: w, or (bf16_weights) its matrices rounded to
   // bfloat16; bfloat16 panels are rounded as they are packed.
@@ -382,8 +385,8 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
   auto block_product = [&](S* z, const S* a, int64_t nb, int64_t u, bool input = false) {
     const int64_t K = input ? I : O;
     if constexpr (std::is_same_v<S, float>)
-      if (bf16_panels) return recurrent_block_bf16(z, G, a, K, input ? Wq : Rq, nb, H, K, u);
-    recurrent_block(z, G, a, K, ws + (input ? L.wp : L.rp), nb, H, K, u);
+      if (bf16_panels) return recurrent_block_bf16(z, G, a, K, input ? Wq : Rq, nb, H, K, u, far);
+    recurrent_block(z, G, a, K, ws + (input ? L.wp : L.rp), nb, H, K, u, far);
   };
 
   const int64_t chunk = training ? std::max<int64_t>(s.K, 1) : inference_chunk(B);
@@ -508,6 +511,7 @@ void lstm_backward(S* dx, S* dh0, S* dc0, const Grads<S>& g, S* scr, In<S> ws, I
   };
   const bool packed = P == 0 && s.K > 0 && packed_recurrent_enabled();
   const bool team_dx = packed && team_products(cfg);  // dx by the kernel, not the BLAS
+  const bool far = large_weights(cfg);                // the kernel's fetch_ahead
   const int64_t dsub = steps_for_rows(kTeamDxRows, B);
   dispatch(
       [&](auto peep, auto clipped, auto coupled) {
@@ -540,7 +544,8 @@ void lstm_backward(S* dx, S* dh0, S* dc0, const Grads<S>& g, S* scr, In<S> ws, I
                   const int64_t r0 = s.offset[k], rows = s.offset[ke] - r0;
                   for (int64_t r = r0; r < r0 + rows; ++r)
                     std::fill(dXp + r * I + i0, dXp + r * I + i1, S(0));
-                  column_product(dXp + r0 * I, I, dZ + r0 * G, G, scr + BL.wb, rows, G, i0, i1);
+                  column_product(dXp + r0 * I, I, dZ + r0 * G, G, scr + BL.wb, rows, G, i0, i1,
+                                 far);
                 };
                 for (int64_t k = K - 1; k >= 0; --k) {
                   const int64_t nb = s.batch[k];
@@ -554,7 +559,7 @@ void lstm_backward(S* dx, S* dh0, S* dc0, const Grads<S>& g, S* scr, In<S> ws, I
                   barrier.wait(phase);
                   for (int64_t j = 0; j < nb; ++j)
                     std::fill(dh + j * O + j0, dh + j * O + j1, S(0));
-                  column_product(dh, O, dZ + s.offset[k] * G, G, scr + BL.rb, nb, G, j0, j1);
+                  column_product(dh, O, dZ + s.offset[k] * G, G, scr + BL.rb, nb, G, j0, j1, far);
                 }
                 if (team_dx) dx_rows(0, K - (K - 1) / dsub * dsub);
               });

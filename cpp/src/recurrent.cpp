@@ -61,6 +61,21 @@ std::atomic<bool>& packed_on() {
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
+// Asks the cache for rows [0, nr) of z, bytes from each row's start: the
+// accumulators of the kernel's next group of rows or panel, fetched while the
+// current one computes. Where the input products wrote z long before (the
+// BLAS's chunks of up to 32 MiB, or all T*B rows in training), its rows come
+// from memory, and each group's FMAs waited for them: +13 % on a step's panel
+// (dev/perf-notes.md, 38). A prefetch neither faults nor changes the result.
+template <typename S>
+inline void prefetch_rows(const S* z, int64_t ldz, int64_t nr, int64_t bytes) {
+  for (int64_t r = 0; r < nr; ++r) {
+    const uintptr_t p = reinterpret_cast<uintptr_t>(z + r * ldz);
+    for (uintptr_t line = p & ~uintptr_t(63); line < p + bytes; line += 64)
+      _mm_prefetch(reinterpret_cast<const char*>(line), _MM_HINT_T0);
+  }
+}
+
 // One 512-bit vector of S, and what the kernel does with it.
 template <typename S>
 struct Vec;
@@ -109,13 +124,17 @@ LSTM_EXT_AVX512 void panel_row(const uint16_t* p, __m512& b0, __m512& b1) {
 // NR*NG*2 accumulators, each an independent chain over k. Few rows take
 // several panels at once, so that enough chains hide the FMA latency.
 // bp's elements: S, or bfloat16 (B = uint16_t, S = float).
-template <typename S, int NR, int NG, typename B>
+// kFetch: along the way, ask L2 for the lines [0, fetch_lines) from fetch on,
+// one every K / fetch_lines steps of k (at most one a step).
+template <typename S, int NR, int NG, typename B, bool kFetch = false>
 LSTM_EXT_AVX512_FN void panel_rows(S* z, int64_t ldz, int64_t zs, const S* a, int64_t lda,
                                    const B* bp, int64_t ps, int64_t K,
-                                   const typename Vec<S>::Mask* m0,
-                                   const typename Vec<S>::Mask* m1) {
+                                   const typename Vec<S>::Mask* m0, const typename Vec<S>::Mask* m1,
+                                   const char* fetch = nullptr, int64_t fetch_lines = 0) {
   using X = Vec<S>;
   constexpr int64_t L = X::kLanes, P = 2 * L;
+  const int64_t every = fetch_lines > 0 ? std::max<int64_t>(1, K / fetch_lines) : K;
+  const char* const fetch_end = kFetch ? fetch + 64 * std::min(fetch_lines, K) : nullptr;
   typename X::V acc[NR][NG][2];
 #pragma GCC unroll 16
   for (int r = 0; r < NR; ++r)
@@ -124,7 +143,12 @@ LSTM_EXT_AVX512_FN void panel_rows(S* z, int64_t ldz, int64_t zs, const S* a, in
       acc[r][g][0] = X::load(m0[g], z + r * ldz + g * zs);
       acc[r][g][1] = X::load(m1[g], z + r * ldz + g * zs + L);
     }
-  for (int64_t k = 0; k < K; ++k) {
+  for (int64_t k = 0, next = 0; k < K; ++k) {
+    if constexpr (kFetch)
+      if (k == next) {
+        if (fetch < fetch_end) _mm_prefetch(fetch, _MM_HINT_T0), fetch += 64;
+        next += every;
+      }
 #pragma GCC unroll 4
     for (int g = 0; g < NG; ++g) {
       typename X::V b0, b1;
@@ -167,20 +191,78 @@ LSTM_EXT_AVX512_FN void few_rows(S* z, int64_t ldz, int64_t zs, const S* a, int6
   }
 }
 
-// 4 to 12 rows: one panel at a time.
+// 4 to 12 rows: one panel at a time, each fetching the next one's rows of z.
 template <typename S, int NR, typename B>
 LSTM_EXT_AVX512_FN void many_rows(S* z, int64_t ldz, int64_t zs, const S* a, int64_t lda,
                                   const B* bp, int64_t ps, int64_t K, int ng,
                                   const typename Vec<S>::Mask* m0,
                                   const typename Vec<S>::Mask* m1) {
-  for (int g = 0; g < ng; ++g)
+  for (int g = 0; g < ng; ++g) {
+    if (g + 1 < ng) prefetch_rows(z + (g + 1) * zs, ldz, NR, 2 * Vec<S>::kLanes * sizeof(S));
     panel_rows<S, NR, 1, B>(z + g * zs, ldz, zs, a, lda, bp + g * ps, ps, K, m0 + g, m1 + g);
+  }
 }
 
+// nb rows in groups as even as possible (at most 12 rows each with AVX-512, 64
+// rows: 11,11,11,11,10,10 rather than 12,12,12,12,12,4, whose last group
+// keeps few FMAs in flight): group q's rows.
+inline int64_t group_rows(int64_t nb, int64_t groups, int64_t q) {
+  return nb / groups + (q < nb % groups ? 1 : 0);
+}
+
+// 4 rows or more, panel by panel, the groups of rows in turn over each: while
+// they pass over panel g, each fetches its share of the next one into L2
+// (panel g + 1, or after the last next, the caller's next panel chunk, or
+// none where null), and the next group's rows of z.
+template <typename S, typename B>
+LSTM_EXT_AVX512_FN void panels_fetching(S* z, int64_t ldz, int64_t zs, const S* a, int64_t lda,
+                                        const B* bp, int64_t ps, int64_t nb, int64_t K, int ng,
+                                        const typename Vec<S>::Mask* m0,
+                                        const typename Vec<S>::Mask* m1, const B* next) {
+  using Mask = typename Vec<S>::Mask;
+  using Fn = void (*)(S*, int64_t, int64_t, const S*, int64_t, const B*, int64_t, int64_t,
+                      const Mask*, const Mask*, const char*, int64_t);
+  static constexpr Fn kRows[] = {nullptr,
+                                 nullptr,
+                                 nullptr,
+                                 nullptr,
+                                 panel_rows<S, 4, 1, B, true>,
+                                 panel_rows<S, 5, 1, B, true>,
+                                 panel_rows<S, 6, 1, B, true>,
+                                 panel_rows<S, 7, 1, B, true>,
+                                 panel_rows<S, 8, 1, B, true>,
+                                 panel_rows<S, 9, 1, B, true>,
+                                 panel_rows<S, 10, 1, B, true>,
+                                 panel_rows<S, 11, 1, B, true>,
+                                 panel_rows<S, 12, 1, B, true>};
+  constexpr int64_t zbytes = 2 * Vec<S>::kLanes * sizeof(S);  // a row's accumulators
+  const int64_t groups = (nb + 11) / 12;
+  const int64_t lines = K * 2 * Vec<S>::kLanes * int64_t(sizeof(B)) / 64;  // a panel chunk's
+  const int64_t share = (lines + groups - 1) / groups;
+  for (int g = 0; g < ng; ++g) {
+    const char* fetch = reinterpret_cast<const char*>(g + 1 < ng ? bp + (g + 1) * ps : next);
+    for (int64_t q = 0, n0 = 0; q < groups; ++q) {
+      const int64_t nr = group_rows(nb, groups, q);
+      if (q + 1 < groups)
+        prefetch_rows(z + g * zs + (n0 + nr) * ldz, ldz, group_rows(nb, groups, q + 1), zbytes);
+      else if (g + 1 < ng)
+        prefetch_rows(z + (g + 1) * zs, ldz, group_rows(nb, groups, 0), zbytes);
+      const int64_t own = fetch ? std::max<int64_t>(0, std::min(share, lines - q * share)) : 0;
+      kRows[nr](z + g * zs + n0 * ldz, ldz, zs, a + n0 * lda, lda, bp + g * ps, ps, K, m0 + g,
+                m1 + g, own > 0 ? fetch + q * share * 64 : nullptr, own);
+      n0 += nr;
+    }
+  }
+}
+
+// fetch_ahead: 4 rows or more go panel by panel, fetching each next one
+// (panels_fetching; next as there). Otherwise group by group, each over all
+// ng panels, fetching the next group's rows of z: where the panels stay in
+// L2, fetching them costs 2-3 % (dev/perf-notes.md, 38).
 template <typename S, typename B = S>
 LSTM_EXT_AVX512_FN void panels_avx512(S* z, int64_t ldz, int64_t zs, const S* a, int64_t lda,
                                       const B* bp, int64_t ps, int64_t nb, int64_t K, int ng,
-                                      const int64_t* width) {
+                                      const int64_t* width, bool fetch_ahead, const B* next) {
   using X = Vec<S>;
   using Mask = typename X::Mask;
   constexpr int64_t L = X::kLanes;
@@ -189,6 +271,8 @@ LSTM_EXT_AVX512_FN void panels_avx512(S* z, int64_t ldz, int64_t zs, const S* a,
   };
   Mask m0[4], m1[4];
   for (int g = 0; g < ng; ++g) m0[g] = lanes(width[g]), m1[g] = lanes(width[g] - L);
+  if (fetch_ahead && nb >= 4)
+    return panels_fetching(z, ldz, zs, a, lda, bp, ps, nb, K, ng, m0, m1, next);
   static constexpr RowsFn<S, B> kRows[] = {nullptr,
                                            few_rows<S, 1, B>,
                                            few_rows<S, 2, B>,
@@ -202,11 +286,11 @@ LSTM_EXT_AVX512_FN void panels_avx512(S* z, int64_t ldz, int64_t zs, const S* a,
                                            many_rows<S, 10, B>,
                                            many_rows<S, 11, B>,
                                            many_rows<S, 12, B>};
-  // Groups of at most 12 rows, as even as possible (64 rows: 11,11,11,11,10,10
-  // rather than 12,12,12,12,12,4, whose last group keeps few FMAs in flight).
   const int64_t groups = (nb + 11) / 12;
   for (int64_t q = 0, n0 = 0; q < groups; ++q) {
-    const int64_t nr = nb / groups + (q < nb % groups ? 1 : 0);
+    const int64_t nr = group_rows(nb, groups, q);
+    if (q + 1 < groups)
+      prefetch_rows(z + (n0 + nr) * ldz, ldz, group_rows(nb, groups, q + 1), 2 * L * sizeof(S));
     kRows[nr](z + n0 * ldz, ldz, zs, a + n0 * lda, lda, bp, ps, K, ng, m0, m1);
     n0 += nr;
   }
@@ -338,10 +422,18 @@ LSTM_EXT_AVX2_FN void panels_avx2(S* z, int64_t ldz, int64_t zs, const S* a, int
                                        strip_rows<S, 4, 2>,
                                        strip_rows<S, 5, 2>,
                                        strip_rows<S, 6, 2>};
+  // Each call fetches the next one's rows of z (the next group's, or the next
+  // strip's first group's).
   const int64_t groups = (nb + 5) / 6;
+  const auto rows_of = [&](int64_t q) { return group_rows(nb, groups, q); };
+  const auto strip_z = [&](int v) { return z + (v / 4) * zs + (v % 4) * L; };
   for (int v = 0; v < 4 * ng; v += 2)
     for (int64_t q = 0, n0 = 0; q < groups; ++q) {
-      const int64_t nr = nb / groups + (q < nb % groups ? 1 : 0);
+      const int64_t nr = rows_of(q);
+      if (q + 1 < groups)
+        prefetch_rows(strip_z(v) + (n0 + nr) * ldz, ldz, rows_of(q + 1), 2 * L * sizeof(S));
+      else if (v + 2 < 4 * ng)
+        prefetch_rows(strip_z(v + 2), ldz, rows_of(0), 2 * L * sizeof(S));
       kStrip[nr](z + n0 * ldz, ldz, zs, a + n0 * lda, lda, bp, ps, K, v, mask);
       n0 += nr;
     }
@@ -472,9 +564,11 @@ void pack_columns(S* Bp, const S* B, int64_t K, int64_t N, int64_t p) {
 }
 
 // Bp's elements: S, or bfloat16 (B = uint16_t, S = float; AVX-512 only).
+// fetch_ahead: the AVX-512 kernel fetches each next panel into L2 while it
+// computes one (recurrent.h).
 template <typename S, typename B = S>
 void panel_product(S* z, int64_t ldz, int64_t zs, const S* a, int64_t lda, const B* Bp, int64_t nb,
-                   int64_t K, int ng, const int64_t* width) {
+                   int64_t K, int ng, const int64_t* width, bool fetch_ahead) {
 #ifdef LSTM_EXT_HAVE_X86_KERNELS
   // In chunks of kChunk along k, so that the chunk of the panels (256 KiB,
   // half of a Zen 3 core's L2) stays in L2 while every group of rows passes
@@ -487,7 +581,8 @@ void panel_product(S* z, int64_t ldz, int64_t zs, const S* a, int64_t lda, const
   for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
     const int64_t kc = std::min(kChunk, K - k0);
     if (isa == Isa::kAvx512)
-      panels_avx512(z, ldz, zs, a + k0, lda, Bp + k0 * P, K * P, nb, kc, ng, width);
+      panels_avx512(z, ldz, zs, a + k0, lda, Bp + k0 * P, K * P, nb, kc, ng, width, fetch_ahead,
+                    fetch_ahead && k0 + kc < K ? Bp + (k0 + kc) * P : nullptr);
     else if constexpr (std::is_same_v<B, S>)
       panels_avx2(z, ldz, zs, a + k0, lda, Bp + k0 * P, K * P, nb, kc, ng, width);
     else
@@ -495,28 +590,28 @@ void panel_product(S* z, int64_t ldz, int64_t zs, const S* a, int64_t lda, const
   }
 #else
   (void)z, (void)ldz, (void)zs, (void)a, (void)lda, (void)Bp, (void)nb, (void)K, (void)ng,
-      (void)width;
+      (void)width, (void)fetch_ahead;
   throw std::logic_error("lstm_ext: the packed recurrent kernel is not compiled in");
 #endif
 }
 
 template <typename S>
 void recurrent_block(S* z, int64_t ldz, const S* h, int64_t ldh, const S* Rp, int64_t nb, int64_t H,
-                     int64_t O, int64_t u) {
+                     int64_t O, int64_t u, bool fetch_ahead) {
   constexpr int64_t P = kPanel<S>;
   const int64_t w = std::min(P, H - u * P), width[4] = {w, w, w, w};
-  panel_product(z + u * P, ldz, H, h, ldh, Rp + u * 4 * O * P, nb, O, 4, width);
+  panel_product(z + u * P, ldz, H, h, ldh, Rp + u * 4 * O * P, nb, O, 4, width, fetch_ahead);
 }
 
 template <typename S>
 void column_product(S* z, int64_t ldz, const S* a, int64_t lda, const S* Bp, int64_t nb, int64_t K,
-                    int64_t c0, int64_t c1) {
+                    int64_t c0, int64_t c1, bool fetch_ahead) {
   constexpr int64_t P = kPanel<S>;
   for (int64_t c = c0; c < c1; c += 4 * P) {
     int64_t width[4];
     int ng = 0;
     for (; ng < 4 && c + ng * P < c1; ++ng) width[ng] = std::min(P, c1 - c - ng * P);
-    panel_product(z + c, ldz, P, a, lda, Bp + (c / P) * K * P, nb, K, ng, width);
+    panel_product(z + c, ldz, P, a, lda, Bp + (c / P) * K * P, nb, K, ng, width, fetch_ahead);
   }
 }
 
@@ -571,20 +666,20 @@ void pack_recurrent_block_bf16(uint16_t* Rq, const float* R, int64_t H, int64_t 
 }
 
 void recurrent_block_bf16(float* z, int64_t ldz, const float* h, int64_t ldh, const uint16_t* Rq,
-                          int64_t nb, int64_t H, int64_t O, int64_t u) {
+                          int64_t nb, int64_t H, int64_t O, int64_t u, bool fetch_ahead) {
   constexpr int64_t P = kPanel<float>;
   const int64_t w = std::min(P, H - u * P), width[4] = {w, w, w, w};
-  panel_product(z + u * P, ldz, H, h, ldh, Rq + u * 4 * O * P, nb, O, 4, width);
+  panel_product(z + u * P, ldz, H, h, ldh, Rq + u * 4 * O * P, nb, O, 4, width, fetch_ahead);
 }
 
 #define LSTM_EXT_INSTANTIATE(S)                                                                \
   template int64_t packed_recurrent_size<S>(int64_t, int64_t);                                 \
   template void pack_recurrent_block<S>(S*, const S*, int64_t, int64_t, int64_t);              \
   template void recurrent_block<S>(S*, int64_t, const S*, int64_t, const S*, int64_t, int64_t, \
-                                   int64_t, int64_t);                                          \
+                                   int64_t, int64_t, bool);                                    \
   template void pack_columns<S>(S*, const S*, int64_t, int64_t, int64_t);                      \
   template void column_product<S>(S*, int64_t, const S*, int64_t, const S*, int64_t, int64_t,  \
-                                  int64_t, int64_t);
+                                  int64_t, int64_t, bool);
 LSTM_EXT_INSTANTIATE(float)
 LSTM_EXT_INSTANTIATE(double)
 

@@ -41,20 +41,26 @@ void pack_recurrent_block(S* Rp, const S* R, int64_t H, int64_t O, int64_t u);
 // and the units j of block u. z [nb,ldz] (ldz >= 4H), h [nb,ldh] (ldh >= O).
 // Needs packed_recurrent_enabled() (throws std::logic_error where it is not
 // compiled in).
+// fetch_ahead, for panels that come from L3 or memory (weights too large to
+// stay in the cores' caches from step to step): while the groups of rows
+// pass over a panel, they fetch the next into L2 (AVX-512, 4 rows or more;
+// the result is the same either way). Where the panels stay in L2 the fetches
+// cost 2-3 % (dev/perf-notes.md, 38).
 template <typename S>
 void recurrent_block(S* z, int64_t ldz, const S* h, int64_t ldh, const S* Rp, int64_t nb, int64_t H,
-                     int64_t O, int64_t u);
+                     int64_t O, int64_t u, bool fetch_ahead);
 
 // The same kernel for a product with a long inner dimension, as backward's
 // dL/dh = dz R ([nb,4H] x [4H,O]): B [K,N] packed in panels of kPanel columns,
 //   Bp [ceil(N/kPanel),K,kPanel],  Bp[p][k][c] = B[k][p*kPanel + c]  (0 past N)
 // pack_columns fills panel p. column_product computes columns [c0, c1) of
-//   z[nb,ldz] += a[nb,lda] B,   c0 a multiple of kPanel, summing over k in order.
+//   z[nb,ldz] += a[nb,lda] B,   c0 a multiple of kPanel, summing over k in order
+// (fetch_ahead as for recurrent_block).
 template <typename S>
 void pack_columns(S* Bp, const S* B, int64_t K, int64_t N, int64_t p);
 template <typename S>
 void column_product(S* z, int64_t ldz, const S* a, int64_t lda, const S* Bp, int64_t nb, int64_t K,
-                    int64_t c0, int64_t c1);
+                    int64_t c0, int64_t c1, bool fetch_ahead);
 
 // bfloat16 weights (Config::bf16_weights). round_to_bf16: dst[i] = src[i]
 // rounded to bfloat16 (to nearest, ties to even; a NaN stays a quiet NaN), as
@@ -73,7 +79,7 @@ bool packed_bf16_enabled();
 int64_t packed_recurrent_bf16_size(int64_t H, int64_t O);  // uint16_t elements
 void pack_recurrent_block_bf16(uint16_t* Rq, const float* R, int64_t H, int64_t O, int64_t u);
 void recurrent_block_bf16(float* z, int64_t ldz, const float* h, int64_t ldh, const uint16_t* Rq,
-                          int64_t nb, int64_t H, int64_t O, int64_t u);
+                          int64_t nb, int64_t H, int64_t O, int64_t u, bool fetch_ahead);
 
 }  // namespace detail
 }  // namespace lstm_ext
