@@ -439,8 +439,13 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
                               const S* hin = h_at(k);
                               S* hout = h_at(k + 1);
                               if (training) copy_columns(Hp + s.offset[k] * O, hin, nb, O, j0, j1);
-                              for (int64_t u = u0; u < u1; ++u) block_product(z_at(k), hin, nb, u);
-                              cells(k, hout, j0, j1);
+                              // Block by block, each block's gate pass right after
+                              // its product: the pass's chains of exp and division
+                              // then run while the next block's product does.
+                              for (int64_t u = u0; u < u1; ++u) {
+                                block_product(z_at(k), hin, nb, u);
+                                cells(k, hout, u * kPanel<S>, std::min(H, (u + 1) * kPanel<S>));
+                              }
                               scatter_step(y, hout, s, k, B, O, j0, j1);
                               if (cell_states)
                                 scatter_step(cell_states, c_at(k), s, k, B, H, j0, j1);
