@@ -124,7 +124,7 @@ LSTM_EXT_AVX512 void panel_row(const uint16_t* p, __m512& b0, __m512& b1) {
 // NR*NG*2 accumulators, each an independent chain over k. Few rows take
 // several panels at once, so that enough chains hide the FMA latency.
 // bp's elements: S, or bfloat16 (B = uint16_t, S = float).
-// kFetch: along the way, ask L2 for the lines [0, fetch_lines) from fetch on,
+// kFetch: along the way, ask for the lines [0, fetch_lines) from fetch on,
 // one every K / fetch_lines steps of k (at most one a step).
 template <typename S, int NR, int NG, typename B, bool kFetch = false>
 LSTM_EXT_AVX512_FN void panel_rows(S* z, int64_t ldz, int64_t zs, const S* a, int64_t lda,
@@ -211,7 +211,7 @@ inline int64_t group_rows(int64_t nb, int64_t groups, int64_t q) {
 }
 
 // 4 rows or more, panel by panel, the groups of rows in turn over each: while
-// they pass over panel g, each fetches its share of the next one into L2
+// they pass over panel g, each fetches its share of the next one
 // (panel g + 1, or after the last next, the caller's next panel chunk, or
 // none where null), and the next group's rows of z.
 template <typename S, typename B>
@@ -564,8 +564,8 @@ void pack_columns(S* Bp, const S* B, int64_t K, int64_t N, int64_t p) {
 }
 
 // Bp's elements: S, or bfloat16 (B = uint16_t, S = float; AVX-512 only).
-// fetch_ahead: the AVX-512 kernel fetches each next panel into L2 while it
-// computes one (recurrent.h).
+// fetch_ahead: the AVX-512 kernel fetches each next panel while it computes
+// one (recurrent.h).
 template <typename S, typename B = S>
 void panel_product(S* z, int64_t ldz, int64_t zs, const S* a, int64_t lda, const B* Bp, int64_t nb,
                    int64_t K, int ng, const int64_t* width, bool fetch_ahead) {

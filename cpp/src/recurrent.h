@@ -43,7 +43,7 @@ void pack_recurrent_block(S* Rp, const S* R, int64_t H, int64_t O, int64_t u);
 // compiled in).
 // fetch_ahead, for panels that come from L3 or memory (weights too large to
 // stay in the cores' caches from step to step): while the groups of rows
-// pass over a panel, they fetch the next into L2 (AVX-512, 4 rows or more;
+// pass over a panel, they fetch the next one (AVX-512, 4 rows or more;
 // the result is the same either way). Where the panels stay in L2 the fetches
 // cost 2-3 % (dev/perf-notes.md, 38).
 template <typename S>
