@@ -44,9 +44,9 @@ int64_t packed_size(const Config& c) { return packed_recurrent_size<float>(c.H, 
 // float32), the input products x W^T are computed by the recurrent kernel on
 // W packed as R is, each thread for its own units, a few steps at a time (at
 // least kTeamInputRows rows) just before their recurrence, instead of by the
-// BLAS over a chunk. Their z rows are then still
-// in the core's cache when the recurrence adds h R^T to them: read back from
-// L3 they cost a (100,64,512,512) step's panel 13 %. Past that size the
+// BLAS over a chunk. Their z rows are then still in the core's cache when the
+// recurrence adds h R^T to them: read back from L3 they cost a
+// (100,64,512,512) step's panel 13 %. Past that size the
 // packed W and R read every step no longer fit in L3 beside the rest (18 MiB
 // took a B = 64 forward 15 % longer here). Inference and training alike, for
 // the same bits; the rule depends on the shape alone (dev/perf-notes.md, 27

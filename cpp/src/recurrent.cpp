@@ -133,7 +133,7 @@ LSTM_EXT_AVX512_FN void panel_rows(S* z, int64_t ldz, int64_t zs, const S* a, in
                                    const char* fetch = nullptr, int64_t fetch_lines = 0) {
   using X = Vec<S>;
   constexpr int64_t L = X::kLanes, P = 2 * L;
-  const int64_t every = fetch_lines > 0 ? std::max<int64_t>(1, K / fetch_lines) : K;
+  const int64_t every = kFetch && fetch_lines > 0 ? std::max<int64_t>(1, K / fetch_lines) : K;
   const char* const fetch_end = kFetch ? fetch + 64 * std::min(fetch_lines, K) : nullptr;
   typename X::V acc[NR][NG][2];
 #pragma GCC unroll 16
@@ -425,15 +425,15 @@ LSTM_EXT_AVX2_FN void panels_avx2(S* z, int64_t ldz, int64_t zs, const S* a, int
   // Each call fetches the next one's rows of z (the next group's, or the next
   // strip's first group's).
   const int64_t groups = (nb + 5) / 6;
-  const auto rows_of = [&](int64_t q) { return group_rows(nb, groups, q); };
   const auto strip_z = [&](int v) { return z + (v / 4) * zs + (v % 4) * L; };
   for (int v = 0; v < 4 * ng; v += 2)
     for (int64_t q = 0, n0 = 0; q < groups; ++q) {
-      const int64_t nr = rows_of(q);
+      const int64_t nr = group_rows(nb, groups, q);
       if (q + 1 < groups)
-        prefetch_rows(strip_z(v) + (n0 + nr) * ldz, ldz, rows_of(q + 1), 2 * L * sizeof(S));
+        prefetch_rows(strip_z(v) + (n0 + nr) * ldz, ldz, group_rows(nb, groups, q + 1),
+                      2 * L * sizeof(S));
       else if (v + 2 < 4 * ng)
-        prefetch_rows(strip_z(v + 2), ldz, rows_of(0), 2 * L * sizeof(S));
+        prefetch_rows(strip_z(v + 2), ldz, group_rows(nb, groups, 0), 2 * L * sizeof(S));
       kStrip[nr](z + n0 * ldz, ldz, zs, a + n0 * lda, lda, bp, ps, K, v, mask);
       n0 += nr;
     }

@@ -107,7 +107,7 @@ struct Grads {
 // and where 4H(I+O) <= 2^21 W packed the same way (the input products use it).
 // Training without lengths or projection takes 6TBH + 7BH + 4H*32*ceil(H/32)
 // elements: gates [T,B,4H], cell states [T+1,B,H], h_{t-1} [T,B,H], h
-// [2,B,H], the gate-major product [4H,B] and the packed R; where 4H(I+H) <=
+// [2,B,H], the gate-major product [4H,B] and the packed R; where 4H(I+O) <=
 // 2^21 add 4I*32*ceil(H/32), the packed W. With bf16_weights inference adds the
 // rounded W, R and W_hr (4H(I+O) + PH elements); where the CPU has AVX-512F
 // the packed R and W hold bfloat16 panels (in the first half of their room).
@@ -123,7 +123,7 @@ int64_t forward_workspace_size(const Config& cfg, bool training);
 
 // Elements of the scratch backward needs. Without lengths or projection,
 // 4TBH + 2BH + 4H*32*ceil(H/32): the gates' gradients [T,B,4H], dL/dh and
-// dL/dc [B,H] and R packed by columns; where 4H(I+H) <= 2^21 add
+// dL/dc [B,H] and R packed by columns; where 4H(I+O) <= 2^21 add
 // 4H*32*ceil(I/32), W packed by columns (dx = dz W uses it).
 int64_t backward_scratch_size(const Config& cfg);
 
