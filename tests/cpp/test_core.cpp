@@ -230,33 +230,44 @@ TEST(Sizes, WorkspaceSizesPast2To31AreExact) {
   EXPECT_EQ(step_scratch_size(sizes(1, big_B, I, H, P)), big_B * 6 * H);
 }
 
-// cell_math.h's float exp: relative error below 8.4e-8 on [-86, 88] (every
-// float there was checked once: 8.33e-8 at the worst, dev/perf-notes.md 31),
-// here every 61st; +inf past ln(FLT_MAX), NaN for NaN, and the sigmoid and
-// tanh built on it exact at their limits.
+// cell_math.h's float exp: relative error below 8.4e-8 on [-86, ln(FLT_MAX)]
+// (every float there was checked once: 8.33e-8 at the worst, 7.0e-8 in (88,
+// ln(FLT_MAX)], dev/perf-notes.md 31 and 41), here every 61st and the last
+// floats below the bound; +inf from the first float past it, NaN for NaN, the
+// variant for x <= 0 the same bits there, and the sigmoid and tanh built on
+// it exact at their limits.
 TEST(CellMath, FloatExpWithinItsBound) {
   using lstm_ext::cell::host_expf;
   double worst = 0;
-  const uint32_t top = 0x42B00000u, bottom = 0xC2AC0000u;  // 88.0f, -86.0f
+  const uint32_t top = 0x42B17217u, bottom = 0xC2AC0000u;  // ln(FLT_MAX) rounded down, -86.0f
+  auto check = [&](uint32_t bits) {
+    float x;
+    std::memcpy(&x, &bits, 4);
+    const double want = std::exp(double(x));
+    worst = std::max(worst, std::fabs(double(host_expf(x)) - want) / want);
+    if (x <= 0) EXPECT_EQ(host_expf<true>(x), host_expf(x)) << x;
+  };
   for (uint32_t b = 0; b <= top; b += 61) {
-    for (uint32_t bits : {b, b | 0x80000000u}) {
-      if (bits > bottom) continue;
-      float x;
-      std::memcpy(&x, &bits, 4);
-      const double want = std::exp(double(x));
-      worst = std::max(worst, std::fabs(double(host_expf(x)) - want) / want);
-    }
+    check(b);
+    if ((b | 0x80000000u) <= bottom) check(b | 0x80000000u);
   }
+  for (uint32_t b = top - 4096; b <= top; ++b) check(b);
   EXPECT_LT(worst, 8.4e-8);
   EXPECT_GT(worst, 5e-8);  // the sweep reached the polynomial's error
   const float inf = std::numeric_limits<float>::infinity();
+  EXPECT_EQ(host_expf(88.72284f), inf);  // 0x42B17218, the first float past ln(FLT_MAX)
+  EXPECT_LT(host_expf(88.72283f), inf);  // 0x42B17217, top
   EXPECT_EQ(host_expf(88.8f), inf);
   EXPECT_EQ(host_expf(inf), inf);
+  EXPECT_EQ(host_expf(1e30f), inf);
   EXPECT_TRUE(std::isnan(host_expf(std::nanf(""))));
+  EXPECT_TRUE(std::isnan(host_expf<true>(std::nanf(""))));
   EXPECT_EQ(lstm_ext::cell::sigmoid(-inf), 0.0f);
   EXPECT_EQ(lstm_ext::cell::sigmoid(inf), 1.0f);
   EXPECT_EQ(lstm_ext::cell::tanh_(inf), 1.0f);
   EXPECT_EQ(lstm_ext::cell::tanh_(-inf), -1.0f);
+  EXPECT_TRUE(std::signbit(lstm_ext::cell::tanh_(-0.0f)));
+  EXPECT_TRUE(std::isnan(lstm_ext::cell::tanh_(std::nanf(""))));
 }
 
 TEST(Sizes, InferenceChunkTakesAnyBatch) {

@@ -15,7 +15,6 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <limits>
 
 // Always inlined: the fused loops vectorise only when every call in them is
 // (GCC otherwise keeps some out of line in the target_clones versions).
@@ -35,15 +34,20 @@ namespace cell {
 
 // float on the CPU: e^x by range reduction and a polynomial (Cephes's expf
 // coefficients), in plain arithmetic so that loops over it vectorise. Its
-// relative error is below 8.4e-8 (0.7 ulp) on [-86, 88] (the largest over
-// every float there, against double's exp: 8.33e-8, at 70.37); x is clamped
-// to that range first (so the polynomial never overflows nor underflows below
-// the normal range), past ln(FLT_MAX) the result is +inf as IEEE's expf
-// gives (so that sigmoid(-inf) is an exact 0), and NaN comes back as NaN.
-// Every operation is IEEE (no contraction), so scalar and vector code give
-// the same bits.
+// relative error is below 8.4e-8 (0.7 ulp) on [-86, ln(FLT_MAX)] (the
+// largest over every float there, against double's exp: 8.33e-8, at 70.37);
+// x is clamped to [-86, 89] first (so that n stays in [-124, 128]), and the
+// result is p 2^(n-1) 2: two exact products, the second overflowing to +inf
+// just where IEEE's expf does (so that sigmoid(-inf) is an exact 0). A NaN
+// passes through every operation, so NaN comes back as NaN, with no select
+// at the end (dev/perf-notes.md, 41). kNonPositive: the caller promises x <=
+// 0 or NaN (tanh's e^{-2|x|}), so the upper clamp is left out. Every
+// operation is IEEE (no contraction), so scalar and vector code give the
+// same bits.
+template <bool kNonPositive = false>
 LSTM_EXT_INLINE float host_expf(float x) {
-  const float xc = x < -86.0f ? -86.0f : (x > 88.0f ? 88.0f : x);
+  float xc = x < -86.0f ? -86.0f : x;
+  if (!kNonPositive) xc = xc > 89.0f ? 89.0f : xc;
   const float magic = 12582912.0f;  // 1.5*2^23: adding it rounds to an integer
   const float t = xc * 1.44269504088896341f + magic;
   const float n = t - magic;  // round(x / ln 2)
@@ -59,12 +63,13 @@ LSTM_EXT_INLINE float host_expf(float x) {
   const float q10 = 1.6666665459e-1f * r + 5.0000001201e-1f;
   float p = (q54 * r2 + q32) * r4 + q10 * r2;  // r^2 q(r)
   p = (p + r) + 1.0f;                          // e^r
-  uint32_t tb, pb;                             // scale by 2^n: add n to p's exponent field
+  // 2^(n-1) from its exponent field n - 1 + 127; the low bits of t hold n.
+  uint32_t tb;
   std::memcpy(&tb, &t, 4);
-  std::memcpy(&pb, &p, 4);
-  pb += (tb - 0x4B400000u) << 23;  // the low bits of t hold n
-  std::memcpy(&p, &pb, 4);
-  return x != x ? x : (x > 88.72283905f ? std::numeric_limits<float>::infinity() : p);
+  const uint32_t sb = (tb - (0x4B400000u - 126u)) << 23;
+  float s;
+  std::memcpy(&s, &sb, 4);
+  return (p * s) * 2.0f;
 }
 
 #if defined(__CUDA_ARCH__)
@@ -73,11 +78,12 @@ LSTM_EXT_HD float tanh_(float x) { return ::tanhf(x); }
 #else
 LSTM_EXT_INLINE float exp_(float x) { return host_expf(x); }
 // tanh(x) = sign(x) (1 - e^{-2|x|}) / (1 + e^{-2|x|}): absolute error below
-// 2e-7 (relative error grows as |x| -> 0, where tanh(x) -> x).
+// 2e-7 (relative error grows as |x| -> 0, where tanh(x) -> x). fabs and
+// copysign are bit operations, where x < 0 ? -t : t took a compare and a
+// blend (and gave tanh(-0) = +0).
 LSTM_EXT_INLINE float tanh_(float x) {
-  const float e = host_expf(-2.0f * (x < 0 ? -x : x));
-  const float t = (1.0f - e) / (1.0f + e);
-  return x < 0 ? -t : t;
+  const float e = host_expf<true>(-2.0f * std::fabs(x));
+  return std::copysign((1.0f - e) / (1.0f + e), x);
 }
 #endif
 LSTM_EXT_HD double exp_(double x) { return ::exp(x); }
