@@ -46,11 +46,10 @@ int64_t packed_size(const Config& c) { return packed_recurrent_size<float>(c.H, 
 // least kTeamInputRows rows) just before their recurrence, instead of by the
 // BLAS over a chunk. Their z rows are then still in the core's cache when the
 // recurrence adds h R^T to them: read back from L3 they cost a
-// (100,64,512,512) step's panel 13 %. Past that size the
-// packed W and R read every step no longer fit in L3 beside the rest (18 MiB
-// took a B = 64 forward 15 % longer here). Inference and training alike, for
-// the same bits; the rule depends on the shape alone (dev/perf-notes.md, 27
-// and 32).
+// (100,64,512,512) step's panel 13 %. Past that size the packed W and R read
+// every step no longer fit in L3 beside the rest (18 MiB took a B = 64
+// forward 15 % longer here). Inference and training alike, for the same
+// bits; the rule depends on the shape alone (dev/perf-notes.md, 27 and 32).
 // Backward, under the same rule: dx = dz W by the kernel too, on W packed by
 // columns, each thread for its panels of I's columns, at least kTeamDxRows
 // rows at a time while the other threads arrive at the step's barrier,
