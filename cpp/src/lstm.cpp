@@ -58,6 +58,14 @@ int64_t packed_size(const Config& c) { return packed_recurrent_size<float>(c.H, 
 // recurrent.h): R then comes from L3 or memory, and the (50,128,1024,1024)
 // forward took 5 % longer without (dev/perf-notes.md, 38).
 constexpr int64_t kTeamInputRows = 64, kTeamDxRows = 16, kTeamWeights = int64_t(1) << 21;
+// In the forward's team, batches of fewer than kRotateRows rows (the
+// kernel's few-row path) sum each block's h R^T from the block's first unit
+// on, round to it again, so that a thread starts on the columns of h it wrote
+// itself and waits for the others only where theirs begin: (100,1,128,128)
+// forward -3 % on two threads, -13 % on one. From 4 rows on the split
+// products cost what the wait did (+2 % at B = 16): they sum in column order
+// after the wait (dev/perf-notes.md, 42).
+constexpr int64_t kRotateRows = 4;
 bool large_weights(const Config& c) { return mul(mul(4, c.H), add(c.I, c.O())) > kTeamWeights; }
 bool team_products(const Config& c) { return c.P == 0 && !large_weights(c); }
 // Steps of B rows that make at least `rows` rows (rows for any B <= 0).
@@ -171,7 +179,10 @@ void copy_columns(S* dst, const S* src, int64_t n, int64_t width, int64_t c0, in
 // The fused passes are compiled for AVX-512 and AVX2 besides the baseline,
 // and the loader picks the best the CPU has (GCC's target_clones). Without
 // contraction into FMA (ISO C++ mode), every version gives the same bits.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+// Not under ThreadSanitizer: the loader runs the clones' resolvers before
+// its runtime starts, and the instrumented resolvers crash.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && \
+    !defined(__SANITIZE_THREAD__)
 #define LSTM_EXT_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define LSTM_EXT_CLONES
@@ -381,13 +392,17 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
     pack_recurrent_block(ws + L.rp, wq.R, H, O, u);
     if (team_input) pack_recurrent_block(ws + L.wp, wq.W, H, I, u);
   };
-  auto block_product = [&](S* z, const S* a, int64_t nb, int64_t u, bool input = false) {
+  // Over a's columns [c0, c1) (K = I or O).
+  auto block_product = [&](S* z, const S* a, int64_t nb, int64_t u, int64_t c0, int64_t c1,
+                           bool input = false) {
     const int64_t K = input ? I : O;
     if constexpr (std::is_same_v<S, float>)
-      if (bf16_panels) return recurrent_block_bf16(z, G, a, K, input ? Wq : Rq, nb, H, K, u, far);
-    recurrent_block(z, G, a, K, ws + (input ? L.wp : L.rp), nb, H, K, u, far);
+      if (bf16_panels)
+        return recurrent_block_bf16(z, G, a, K, input ? Wq : Rq, nb, H, K, u, c0, c1, far);
+    recurrent_block(z, G, a, K, ws + (input ? L.wp : L.rp), nb, H, K, u, c0, c1, far);
   };
 
+  const bool rotate = B < kRotateRows;
   const int64_t chunk = training ? std::max<int64_t>(s.K, 1) : inference_chunk(B);
   const int64_t sub = steps_for_rows(kTeamInputRows, B);  // steps a team_input product covers
   for (int64_t k0 = 0; k0 < s.K; k0 += chunk) {
@@ -408,7 +423,8 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
       for (int64_t r = 0; r < n; ++r)
         for (int64_t g = 0; g < 4; ++g)
           std::fill(z + r * G + g * H + j0, z + r * G + g * H + j1, S(0));
-      for (int64_t u = u0; u < u1; ++u) block_product(z, xin + (s.offset[k] - r0) * I, n, u, true);
+      for (int64_t u = u0; u < u1; ++u)
+        block_product(z, xin + (s.offset[k] - r0) * I, n, u, 0, I, true);
     };
 
     dispatch(
@@ -422,9 +438,14 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
           if (packed) {
             // Each thread owns a range of unit blocks for the whole chunk: it
             // packs them (in the first chunk), computes their products, gate
-            // pass and outputs; one barrier a step, since step k+1 reads all
-            // of h_k. Later chunks read blocks other threads packed: the
-            // end of a team is a synchronisation point.
+            // pass and outputs. Step k+1 reads all of h_k, the others' part
+            // once they have finished step k (Barrier::wait_finished). With
+            // rotate, each block sums over h's columns from its own first
+            // unit on, round to it again, so a thread starts on the columns
+            // it wrote itself while the others may still be finishing (the
+            // order depends on the block alone: the same bits at any thread
+            // count). Later chunks read blocks other threads packed: the end
+            // of a team is a synchronisation point.
             parallel_team(int(std::min<int64_t>(blocks, team_size(s.batch[k0], H, O))),
                           [&](int t, int n, Barrier& barrier) {
                             const int64_t u0 = blocks * t / n, u1 = blocks * (t + 1) / n;
@@ -441,19 +462,32 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
                               // Block by block, each block's gate pass right after
                               // its product: the pass's chains of exp and division
                               // then run while the next block's product does.
+                              // Rotated, columns [a, j1) and [j0, a) are this
+                              // thread's, [j1, O) and [0, j0) the others'. hout
+                              // (the buffer they read in step k - 1) is written
+                              // after the wait.
                               for (int64_t u = u0; u < u1; ++u) {
-                                block_product(z_at(k), hin, nb, u);
-                                cells(k, hout, u * kPanel<S>, std::min(H, (u + 1) * kPanel<S>));
+                                const int64_t a = u * kPanel<S>;
+                                if (rotate) {
+                                  block_product(z_at(k), hin, nb, u, a, j1);
+                                  if (u == u0) barrier.wait_finished(k - k0);
+                                  block_product(z_at(k), hin, nb, u, j1, O);
+                                  block_product(z_at(k), hin, nb, u, 0, j0);
+                                  block_product(z_at(k), hin, nb, u, j0, a);
+                                } else {
+                                  if (u == u0) barrier.wait_finished(k - k0);
+                                  block_product(z_at(k), hin, nb, u, 0, O);
+                                }
+                                cells(k, hout, a, std::min(H, a + kPanel<S>));
                               }
                               scatter_step(y, hout, s, k, B, O, j0, j1);
                               if (cell_states)
                                 scatter_step(cell_states, c_at(k), s, k, B, H, j0, j1);
+                              barrier.finished(t, k - k0 + 1);
                               // The next steps' input products need nothing
-                              // the other threads write: while they arrive.
-                              const uint32_t phase = barrier.arrive();
+                              // the other threads write.
                               if (team_input && (k + 1 - k0) % sub == 0 && k + 1 < k1)
                                 input_products(k + 1, std::min(k1, k + 1 + sub), u0, u1);
-                              barrier.wait(phase);
                             }
                           });
             return;
@@ -528,8 +562,8 @@ void lstm_backward(S* dx, S* dh0, S* dc0, const Grads<S>& g, S* scr, In<S> ws, I
         };
         if (packed) {
           // Each thread owns a range of units and the same columns of dh
-          // (O = H): its gate pass, then its columns of dz R once all of dz
-          // is there. One barrier a step.
+          // (O = H): its gate pass, then its columns of dz R once the others
+          // have finished theirs (all of dz is there).
           const int64_t blocks = recurrent_blocks<S>(H), K = s.K;
           parallel_team(
               int(std::min<int64_t>(blocks, team_size(s.batch[0], H, O))),
@@ -548,22 +582,24 @@ void lstm_backward(S* dx, S* dh0, S* dc0, const Grads<S>& g, S* scr, In<S> ws, I
                   const int64_t r0 = s.offset[k], rows = s.offset[ke] - r0;
                   for (int64_t r = r0; r < r0 + rows; ++r)
                     std::fill(dXp + r * I + i0, dXp + r * I + i1, S(0));
-                  column_product(dXp + r0 * I, I, dZ + r0 * G, G, scr + BL.wb, rows, G, i0, i1,
-                                 far);
+                  column_product(dXp + r0 * I, I, dZ + r0 * G, G, scr + BL.wb, rows, G, 0, G, i0,
+                                 i1, far);
                 };
                 for (int64_t k = K - 1; k >= 0; --k) {
                   const int64_t nb = s.batch[k];
                   add_dy(k, j0, j1);
                   cells(k, dh, j0, j1);
                   // dz of the steps after k is whole: their dx while the
-                  // other threads arrive (chunks of dsub steps from the top).
-                  const uint32_t phase = barrier.arrive();
+                  // other threads finish this step (chunks of dsub steps
+                  // from the top).
+                  barrier.finished(t, K - k);
                   if (team_dx && k + 1 < K && (K - k - 1) % dsub == 0)
                     dx_rows(k + 1, std::min(K, k + 1 + dsub));
-                  barrier.wait(phase);
+                  barrier.wait_finished(K - k);
                   for (int64_t j = 0; j < nb; ++j)
                     std::fill(dh + j * O + j0, dh + j * O + j1, S(0));
-                  column_product(dh, O, dZ + s.offset[k] * G, G, scr + BL.rb, nb, G, j0, j1, far);
+                  column_product(dh, O, dZ + s.offset[k] * G, G, scr + BL.rb, nb, G, 0, G, j0, j1,
+                                 far);
                 }
                 if (team_dx) dx_rows(0, K - (K - 1) / dsub * dsub);
               });

@@ -180,6 +180,8 @@ std::shared_ptr<Pool> pool() {
 
 void parallel_for(int64_t n, const std::function<void(int64_t)>& fn) { pool()->run(n, fn); }
 
+Barrier::Barrier(int n) : n_(n), counts_(new Count[size_t(std::max(n, 1))]) {}
+
 uint32_t Barrier::arrive() {
   if (n_ == 1) return 0;
   const uint32_t phase = phase_.load(std::memory_order_acquire);
@@ -190,17 +192,33 @@ uint32_t Barrier::arrive() {
   return phase;
 }
 
-void Barrier::wait(uint32_t phase) {
-  if (n_ == 1) return;
-  // Spin for a few microseconds (a step of a small LSTM is about that long),
-  // then give the core away: on a busy machine a spinning thread could keep
-  // the one it waits for off the core.
-  for (int spins = 0; phase_.load(std::memory_order_acquire) == phase; ++spins) {
+// Spins for a few microseconds (a step of a small LSTM is about that long)
+// until done(), then gives the core away between tries: on a busy machine a
+// spinning thread could keep the one it waits for off the core.
+namespace {
+template <typename Pred>
+void team_wait(Pred done) {
+  for (int spins = 0; !done(); ++spins) {
     if (spins < 4000)
       cpu_relax();
     else
       std::this_thread::yield();
   }
+}
+}  // namespace
+
+void Barrier::wait(uint32_t phase) {
+  if (n_ == 1) return;
+  team_wait([&] { return phase_.load(std::memory_order_acquire) != phase; });
+}
+
+void Barrier::finished(int t, int64_t steps) {
+  counts_[size_t(t)].steps.store(steps, std::memory_order_release);
+}
+
+void Barrier::wait_finished(int64_t steps) {
+  for (int t = 0; t < n_; ++t)
+    team_wait([&] { return counts_[size_t(t)].steps.load(std::memory_order_acquire) >= steps; });
 }
 
 void parallel_team(int want, const std::function<void(int, int, Barrier&)>& fn) {

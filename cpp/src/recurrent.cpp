@@ -563,12 +563,14 @@ void pack_columns(S* Bp, const S* B, int64_t K, int64_t N, int64_t p) {
   }
 }
 
-// Bp's elements: S, or bfloat16 (B = uint16_t, S = float; AVX-512 only).
+// z += a[:, k0:k1] Bp[:, k0:k1, :] over ng panels of K rows each. Bp's
+// elements: S, or bfloat16 (B = uint16_t, S = float; AVX-512 only).
 // fetch_ahead: the AVX-512 kernel fetches each next panel while it computes
 // one (recurrent.h).
 template <typename S, typename B = S>
 void panel_product(S* z, int64_t ldz, int64_t zs, const S* a, int64_t lda, const B* Bp, int64_t nb,
-                   int64_t K, int ng, const int64_t* width, bool fetch_ahead) {
+                   int64_t K, int64_t k0, int64_t k1, int ng, const int64_t* width,
+                   bool fetch_ahead) {
 #ifdef LSTM_EXT_HAVE_X86_KERNELS
   // In chunks of kChunk along k, so that the chunk of the panels (256 KiB,
   // half of a Zen 3 core's L2) stays in L2 while every group of rows passes
@@ -578,40 +580,42 @@ void panel_product(S* z, int64_t ldz, int64_t zs, const S* a, int64_t lda, const
   const Isa isa = cpu_isa();
   if (isa == Isa::kNone)
     throw std::logic_error("lstm_ext: this CPU has no packed recurrent kernel (AVX2 and FMA)");
-  for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
-    const int64_t kc = std::min(kChunk, K - k0);
+  for (int64_t c = k0; c < k1; c += kChunk) {
+    const int64_t kc = std::min(kChunk, k1 - c);
     if (isa == Isa::kAvx512)
-      panels_avx512(z, ldz, zs, a + k0, lda, Bp + k0 * P, K * P, nb, kc, ng, width, fetch_ahead,
-                    fetch_ahead && k0 + kc < K ? Bp + (k0 + kc) * P : nullptr);
+      panels_avx512(z, ldz, zs, a + c, lda, Bp + c * P, K * P, nb, kc, ng, width, fetch_ahead,
+                    fetch_ahead && c + kc < k1 ? Bp + (c + kc) * P : nullptr);
     else if constexpr (std::is_same_v<B, S>)
-      panels_avx2(z, ldz, zs, a + k0, lda, Bp + k0 * P, K * P, nb, kc, ng, width);
+      panels_avx2(z, ldz, zs, a + c, lda, Bp + c * P, K * P, nb, kc, ng, width);
     else
       throw std::logic_error("lstm_ext: bfloat16 panels need the AVX-512F kernel");
   }
 #else
-  (void)z, (void)ldz, (void)zs, (void)a, (void)lda, (void)Bp, (void)nb, (void)K, (void)ng,
-      (void)width, (void)fetch_ahead;
+  (void)z, (void)ldz, (void)zs, (void)a, (void)lda, (void)Bp, (void)nb, (void)K, (void)k0, (void)k1,
+      (void)ng, (void)width, (void)fetch_ahead;
   throw std::logic_error("lstm_ext: the packed recurrent kernel is not compiled in");
 #endif
 }
 
 template <typename S>
 void recurrent_block(S* z, int64_t ldz, const S* h, int64_t ldh, const S* Rp, int64_t nb, int64_t H,
-                     int64_t O, int64_t u, bool fetch_ahead) {
+                     int64_t O, int64_t u, int64_t k0, int64_t k1, bool fetch_ahead) {
   constexpr int64_t P = kPanel<S>;
   const int64_t w = std::min(P, H - u * P), width[4] = {w, w, w, w};
-  panel_product(z + u * P, ldz, H, h, ldh, Rp + u * 4 * O * P, nb, O, 4, width, fetch_ahead);
+  panel_product(z + u * P, ldz, H, h, ldh, Rp + u * 4 * O * P, nb, O, k0, k1, 4, width,
+                fetch_ahead);
 }
 
 template <typename S>
 void column_product(S* z, int64_t ldz, const S* a, int64_t lda, const S* Bp, int64_t nb, int64_t K,
-                    int64_t c0, int64_t c1, bool fetch_ahead) {
+                    int64_t k0, int64_t k1, int64_t c0, int64_t c1, bool fetch_ahead) {
   constexpr int64_t P = kPanel<S>;
   for (int64_t c = c0; c < c1; c += 4 * P) {
     int64_t width[4];
     int ng = 0;
     for (; ng < 4 && c + ng * P < c1; ++ng) width[ng] = std::min(P, c1 - c - ng * P);
-    panel_product(z + c, ldz, P, a, lda, Bp + (c / P) * K * P, nb, K, ng, width, fetch_ahead);
+    panel_product(z + c, ldz, P, a, lda, Bp + (c / P) * K * P, nb, K, k0, k1, ng, width,
+                  fetch_ahead);
   }
 }
 
@@ -666,20 +670,22 @@ void pack_recurrent_block_bf16(uint16_t* Rq, const float* R, int64_t H, int64_t 
 }
 
 void recurrent_block_bf16(float* z, int64_t ldz, const float* h, int64_t ldh, const uint16_t* Rq,
-                          int64_t nb, int64_t H, int64_t O, int64_t u, bool fetch_ahead) {
+                          int64_t nb, int64_t H, int64_t O, int64_t u, int64_t k0, int64_t k1,
+                          bool fetch_ahead) {
   constexpr int64_t P = kPanel<float>;
   const int64_t w = std::min(P, H - u * P), width[4] = {w, w, w, w};
-  panel_product(z + u * P, ldz, H, h, ldh, Rq + u * 4 * O * P, nb, O, 4, width, fetch_ahead);
+  panel_product(z + u * P, ldz, H, h, ldh, Rq + u * 4 * O * P, nb, O, k0, k1, 4, width,
+                fetch_ahead);
 }
 
 #define LSTM_EXT_INSTANTIATE(S)                                                                \
   template int64_t packed_recurrent_size<S>(int64_t, int64_t);                                 \
   template void pack_recurrent_block<S>(S*, const S*, int64_t, int64_t, int64_t);              \
   template void recurrent_block<S>(S*, int64_t, const S*, int64_t, const S*, int64_t, int64_t, \
-                                   int64_t, int64_t, bool);                                    \
+                                   int64_t, int64_t, int64_t, int64_t, bool);                  \
   template void pack_columns<S>(S*, const S*, int64_t, int64_t, int64_t);                      \
   template void column_product<S>(S*, int64_t, const S*, int64_t, const S*, int64_t, int64_t,  \
-                                  int64_t, int64_t, bool);
+                                  int64_t, int64_t, int64_t, int64_t, bool);
 LSTM_EXT_INSTANTIATE(float)
 LSTM_EXT_INSTANTIATE(double)
 

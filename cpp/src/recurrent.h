@@ -6,10 +6,13 @@
 // of [O,kPanel] (k-major, so one k is two 512-bit or four 256-bit vectors),
 // zero past H:
 //   Rp [blocks,4,O,kPanel],  Rp[u][g][k][c] = R[g*H + u*kPanel + c][k]
-// Every element of z is its entry value plus h[n][k] * R[q][k] for k = 0, 1,
-// ..., O-1, one fused multiply-add at a time in that order, whatever the
-// batch, the block or the thread: the same bits at any thread count, and
-// with the AVX-512F kernel or the AVX2+FMA one (whichever the CPU has).
+// A call sums over the columns [k0, k1) of h: every element of z becomes its
+// entry value plus h[n][k] * R[q][k] for k = k0, k0 + 1, ..., k1 - 1, one
+// fused multiply-add at a time in that order, whatever the batch, the block
+// or the thread: the same bits at any thread count, and with the AVX-512F
+// kernel or the AVX2+FMA one (whichever the CPU has). A caller sums in
+// another order by calls over consecutive ranges, as the team's step does
+// (lstm.cpp: each block from its own columns on).
 // Internal: not installed.
 #pragma once
 
@@ -37,8 +40,9 @@ int64_t packed_recurrent_size(int64_t H, int64_t O);
 template <typename S>
 void pack_recurrent_block(S* Rp, const S* R, int64_t H, int64_t O, int64_t u);
 
-// z[n][g*H + j] += sum_k h[n][k] R[g*H + j][k] for n < nb, the four gates g
-// and the units j of block u. z [nb,ldz] (ldz >= 4H), h [nb,ldh] (ldh >= O).
+// z[n][g*H + j] += sum_k h[n][k] R[g*H + j][k] for n < nb, k in [k0, k1), the
+// four gates g and the units j of block u. z [nb,ldz] (ldz >= 4H), h [nb,ldh]
+// (ldh >= O), 0 <= k0 <= k1 <= O.
 // Needs packed_recurrent_enabled() (throws std::logic_error where it is not
 // compiled in).
 // fetch_ahead, for panels that come from L3 or memory (weights too large to
@@ -48,19 +52,19 @@ void pack_recurrent_block(S* Rp, const S* R, int64_t H, int64_t O, int64_t u);
 // cost 2-3 % (dev/perf-notes.md, 38).
 template <typename S>
 void recurrent_block(S* z, int64_t ldz, const S* h, int64_t ldh, const S* Rp, int64_t nb, int64_t H,
-                     int64_t O, int64_t u, bool fetch_ahead);
+                     int64_t O, int64_t u, int64_t k0, int64_t k1, bool fetch_ahead);
 
 // The same kernel for a product with a long inner dimension, as backward's
 // dL/dh = dz R ([nb,4H] x [4H,O]): B [K,N] packed in panels of kPanel columns,
 //   Bp [ceil(N/kPanel),K,kPanel],  Bp[p][k][c] = B[k][p*kPanel + c]  (0 past N)
 // pack_columns fills panel p. column_product computes columns [c0, c1) of
-//   z[nb,ldz] += a[nb,lda] B,   c0 a multiple of kPanel, summing over k in order
-// (fetch_ahead as for recurrent_block).
+//   z[nb,ldz] += a[:, k0:k1] B[k0:k1, :],   c0 a multiple of kPanel,
+// summing over k = k0, ..., k1 - 1 in order (fetch_ahead as for recurrent_block).
 template <typename S>
 void pack_columns(S* Bp, const S* B, int64_t K, int64_t N, int64_t p);
 template <typename S>
 void column_product(S* z, int64_t ldz, const S* a, int64_t lda, const S* Bp, int64_t nb, int64_t K,
-                    int64_t c0, int64_t c1, bool fetch_ahead);
+                    int64_t k0, int64_t k1, int64_t c0, int64_t c1, bool fetch_ahead);
 
 // bfloat16 weights (Config::bf16_weights). round_to_bf16: dst[i] = src[i]
 // rounded to bfloat16 (to nearest, ties to even; a NaN stays a quiet NaN), as
@@ -79,7 +83,8 @@ bool packed_bf16_enabled();
 int64_t packed_recurrent_bf16_size(int64_t H, int64_t O);  // uint16_t elements
 void pack_recurrent_block_bf16(uint16_t* Rq, const float* R, int64_t H, int64_t O, int64_t u);
 void recurrent_block_bf16(float* z, int64_t ldz, const float* h, int64_t ldh, const uint16_t* Rq,
-                          int64_t nb, int64_t H, int64_t O, int64_t u, bool fetch_ahead);
+                          int64_t nb, int64_t H, int64_t O, int64_t u, int64_t k0, int64_t k1,
+                          bool fetch_ahead);
 
 }  // namespace detail
 }  // namespace lstm_ext
