@@ -42,28 +42,27 @@ struct Problem {
     fill(b, size_t(4 * H), 0.5);
   }
   lstm_ext::Weights<S> weights() const { return {W.data(), R.data(), b.data()}; }
-  // y [T,B,H] of an inference forward.
-  std::vector<S> forward() const {
+  // y [T,B,H] of an inference forward, or with ws of a training forward
+  // (its workspace left in *ws).
+  std::vector<S> forward(std::vector<S>* ws = nullptr) const {
     const Config& c = cfg;
-    std::vector<S> y(size_t(c.T * c.B * c.H)), h(size_t(c.B * c.H)), cc(h.size()),
-        ws(size_t(lstm_ext::forward_workspace_size(c, false)));
-    lstm_ext::lstm_forward(y.data(), h.data(), cc.data(), nullptr, ws.data(), x.data(), nullptr,
-                           nullptr, weights(), c, false);
+    std::vector<S> y(size_t(c.T * c.B * c.H)), h(size_t(c.B * c.H)), cc(h.size()), own;
+    std::vector<S>& work = ws ? *ws : own;
+    work.resize(size_t(lstm_ext::forward_workspace_size(c, ws != nullptr)));
+    lstm_ext::lstm_forward(y.data(), h.data(), cc.data(), nullptr, work.data(), x.data(), nullptr,
+                           nullptr, weights(), c, ws != nullptr);
     return y;
   }
   // y, dx, dW, dR and db of a training forward and its backward (dy = y),
   // one after another.
   std::vector<S> gradients() const {
-    const Config& c = cfg;
-    std::vector<S> y(size_t(c.T * c.B * c.H)), h(size_t(c.B * c.H)), cc(h.size()),
-        ws(size_t(lstm_ext::forward_workspace_size(c, true)));
-    lstm_ext::lstm_forward(y.data(), h.data(), cc.data(), nullptr, ws.data(), x.data(), nullptr,
-                           nullptr, weights(), c, true);
-    std::vector<S> dx(x.size()), dW(W.size()), dR(R.size()), db(b.size()), dh0(h.size()),
-        dc0(h.size()), scratch(size_t(lstm_ext::backward_scratch_size(c)));
+    std::vector<S> ws, y = forward(&ws);
+    std::vector<S> dx(x.size()), dW(W.size()), dR(R.size()), db(b.size()),
+        dh0(size_t(cfg.B * cfg.H)), dc0(dh0.size()),
+        scratch(size_t(lstm_ext::backward_scratch_size(cfg)));
     lstm_ext::lstm_backward(dx.data(), dh0.data(), dc0.data(), {dW.data(), dR.data(), db.data()},
                             scratch.data(), ws.data(), x.data(), y.data(), nullptr, nullptr,
-                            weights(), c);
+                            weights(), cfg);
     for (const auto* v : {&dx, &dW, &dR, &db}) y.insert(y.end(), v->begin(), v->end());
     return y;
   }
