@@ -260,14 +260,17 @@ def w_packed(I, H):
 def workspace_bytes(rng, case):
     """The training cache's workspace in bytes, and lstm.h's formula for it
     (no lengths, no projection, float32): 4·(6·T·B·H + 7·B·H + 4·H·32⌈H/32⌉),
-    plus 4·4·I·32⌈H/32⌉ where W is packed too."""
+    plus 4·(4·I·32⌈H/32⌉ + 4·H·32(⌈H/32⌉ + ⌈I/32⌉)) where W is packed too
+    (and R and W packed by columns for backward, which then needs no copy of
+    them)."""
     T, B, I, H = case
     p = problem(rng, T, B, I, H)
     cache = lstm_ext.forward(p["x"], p["W"], p["R"], p["b"]).cache
-    copies = sum(p[k].nbytes for k in ("x", "W", "R", "b"))  # the cache's private copies
+    copied = ("x", "b") if w_packed(I, H) else ("x", "W", "R", "b")
+    copies = sum(p[k].nbytes for k in copied)  # the cache's private copies
     packed = 4 * 32 * -(-H // 32)  # R (and W where w_packed) packed in blocks of 32 units
-    packed_w = packed * I if w_packed(I, H) else 0
-    return cache.nbytes - copies, 4 * (6 * T * B * H + 7 * B * H + packed * H + packed_w)
+    kept = packed * I + 4 * H * 32 * (-(-H // 32) + -(-I // 32)) if w_packed(I, H) else 0
+    return cache.nbytes - copies, 4 * (6 * T * B * H + 7 * B * H + packed * H + kept)
 
 
 def optional_import(name):
@@ -405,9 +408,9 @@ def main():
                   f"{r['max_abs_y']:.2f})")  # fmt: skip
         for case, (got, formula) in extra["workspace"].items():
             _, _, i, h = (int(v) for v in case.split(","))
-            packed_w = " + 4I·32⌈H/32⌉" if w_packed(i, h) else ""
+            kept = " + 4I·32⌈H/32⌉ + 4H·32(⌈H/32⌉ + ⌈I/32⌉)" if w_packed(i, h) else ""
             print(f"training workspace ({case}): {got:,} bytes; "
-                  f"formula 4·(6TBH + 7BH + 4H·32⌈H/32⌉{packed_w}) = {formula:,}")  # fmt: skip
+                  f"formula 4·(6TBH + 7BH + 4H·32⌈H/32⌉{kept}) = {formula:,}")  # fmt: skip
 
     if args.json:
         with open(args.json, "w") as f:

@@ -134,6 +134,29 @@ def test_paths_agree(rng):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("I, H", [(24, 96), (520, 512)])  # W and R kept in the workspace, or not
+def test_backward_on_the_other_path(rng, I, H):
+    """Where a training forward keeps W and R packed (lstm.h's
+    training_keeps_weights), the BLAS path's backward reads them unpacked: the
+    path may change between forward and backward (set_packed_recurrent)."""
+    if not HAS_PACKED:
+        pytest.skip("this CPU has neither AVX-512F nor AVX2+FMA: only the BLAS path runs here")
+    p, _ = features_problem(rng, 3, 2, I, H, np.float64)
+    args = [p[k] for k in ("x", "W", "R", "b", "h0", "c0")]
+    grads = {}
+    for fwd_on, bwd_on in [(True, True), (True, False), (False, True), (False, False)]:
+        before = _core.set_packed_recurrent(fwd_on)
+        try:
+            f = lstm_ext.forward(*args)
+            _core.set_packed_recurrent(bwd_on)
+            grads[fwd_on, bwd_on] = lstm_ext.backward(f.cache, p["dy"], p["dh"], p["dc"])[:6]
+        finally:
+            _core.set_packed_recurrent(before)
+    for key, got in grads.items():
+        for name, a, b in zip(lstm_ext.GradResult._fields, grads[True, True], got, strict=False):
+            np.testing.assert_allclose(b, a, rtol=1e-11, atol=1e-12, err_msg=f"{name} {key}")
+
+
 # The AVX-512F and AVX2 kernels promise the same bits (recurrent.h), and
 # bfloat16 weights the float32 result on rounded weights with either (the
 # AVX2 kernel reads float copies). LSTM_EXT_PACKED_KERNEL=avx2 runs the AVX2

@@ -35,18 +35,21 @@ def w_packed(I, H):
 
 def documented_training_workspace(T, B, H, I=0):
     """lstm.h: training without lengths or projection takes
-    6TBH + 7BH + 4H*32*ceil(H/32) elements, and 4I*32*ceil(H/32) more where
-    4H(I+H) <= 2^21 (W packed)."""
+    6TBH + 7BH + 4H*32*ceil(H/32) elements; where 4H(I+H) <= 2^21,
+    4I*32*ceil(H/32) more (W packed) and 4H*32*(ceil(H/32) + ceil(I/32)) (R and
+    W packed by columns for backward: training_keeps_weights)."""
     packed = 4 * 32 * -(-H // 32)
-    return 6 * T * B * H + 7 * B * H + packed * H + (packed * I if w_packed(I, H) else 0)
+    base = 6 * T * B * H + 7 * B * H + packed * H
+    if not w_packed(I, H):
+        return base
+    return base + packed * I + 4 * H * 32 * (-(-H // 32) + -(-I // 32))
 
 
 def documented_backward_scratch(T, B, H, I):
-    """lstm.h: backward without lengths or projection takes 4TBH + 2BH +
-    4H*32*ceil(H/32) elements, and 4H*32*ceil(I/32) more where 4H(I+H) <= 2^21
-    (W packed by columns)."""
-    columns_w = -(-I // 32) if w_packed(I, H) else 0
-    return 4 * T * B * H + 2 * B * H + 4 * H * 32 * (-(-H // 32) + columns_w)
+    """lstm.h: backward without lengths or projection takes 4TBH + 2BH
+    elements, and 4H*32*ceil(H/32) more (R packed by columns) where
+    4H(I+H) > 2^21 (smaller weights come packed in the workspace)."""
+    return 4 * T * B * H + 2 * B * H + (0 if w_packed(I, H) else 4 * H * 32 * -(-H // 32))
 
 
 SMALL_AND_LARGE = [(1, 9, 40), (5, 9, 40), (64, 9, 40), (64, 512, 512), (2, 513, 512),
@@ -58,8 +61,7 @@ def test_workspace_holds_w_packed_where_the_weights_are_small(B, I, H):
     # (64,512,512) is at the bound 4H(I+H) = 2^21, (513,512) and (1024,1024) past it.
     got = _core.forward_workspace_size(7, B, I, H)
     assert got == documented_training_workspace(7, B, H, I)
-    without_w = documented_training_workspace(7, B, H)
-    assert (got > without_w) == w_packed(I, H)
+    assert (got > 6 * 7 * B * H + 7 * B * H + 4 * 32 * -(-H // 32) * H) == w_packed(I, H)
 
 
 @pytest.mark.parametrize("B, I, H", SMALL_AND_LARGE)

@@ -159,11 +159,12 @@ void require_forward(const S* y, const S* hT, const S* cT, const S* ws, int64_t 
   require_weights(w, c);
 }
 
-// Every buffer lstm_backward needs, present.
+// Every buffer lstm_backward needs, present; weights_kept: the workspace
+// holds W and R (the CPU's training_keeps_weights), so w's may be null.
 template <typename S>
 void require_backward(const S* dx, const S* dh0, const S* dc0, const Grads<S>& g, const S* scr,
                       int64_t scr_size, const S* ws, int64_t ws_size, const S* x,
-                      const Weights<S>& w, const Config& c) {
+                      const Weights<S>& w, const Config& c, bool weights_kept = false) {
   const int64_t T = c.T, B = c.B, I = c.I, H = c.H, P = c.P, O = c.O(), G = 4 * H;
   require(dx, "dx", T * B * I);
   require(dh0, "dh0", B * O);
@@ -176,7 +177,7 @@ void require_backward(const S* dx, const S* dh0, const S* dc0, const Grads<S>& g
   require(scr, "scratch", scr_size);
   require(ws, "workspace", ws_size);
   require(x, "x", T * B * I);
-  require_weights(w, c);
+  if (!weights_kept) require_weights(w, c);
 }
 
 // Calls f(std::bool_constant<v0>{}, std::bool_constant<v1>{}, ...) for the

@@ -74,7 +74,7 @@ int64_t steps_for_rows(int64_t rows, int64_t B) {
 }
 
 struct ForwardLayout {
-  int64_t xp, z, c, hp, m, h, cs, zt, rp, wp, wq, total;
+  int64_t xp, z, c, hp, m, h, cs, zt, rp, wp, wq, rb, wb, total;
 };
 
 ForwardLayout forward_layout(const Config& c, bool training) {
@@ -96,6 +96,10 @@ ForwardLayout forward_layout(const Config& c, bool training) {
   L.wp = take(team_products(c) ? packed_recurrent_size<float>(c.H, c.I) : 0);
   // bf16_weights: [4H,I] W, [4H,O] R and [P,H] W_hr rounded.
   L.wq = take(c.bf16_weights ? add(mul(4 * c.H, add(c.I, c.O())), mul(c.P, c.H)) : 0);
+  // training_keeps_weights: R [4H,O] and W [4H,I] packed by columns for backward.
+  const bool keep = training && training_keeps_weights(c);
+  L.rb = take(keep ? packed_size(c) : 0);
+  L.wb = take(keep ? packed_recurrent_size<float>(c.I, c.H) : 0);
   L.total = take.used;
   return L;
 }
@@ -109,7 +113,7 @@ void check_bf16(const Config& c, bool training, bool is_float = true) {
 }
 
 struct BackwardLayout {
-  int64_t dz, dh_all, dm, dh, dc, dxp, rb, wb, total;
+  int64_t dz, dh_all, dm, dh, dc, dxp, rb, total;
 };
 
 BackwardLayout backward_layout(const Config& c) {
@@ -122,9 +126,8 @@ BackwardLayout backward_layout(const Config& c) {
   L.dh = take(mul(c.B, c.O()));                   // [B,O] running dL/dh
   L.dc = take(mul(c.B, c.H));                     // [B,H] running dL/dc
   L.dxp = take(gathers(c) ? mul(rows, c.I) : 0);  // [rows,I]
-  L.rb = take(c.P == 0 ? packed_size(c) : 0);     // R packed by columns (recurrent.h)
-  // With team_products, W [4H,I] packed by columns too: 4H*32*ceil(I/32).
-  L.wb = take(team_products(c) ? packed_recurrent_size<float>(c.I, c.H) : 0);
+  // R packed by columns (recurrent.h), unless the workspace keeps it.
+  L.rb = take(c.P == 0 && !training_keeps_weights(c) ? packed_size(c) : 0);
   L.total = take.used;
   return L;
 }
@@ -314,6 +317,8 @@ int team_size(int64_t nb, int64_t H, int64_t O) {
 
 }  // namespace
 
+bool training_keeps_weights(const Config& c) { return team_products(c); }
+
 int64_t forward_workspace_size(const Config& c, bool training) {
   check_config(c);
   check_bf16(c, training);
@@ -402,6 +407,18 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
     recurrent_block(z, G, a, K, ws + (input ? L.wp : L.rp), nb, H, K, u, c0, c1, far);
   };
 
+  // Training with small weights keeps R and W packed by columns for backward
+  // (training_keeps_weights): the panels [t/n, (t+1)/n) of each, for thread t
+  // of n; in the team where it runs (packing its own), else here.
+  const bool keep = training && training_keeps_weights(cfg);
+  auto keep_panels = [&](int64_t t, int64_t n) {
+    for (int64_t u = blocks * t / n; u < blocks * (t + 1) / n; ++u)
+      pack_columns(ws + L.rb, w.R, G, O, u);
+    const int64_t pi = (I + kPanel<S> - 1) / kPanel<S>;
+    for (int64_t p = pi * t / n; p < pi * (t + 1) / n; ++p) pack_columns(ws + L.wb, w.W, G, I, p);
+  };
+  if (keep && (!packed || s.K == 0)) keep_panels(0, 1);
+
   const bool rotate = B < kRotateRows;
   const int64_t chunk = training ? std::max<int64_t>(s.K, 1) : inference_chunk(B);
   const int64_t sub = steps_for_rows(kTeamInputRows, B);  // steps a team_input product covers
@@ -451,8 +468,10 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
                             const int64_t u0 = blocks * t / n, u1 = blocks * (t + 1) / n;
                             const int64_t j0 = std::min(H, u0 * kPanel<S>),
                                           j1 = std::min(H, u1 * kPanel<S>);
-                            if (k0 == 0)
+                            if (k0 == 0) {
                               for (int64_t u = u0; u < u1; ++u) pack_block(u);
+                              if (keep) keep_panels(t, n);
+                            }
                             if (team_input) input_products(k0, std::min(k1, k0 + sub), u0, u1);
                             for (int64_t k = k0; k < k1; ++k) {
                               const int64_t nb = s.batch[k];
@@ -524,7 +543,8 @@ void lstm_backward(S* dx, S* dh0, S* dc0, const Grads<S>& g, S* scr, In<S> ws, I
   const int64_t T = cfg.T, B = cfg.B, I = cfg.I, H = cfg.H, P = cfg.P, O = cfg.O(), G = 4 * H;
   const ForwardLayout L = forward_layout(cfg, true);
   const BackwardLayout BL = backward_layout(cfg);
-  require_backward<S>(dx, dh0, dc0, g, scr, BL.total, ws, L.total, x, w, cfg);
+  require_backward<S>(dx, dh0, dc0, g, scr, BL.total, ws, L.total, x, w, cfg,
+                      training_keeps_weights(cfg));
   const Schedule s = make_schedule(cfg);
   const S clip = S(cfg.clip);
 
@@ -549,7 +569,18 @@ void lstm_backward(S* dx, S* dh0, S* dc0, const Grads<S>& g, S* scr, In<S> ws, I
   };
   const bool packed = P == 0 && s.K > 0 && packed_recurrent_enabled();
   const bool team_dx = packed && team_products(cfg);  // dx by the kernel, not the BLAS
-  const bool far = large_weights(cfg);                // the kernel's fetch_ahead
+  // training_keeps_weights: R and W packed by columns in the workspace (the
+  // kernel's), else R packed here. The BLAS reads them unpacked into dW and
+  // dR, which the last products overwrite.
+  const bool keep = training_keeps_weights(cfg);
+  const S* Rb = keep ? ws + L.rb : scr + BL.rb;
+  const S *Wr = w.W, *Rr = w.R;
+  if (keep && !packed) {
+    unpack_columns(g.dR, ws + L.rb, G, O);
+    unpack_columns(g.dW, ws + L.wb, G, I);
+    Wr = g.dW, Rr = g.dR;
+  }
+  const bool far = large_weights(cfg);  // the kernel's fetch_ahead
   const int64_t dsub = steps_for_rows(kTeamDxRows, B);
   dispatch(
       [&](auto peep, auto clipped, auto coupled) {
@@ -570,20 +601,19 @@ void lstm_backward(S* dx, S* dh0, S* dc0, const Grads<S>& g, S* scr, In<S> ws, I
               [&](int t, int n, Barrier& barrier) {
                 const int64_t u0 = blocks * t / n, u1 = blocks * (t + 1) / n;
                 const int64_t j0 = std::min(H, u0 * kPanel<S>), j1 = std::min(H, u1 * kPanel<S>);
-                for (int64_t u = u0; u < u1; ++u) pack_columns(scr + BL.rb, w.R, G, O, u);
+                if (!keep)
+                  for (int64_t u = u0; u < u1; ++u) pack_columns(scr + BL.rb, w.R, G, O, u);
                 // team_dx: this thread's panels [p0, p1) of dx's columns.
                 const int64_t pi = (I + kPanel<S> - 1) / kPanel<S>, p0 = pi * t / n,
                               p1 = pi * (t + 1) / n;
                 const int64_t i0 = std::min(I, p0 * kPanel<S>), i1 = std::min(I, p1 * kPanel<S>);
-                if (team_dx)
-                  for (int64_t p = p0; p < p1; ++p) pack_columns(scr + BL.wb, w.W, G, I, p);
                 // dx [n,I] = dz W of steps [k, ke), columns [i0, i1).
                 auto dx_rows = [&](int64_t k, int64_t ke) {
                   const int64_t r0 = s.offset[k], rows = s.offset[ke] - r0;
                   for (int64_t r = r0; r < r0 + rows; ++r)
                     std::fill(dXp + r * I + i0, dXp + r * I + i1, S(0));
-                  column_product(dXp + r0 * I, I, dZ + r0 * G, G, scr + BL.wb, rows, G, 0, G, i0,
-                                 i1, far);
+                  column_product(dXp + r0 * I, I, dZ + r0 * G, G, ws + L.wb, rows, G, 0, G, i0, i1,
+                                 far);
                 };
                 for (int64_t k = K - 1; k >= 0; --k) {
                   const int64_t nb = s.batch[k];
@@ -598,8 +628,7 @@ void lstm_backward(S* dx, S* dh0, S* dc0, const Grads<S>& g, S* scr, In<S> ws, I
                   barrier.wait_finished(K - k);
                   for (int64_t j = 0; j < nb; ++j)
                     std::fill(dh + j * O + j0, dh + j * O + j1, S(0));
-                  column_product(dh, O, dZ + s.offset[k] * G, G, scr + BL.rb, nb, G, 0, G, j0, j1,
-                                 far);
+                  column_product(dh, O, dZ + s.offset[k] * G, G, Rb, nb, G, 0, G, j0, j1, far);
                 }
                 if (team_dx) dx_rows(0, K - (K - 1) / dsub * dsub);
               });
@@ -615,14 +644,14 @@ void lstm_backward(S* dx, S* dh0, S* dc0, const Grads<S>& g, S* scr, In<S> ws, I
             dmk = dm;
           }
           over_units(nb, H, [&](int64_t j0, int64_t j1) { cells(k, dmk, j0, j1); });
-          gemm(Op::N, Op::N, nb, O, G, S(1), dZ + s.offset[k] * G, G, w.R, O, S(0), dh,
+          gemm(Op::N, Op::N, nb, O, G, S(1), dZ + s.offset[k] * G, G, Rr, O, S(0), dh,
                O);  // dL/dh_{k-1} [nb,O]
         }
       },
       w.peephole != nullptr, cfg.clip > 0, cfg.input_forget);
 
   const int64_t N = s.N();
-  if (!team_dx) gemm(Op::N, Op::N, N, I, G, S(1), dZ, G, w.W, I, S(0), dXp, I);  // [N,I]
+  if (!team_dx) gemm(Op::N, Op::N, N, I, G, S(1), dZ, G, Wr, I, S(0), dXp, I);  // [N,I]
   if (gathers(cfg)) {
     std::fill(dx, dx + T * B * I, S(0));
     for (int64_t k = 0; k < s.K; ++k) scatter_step(dx, dXp + s.offset[k] * I, s, k, B, I);

@@ -563,6 +563,16 @@ void pack_columns(S* Bp, const S* B, int64_t K, int64_t N, int64_t p) {
   }
 }
 
+template <typename S>
+void unpack_columns(S* B, const S* Bp, int64_t K, int64_t N) {
+  constexpr int64_t P = kPanel<S>;
+  for (int64_t c0 = 0; c0 < N; c0 += P) {
+    const S* panel = Bp + (c0 / P) * K * P;
+    const int64_t w = std::min(P, N - c0);
+    for (int64_t k = 0; k < K; ++k) std::copy(panel + k * P, panel + k * P + w, B + k * N + c0);
+  }
+}
+
 // z += a[:, k0:k1] Bp[:, k0:k1, :] over ng panels of K rows each. Bp's
 // elements: S, or bfloat16 (B = uint16_t, S = float; AVX-512 only).
 // fetch_ahead: the AVX-512 kernel fetches each next panel while it computes
@@ -684,6 +694,7 @@ void recurrent_block_bf16(float* z, int64_t ldz, const float* h, int64_t ldh, co
   template void recurrent_block<S>(S*, int64_t, const S*, int64_t, const S*, int64_t, int64_t, \
                                    int64_t, int64_t, int64_t, int64_t, bool);                  \
   template void pack_columns<S>(S*, const S*, int64_t, int64_t, int64_t);                      \
+  template void unpack_columns<S>(S*, const S*, int64_t, int64_t);                             \
   template void column_product<S>(S*, int64_t, const S*, int64_t, const S*, int64_t, int64_t,  \
                                   int64_t, int64_t, int64_t, int64_t, bool);
 LSTM_EXT_INSTANTIATE(float)

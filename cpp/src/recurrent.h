@@ -62,6 +62,9 @@ void recurrent_block(S* z, int64_t ldz, const S* h, int64_t ldh, const S* Rp, in
 // summing over k = k0, ..., k1 - 1 in order (fetch_ahead as for recurrent_block).
 template <typename S>
 void pack_columns(S* Bp, const S* B, int64_t K, int64_t N, int64_t p);
+// B [K,N] back from all its panels.
+template <typename S>
+void unpack_columns(S* B, const S* Bp, int64_t K, int64_t N);
 template <typename S>
 void column_product(S* z, int64_t ldz, const S* a, int64_t lda, const S* Bp, int64_t nb, int64_t K,
                     int64_t k0, int64_t k1, int64_t c0, int64_t c1, bool fetch_ahead);

@@ -274,11 +274,20 @@ struct LayerArrays {
   }
 };
 
+// private_copies (a training forward's, for its cache): W and R copied only
+// where backward reads them, i.e. where the forward does not keep them packed
+// in its workspace (lstm_ext::training_keeps_weights; copying them took 10 of
+// the 150 us of a (100,1,128,128) training forward, dev/perf-notes.md 43).
 template <typename S>
 LayerArrays<S> layer_arrays(const LayerArgs& l, bool private_copies) {
-  if (private_copies)
-    return {private_copy<S>(l.W.a, l.W.original), private_copy<S>(l.R.a, l.R.original),
-            opt_private_copy<S>(l.b), opt_private_copy<S>(l.W_hr), opt_private_copy<S>(l.peephole)};
+  if (private_copies) {
+    const bool kept = lstm_ext::training_keeps_weights(l.cfg);
+    auto weight = [&](const Arg& a) {
+      return kept ? contiguous<S>(a.a) : private_copy<S>(a.a, a.original);
+    };
+    return {weight(l.W), weight(l.R), opt_private_copy<S>(l.b), opt_private_copy<S>(l.W_hr),
+            opt_private_copy<S>(l.peephole)};
+  }
   return {contiguous<S>(l.W.a), contiguous<S>(l.R.a), opt_contiguous<S>(l.b),
           opt_contiguous<S>(l.W_hr), opt_contiguous<S>(l.peephole)};
 }

@@ -18,7 +18,8 @@ using namespace lstm_ext_bind;  // NOLINT: the shared argument checks
 struct Cache {
   Config cfg;  // cfg.lengths is re-pointed at `lengths` for each call
   bool batch_first;
-  py::array x, W, R;             // x is [T,B,I]
+  py::array x;                   // [T,B,I]
+  py::object W, R;               // None where the workspace keeps them
   py::object b, W_hr, peephole;  // arrays, or None where forward had none
   py::array workspace;
   std::optional<py::array_t<int64_t>> lengths;
@@ -56,8 +57,10 @@ py::tuple forward_impl(ForwardArgs& f, bool batch_first, bool training, bool ret
   }
   py::object cache = py::none();
   if (training) {
-    cache = py::cast(Cache{cfg, batch_first, x, w.W, w.R, or_none_arr(w.b), or_none_arr(w.W_hr),
-                           or_none_arr(w.peephole), ws, lengths});
+    const bool kept = lstm_ext::training_keeps_weights(cfg);
+    cache = py::cast(Cache{cfg, batch_first, x, kept ? py::object(py::none()) : py::object(w.W),
+                           kept ? py::object(py::none()) : py::object(w.R), or_none_arr(w.b),
+                           or_none_arr(w.W_hr), or_none_arr(w.peephole), ws, lengths});
   }
   auto tb = [&](const py::array& a) { return batch_first ? swap01(a) : a; };
   return py::make_tuple(tb(y), hT, cT, cache, cs ? py::object(tb(*cs)) : py::object(py::none()));
@@ -209,10 +212,9 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("nbytes",
                              [](const Cache& c) {
                                py::ssize_t n = 0;
-                               for (const py::object* a : {&c.b, &c.W_hr, &c.peephole})
+                               for (const py::object* a : {&c.W, &c.R, &c.b, &c.W_hr, &c.peephole})
                                  if (!a->is_none()) n += a->cast<py::array>().nbytes();
-                               return n + c.x.nbytes() + c.W.nbytes() + c.R.nbytes() +
-                                      c.workspace.nbytes();
+                               return n + c.x.nbytes() + c.workspace.nbytes();
                              })
       .def("__repr__", [](const Cache& c) {
         return "<lstm_ext Cache T=" + std::to_string(c.cfg.T) + " B=" + std::to_string(c.cfg.B) +

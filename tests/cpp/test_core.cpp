@@ -170,6 +170,43 @@ TEST(Core, SameBitsAtAnyThreadCount) {
   lstm_ext::set_num_threads(before);
 }
 
+// Where the training forward keeps W and R (training_keeps_weights), backward
+// reads them from the workspace: null W and R, or other values there, give the
+// same gradients. Elsewhere backward needs them.
+TEST(Core, BackwardReadsTheWeightsTheForwardKept) {
+  Problem<double> p(6, 2, 10, 40);
+  ASSERT_TRUE(lstm_ext::training_keeps_weights(p.cfg));
+  const std::vector<double> want = p.gradients();
+  std::vector<double> ws;
+  const std::vector<double> y = p.forward(&ws);
+  const Config& c = p.cfg;
+  std::vector<double> dx(p.x.size()), dW(p.W.size()), dR(p.R.size()), db(p.b.size()),
+      dh0(size_t(c.B * c.H)), dc0(dh0.size()), scratch(size_t(lstm_ext::backward_scratch_size(c)));
+  const lstm_ext::Weights<double> no_W_R{nullptr, nullptr, p.b.data()};
+  lstm_ext::lstm_backward(dx.data(), dh0.data(), dc0.data(), {dW.data(), dR.data(), db.data()},
+                          scratch.data(), ws.data(), p.x.data(), y.data(), nullptr, nullptr, no_W_R,
+                          c);
+  std::vector<double> got = y;
+  for (const auto* v : {&dx, &dW, &dR, &db}) got.insert(got.end(), v->begin(), v->end());
+  EXPECT_EQ(got, want);
+
+  Config projected = c;
+  projected.P = 5;
+  EXPECT_FALSE(lstm_ext::training_keeps_weights(projected));
+  Problem<float> q(2, 1, 520, 512);  // 4H(I+H) > 2^21
+  ASSERT_FALSE(lstm_ext::training_keeps_weights(q.cfg));
+  std::vector<float> qws;
+  const std::vector<float> qy = q.forward(&qws);
+  std::vector<float> qdx(q.x.size()), qdW(q.W.size()), qdR(q.R.size()), qdb(q.b.size()), qdh(512),
+      qdc(512), qscratch(size_t(lstm_ext::backward_scratch_size(q.cfg)));
+  const lstm_ext::Weights<float> q_no_W_R{nullptr, nullptr, q.b.data()};
+  EXPECT_THROW(
+      lstm_ext::lstm_backward(qdx.data(), qdh.data(), qdc.data(),
+                              {qdW.data(), qdR.data(), qdb.data()}, qscratch.data(), qws.data(),
+                              q.x.data(), qy.data(), nullptr, nullptr, q_no_W_R, q.cfg),
+      std::invalid_argument);
+}
+
 // bf16_weights: the float result on weights rounded to bfloat16 first, bit
 // for bit (lstm.h), at 1, 3 and 16 rows (the kernel's code paths), across
 // thread counts; refused for training and for double.
@@ -218,12 +255,16 @@ Config sizes(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P = 0) {
 }
 
 // What lstm.h states for training without lengths or projection:
-// 6TBH + 7BH + 4H*32*ceil(H/32) elements, and 4I*32*ceil(H/32) more where
-// 4H(I+H) <= 2^21 (W packed).
+// 6TBH + 7BH + 4H*32*ceil(H/32) elements; where 4H(I+H) <= 2^21,
+// 4I*32*ceil(H/32) more (W packed) and 4H*32*(ceil(H/32) + ceil(I/32)) (R and
+// W packed by columns: training_keeps_weights).
 int64_t documented_training_workspace(const Config& c) {
   const int64_t packed = 4 * 32 * ((c.H + 31) / 32);
+  const int64_t by_columns = 4 * c.H * 32 * ((c.H + 31) / 32 + (c.I + 31) / 32);
   const bool small = 4 * c.H * (c.I + c.H) <= (int64_t(1) << 21);
-  return 6 * c.T * c.B * c.H + 7 * c.B * c.H + packed * c.H + (small ? packed * c.I : 0);
+  EXPECT_EQ(lstm_ext::training_keeps_weights(c), small) << c.I << " " << c.H;
+  return 6 * c.T * c.B * c.H + 7 * c.B * c.H + packed * c.H +
+         (small ? packed * c.I + by_columns : 0);
 }
 
 TEST(Sizes, WorkspaceSizesPast2To31AreExact) {

@@ -108,7 +108,9 @@ struct Grads {
 // Training without lengths or projection takes 6TBH + 7BH + 4H*32*ceil(H/32)
 // elements: gates [T,B,4H], cell states [T+1,B,H], h_{t-1} [T,B,H], h
 // [2,B,H], the gate-major product [4H,B] and the packed R; where 4H(I+O) <=
-// 2^21 add 4I*32*ceil(H/32), the packed W. With bf16_weights inference adds the
+// 2^21 add 4I*32*ceil(H/32), the packed W, and in training
+// 4H*32*(ceil(H/32) + ceil(I/32)), R and W packed by columns for backward
+// (training_keeps_weights). With bf16_weights inference adds the
 // rounded W, R and W_hr (4H(I+O) + PH elements); where the CPU has AVX-512F
 // the packed R and W hold bfloat16 panels (in the first half of their room).
 // Throws std::length_error, naming T, B, I, H and P, where a count's byte
@@ -122,10 +124,17 @@ inline int64_t inference_chunk(int64_t B) {
 int64_t forward_workspace_size(const Config& cfg, bool training);
 
 // Elements of the scratch backward needs. Without lengths or projection,
-// 4TBH + 2BH + 4H*32*ceil(H/32): the gates' gradients [T,B,4H], dL/dh and
-// dL/dc [B,H] and R packed by columns; where 4H(I+O) <= 2^21 add
-// 4H*32*ceil(I/32), W packed by columns (dx = dz W uses it).
+// 4TBH + 2BH: the gates' gradients [T,B,4H], dL/dh and dL/dc [B,H]; where
+// 4H(I+O) > 2^21 add 4H*32*ceil(H/32), R packed by columns (smaller weights
+// come packed in the workspace).
 int64_t backward_scratch_size(const Config& cfg);
+
+// Whether a training forward keeps R and W in its workspace, packed by
+// columns as backward's products read them: without a projection (P = 0)
+// and where 4H(I+O) <= 2^21. Backward then reads neither w.R nor w.W (they
+// may be null) and computes the gradient at the weights the forward used,
+// whatever happened to w's arrays since. Depends on the shape alone.
+bool training_keeps_weights(const Config& cfg);
 
 // Elements of the scratch step() needs.
 int64_t step_scratch_size(const Config& cfg);
@@ -146,8 +155,9 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* workspace,  //
                   const Weights<S>& w, const Config& cfg, bool training);
 
 // Backward through time, from the workspace of lstm_forward(training=true)
-// with the same x, w and cfg. The workspace is only read, so one forward can
-// serve several backward calls.
+// with the same x, w and cfg (where training_keeps_weights(cfg), w.W and w.R
+// are not read: the workspace holds them). The workspace is only read, so one
+// forward can serve several backward calls.
 //   dx        out [T,B,I]   (0 at steps past a sequence's end)
 //   dh0       out [B,O]
 //   dc0       out [B,H]
