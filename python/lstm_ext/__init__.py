@@ -206,8 +206,9 @@ def forward(
 
     Returns ``ForwardResult(y, h, c, cache)``, or ``ForwardResultWithCells(y,
     h, c, cache, cell_states)``. The cache holds private copies of x and the
-    weights, so changing those arrays afterwards does not change what
-    backward computes. Non-contiguous inputs are copied once. Raises
+    weights (W and R as backward's products read them, packed in the
+    workspace, where 4H(I+H) <= 2^21), so changing those arrays afterwards
+    does not change what backward computes. Non-contiguous inputs are copied once. Raises
     TypeError for a wrong dtype, ValueError for a wrong shape or value.
     """
     dev = check_device(device)
