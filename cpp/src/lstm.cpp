@@ -568,11 +568,11 @@ void lstm_backward(S* dx, S* dh0, S* dc0, const Grads<S>& g, S* scr, In<S> ws, I
       }
   };
   const bool packed = P == 0 && s.K > 0 && packed_recurrent_enabled();
-  const bool team_dx = packed && team_products(cfg);  // dx by the kernel, not the BLAS
   // training_keeps_weights: R and W packed by columns in the workspace (the
   // kernel's), else R packed here. The BLAS reads them unpacked into dW and
   // dR, which the last products overwrite.
   const bool keep = training_keeps_weights(cfg);
+  const bool team_dx = packed && keep;  // dx by the kernel on W kept packed, not the BLAS
   const S* Rb = keep ? ws + L.rb : scr + BL.rb;
   const S *Wr = w.W, *Rr = w.R;
   if (keep && !packed) {
@@ -715,7 +715,8 @@ void lstm_step(S* h_out, S* c_out, S* scr, In<S> x, In<S> h, In<S> c, const Weig
     };
     parallel_team(2, [&](int t, int n, Barrier& barrier) {
       for (int p = t; p < 2; p += n) products(p * 2 * H, (p + 1) * 2 * H);
-      barrier.wait();  // all of h read before h_out, which may alias it, is written
+      barrier.finished(t, 1);  // all of h read before h_out, which may alias it, is written
+      barrier.wait_finished(1);
       for (int p = t; p < 2; p += n) cells(cut[p], cut[p + 1]);
     });
     return;

@@ -182,16 +182,6 @@ void parallel_for(int64_t n, const std::function<void(int64_t)>& fn) { pool()->r
 
 Barrier::Barrier(int n) : n_(n), counts_(new Count[size_t(std::max(n, 1))]) {}
 
-uint32_t Barrier::arrive() {
-  if (n_ == 1) return 0;
-  const uint32_t phase = phase_.load(std::memory_order_acquire);
-  if (arrived_.fetch_add(1, std::memory_order_acq_rel) == n_ - 1) {
-    arrived_.store(0, std::memory_order_relaxed);
-    phase_.store(phase + 1, std::memory_order_release);
-  }
-  return phase;
-}
-
 // Spins for a few microseconds (a step of a small LSTM is about that long)
 // until done(), then gives the core away between tries: on a busy machine a
 // spinning thread could keep the one it waits for off the core.
@@ -206,11 +196,6 @@ void team_wait(Pred done) {
   }
 }
 }  // namespace
-
-void Barrier::wait(uint32_t phase) {
-  if (n_ == 1) return;
-  team_wait([&] { return phase_.load(std::memory_order_acquire) != phase; });
-}
 
 void Barrier::finished(int t, int64_t steps) {
   counts_[size_t(t)].steps.store(steps, std::memory_order_release);

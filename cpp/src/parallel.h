@@ -17,29 +17,23 @@ namespace lstm_ext {
 // several threads at once are safe (one runs on the pool, the others inline).
 void parallel_for(int64_t n, const std::function<void(int64_t)>& fn);
 
-// A barrier for the threads of one team: spins briefly, then yields. For
-// loops whose steps read only part of what the other threads write, each
-// thread also has a count of finished steps: finished(t, k) publishes thread
-// t's (what it wrote before is visible to whoever sees the count), and
-// wait_finished(k) returns once every thread's count is at least k, so that a
-// thread waits only where it reads the others' part, not at a step's end.
+// Synchronisation for the threads of one team: each thread has a count of
+// finished steps. finished(t, k) publishes thread t's (what it wrote before
+// is visible to whoever sees the count), and wait_finished(k) returns once
+// every thread's count is at least k (spinning briefly, then yielding), so
+// that a thread waits only where it reads the others' part of a step, not at
+// the step's end. finished(t, 1) then wait_finished(1) is a plain barrier.
 class Barrier {
  public:
   explicit Barrier(int n);
-  void wait() { wait(arrive()); }
   void finished(int t, int64_t steps);
   void wait_finished(int64_t steps);
 
  private:
-  uint32_t arrive();          // counts this thread in; returns the phase to wait out
-  void wait(uint32_t phase);  // returns once every thread has arrived in `phase`
-
   struct alignas(64) Count {  // a cache line each: the writer's alone
     std::atomic<int64_t> steps{0};
   };
   const int n_;
-  std::atomic<int> arrived_{0};
-  std::atomic<uint32_t> phase_{0};
   std::unique_ptr<Count[]> counts_;
 };
 
