@@ -37,8 +37,9 @@ BF16_CASES = [(100, 1, 128, 128), (100, 1, 512, 512), (100, 64, 512, 512)]  # fo
 GEMM_N = 2048
 WARM_UP_S = 0.3
 SLOW_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-ROW = "{:<18} {:>7} {:>9} {:>8} {:>6} {:>6} {:>9} {:>7} {:>9}"
-HEAD = ("case T,B,I,H", "pass", "ms", "GFLOP/s", "GEMM", "/GEMM", "torch ms", "speedup", "ORT ms")
+ROW = "{:<18} {:>7} {:>9} {:>8} {:>6} {:>6} {:>9} {:>7} {:>9} {:>5}"
+HEAD = ("case T,B,I,H", "pass", "ms", "GFLOP/s", "GEMM", "/GEMM", "torch ms", "speedup", "ORT ms",
+        "/ORT")  # fmt: skip
 
 
 def median_ms(fn, repeat):
@@ -88,6 +89,22 @@ def time_ours(p, repeat):
     return fwd, fwd_bwd
 
 
+def time_case(p, torch, ort, args):
+    """One round of a case: the GEMM rate, then ours, torch's and onnxruntime's
+    (fwd, fwd+bwd) times; None where a peer is missing."""
+    gemm = numpy_gemm_gflops(np.random.default_rng(1), args.repeat)
+    ours = time_ours(p, args.repeat)
+    theirs = time_torch(torch, p, args.repeat) if torch else (None, None)
+    ort_ms = (time_ort(ort, p, args.repeat, args.threads) if ort else None, None)
+    return gemm, ours, theirs, ort_ms
+
+
+def median_of(values):
+    """The median of the values, or None if any is None (a peer not installed)."""
+    values = list(values)
+    return None if any(v is None for v in values) else statistics.median(values)
+
+
 def time_torch(torch, p, repeat):
     """torch.nn.LSTM with the same weights; fwd+bwd takes every gradient ours does."""
     t = {k: torch.from_numpy(v) for k, v in p.items()}
@@ -134,8 +151,9 @@ def time_ort(ort, p, repeat, threads):
     return median_ms(lambda: session.run(None, feed), repeat)
 
 
-def time_stack(torch, rng, repeat):
-    """A 2-layer bidirectional nn.LSTM, ours and torch's, fwd and fwd+bwd."""
+def time_stack(torch, rng, repeat, rounds):
+    """A 2-layer bidirectional nn.LSTM, ours and torch's, fwd and fwd+bwd:
+    per round [gemm, ours fwd, ours fwd+bwd, torch fwd, torch fwd+bwd]."""
     T, B, I, H, layers = STACK
     ours = LSTM(I, H, layers, bidirectional=True, seed=0)
     x = rng.standard_normal((T, B, I), dtype=np.float32)
@@ -145,10 +163,21 @@ def time_stack(torch, rng, repeat):
         ours(x)
         ours.backward(dy)
 
-    ours.eval()
-    fwd = median_ms(lambda: ours(x), repeat)
-    ours.train()
-    result = [fwd, median_ms(ours_fwd_bwd, repeat), None, None]
+    def ours_fwd():
+        ours.eval()
+        ours(x)
+        ours.train()
+
+    def one_round():
+        gemm = numpy_gemm_gflops(np.random.default_rng(1), repeat)
+        times = [median_ms(ours_fwd, repeat), median_ms(ours_fwd_bwd, repeat)]
+        theirs = (
+            [median_ms(torch_fwd, repeat), median_ms(torch_fwd_bwd, repeat)]
+            if torch
+            else [None] * 2
+        )
+        return [gemm, *times, *theirs]
+
     if torch:
         t = torch.nn.LSTM(I, H, layers, bidirectional=True)
         xt, dyt = torch.from_numpy(x), torch.from_numpy(dy)
@@ -162,10 +191,9 @@ def time_stack(torch, rng, repeat):
             y, _ = t(xg)
             torch.autograd.grad(y, [xg, *t.parameters()], dyt)
 
-        result[2:] = median_ms(torch_fwd, repeat), median_ms(torch_fwd_bwd, repeat)
     # each layer and direction: 8*T*B*H*(I_layer + H)
     flop = 2 * 8 * T * B * H * ((I + H) + (layers - 1) * (2 * H + H))
-    return result, flop
+    return [one_round() for _ in range(rounds)], flop
 
 
 def time_ragged(rng, repeat):
@@ -302,6 +330,7 @@ def cpu_description():
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeat", type=int, default=5, help="timed calls per cell (median)")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of a case, the peers in turns")
     ap.add_argument("--sizes", choices=["all", "small"], default="all", help="small: first case")
     ap.add_argument("--threads", type=int, help="threads for torch and onnxruntime")
     ap.add_argument("--json", metavar="PATH", help="also write the results here")
@@ -342,36 +371,47 @@ def main():
         flop = 8 * T * B * H * (I + H)  # forward; backward is twice that
         # The GEMM rate again just before the case: the machine's load drifts
         # over a run, and the ratio should see the state the case ran in.
-        gemm_now = numpy_gemm_gflops(np.random.default_rng(1), args.repeat)
-        ours = time_ours(p, args.repeat)
-        torch_ms = time_torch(torch, p, args.repeat) if torch else (None, None)
-        ort_ms = (time_ort(ort, p, args.repeat, args.threads) if ort else None, None)
+        # Rounds of the GEMM, ours and the peers in turns; each ratio is the
+        # median of the rounds' own ratios, so that a change of the machine's
+        # state between rounds moves both sides of a ratio together.
+        rounds = [time_case(p, torch, ort, args) for _ in range(args.rounds)]
         for k, name in enumerate(("fwd", "fwd+bwd")):
-            ms, rate = ours[k], gflops((1, 3)[k] * flop, ours[k])
-            row = {"case": case, "pass": name, "ms": ms, "gflops": rate, "gemm_gflops": gemm_now}
-            row["gemm_ratio"] = rate / gemm_now
-            row.update(torch_ms=torch_ms[k], ort_ms=ort_ms[k])
-            row["speedup"] = torch_ms[k] / ms if torch_ms[k] else None
+            fk = (1, 3)[k] * flop
+            ms = median_of(r[1][k] for r in rounds)
+            row = {"case": case, "pass": name, "ms": ms, "gflops": gflops(fk, ms)}
+            row["gemm_gflops"] = median_of(r[0] for r in rounds)
+            row["gemm_ratio"] = median_of(gflops(fk, r[1][k]) / r[0] for r in rounds)
+            row["torch_ms"] = median_of(r[2][k] for r in rounds)
+            row["ort_ms"] = median_of(r[3][k] for r in rounds)
+            row["speedup"] = torch and median_of(r[2][k] / r[1][k] for r in rounds)
+            row["ort_ratio"] = row["ort_ms"] and median_of(r[1][k] / r[3][k] for r in rounds)
+            row["rounds"] = [dict(gemm_gflops=r[0], ms=r[1][k], torch_ms=r[2][k], ort_ms=r[3][k])
+                             for r in rounds]  # fmt: skip
             rows.append(row)
-            ours_cells = [f"{ms:.2f}", f"{rate:.1f}", f"{gemm_now:.0f}", f"{rate / gemm_now:.2f}"]
-            peer_cells = [
-                f"{v:.2f}" if v else "-" for v in (torch_ms[k], row["speedup"], ort_ms[k])
-            ]
-            print(ROW.format(",".join(map(str, case)), name, *ours_cells, *peer_cells), flush=True)
+            cells = [f"{ms:.2f}", f"{row['gflops']:.1f}", f"{row['gemm_gflops']:.0f}"]
+            cells += [f"{row['gemm_ratio']:.2f}"]
+            cells += [f"{row[c]:.2f}" if row[c] else "-" for c in ("torch_ms", "speedup")]
+            cells += [f"{row[c]:.2f}" if row[c] else "-" for c in ("ort_ms", "ort_ratio")]
+            print(ROW.format(",".join(map(str, case)), name, *cells), flush=True)
 
     stack = ragged = None
     if args.sizes == "all":
-        gemm_now = numpy_gemm_gflops(np.random.default_rng(1), args.repeat)
-        (ms_f, ms_fb, t_f, t_fb), flop = time_stack(torch, rng, args.repeat)
+        rounds, flop = time_stack(torch, rng, args.repeat, args.rounds)
         print(f"\n2-layer bidirectional, (T,B,I,H) = {STACK[:4]}")
-        print(ROW.format(*HEAD[:-1], ""))
+        print(ROW.format(*HEAD[:-2], "", ""))
         stack = []
-        for name, ms, tms, k in (("fwd", ms_f, t_f, 1), ("fwd+bwd", ms_fb, t_fb, 3)):
-            rate = gflops(k * flop, ms)
-            stack.append(dict(pass_=name, ms=ms, gflops=rate, gemm_gflops=gemm_now, torch_ms=tms))
-            cells = [f"{ms:.2f}", f"{rate:.1f}", f"{gemm_now:.0f}", f"{rate / gemm_now:.2f}"]
-            cells += [f"{tms:.2f}", f"{tms / ms:.2f}"] if tms else ["-", "-"]
-            print(ROW.format("stack", name, *cells, ""), flush=True)
+        for name, k in (("fwd", 0), ("fwd+bwd", 1)):
+            fk = (1, 3)[k] * flop
+            ms, tms = (median_of(r[c + k] for r in rounds) for c in (1, 3))
+            gemm_now = median_of(r[0] for r in rounds)
+            gemm_ratio = median_of(gflops(fk, r[1 + k]) / r[0] for r in rounds)
+            speedup = torch and median_of(r[3 + k] / r[1 + k] for r in rounds)
+            stack.append(dict(pass_=name, ms=ms, gflops=gflops(fk, ms), gemm_gflops=gemm_now,
+                              gemm_ratio=gemm_ratio, torch_ms=tms, speedup=speedup,
+                              rounds=[[r[0], r[1 + k], r[3 + k]] for r in rounds]))  # fmt: skip
+            cells = [f"{ms:.2f}", f"{gflops(fk, ms):.1f}", f"{gemm_now:.0f}", f"{gemm_ratio:.2f}"]
+            cells += [f"{tms:.2f}", f"{speedup:.2f}"] if tms else ["-", "-"]
+            print(ROW.format("stack", name, *cells, "", ""), flush=True)
         r_ms, p_ms, valid = time_ragged(rng, args.repeat)
         ragged = dict(ragged_ms=r_ms, padded_ms=p_ms, ratio=r_ms / p_ms, valid_fraction=valid)
         print(f"\nragged fwd+bwd, (T,B,I,H) = {RAGGED}, lengths uniform in [1,T]")
@@ -419,6 +459,7 @@ def main():
                     machine,
                     numpy_gemm_gflops=gemm,
                     repeat=args.repeat,
+                    rounds=args.rounds,
                     rows=rows,
                     stack=stack,
                     ragged=ragged,
