@@ -199,10 +199,12 @@ def forward(
       GPU the cache keeps x, the weights and the workspace in GPU memory.
     - ``weight_dtype="bfloat16"`` (float32, ``training=False``, CPU): W, R and
       W_hr rounded to bfloat16 (to nearest, ties to even), products summed in
-      float32. The recurrent product then reads half the bytes a step, which
-      is where small batches spend their time. The result is the float32 one
-      with the weights rounded first, bit for bit (``round_bfloat16``); its
-      distance from the unrounded float32 result is in benchmarks/README.md.
+      float32. On a CPU with AVX-512F the recurrent product then reads half
+      the bytes a step, which is where small batches spend their time
+      (elsewhere the float32 kernel runs on the rounded weights, no faster).
+      The result is the float32 one with the weights rounded first, bit for
+      bit (``round_bfloat16``); its distance from the unrounded float32
+      result is in benchmarks/README.md.
 
     Returns ``ForwardResult(y, h, c, cache)``, or ``ForwardResultWithCells(y,
     h, c, cache, cell_states)``. The cache holds private copies of x and the
