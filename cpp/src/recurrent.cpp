@@ -487,6 +487,33 @@ LSTM_EXT_AVX512_FN void transpose_tile(float* dst, int64_t P, const float* src, 
     if (kCol[q] < m) _mm512_storeu_ps(dst + kCol[q] * P, r[q]);
 }
 
+// transpose_tile with 256-bit vectors: n <= 8 rows and m <= 8 columns.
+LSTM_EXT_AVX2_FN void transpose_tile8(float* dst, int64_t P, const float* src, int64_t ld,
+                                      int64_t n, int64_t m) {
+  const __m256i cols = Vec2<float>::lanes(m);
+  __m256 r[8];
+  for (int i = 0; i < 8; ++i)
+    r[i] = i < n ? _mm256_maskload_ps(src + i * ld, cols) : _mm256_setzero_ps();
+  // Pairs of rows interleaved, then pairs of pairs: s[j] holds column j of
+  // rows 0-3 in its low half and column j + 4 in its high half (rows 4-7 in
+  // s[4 + j]); the halves are then swapped into place.
+  __m256 t[8], q[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int h = 0; h < 8; h += 4)
+    for (int j = 0; j < 2; ++j) {
+      q[h + 2 * j] = _mm256_shuffle_ps(t[h + j], t[h + j + 2], _MM_SHUFFLE(1, 0, 1, 0));
+      q[h + 2 * j + 1] = _mm256_shuffle_ps(t[h + j], t[h + j + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+  for (int j = 0; j < 4; ++j) {
+    if (j < m) _mm256_storeu_ps(dst + j * P, _mm256_permute2f128_ps(q[j], q[4 + j], 0x20));
+    if (j + 4 < m)
+      _mm256_storeu_ps(dst + (j + 4) * P, _mm256_permute2f128_ps(q[j], q[4 + j], 0x31));
+  }
+}
+
 // v rounded to bfloat16 (to nearest, ties to even; a NaN stays a quiet NaN),
 // its 16 bits in the high half of each 32-bit lane, the low half zero.
 LSTM_EXT_AVX512 __m512i bf16_high(__m512 v) {
@@ -537,18 +564,21 @@ void pack_recurrent_block(S* Rp, const S* R, int64_t H, int64_t O, int64_t u) {
   constexpr int64_t P = kPanel<S>;
   S* block = Rp + u * 4 * O * P;
 #ifdef LSTM_EXT_HAVE_X86_KERNELS
-  // float on AVX-512: tiles of 16 units by 16 columns, transposed in
-  // registers. The element loop below (double's, and AVX2's) packed H = O =
-  // 128 in 18 us on a Zen 5 core, the tiles in 4.6 (dev/perf-notes.md, 23).
+  // float: square tiles of units by columns transposed in registers, 16 on
+  // AVX-512 and 8 on AVX2. The element loop below (double's) packed H = O =
+  // 128 in 18 us on a Zen 5 core, 16-tiles in 4.6 (dev/perf-notes.md, 23); on
+  // the AMD machine's Zen 3 core 23 us, 8-tiles in 11.3 (46).
   if constexpr (std::is_same_v<S, float>)
-    if (cpu_isa() == Isa::kAvx512) {
+    if (cpu_isa() != Isa::kNone) {
+      const bool wide = cpu_isa() == Isa::kAvx512;
+      const int64_t side = wide ? 16 : 8;
       const int64_t w = std::min(P, H - u * P);  // units of this block
       for (int64_t g = 0; g < 4; ++g)
-        for (int64_t c0 = 0; c0 < P; c0 += 16)
-          for (int64_t k0 = 0; k0 < O; k0 += 16) {
+        for (int64_t c0 = 0; c0 < P; c0 += side)
+          for (int64_t k0 = 0; k0 < O; k0 += side) {
             const float* rows = w > c0 ? R + (g * H + u * P + c0) * O + k0 : nullptr;
-            transpose_tile(block + g * O * P + k0 * P + c0, P, rows, O, w - c0,
-                           std::min<int64_t>(16, O - k0));
+            (wide ? transpose_tile : transpose_tile8)(block + g * O * P + k0 * P + c0, P, rows, O,
+                                                      w - c0, std::min(side, O - k0));
           }
       return;
     }
