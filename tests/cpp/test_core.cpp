@@ -20,6 +20,8 @@
 #include <string>
 #include <vector>
 
+#include "recurrent.h"  // cpp/src: the packed layout, tested below
+
 namespace {
 
 using lstm_ext::Config;
@@ -266,6 +268,36 @@ int64_t documented_training_workspace(const Config& c) {
   return 6 * c.T * c.B * c.H + 7 * c.B * c.H + packed * c.H +
          (small ? packed * c.I + by_columns : 0);
 }
+
+// recurrent.h's layout, Rp[u][g][k][c] = R[g*H + u*P + c][k] and 0 past H,
+// however this CPU packs it (tiles transposed in registers with AVX-512 or
+// AVX2, else element by element), at sizes that leave partial tiles of units
+// and of columns.
+template <typename S>
+void blocks_hold_the_layout() {
+  using namespace lstm_ext::detail;
+  constexpr int64_t P = kPanel<S>;
+  for (int64_t H : {1, 5, 8, 13, 32, 37, 64})
+    for (int64_t O : {1, 3, 8, 9, 16, 37}) {
+      std::vector<S> R(size_t(4 * H * O));
+      for (size_t i = 0; i < R.size(); ++i) R[i] = S(i + 1);
+      std::vector<S> Rp(size_t(packed_recurrent_size<S>(H, O)), S(-1));
+      const int64_t blocks = recurrent_blocks<S>(H);
+      for (int64_t u = 0; u < blocks; ++u) pack_recurrent_block(Rp.data(), R.data(), H, O, u);
+      for (int64_t u = 0; u < blocks; ++u)
+        for (int64_t g = 0; g < 4; ++g)
+          for (int64_t k = 0; k < O; ++k)
+            for (int64_t c = 0; c < P; ++c) {
+              const int64_t j = u * P + c;
+              const S want = j < H ? R[size_t((g * H + j) * O + k)] : S(0);
+              ASSERT_EQ(Rp[size_t(((u * 4 + g) * O + k) * P + c)], want)
+                  << "H " << H << " O " << O << " u " << u << " g " << g << " k " << k << " c "
+                  << c;
+            }
+    }
+}
+TEST(Packing, RecurrentBlocksHoldTheLayoutFloat) { blocks_hold_the_layout<float>(); }
+TEST(Packing, RecurrentBlocksHoldTheLayoutDouble) { blocks_hold_the_layout<double>(); }
 
 TEST(Sizes, WorkspaceSizesPast2To31AreExact) {
   const int64_t T = int64_t(1) << 16, B = 1024, I = 8, H = 1024, P = 256;
