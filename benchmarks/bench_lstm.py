@@ -4,10 +4,11 @@
 
 One row per case and pass: "fwd" is forward(training=False), "fwd+bwd" is
 forward(training=True) then backward(cache, dy). Times are the median of
---repeat calls after warming up. A forward costs 8*T*B*H*(I+H) FLOP (the
-two GEMMs), a backward twice that. torch.nn.LSTM and onnxruntime's LSTM are
-timed on the same case when installed. README.md in this folder explains the
-columns.
+--repeat calls after warming up; each case runs in --rounds rounds, ours and
+the peers in turns, and each ratio is the median of the rounds' ratios. A
+forward costs 8*T*B*H*(I+H) FLOP (the two GEMMs), a backward twice that.
+torch.nn.LSTM and onnxruntime's LSTM are timed on the same case when
+installed. README.md in this folder explains the columns.
 """
 
 import argparse
@@ -335,6 +336,8 @@ def main():
     ap.add_argument("--threads", type=int, help="threads for torch and onnxruntime")
     ap.add_argument("--json", metavar="PATH", help="also write the results here")
     args = ap.parse_args()
+    if args.rounds < 1 or args.repeat < 1:
+        ap.error(f"--rounds and --repeat: expected at least 1, got {args.rounds}, {args.repeat}")
 
     torch, onnx, ort = (optional_import(m) for m in ("torch", "onnx", "onnxruntime"))
     if onnx is None:
@@ -369,11 +372,9 @@ def main():
         T, B, I, H = case
         p = problem(rng, *case)
         flop = 8 * T * B * H * (I + H)  # forward; backward is twice that
-        # The GEMM rate again just before the case: the machine's load drifts
-        # over a run, and the ratio should see the state the case ran in.
-        # Rounds of the GEMM, ours and the peers in turns; each ratio is the
-        # median of the rounds' own ratios, so that a change of the machine's
-        # state between rounds moves both sides of a ratio together.
+        # Rounds of the GEMM rate, ours and the peers in turns: the machine's
+        # load drifts over a run, and each ratio (the median of the rounds'
+        # own) should compare times taken in the same state.
         rounds = [time_case(p, torch, ort, args) for _ in range(args.rounds)]
         for k, name in enumerate(("fwd", "fwd+bwd")):
             fk = (1, 3)[k] * flop

@@ -494,9 +494,9 @@ LSTM_EXT_AVX2_FN void transpose_tile8(float* dst, int64_t P, const float* src, i
   __m256 r[8];
   for (int i = 0; i < 8; ++i)
     r[i] = i < n ? _mm256_maskload_ps(src + i * ld, cols) : _mm256_setzero_ps();
-  // Pairs of rows interleaved, then pairs of pairs: s[j] holds column j of
+  // Pairs of rows interleaved, then pairs of pairs: q[j] holds column j of
   // rows 0-3 in its low half and column j + 4 in its high half (rows 4-7 in
-  // s[4 + j]); the halves are then swapped into place.
+  // q[4 + j]); the 128-bit halves are then paired into whole columns.
   __m256 t[8], q[8];
   for (int i = 0; i < 8; i += 2) {
     t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
