@@ -197,8 +197,10 @@ def time_stack(torch, rng, repeat, rounds):
     return [one_round() for _ in range(rounds)], flop
 
 
-def time_ragged(rng, repeat):
-    """fwd+bwd on a ragged batch (lengths uniform in [1, T]) and on it padded."""
+def time_ragged(rng, repeat, rounds):
+    """fwd+bwd on a ragged batch (lengths uniform in [1, T]) and on it padded,
+    the two in turns: (ragged ms, padded ms, the median of the rounds' ratios,
+    the fraction of valid steps)."""
     T, B, I, H = RAGGED
     p = problem(rng, T, B, I, H)
     lengths = rng.integers(1, T + 1, B)
@@ -207,7 +209,12 @@ def time_ragged(rng, repeat):
     def run(**kw):
         return lambda: lstm_ext.backward(lstm_ext.forward(*args, **kw).cache, p["dy"])
 
-    return median_ms(run(lengths=lengths), repeat), median_ms(run(), repeat), lengths.mean() / T
+    times = [
+        (median_ms(run(lengths=lengths), repeat), median_ms(run(), repeat)) for _ in range(rounds)
+    ]
+    ratio = statistics.median(r / q for r, q in times)
+    ragged, padded = (statistics.median(t[k] for t in times) for k in (0, 1))
+    return ragged, padded, ratio, lengths.mean() / T
 
 
 def time_step(torch, rng, repeat):
@@ -413,11 +420,11 @@ def main():
             cells = [f"{ms:.2f}", f"{gflops(fk, ms):.1f}", f"{gemm_now:.0f}", f"{gemm_ratio:.2f}"]
             cells += [f"{tms:.2f}", f"{speedup:.2f}"] if tms else ["-", "-"]
             print(ROW.format("stack", name, *cells, "", ""), flush=True)
-        r_ms, p_ms, valid = time_ragged(rng, args.repeat)
-        ragged = dict(ragged_ms=r_ms, padded_ms=p_ms, ratio=r_ms / p_ms, valid_fraction=valid)
+        r_ms, p_ms, ratio, valid = time_ragged(rng, args.repeat, args.rounds)
+        ragged = dict(ragged_ms=r_ms, padded_ms=p_ms, ratio=ratio, valid_fraction=valid)
         print(f"\nragged fwd+bwd, (T,B,I,H) = {RAGGED}, lengths uniform in [1,T]")
         print(
-            f"ragged {r_ms:.2f} ms, padded {p_ms:.2f} ms, ratio {r_ms / p_ms:.2f} "
+            f"ragged {r_ms:.2f} ms, padded {p_ms:.2f} ms, ratio {ratio:.2f} "
             f"(valid steps: {valid:.2f} of the padded ones)"
         )
 
