@@ -1,0 +1,35 @@
+"""dev/ab.py, the in-process A/B timer of two builds, still runs: here the
+installed build against itself, every mode, a tiny case. In a process of its
+own: this one has loaded _core as lstm_ext._core already, and pybind11
+refuses a second registration of its types under another module name."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import lstm_ext
+
+AB = Path(__file__).resolve().parents[1] / "dev" / "ab.py"
+
+
+def run_ab(*args):
+    site = str(Path(lstm_ext.__file__).resolve().parents[1])
+    return subprocess.run(
+        [sys.executable, str(AB), site, site, *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_ab_compares_a_build_with_itself():
+    done = run_ab("--case", "3,2,5,4", "--mode", "inf,train,fwdbwd,step", "--blocks", "4",
+                  "--block-ms", "1")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = [line.split() for line in done.stdout.splitlines() if "B/A" in line]
+    assert [r[0] for r in rows] == ["inf:", "train:", "fwdbwd:", "step:"]
+    for r in rows:
+        ratio = float(r[r.index("B/A") + 1])
+        assert 0.1 < ratio < 10  # the same code: any sane timing is near 1
+
+
+def test_ab_refuses_an_unknown_mode():
+    done = run_ab("--mode", "backward")
+    assert done.returncode == 2 and "--mode" in done.stderr
