@@ -2,7 +2,7 @@
 """Two builds of lstm_ext's core timed in one process, in turns.
 
     python dev/ab.py A B [--case T,B,I,H] [--mode inf,train,fwdbwd,step]
-                         [--blocks 20] [--block-ms 40]
+                         [--dtype float32] [--blocks 20] [--block-ms 40]
 
 A and B are each a git revision (built here, once, into $LSTM_EXT_AB_DIR,
 default /tmp/lstm_ext_ab/<commit>) or a folder holding a build, as
@@ -26,6 +26,7 @@ import argparse
 import glob
 import importlib.util
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -63,29 +64,39 @@ def build(rev: str) -> str:
     return target
 
 
-def load_core(where: str, tag: str):
-    """The `_core` module of a build folder (or of a revision, built first)."""
+def core_file(where: str) -> str:
+    """The `_core` library of a build folder (or of a revision, built first)."""
     folder = where if os.path.isdir(os.path.join(where, "lstm_ext")) else build(where)
     found = glob.glob(os.path.join(folder, "lstm_ext", "_core*.so"))
     if not found:
         raise SystemExit(f"{where}: no lstm_ext/_core*.so in {folder}")
-    spec = importlib.util.spec_from_file_location("_core", found[0])
+    return os.path.realpath(found[0])
+
+
+def load_core(path: str, tag: str):
+    """The module in the library `path`, as a module of its own.
+
+    Under a name of its own: CPython keeps one module per extension name (a
+    second "_core" is the first one again, whatever its file). From a file of
+    its own: the same file loaded twice shares its statics, and pybind11
+    refuses to register its types twice (an A/A run copies B's file)."""
+    spec = importlib.util.spec_from_file_location(f"lstm_ext_ab_{tag.lower()}._core", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    print(f"{tag}: {found[0]} (packed kernel: {module.packed_recurrent_kernel()})")
+    print(f"{tag}: {path} (packed kernel: {module.packed_recurrent_kernel()})")
     return module
 
 
-def calls(core, mode: str, T: int, B: int, I: int, H: int):
+def calls(core, mode: str, T: int, B: int, I: int, H: int, dtype=np.float32):
     """A function making one call of `mode` through `core`, on fixed inputs."""
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((T, B, I), dtype=np.float32)
-    W = (rng.standard_normal((4 * H, I)) * I**-0.5).astype(np.float32)
-    R = (rng.standard_normal((4 * H, H)) * H**-0.5).astype(np.float32)
-    b = np.zeros(4 * H, np.float32)
-    dy = rng.standard_normal((T, B, H), dtype=np.float32)
-    h = np.zeros((B, H), np.float32)
-    c = np.zeros((B, H), np.float32)
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    W = (rng.standard_normal((4 * H, I)) * I**-0.5).astype(dtype)
+    R = (rng.standard_normal((4 * H, H)) * H**-0.5).astype(dtype)
+    b = np.zeros(4 * H, dtype)
+    dy = rng.standard_normal((T, B, H)).astype(dtype)
+    h = np.zeros((B, H), dtype)
+    c = np.zeros((B, H), dtype)
     if mode == "inf":
         return lambda: core.forward(x, W, R, b, training=False)
     if mode == "train":
@@ -126,6 +137,7 @@ def main(argv=None) -> None:
     p.add_argument("b", help="build B: a git revision or a build folder")
     p.add_argument("--case", default="100,16,256,256", help="T,B,I,H (step: B,I,H of it)")
     p.add_argument("--mode", default="inf,fwdbwd", help=f"comma-separated, of {', '.join(MODES)}")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     p.add_argument("--blocks", type=int, default=20, help="blocks of each build (>= 4)")
     p.add_argument("--block-ms", type=float, default=40.0, help="about how long a block runs")
     args = p.parse_args(argv)
@@ -134,10 +146,18 @@ def main(argv=None) -> None:
     bad = [m for m in modes if m not in MODES]
     if bad or args.blocks < 4 or args.block_ms <= 0:
         p.error(f"--mode of {MODES}, --blocks >= 4, --block-ms > 0 (got {args})")
-    cores = (load_core(args.a, "A"), load_core(args.b, "B"))
-    print(f"case (T,B,I,H) = ({T},{B},{I},{H}), {args.blocks} blocks of ~{args.block_ms:g} ms each")
+    paths = [core_file(args.a), core_file(args.b)]
+    if paths[0] == paths[1]:
+        copy = os.path.join(tempfile.mkdtemp(prefix="lstm_ext_ab_"), os.path.basename(paths[1]))
+        shutil.copyfile(paths[1], copy)
+        paths[1] = copy
+    cores = (load_core(paths[0], "A"), load_core(paths[1], "B"))
+    print(
+        f"case (T,B,I,H) = ({T},{B},{I},{H}), {args.dtype}, {args.blocks} blocks of "
+        f"~{args.block_ms:g} ms each"
+    )
     for mode in modes:
-        fns = [calls(core, mode, T, B, I, H) for core in cores]
+        fns = [calls(core, mode, T, B, I, H, np.dtype(args.dtype)) for core in cores]
         ta, tb = compare(fns, args.blocks, args.block_ms)
         lo, mid, hi = quartiles([q / r for r, q in zip(ta, tb, strict=True)])
         a_us, b_us = (1e6 * statistics.median(t) for t in (ta, tb))

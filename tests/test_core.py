@@ -6,8 +6,10 @@ representable in float64), so the comparison measures the core's own rounding.
 Tolerances (see assert_close for the form of the bound):
 - float64, RTOL64 = 1e-12. Worst seen over the shapes below, T = 1000
   included: 5e-15 (dW at T = 1000, a sum of 2000 rank-1 terms). The core and
-  the reference differ only in summation order, so 1e-12 leaves a factor of
-  about 200 and still fails on any wrong term, which is off by O(1).
+  the reference differ in summation order and in e^x and tanh (the core's
+  own, within 2 DBL_EPSILON relative: dev/perf-notes.md, 49), so 1e-12
+  leaves a factor of about 200 and still fails on any wrong term, which is
+  off by O(1).
 - float32, RTOL32 = 1e-5. The unit roundoff is 6e-8; a K-term dot product
   typically errs by √K·u and the recurrence is contractive (f < 1). Worst
   seen: 9e-7 (db, a sum over T·B = 400 rows of [50,16,64,64]); 1e-5 leaves a

@@ -72,9 +72,68 @@ LSTM_EXT_INLINE float host_expf(float x) {
   return (p * s) * 2.0f;
 }
 
+// double on the CPU, in plain arithmetic for the same reason (the C
+// library's exp and tanh, one element at a time, took a third of a float64
+// forward: dev/perf-notes.md, 49). x = n ln2 + r with |r| <= ln2/2 (ln2 in
+// two parts, the first with 21 bits, so that n times it is exact), and
+// e^r - 1 = r + r^2 q(r), q the Taylor series' terms 1/2! to 1/13! by
+// Estrin's scheme: the first term left out is below 2^-56 of the sum there.
+// Every operation is IEEE, so scalar and vector code give the same bits.
+LSTM_EXT_INLINE double host_expm1_reduced(double r) {
+  const double r2 = r * r, r4 = r2 * r2, r8 = r4 * r4;
+  const double a = 1.0 / 2 + r * (1.0 / 6), b = 1.0 / 24 + r * (1.0 / 120);
+  const double c = 1.0 / 720 + r * (1.0 / 5040), d = 1.0 / 40320 + r * (1.0 / 362880);
+  const double e = 1.0 / 3628800 + r * (1.0 / 39916800);
+  const double f = 1.0 / 479001600 + r * (1.0 / 6227020800);
+  return r + r2 * ((a + r2 * b) + r4 * (c + r2 * d) + r8 * (e + r2 * f));
+}
+// r for x = n ln2 + r; the bits of 1.5*2^52 + n in *t, whose low bits hold n.
+LSTM_EXT_INLINE double host_reduce(double x, uint64_t* t) {
+  const double magic = 6755399441055744.0;  // 1.5*2^52: adding it rounds to an integer
+  const double tx = x * 1.4426950408889634 + magic;
+  const double n = tx - magic;  // round(x / ln 2)
+  std::memcpy(t, &tx, 8);
+  return (x - n * 0.693145751953125) - n * 1.42860682030941723212e-6;
+}
+// 2^(n + k) from host_reduce's t, for n + k + 1023 in [1, 2046].
+LSTM_EXT_INLINE double host_pow2(uint64_t t, int k) {
+  const uint64_t b = (t - 0x4338000000000000ull + uint64_t(1023 + k)) << 52;
+  double s;
+  std::memcpy(&s, &b, 8);
+  return s;
+}
+// e^x, relative error about 1 DBL_EPSILON at worst on [-708, ln(DBL_MAX)]
+// (1.02 over 60 million random points; tests/cpp: CellMath) (x is clamped
+// to [-708, 710] first, so that n stays in [-1021, 1024]); +inf past
+// ln(DBL_MAX), as IEEE's exp, by the same two products as host_expf; NaN for
+// NaN. Below -708 it gives e^-708, not 0: only sigmoid and tanh use it, where
+// that changes nothing.
+LSTM_EXT_INLINE double host_exp(double x) {
+  double xc = x < -708.0 ? -708.0 : x;
+  xc = xc > 710.0 ? 710.0 : xc;
+  uint64_t t;
+  const double r = host_reduce(xc, &t);
+  return ((host_expm1_reduced(r) + 1.0) * host_pow2(t, -1)) * 2.0;
+}
+// tanh(|x|) = E / (E + 2) with E = e^{2|x|} - 1 = 2^n (e^r - 1) + (2^n - 1):
+// no cancellation, so the relative error stays below 2 DBL_EPSILON (1.70 at
+// worst over 60 million points) however small x is; |x| past 20 gives 1, as
+// the exact value rounds to.
+LSTM_EXT_INLINE double host_tanh(double x) {
+  double u = 2.0 * std::fabs(x);
+  u = u > 40.0 ? 40.0 : u;
+  uint64_t t;
+  const double r = host_reduce(u, &t);
+  const double s = host_pow2(t, 0);
+  const double E = s * host_expm1_reduced(r) + (s - 1.0);
+  return std::copysign(E / (E + 2.0), x);
+}
+
 #if defined(__CUDA_ARCH__)
 LSTM_EXT_HD float exp_(float x) { return ::expf(x); }
 LSTM_EXT_HD float tanh_(float x) { return ::tanhf(x); }
+LSTM_EXT_HD double exp_(double x) { return ::exp(x); }
+LSTM_EXT_HD double tanh_(double x) { return ::tanh(x); }
 #else
 LSTM_EXT_INLINE float exp_(float x) { return host_expf(x); }
 // tanh(x) = sign(x) (1 - e^{-2|x|}) / (1 + e^{-2|x|}): absolute error below
@@ -85,9 +144,9 @@ LSTM_EXT_INLINE float tanh_(float x) {
   const float e = host_expf<true>(-2.0f * std::fabs(x));
   return std::copysign((1.0f - e) / (1.0f + e), x);
 }
+LSTM_EXT_INLINE double exp_(double x) { return host_exp(x); }
+LSTM_EXT_INLINE double tanh_(double x) { return host_tanh(x); }
 #endif
-LSTM_EXT_HD double exp_(double x) { return ::exp(x); }
-LSTM_EXT_HD double tanh_(double x) { return ::tanh(x); }
 
 // 1/(1+e^-x). For x -> -inf, e^-x overflows to +inf and the quotient is an
 // exact 0: no NaN, no trap.
