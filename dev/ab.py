@@ -5,9 +5,10 @@
                          [--dtype float32] [--blocks 20] [--block-ms 40]
 
 A and B are each a git revision (built here, once, into $LSTM_EXT_AB_DIR,
-default /tmp/lstm_ext_ab/<commit>) or a folder holding a build, as
-`pip install --no-build-isolation --no-deps --target DIR .` leaves it (the
-current environment needs the build requirements: scikit-build-core,
+default /tmp/lstm_ext_ab/<commit>, with $LSTM_EXT_AB_CXXFLAGS as CMake's
+CMAKE_CXX_FLAGS if set, e.g. -falign-loops=64) or a folder holding a build,
+as `pip install --no-build-isolation --no-deps --target DIR .` leaves it
+(the current environment needs the build requirements: scikit-build-core,
 pybind11). Both `_core` modules are loaded side by side; each block times one
 build's calls for about --block-ms, the other's block follows, and every pair
 of blocks gives a ratio B/A. Printed per mode: each build's median time a call
@@ -18,6 +19,9 @@ within minutes (dev/perf-notes.md, "Back on the AMD machine"), so timings of
 two builds taken one after the other compare the host's states, not the code.
 In turns, a few tens of milliseconds apart, both see the same state; an A/A
 run (the same build twice) gives the method's own spread (perf-notes, 47).
+Where the builds' hot loops fall moves the kernel by a few per cent on its
+own (perf-notes, 48): for effects that small, build both with
+LSTM_EXT_AB_CXXFLAGS=-falign-loops=64.
 """
 
 from __future__ import annotations
@@ -47,18 +51,21 @@ def build(rev: str) -> str:
         check=True, capture_output=True, text=True,
     ).stdout.strip()  # fmt: skip
     base = os.environ.get("LSTM_EXT_AB_DIR", os.path.join(tempfile.gettempdir(), "lstm_ext_ab"))
-    target = os.path.join(base, sha[:12])
+    flags = os.environ.get("LSTM_EXT_AB_CXXFLAGS", "")
+    tag = sha[:12] + ("-" + "".join(c if c.isalnum() else "_" for c in flags) if flags else "")
+    target = os.path.join(base, tag)
     if glob.glob(os.path.join(target, "lstm_ext", "_core*.so")):
         return target
-    src = os.path.join(base, "src-" + sha[:12])
+    src = os.path.join(base, "src-" + sha[:12])  # the same sources whatever the flags
     os.makedirs(src, exist_ok=True)
     archive = subprocess.run(["git", "-C", ROOT, "archive", sha], check=True, capture_output=True)
     subprocess.run(["tar", "-x", "-C", src], input=archive.stdout, check=True)
-    print(f"building {rev} ({sha[:12]}) into {target} ...", file=sys.stderr, flush=True)
+    print(f"building {rev} ({tag}) into {target} ...", file=sys.stderr, flush=True)
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-build-isolation", "--no-deps",
-         "--target", target, "-C", f"build-dir={os.path.join(base, 'build-' + sha[:12])}",
-         "-C", "cmake.define.LSTM_EXT_CUDA=OFF", src],
+         "--target", target, "-C", f"build-dir={os.path.join(base, 'build-' + tag)}",
+         "-C", "cmake.define.LSTM_EXT_CUDA=OFF", "-C", f"cmake.define.CMAKE_CXX_FLAGS={flags}",
+         src],
         check=True,
     )  # fmt: skip
     return target
