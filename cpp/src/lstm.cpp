@@ -13,6 +13,8 @@
 // identity and nothing is gathered.
 #include "lstm_ext/lstm.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -68,6 +70,27 @@ constexpr int64_t kTeamInputRows = 64, kTeamDxRows = 16, kTeamWeights = int64_t(
 constexpr int64_t kRotateRows = 4;
 bool large_weights(const Config& c) { return mul(mul(4, c.H), add(c.I, c.O())) > kTeamWeights; }
 bool team_products(const Config& c) { return c.P == 0 && !large_weights(c); }
+// A core's L2 in bytes, as the C library reports it (0 where it does not).
+int64_t l2_bytes() {
+#if defined(_SC_LEVEL2_CACHE_SIZE)
+  static const int64_t bytes = std::max<long>(sysconf(_SC_LEVEL2_CACHE_SIZE), 0);
+  return bytes;
+#else
+  return 0;
+#endif
+}
+// The forward's x W^T by the kernel (team_products), but where a core's L2
+// is under 1 MiB only up to half the bound: on the AMD Zen 3 VM (512 KiB)
+// the team's products took a (100,64,512,512) forward (2 MiB of packed W and
+// of R a thread) 16 % longer than the BLAS's, and cost nothing at H = 256
+// (dev/perf-notes.md, 48 and 50). Backward and the workspace keep
+// team_products' rule (the packed W's space stays, unused there); the choice
+// depends on the shape and the CPU, never on the thread count.
+bool team_inputs(const Config& c) {
+  const int64_t l2 = l2_bytes();
+  return team_products(c) && (l2 == 0 || l2 >= (int64_t(1) << 20) ||
+                              mul(mul(4, c.H), add(c.I, c.O())) <= kTeamWeights / 2);
+}
 // Steps of B rows that make at least `rows` rows (rows for any B <= 0).
 int64_t steps_for_rows(int64_t rows, int64_t B) {
   return B >= rows ? 1 : B <= 0 ? rows : (rows + B - 1) / B;
@@ -369,8 +392,8 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
   const bool bf16 = cfg.bf16_weights;
   const bool packed = P == 0 && packed_recurrent_enabled();
   const bool bf16_panels = packed && bf16 && packed_bf16_enabled();
-  const bool team_input = packed && team_products(cfg);  // x W^T by the kernel, not the BLAS
-  const bool far = large_weights(cfg);                   // the kernel's fetch_ahead
+  const bool team_input = packed && team_inputs(cfg);  // x W^T by the kernel, not the BLAS
+  const bool far = large_weights(cfg);                 // the kernel's fetch_ahead
   const int64_t blocks = recurrent_blocks<S>(H);
   // What the products read: w, or (bf16_weights) its matrices rounded to
   // bfloat16; bfloat16 panels are rounded as they are packed.

@@ -104,7 +104,9 @@ struct Grads {
 // kInferenceChunk, and enough for kInferenceChunkRows rows, so that a small
 // batch's projection is one GEMM of a useful size) and the state, O(B*H)
 // whatever T is. Both hold R packed for the recurrent product when P = 0,
-// and where 4H(I+O) <= 2^21 W packed the same way (the input products use it).
+// and where 4H(I+O) <= 2^21 W packed the same way (the input products use it,
+// but for the forward only up to 2^20 where a core's L2 is under 1 MiB: the
+// room is there either way).
 // Training without lengths or projection takes 6TBH + 7BH + 4H*32*ceil(H/32)
 // elements: gates [T,B,4H], cell states [T+1,B,H], h_{t-1} [T,B,H], h
 // [2,B,H], the gate-major product [4H,B] and the packed R; where 4H(I+O) <=
