@@ -27,6 +27,7 @@ LSTM_EXT_AB_CXXFLAGS=-falign-loops=64.
 from __future__ import annotations
 
 import argparse
+import atexit
 import glob
 import importlib.util
 import os
@@ -155,9 +156,10 @@ def main(argv=None) -> None:
         p.error(f"--mode of {MODES}, --blocks >= 4, --block-ms > 0 (got {args})")
     paths = [core_file(args.a), core_file(args.b)]
     if paths[0] == paths[1]:
-        copy = os.path.join(tempfile.mkdtemp(prefix="lstm_ext_ab_"), os.path.basename(paths[1]))
-        shutil.copyfile(paths[1], copy)
-        paths[1] = copy
+        folder = tempfile.mkdtemp(prefix="lstm_ext_ab_")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)  # a loaded library may go
+        paths[1] = os.path.join(folder, os.path.basename(paths[1]))
+        shutil.copyfile(paths[0], paths[1])
     cores = (load_core(paths[0], "A"), load_core(paths[1], "B"))
     print(
         f"case (T,B,I,H) = ({T},{B},{I},{H}), {args.dtype}, {args.blocks} blocks of "
