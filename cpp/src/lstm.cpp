@@ -68,7 +68,9 @@ constexpr int64_t kTeamInputRows = 64, kTeamDxRows = 16, kTeamWeights = int64_t(
 // products cost what the wait did (+2 % at B = 16): they sum in column order
 // after the wait (dev/perf-notes.md, 42).
 constexpr int64_t kRotateRows = 4;
-bool large_weights(const Config& c) { return mul(mul(4, c.H), add(c.I, c.O())) > kTeamWeights; }
+// Elements of W and R together: 4H(I+O).
+int64_t weight_elements(const Config& c) { return mul(mul(4, c.H), add(c.I, c.O())); }
+bool large_weights(const Config& c) { return weight_elements(c) > kTeamWeights; }
 bool team_products(const Config& c) { return c.P == 0 && !large_weights(c); }
 // A core's L2 in bytes, as the C library reports it (0 where it does not).
 int64_t l2_bytes() {
@@ -88,8 +90,8 @@ int64_t l2_bytes() {
 // depends on the shape and the CPU, never on the thread count.
 bool team_inputs(const Config& c) {
   const int64_t l2 = l2_bytes();
-  return team_products(c) && (l2 == 0 || l2 >= (int64_t(1) << 20) ||
-                              mul(mul(4, c.H), add(c.I, c.O())) <= kTeamWeights / 2);
+  return team_products(c) &&
+         (l2 == 0 || l2 >= (int64_t(1) << 20) || weight_elements(c) <= kTeamWeights / 2);
 }
 // Steps of B rows that make at least `rows` rows (rows for any B <= 0).
 int64_t steps_for_rows(int64_t rows, int64_t B) {
