@@ -297,10 +297,11 @@ LSTM_EXT_AVX512_FN void panels_avx512(S* z, int64_t ldz, int64_t zs, const S* a,
 }
 
 // The same product with 256-bit vectors (AVX2 and FMA): 16 registers, so
-// fewer accumulators. A panel is four vectors here; the kernel takes a strip
-// of NV of the 4*ng vectors of a row (NV 2, 4 or 8, the strip starting at a
-// multiple of NV) for NR rows: NR*NV accumulators, the strip's NV vectors of
-// bp and one broadcast of a, at most 15 registers.
+// fewer accumulators. A panel is four vectors here, stored in two halves of
+// two; the kernel takes a strip of NV of the 4*ng vectors of a row (NV 2, 4
+// or 8, the strip starting at a multiple of NV) for NR rows: NR*NV
+// accumulators, the strip's NV vectors of bp and one broadcast of a, at most
+// 15 registers.
 template <typename S>
 struct Vec2;
 
@@ -337,44 +338,46 @@ struct Vec2<double> {
   }
 };
 
-// z[r][.] += sum_k a[r][k] * bp[.] over vectors v0 .. v0+NV-1 (vector v is
-// panel v/4's columns (v%4)*L .., at bp + (v/4)*ps + k*P), rows r < NR;
-// mask[v] its lanes in z.
+// z[r][.] += sum_k a[r][k] * bp[.] over vectors v0 .. v0+NV-1 (v0 and NV
+// even), rows r < NR; mask[v] is vector v's lanes in z. With AVX2 a panel is
+// stored in two halves of two vectors (recurrent.h, packed_row): vectors v
+// and v + 1 (v even) are half (v%4)/2 of panel v/4, their K rows 2L apart
+// from bp + (v/4)*ps + ((v%4)/2)*ps/2. A strip of two vectors then reads K
+// consecutive 64-byte lines, spread over all of L1's sets.
 template <typename S, int NR, int NV>
 LSTM_EXT_AVX2_FN void strip_rows(S* z, int64_t ldz, int64_t zs, const S* a, int64_t lda,
                                  const S* bp, int64_t ps, int64_t K, int v0, const __m256i* mask) {
   using X = Vec2<S>;
-  constexpr int64_t L = X::kLanes, P = 4 * L;
-  constexpr int NP = (NV + 3) / 4, VP = NV / NP;  // panels touched, vectors in each
-  const int64_t off = (v0 % 4) * L;
-  S* zp[NP];
-  const S* bq[NP];
-  for (int p = 0; p < NP; ++p) {
-    const int64_t g = v0 / 4 + p;
-    zp[p] = z + g * zs + off;
-    bq[p] = bp + g * ps + off;
+  constexpr int64_t L = X::kLanes, Q = 2 * L;
+  constexpr int NH = NV / 2;  // halves of panels read
+  S* zp[NH];
+  const S* bq[NH];
+  for (int h = 0; h < NH; ++h) {
+    const int64_t v = v0 + 2 * h;
+    zp[h] = z + (v / 4) * zs + (v % 4) * L;
+    bq[h] = bp + (v / 4) * ps + ((v % 4) / 2) * (ps / 2);
   }
-  typename X::V acc[NR][NP][VP];
+  typename X::V acc[NR][NH][2];
 #pragma GCC unroll 8
   for (int r = 0; r < NR; ++r)
-#pragma GCC unroll 2
-    for (int p = 0; p < NP; ++p)
 #pragma GCC unroll 4
-      for (int j = 0; j < VP; ++j)
-        acc[r][p][j] = X::load(mask[v0 + 4 * p + j], zp[p] + r * ldz + j * L);
+    for (int h = 0; h < NH; ++h)
+#pragma GCC unroll 2
+      for (int j = 0; j < 2; ++j)
+        acc[r][h][j] = X::load(mask[v0 + 2 * h + j], zp[h] + r * ldz + j * L);
   for (int64_t k = 0; k < K; ++k) {
-    typename X::V b[NP][VP];
-#pragma GCC unroll 2
-    for (int p = 0; p < NP; ++p)
+    typename X::V b[NH][2];
 #pragma GCC unroll 4
-      for (int j = 0; j < VP; ++j) b[p][j] = X::load(bq[p] + k * P + j * L);
+    for (int h = 0; h < NH; ++h)
+#pragma GCC unroll 2
+      for (int j = 0; j < 2; ++j) b[h][j] = X::load(bq[h] + k * Q + j * L);
 #pragma GCC unroll 8
     for (int r = 0; r < NR; ++r) {
       const typename X::V ak = X::bcast(a[r * lda + k]);
-#pragma GCC unroll 2
-      for (int p = 0; p < NP; ++p)
 #pragma GCC unroll 4
-        for (int j = 0; j < VP; ++j) acc[r][p][j] = X::fma(ak, b[p][j], acc[r][p][j]);
+      for (int h = 0; h < NH; ++h)
+#pragma GCC unroll 2
+        for (int j = 0; j < 2; ++j) acc[r][h][j] = X::fma(ak, b[h][j], acc[r][h][j]);
     }
   }
   // Vectors whose lanes are all in z are stored whole: a masked store
@@ -383,16 +386,16 @@ LSTM_EXT_AVX2_FN void strip_rows(S* z, int64_t ldz, int64_t zs, const S* a, int6
   // (dev/perf-notes.md, 45). Masked loads cost about what plain ones do.
 #pragma GCC unroll 8
   for (int r = 0; r < NR; ++r)
-#pragma GCC unroll 2
-    for (int p = 0; p < NP; ++p)
 #pragma GCC unroll 4
-      for (int j = 0; j < VP; ++j) {
-        const __m256i m = mask[v0 + 4 * p + j];
-        S* zr = zp[p] + r * ldz + j * L;
+    for (int h = 0; h < NH; ++h)
+#pragma GCC unroll 2
+      for (int j = 0; j < 2; ++j) {
+        const __m256i m = mask[v0 + 2 * h + j];
+        S* zr = zp[h] + r * ldz + j * L;
         if (_mm256_movemask_epi8(m) == -1)
-          X::store(zr, acc[r][p][j]);
+          X::store(zr, acc[r][h][j]);
         else
-          X::store(zr, m, acc[r][p][j]);
+          X::store(zr, m, acc[r][h][j]);
       }
 }
 
@@ -560,14 +563,25 @@ int64_t packed_recurrent_size(int64_t H, int64_t O) {
 }
 
 template <typename S>
+int64_t packed_row() {
+  return cpu_isa() == Isa::kAvx2 ? kPanel<S> / 2 : kPanel<S>;
+}
+
+template <typename S>
 void pack_recurrent_block(S* Rp, const S* R, int64_t H, int64_t O, int64_t u) {
   constexpr int64_t P = kPanel<S>;
+  const int64_t Q = packed_row<S>();
   S* block = Rp + u * 4 * O * P;
+  // Element (k, c) of gate g's panel, its k-rows Q apart.
+  const auto at = [&](int64_t g, int64_t k, int64_t c) {
+    return block + g * O * P + (c / Q) * O * Q + k * Q + c % Q;
+  };
 #ifdef LSTM_EXT_HAVE_X86_KERNELS
   // float: square tiles of units by columns transposed in registers, 16 on
-  // AVX-512 and 8 on AVX2. The element loop below (double's) packed H = O =
-  // 128 in 18 us on a Zen 5 core, 16-tiles in 4.6 (dev/perf-notes.md, 23); on
-  // the AMD machine's Zen 3 core 23 us, 8-tiles in 11.3 (46).
+  // AVX-512 and 8 on AVX2 (a tile's side divides Q). The element loop below
+  // (double's) packed H = O = 128 in 18 us on a Zen 5 core, 16-tiles in 4.6
+  // (dev/perf-notes.md, 23); on the AMD machine's Zen 3 core 23 us, 8-tiles
+  // in 11.3 (46).
   if constexpr (std::is_same_v<S, float>)
     if (cpu_isa() != Isa::kNone) {
       const bool wide = cpu_isa() == Isa::kAvx512;
@@ -577,8 +591,8 @@ void pack_recurrent_block(S* Rp, const S* R, int64_t H, int64_t O, int64_t u) {
         for (int64_t c0 = 0; c0 < P; c0 += side)
           for (int64_t k0 = 0; k0 < O; k0 += side) {
             const float* rows = w > c0 ? R + (g * H + u * P + c0) * O + k0 : nullptr;
-            (wide ? transpose_tile : transpose_tile8)(block + g * O * P + k0 * P + c0, P, rows, O,
-                                                      w - c0, std::min(side, O - k0));
+            (wide ? transpose_tile : transpose_tile8)(at(g, k0, c0), Q, rows, O, w - c0,
+                                                      std::min(side, O - k0));
           }
       return;
     }
@@ -586,32 +600,42 @@ void pack_recurrent_block(S* Rp, const S* R, int64_t H, int64_t O, int64_t u) {
   for (int64_t g = 0; g < 4; ++g)
     for (int64_t c = 0; c < P; ++c) {
       const int64_t j = u * P + c;
-      S* col = block + g * O * P + c;
+      S* col = at(g, 0, c);
       if (j < H)
-        for (int64_t k = 0; k < O; ++k) col[k * P] = R[(g * H + j) * O + k];
+        for (int64_t k = 0; k < O; ++k) col[k * Q] = R[(g * H + j) * O + k];
       else
-        for (int64_t k = 0; k < O; ++k) col[k * P] = S(0);
+        for (int64_t k = 0; k < O; ++k) col[k * Q] = S(0);
     }
 }
 
+// Panel p's columns [c0 + h, c0 + h + Q) are its part h / Q, [K,Q] (packed_row).
 template <typename S>
 void pack_columns(S* Bp, const S* B, int64_t K, int64_t N, int64_t p) {
   constexpr int64_t P = kPanel<S>;
+  const int64_t Q = packed_row<S>();
   S* panel = Bp + p * K * P;
-  const int64_t c0 = p * P, w = std::min(P, N - c0);
-  for (int64_t k = 0; k < K; ++k) {
-    std::copy(B + k * N + c0, B + k * N + c0 + w, panel + k * P);
-    std::fill(panel + k * P + w, panel + (k + 1) * P, S(0));
+  const int64_t c0 = p * P;
+  for (int64_t h = 0; h < P; h += Q) {
+    const int64_t w = std::clamp<int64_t>(N - c0 - h, 0, Q);
+    for (int64_t k = 0; k < K; ++k) {
+      S* row = panel + h * K + k * Q;
+      std::copy(B + k * N + c0 + h, B + k * N + c0 + h + w, row);
+      std::fill(row + w, row + Q, S(0));
+    }
   }
 }
 
 template <typename S>
 void unpack_columns(S* B, const S* Bp, int64_t K, int64_t N) {
   constexpr int64_t P = kPanel<S>;
+  const int64_t Q = packed_row<S>();
   for (int64_t c0 = 0; c0 < N; c0 += P) {
     const S* panel = Bp + (c0 / P) * K * P;
-    const int64_t w = std::min(P, N - c0);
-    for (int64_t k = 0; k < K; ++k) std::copy(panel + k * P, panel + k * P + w, B + k * N + c0);
+    for (int64_t h = 0; h < P && c0 + h < N; h += Q) {
+      const int64_t w = std::min(Q, N - c0 - h);
+      for (int64_t k = 0; k < K; ++k)
+        std::copy(panel + h * K + k * Q, panel + h * K + k * Q + w, B + k * N + c0 + h);
+    }
   }
 }
 
@@ -638,7 +662,7 @@ void panel_product(S* z, int64_t ldz, int64_t zs, const S* a, int64_t lda, const
       panels_avx512(z, ldz, zs, a + c, lda, Bp + c * P, K * P, nb, kc, ng, width, fetch_ahead,
                     fetch_ahead && c + kc < k1 ? Bp + (c + kc) * P : nullptr);
     else if constexpr (std::is_same_v<B, S>)
-      panels_avx2(z, ldz, zs, a + c, lda, Bp + c * P, K * P, nb, kc, ng, width);
+      panels_avx2(z, ldz, zs, a + c, lda, Bp + c * (P / 2), K * P, nb, kc, ng, width);
     else
       throw std::logic_error("lstm_ext: bfloat16 panels need the AVX-512F kernel");
   }
@@ -732,6 +756,7 @@ void recurrent_block_bf16(float* z, int64_t ldz, const float* h, int64_t ldh, co
 
 #define LSTM_EXT_INSTANTIATE(S)                                                                \
   template int64_t packed_recurrent_size<S>(int64_t, int64_t);                                 \
+  template int64_t packed_row<S>();                                                            \
   template void pack_recurrent_block<S>(S*, const S*, int64_t, int64_t, int64_t);              \
   template void recurrent_block<S>(S*, int64_t, const S*, int64_t, const S*, int64_t, int64_t, \
                                    int64_t, int64_t, int64_t, int64_t, bool);                  \

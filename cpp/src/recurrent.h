@@ -4,8 +4,12 @@
 //
 // Block u holds units [u*kPanel, (u+1)*kPanel) of all four gates: four panels
 // of [O,kPanel] (k-major, so one k is two 512-bit or four 256-bit vectors),
-// zero past H:
-//   Rp [blocks,4,O,kPanel],  Rp[u][g][k][c] = R[g*H + u*kPanel + c][k]
+// zero past H. Each panel is stored in parts of Q = packed_row<S>() columns:
+//   Rp [blocks,4,kPanel/Q,O,Q],  Rp[u][g][c/Q][k][c%Q] = R[g*H + u*kPanel + c][k]
+// Q is kPanel (one part, k-rows of 128 bytes) with AVX-512, kPanel/2 with
+// AVX2: the AVX2 kernel's strips of two vectors then read consecutive
+// 64-byte lines, where from 128-byte rows they filled half of L1's sets and
+// evicted each other (dev/perf-notes.md, 51).
 // A call sums over the columns [k0, k1) of h: every element of z becomes its
 // entry value plus h[n][k] * R[q][k] for k = k0, k0 + 1, ..., k1 - 1, one
 // fused multiply-add at a time in that order, whatever the batch, the block
@@ -36,6 +40,11 @@ int64_t recurrent_blocks(int64_t H) {
 template <typename S>
 int64_t packed_recurrent_size(int64_t H, int64_t O);
 
+// Columns of a panel's part as stored (Q above): this CPU's, fixed for the
+// process.
+template <typename S>
+int64_t packed_row();
+
 // Rp's block u from R [4H,O].
 template <typename S>
 void pack_recurrent_block(S* Rp, const S* R, int64_t H, int64_t O, int64_t u);
@@ -56,7 +65,8 @@ void recurrent_block(S* z, int64_t ldz, const S* h, int64_t ldh, const S* Rp, in
 
 // The same kernel for a product with a long inner dimension, as backward's
 // dL/dh = dz R ([nb,4H] x [4H,O]): B [K,N] packed in panels of kPanel columns,
-//   Bp [ceil(N/kPanel),K,kPanel],  Bp[p][k][c] = B[k][p*kPanel + c]  (0 past N)
+// in parts of Q = packed_row<S>() as Rp's,
+//   Bp [ceil(N/kPanel),kPanel/Q,K,Q],  Bp[p][c/Q][k][c%Q] = B[k][p*kPanel + c]  (0 past N)
 // pack_columns fills panel p. column_product computes columns [c0, c1) of
 //   z[nb,ldz] += a[:, k0:k1] B[k0:k1, :],   c0 a multiple of kPanel,
 // summing over k = k0, ..., k1 - 1 in order (fetch_ahead as for recurrent_block).

@@ -269,14 +269,16 @@ int64_t documented_training_workspace(const Config& c) {
          (small ? packed * c.I + by_columns : 0);
 }
 
-// recurrent.h's layout, Rp[u][g][k][c] = R[g*H + u*P + c][k] and 0 past H,
-// however this CPU packs it (tiles transposed in registers with AVX-512 or
-// AVX2, else element by element), at sizes that leave partial tiles of units
-// and of columns.
+// recurrent.h's layout, Rp[u][g][c/Q][k][c%Q] = R[g*H + u*P + c][k] and 0
+// past H, however this CPU packs it (tiles transposed in registers with
+// AVX-512 or AVX2, else element by element; Q = P, or P/2 with AVX2), at
+// sizes that leave partial tiles of units and of columns.
 template <typename S>
 void blocks_hold_the_layout() {
   using namespace lstm_ext::detail;
   constexpr int64_t P = kPanel<S>;
+  const int64_t Q = packed_row<S>();
+  ASSERT_TRUE(Q == P || Q == P / 2) << Q;
   for (int64_t H : {1, 5, 8, 13, 32, 37, 64})
     for (int64_t O : {1, 3, 8, 9, 16, 37}) {
       std::vector<S> R(size_t(4 * H * O));
@@ -290,7 +292,7 @@ void blocks_hold_the_layout() {
             for (int64_t c = 0; c < P; ++c) {
               const int64_t j = u * P + c;
               const S want = j < H ? R[size_t((g * H + j) * O + k)] : S(0);
-              ASSERT_EQ(Rp[size_t(((u * 4 + g) * O + k) * P + c)], want)
+              ASSERT_EQ(Rp[size_t((u * 4 + g) * O * P + (c / Q) * O * Q + k * Q + c % Q)], want)
                   << "H " << H << " O " << O << " u " << u << " g " << g << " k " << k << " c "
                   << c;
             }
@@ -298,6 +300,35 @@ void blocks_hold_the_layout() {
 }
 TEST(Packing, RecurrentBlocksHoldTheLayoutFloat) { blocks_hold_the_layout<float>(); }
 TEST(Packing, RecurrentBlocksHoldTheLayoutDouble) { blocks_hold_the_layout<double>(); }
+
+// The same layout by columns, Bp[p][c/Q][k][c%Q] = B[k][p*P + c] and 0 past
+// N, and unpack_columns giving B back, with partial panels and parts.
+template <typename S>
+void columns_hold_the_layout() {
+  using namespace lstm_ext::detail;
+  constexpr int64_t P = kPanel<S>;
+  const int64_t Q = packed_row<S>();
+  for (int64_t K : {1, 7, 16})
+    for (int64_t N : {int64_t(1), int64_t(5), Q, Q + 3, P, 2 * P + 9}) {
+      std::vector<S> B(size_t(K * N)), back(B.size(), S(-1));
+      for (size_t i = 0; i < B.size(); ++i) B[i] = S(i + 1);
+      const int64_t panels = (N + P - 1) / P;
+      std::vector<S> Bp(size_t(panels * K * P), S(-1));
+      for (int64_t p = 0; p < panels; ++p) pack_columns(Bp.data(), B.data(), K, N, p);
+      for (int64_t p = 0; p < panels; ++p)
+        for (int64_t k = 0; k < K; ++k)
+          for (int64_t c = 0; c < P; ++c) {
+            const int64_t j = p * P + c;
+            const S want = j < N ? B[size_t(k * N + j)] : S(0);
+            ASSERT_EQ(Bp[size_t(p * K * P + (c / Q) * K * Q + k * Q + c % Q)], want)
+                << "K " << K << " N " << N << " p " << p << " k " << k << " c " << c;
+          }
+      unpack_columns(back.data(), Bp.data(), K, N);
+      ASSERT_EQ(back, B) << "K " << K << " N " << N;
+    }
+}
+TEST(Packing, ColumnPanelsHoldTheLayoutFloat) { columns_hold_the_layout<float>(); }
+TEST(Packing, ColumnPanelsHoldTheLayoutDouble) { columns_hold_the_layout<double>(); }
 
 TEST(Sizes, WorkspaceSizesPast2To31AreExact) {
   const int64_t T = int64_t(1) << 16, B = 1024, I = 8, H = 1024, P = 256;
