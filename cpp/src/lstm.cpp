@@ -422,14 +422,15 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
     pack_recurrent_block(ws + L.rp, wq.R, H, O, u);
     if (team_input) pack_recurrent_block(ws + L.wp, wq.W, H, I, u);
   };
-  // Over a's columns [c0, c1) (K = I or O).
+  // Over a's columns [c0, c1) (K = I or O): x W^T written to z (input), or
+  // h R^T added to it.
   auto block_product = [&](S* z, const S* a, int64_t nb, int64_t u, int64_t c0, int64_t c1,
                            bool input = false) {
     const int64_t K = input ? I : O;
     if constexpr (std::is_same_v<S, float>)
       if (bf16_panels)
-        return recurrent_block_bf16(z, G, a, K, input ? Wq : Rq, nb, H, K, u, c0, c1, far);
-    recurrent_block(z, G, a, K, ws + (input ? L.wp : L.rp), nb, H, K, u, c0, c1, far);
+        return recurrent_block_bf16(z, G, a, K, input ? Wq : Rq, nb, H, K, u, c0, c1, far, input);
+    recurrent_block(z, G, a, K, ws + (input ? L.wp : L.rp), nb, H, K, u, c0, c1, far, input);
   };
 
   // Training with small weights keeps R and W packed by columns for backward
@@ -460,13 +461,8 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
     // team_input: x W^T [n,4H] of steps [k, ke), the units of blocks [u0, u1).
     auto input_products = [&](int64_t k, int64_t ke, int64_t u0, int64_t u1) {
       const int64_t n = s.offset[ke] - s.offset[k];
-      const int64_t j0 = std::min(H, u0 * kPanel<S>), j1 = std::min(H, u1 * kPanel<S>);
-      S* z = z_at(k);
-      for (int64_t r = 0; r < n; ++r)
-        for (int64_t g = 0; g < 4; ++g)
-          std::fill(z + r * G + g * H + j0, z + r * G + g * H + j1, S(0));
       for (int64_t u = u0; u < u1; ++u)
-        block_product(z, xin + (s.offset[k] - r0) * I, n, u, 0, I, true);
+        block_product(z_at(k), xin + (s.offset[k] - r0) * I, n, u, 0, I, true);
     };
 
     dispatch(
@@ -635,10 +631,8 @@ void lstm_backward(S* dx, S* dh0, S* dc0, const Grads<S>& g, S* scr, In<S> ws, I
                 // dx [n,I] = dz W of steps [k, ke), columns [i0, i1).
                 auto dx_rows = [&](int64_t k, int64_t ke) {
                   const int64_t r0 = s.offset[k], rows = s.offset[ke] - r0;
-                  for (int64_t r = r0; r < r0 + rows; ++r)
-                    std::fill(dXp + r * I + i0, dXp + r * I + i1, S(0));
                   column_product(dXp + r0 * I, I, dZ + r0 * G, G, ws + L.wb, rows, G, 0, G, i0, i1,
-                                 far);
+                                 far, true);
                 };
                 for (int64_t k = K - 1; k >= 0; --k) {
                   const int64_t nb = s.batch[k];
@@ -651,9 +645,8 @@ void lstm_backward(S* dx, S* dh0, S* dc0, const Grads<S>& g, S* scr, In<S> ws, I
                   if (team_dx && k + 1 < K && (K - k - 1) % dsub == 0)
                     dx_rows(k + 1, std::min(K, k + 1 + dsub));
                   barrier.wait_finished(K - k);
-                  for (int64_t j = 0; j < nb; ++j)
-                    std::fill(dh + j * O + j0, dh + j * O + j1, S(0));
-                  column_product(dh, O, dZ + s.offset[k] * G, G, Rb, nb, G, 0, G, j0, j1, far);
+                  column_product(dh, O, dZ + s.offset[k] * G, G, Rb, nb, G, 0, G, j0, j1, far,
+                                 true);
                 }
                 if (team_dx) dx_rows(0, K - (K - 1) / dsub * dsub);
               });

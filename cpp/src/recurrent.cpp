@@ -338,15 +338,21 @@ struct Vec2<double> {
   }
 };
 
+// Each vector's lanes in z: stored, and read as the accumulators' start
+// (none where the product overwrites z: a masked load of no lanes gives 0).
+struct StripMasks {
+  __m256i store[16], load[16];
+};
+
 // z[r][.] += sum_k a[r][k] * bp[.] over vectors v0 .. v0+NV-1 (v0 and NV
-// even), rows r < NR; mask[v] is vector v's lanes in z. With AVX2 a panel is
+// even), rows r < NR; m their lanes. With AVX2 a panel is
 // stored in two halves of two vectors (recurrent.h, packed_row): vectors v
 // and v + 1 (v even) are half (v%4)/2 of panel v/4, their K rows 2L apart
 // from bp + (v/4)*ps + ((v%4)/2)*ps/2. A strip of two vectors then reads K
 // consecutive 64-byte lines, spread over all of L1's sets.
 template <typename S, int NR, int NV>
 LSTM_EXT_AVX2_FN void strip_rows(S* z, int64_t ldz, int64_t zs, const S* a, int64_t lda,
-                                 const S* bp, int64_t ps, int64_t K, int v0, const __m256i* mask) {
+                                 const S* bp, int64_t ps, int64_t K, int v0, const StripMasks& m) {
   using X = Vec2<S>;
   constexpr int64_t L = X::kLanes, Q = 2 * L;
   constexpr int NH = NV / 2;  // halves of panels read
@@ -364,7 +370,7 @@ LSTM_EXT_AVX2_FN void strip_rows(S* z, int64_t ldz, int64_t zs, const S* a, int6
     for (int h = 0; h < NH; ++h)
 #pragma GCC unroll 2
       for (int j = 0; j < 2; ++j)
-        acc[r][h][j] = X::load(mask[v0 + 2 * h + j], zp[h] + r * ldz + j * L);
+        acc[r][h][j] = X::load(m.load[v0 + 2 * h + j], zp[h] + r * ldz + j * L);
   for (int64_t k = 0; k < K; ++k) {
     typename X::V b[NH][2];
 #pragma GCC unroll 4
@@ -390,12 +396,12 @@ LSTM_EXT_AVX2_FN void strip_rows(S* z, int64_t ldz, int64_t zs, const S* a, int6
     for (int h = 0; h < NH; ++h)
 #pragma GCC unroll 2
       for (int j = 0; j < 2; ++j) {
-        const __m256i m = mask[v0 + 2 * h + j];
+        const __m256i lanes = m.store[v0 + 2 * h + j];
         S* zr = zp[h] + r * ldz + j * L;
-        if (_mm256_movemask_epi8(m) == -1)
+        if (_mm256_movemask_epi8(lanes) == -1)
           X::store(zr, acc[r][h][j]);
         else
-          X::store(zr, m, acc[r][h][j]);
+          X::store(zr, lanes, acc[r][h][j]);
       }
 }
 
@@ -403,33 +409,36 @@ LSTM_EXT_AVX2_FN void strip_rows(S* z, int64_t ldz, int64_t zs, const S* a, int6
 // 2 for three to six (8, 8 and 6 to 12 accumulators).
 template <typename S, int NR>
 LSTM_EXT_AVX2_FN void strips(S* z, int64_t ldz, int64_t zs, const S* a, int64_t lda, const S* bp,
-                             int64_t ps, int64_t K, int ng, const __m256i* mask) {
+                             int64_t ps, int64_t K, int ng, const StripMasks& m) {
   constexpr int NV = NR == 1 ? 8 : NR == 2 ? 4 : 2;
   int v = 0;
-  for (; v + NV <= 4 * ng; v += NV) strip_rows<S, NR, NV>(z, ldz, zs, a, lda, bp, ps, K, v, mask);
+  for (; v + NV <= 4 * ng; v += NV) strip_rows<S, NR, NV>(z, ldz, zs, a, lda, bp, ps, K, v, m);
   if constexpr (NV == 8)  // ng odd: the last panel
-    if (v < 4 * ng) strip_rows<S, NR, 4>(z, ldz, zs, a, lda, bp, ps, K, v, mask);
+    if (v < 4 * ng) strip_rows<S, NR, 4>(z, ldz, zs, a, lda, bp, ps, K, v, m);
 }
 
 template <typename S>
 LSTM_EXT_AVX2_FN void panels_avx2(S* z, int64_t ldz, int64_t zs, const S* a, int64_t lda,
                                   const S* bp, int64_t ps, int64_t nb, int64_t K, int ng,
-                                  const int64_t* width) {
+                                  const int64_t* width, bool overwrite) {
   using X = Vec2<S>;
   constexpr int64_t L = X::kLanes;
-  __m256i mask[16];
-  for (int v = 0; v < 4 * ng; ++v) mask[v] = X::lanes(width[v / 4] - (v % 4) * L);
+  StripMasks m;
+  for (int v = 0; v < 4 * ng; ++v) {
+    m.store[v] = X::lanes(width[v / 4] - (v % 4) * L);
+    m.load[v] = overwrite ? X::lanes(0) : m.store[v];
+  }
   using Fn = void (*)(S*, int64_t, int64_t, const S*, int64_t, const S*, int64_t, int64_t, int,
-                      const __m256i*);
+                      const StripMasks&);
   if (nb < 3) {  // one group, wider strips
     static constexpr Fn kRows[] = {nullptr, strips<S, 1>, strips<S, 2>};
-    return kRows[nb](z, ldz, zs, a, lda, bp, ps, K, ng, mask);
+    return kRows[nb](z, ldz, zs, a, lda, bp, ps, K, ng, m);
   }
   // Groups of 3 to 6 rows (as even as possible), strips of two vectors. Strip
   // outer: its slice of the panels (K*64 bytes) stays in L1 while the groups
   // pass over it, and only the groups' rows of a come from L2 again.
   using StripFn = void (*)(S*, int64_t, int64_t, const S*, int64_t, const S*, int64_t, int64_t, int,
-                           const __m256i*);
+                           const StripMasks&);
   static constexpr StripFn kStrip[] = {nullptr,
                                        nullptr,
                                        nullptr,
@@ -449,7 +458,7 @@ LSTM_EXT_AVX2_FN void panels_avx2(S* z, int64_t ldz, int64_t zs, const S* a, int
                       2 * L * sizeof(S));
       else if (v + 2 < 4 * ng)
         prefetch_rows(strip_z(v + 2), ldz, group_rows(nb, groups, 0), 2 * L * sizeof(S));
-      kStrip[nr](z + n0 * ldz, ldz, zs, a + n0 * lda, lda, bp, ps, K, v, mask);
+      kStrip[nr](z + n0 * ldz, ldz, zs, a + n0 * lda, lda, bp, ps, K, v, m);
       n0 += nr;
     }
 }
@@ -639,59 +648,67 @@ void unpack_columns(S* B, const S* Bp, int64_t K, int64_t N) {
   }
 }
 
-// z += a[:, k0:k1] Bp[:, k0:k1, :] over ng panels of K rows each. Bp's
-// elements: S, or bfloat16 (B = uint16_t, S = float; AVX-512 only).
-// fetch_ahead: the AVX-512 kernel fetches each next panel while it computes
-// one (recurrent.h).
+// z += a[:, k0:k1] Bp[:, k0:k1, :] over ng panels of K rows each (z = with
+// overwrite). Bp's elements: S, or bfloat16 (B = uint16_t, S = float;
+// AVX-512 only). fetch_ahead: the AVX-512 kernel fetches each next panel
+// while it computes one (recurrent.h).
 template <typename S, typename B = S>
 void panel_product(S* z, int64_t ldz, int64_t zs, const S* a, int64_t lda, const B* Bp, int64_t nb,
                    int64_t K, int64_t k0, int64_t k1, int ng, const int64_t* width,
-                   bool fetch_ahead) {
+                   bool fetch_ahead, bool overwrite) {
 #ifdef LSTM_EXT_HAVE_X86_KERNELS
   // In chunks of kChunk along k, so that the chunk of the panels (256 KiB,
   // half of a Zen 3 core's L2) stays in L2 while every group of rows passes
   // over it. Each chunk adds to z what the one before left there: the same
-  // FMAs in the same order.
+  // FMAs in the same order. Overwriting, the AVX2 kernel starts the first
+  // chunk's accumulators at 0 instead of reading z; the AVX-512 kernel's z
+  // is zeroed first: the same bits either way.
   constexpr int64_t P = kPanel<S>, kChunk = 512;
   const Isa isa = cpu_isa();
   if (isa == Isa::kNone)
     throw std::logic_error("lstm_ext: this CPU has no packed recurrent kernel (AVX2 and FMA)");
+  if (overwrite && (isa == Isa::kAvx512 || k0 == k1))
+    for (int64_t r = 0; r < nb; ++r)
+      for (int g = 0; g < ng; ++g) std::fill_n(z + r * ldz + g * zs, width[g], S(0));
   for (int64_t c = k0; c < k1; c += kChunk) {
     const int64_t kc = std::min(kChunk, k1 - c);
     if (isa == Isa::kAvx512)
       panels_avx512(z, ldz, zs, a + c, lda, Bp + c * P, K * P, nb, kc, ng, width, fetch_ahead,
                     fetch_ahead && c + kc < k1 ? Bp + (c + kc) * P : nullptr);
     else if constexpr (std::is_same_v<B, S>)
-      panels_avx2(z, ldz, zs, a + c, lda, Bp + c * (P / 2), K * P, nb, kc, ng, width);
+      panels_avx2(z, ldz, zs, a + c, lda, Bp + c * (P / 2), K * P, nb, kc, ng, width,
+                  overwrite && c == k0);
     else
       throw std::logic_error("lstm_ext: bfloat16 panels need the AVX-512F kernel");
   }
 #else
   (void)z, (void)ldz, (void)zs, (void)a, (void)lda, (void)Bp, (void)nb, (void)K, (void)k0, (void)k1,
-      (void)ng, (void)width, (void)fetch_ahead;
+      (void)ng, (void)width, (void)fetch_ahead, (void)overwrite;
   throw std::logic_error("lstm_ext: the packed recurrent kernel is not compiled in");
 #endif
 }
 
 template <typename S>
 void recurrent_block(S* z, int64_t ldz, const S* h, int64_t ldh, const S* Rp, int64_t nb, int64_t H,
-                     int64_t O, int64_t u, int64_t k0, int64_t k1, bool fetch_ahead) {
+                     int64_t O, int64_t u, int64_t k0, int64_t k1, bool fetch_ahead,
+                     bool overwrite) {
   constexpr int64_t P = kPanel<S>;
   const int64_t w = std::min(P, H - u * P), width[4] = {w, w, w, w};
-  panel_product(z + u * P, ldz, H, h, ldh, Rp + u * 4 * O * P, nb, O, k0, k1, 4, width,
-                fetch_ahead);
+  panel_product(z + u * P, ldz, H, h, ldh, Rp + u * 4 * O * P, nb, O, k0, k1, 4, width, fetch_ahead,
+                overwrite);
 }
 
 template <typename S>
 void column_product(S* z, int64_t ldz, const S* a, int64_t lda, const S* Bp, int64_t nb, int64_t K,
-                    int64_t k0, int64_t k1, int64_t c0, int64_t c1, bool fetch_ahead) {
+                    int64_t k0, int64_t k1, int64_t c0, int64_t c1, bool fetch_ahead,
+                    bool overwrite) {
   constexpr int64_t P = kPanel<S>;
   for (int64_t c = c0; c < c1; c += 4 * P) {
     int64_t width[4];
     int ng = 0;
     for (; ng < 4 && c + ng * P < c1; ++ng) width[ng] = std::min(P, c1 - c - ng * P);
     panel_product(z + c, ldz, P, a, lda, Bp + (c / P) * K * P, nb, K, k0, k1, ng, width,
-                  fetch_ahead);
+                  fetch_ahead, overwrite);
   }
 }
 
@@ -747,11 +764,11 @@ void pack_recurrent_block_bf16(uint16_t* Rq, const float* R, int64_t H, int64_t 
 
 void recurrent_block_bf16(float* z, int64_t ldz, const float* h, int64_t ldh, const uint16_t* Rq,
                           int64_t nb, int64_t H, int64_t O, int64_t u, int64_t k0, int64_t k1,
-                          bool fetch_ahead) {
+                          bool fetch_ahead, bool overwrite) {
   constexpr int64_t P = kPanel<float>;
   const int64_t w = std::min(P, H - u * P), width[4] = {w, w, w, w};
-  panel_product(z + u * P, ldz, H, h, ldh, Rq + u * 4 * O * P, nb, O, k0, k1, 4, width,
-                fetch_ahead);
+  panel_product(z + u * P, ldz, H, h, ldh, Rq + u * 4 * O * P, nb, O, k0, k1, 4, width, fetch_ahead,
+                overwrite);
 }
 
 #define LSTM_EXT_INSTANTIATE(S)                                                                \
@@ -759,11 +776,11 @@ void recurrent_block_bf16(float* z, int64_t ldz, const float* h, int64_t ldh, co
   template int64_t packed_row<S>();                                                            \
   template void pack_recurrent_block<S>(S*, const S*, int64_t, int64_t, int64_t);              \
   template void recurrent_block<S>(S*, int64_t, const S*, int64_t, const S*, int64_t, int64_t, \
-                                   int64_t, int64_t, int64_t, int64_t, bool);                  \
+                                   int64_t, int64_t, int64_t, int64_t, bool, bool);            \
   template void pack_columns<S>(S*, const S*, int64_t, int64_t, int64_t);                      \
   template void unpack_columns<S>(S*, const S*, int64_t, int64_t);                             \
   template void column_product<S>(S*, int64_t, const S*, int64_t, const S*, int64_t, int64_t,  \
-                                  int64_t, int64_t, int64_t, int64_t, bool);
+                                  int64_t, int64_t, int64_t, int64_t, bool, bool);
 LSTM_EXT_INSTANTIATE(float)
 LSTM_EXT_INSTANTIATE(double)
 

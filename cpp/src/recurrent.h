@@ -59,9 +59,12 @@ void pack_recurrent_block(S* Rp, const S* R, int64_t H, int64_t O, int64_t u);
 // pass over a panel, they fetch the next one (AVX-512, 4 rows or more;
 // the result is the same either way). Where the panels stay in L2 the fetches
 // cost 2-3 % (dev/perf-notes.md, 38).
+// overwrite: z's elements start from 0 instead of their entry values (which
+// are not read): the bits of zeroing z first, without the pass over it.
 template <typename S>
 void recurrent_block(S* z, int64_t ldz, const S* h, int64_t ldh, const S* Rp, int64_t nb, int64_t H,
-                     int64_t O, int64_t u, int64_t k0, int64_t k1, bool fetch_ahead);
+                     int64_t O, int64_t u, int64_t k0, int64_t k1, bool fetch_ahead,
+                     bool overwrite);
 
 // The same kernel for a product with a long inner dimension, as backward's
 // dL/dh = dz R ([nb,4H] x [4H,O]): B [K,N] packed in panels of kPanel columns,
@@ -69,7 +72,8 @@ void recurrent_block(S* z, int64_t ldz, const S* h, int64_t ldh, const S* Rp, in
 //   Bp [ceil(N/kPanel),kPanel/Q,K,Q],  Bp[p][c/Q][k][c%Q] = B[k][p*kPanel + c]  (0 past N)
 // pack_columns fills panel p. column_product computes columns [c0, c1) of
 //   z[nb,ldz] += a[:, k0:k1] B[k0:k1, :],   c0 a multiple of kPanel,
-// summing over k = k0, ..., k1 - 1 in order (fetch_ahead as for recurrent_block).
+// summing over k = k0, ..., k1 - 1 in order (fetch_ahead and overwrite as
+// for recurrent_block).
 template <typename S>
 void pack_columns(S* Bp, const S* B, int64_t K, int64_t N, int64_t p);
 // B [K,N] back from all its panels.
@@ -77,7 +81,8 @@ template <typename S>
 void unpack_columns(S* B, const S* Bp, int64_t K, int64_t N);
 template <typename S>
 void column_product(S* z, int64_t ldz, const S* a, int64_t lda, const S* Bp, int64_t nb, int64_t K,
-                    int64_t k0, int64_t k1, int64_t c0, int64_t c1, bool fetch_ahead);
+                    int64_t k0, int64_t k1, int64_t c0, int64_t c1, bool fetch_ahead,
+                    bool overwrite);
 
 // bfloat16 weights (Config::bf16_weights). round_to_bf16: dst[i] = src[i]
 // rounded to bfloat16 (to nearest, ties to even; a NaN stays a quiet NaN), as
@@ -97,7 +102,7 @@ int64_t packed_recurrent_bf16_size(int64_t H, int64_t O);  // uint16_t elements
 void pack_recurrent_block_bf16(uint16_t* Rq, const float* R, int64_t H, int64_t O, int64_t u);
 void recurrent_block_bf16(float* z, int64_t ldz, const float* h, int64_t ldh, const uint16_t* Rq,
                           int64_t nb, int64_t H, int64_t O, int64_t u, int64_t k0, int64_t k1,
-                          bool fetch_ahead);
+                          bool fetch_ahead, bool overwrite);
 
 }  // namespace detail
 }  // namespace lstm_ext

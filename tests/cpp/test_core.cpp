@@ -330,6 +330,59 @@ void columns_hold_the_layout() {
 TEST(Packing, ColumnPanelsHoldTheLayoutFloat) { columns_hold_the_layout<float>(); }
 TEST(Packing, ColumnPanelsHoldTheLayoutDouble) { columns_hold_the_layout<double>(); }
 
+// recurrent_block and column_product with overwrite give the bits of the
+// same call on z zeroed first, and leave the rest of z alone: batches that
+// take every group shape of both kernels, partial blocks and panels, inner
+// sizes past one chunk of k (512), ranges of k that start past 0.
+template <typename S>
+void overwrite_is_zeroing_first() {
+  using namespace lstm_ext::detail;
+  if (!lstm_ext::packed_recurrent_enabled())
+    GTEST_SKIP() << "this CPU has no packed recurrent kernel (AVX2 and FMA)";
+  std::mt19937 gen(7);
+  std::uniform_real_distribution<double> dist(-1, 1);
+  const auto random = [&](int64_t n) {
+    std::vector<S> v(static_cast<size_t>(n));
+    for (S& e : v) e = S(dist(gen));
+    return v;
+  };
+  const S nan = std::numeric_limits<S>::quiet_NaN();
+  for (int64_t nb : {1, 2, 3, 5, 7, 16})
+    for (int64_t H : {13, 40})
+      for (int64_t O : {9, 600}) {
+        const int64_t G = 4 * H, blocks = recurrent_blocks<S>(H);
+        const std::vector<S> R = random(G * O), h = random(nb * O);
+        std::vector<S> Rp(size_t(packed_recurrent_size<S>(H, O)));
+        for (int64_t u = 0; u < blocks; ++u) pack_recurrent_block(Rp.data(), R.data(), H, O, u);
+        for (const int64_t k0 : {int64_t(0), O / 3}) {
+          std::vector<S> want(size_t(nb * G), S(0)), got(size_t(nb * G), nan);
+          for (int64_t u = 0; u < blocks; ++u) {
+            recurrent_block(want.data(), G, h.data(), O, Rp.data(), nb, H, O, u, k0, O, false,
+                            false);
+            recurrent_block(got.data(), G, h.data(), O, Rp.data(), nb, H, O, u, k0, O, false, true);
+          }
+          ASSERT_EQ(0, std::memcmp(want.data(), got.data(), want.size() * sizeof(S)))
+              << "recurrent_block nb " << nb << " H " << H << " O " << O << " k0 " << k0;
+        }
+        // dh [nb,O] = dz [nb,G] R [G,O], columns [c0, O) of a z 3 wider.
+        const int64_t panels = (O + kPanel<S> - 1) / kPanel<S>, c0 = O > kPanel<S> ? kPanel<S> : 0;
+        std::vector<S> Rb(size_t(panels * G * kPanel<S>));
+        for (int64_t p = 0; p < panels; ++p) pack_columns(Rb.data(), R.data(), G, O, p);
+        const std::vector<S> dz = random(nb * G);
+        std::vector<S> want(size_t(nb * (O + 3)), nan), got(want.size(), nan);
+        for (int64_t r = 0; r < nb; ++r) std::fill_n(want.begin() + r * (O + 3) + c0, O - c0, S(0));
+        column_product(want.data(), O + 3, dz.data(), G, Rb.data(), nb, G, 0, G, c0, O, false,
+                       false);
+        column_product(got.data(), O + 3, dz.data(), G, Rb.data(), nb, G, 0, G, c0, O, false, true);
+        for (size_t i = 0; i < want.size(); ++i)
+          ASSERT_TRUE(std::memcmp(&want[i], &got[i], sizeof(S)) == 0 ||
+                      (std::isnan(want[i]) && std::isnan(got[i])))
+              << "column_product nb " << nb << " H " << H << " O " << O << " at " << i;
+      }
+}
+TEST(Packing, OverwriteIsZeroingFirstFloat) { overwrite_is_zeroing_first<float>(); }
+TEST(Packing, OverwriteIsZeroingFirstDouble) { overwrite_is_zeroing_first<double>(); }
+
 TEST(Sizes, WorkspaceSizesPast2To31AreExact) {
   const int64_t T = int64_t(1) << 16, B = 1024, I = 8, H = 1024, P = 256;
   const Config c = sizes(T, B, I, H), next = sizes(T + 1, B, I, H);  // T*B*H = 2^36
