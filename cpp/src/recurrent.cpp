@@ -345,10 +345,10 @@ struct StripMasks {
 };
 
 // z[r][.] += sum_k a[r][k] * bp[.] over vectors v0 .. v0+NV-1 (v0 and NV
-// even), rows r < NR; m their lanes. With AVX2 a panel is
-// stored in two halves of two vectors (recurrent.h, packed_row): vectors v
-// and v + 1 (v even) are half (v%4)/2 of panel v/4, their K rows 2L apart
-// from bp + (v/4)*ps + ((v%4)/2)*ps/2. A strip of two vectors then reads K
+// even), rows r < NR; m their lanes. With AVX2 a panel is stored in two
+// halves of two vectors (recurrent.h, packed_row): vectors v and v + 1 (v
+// even) are half (v%4)/2 of panel v/4, their K rows 2L apart from
+// bp + (v/4)*ps + ((v%4)/2)*ps/2. A strip of two vectors then reads K
 // consecutive 64-byte lines, spread over all of L1's sets.
 template <typename S, int NR, int NV>
 LSTM_EXT_AVX2_FN void strip_rows(S* z, int64_t ldz, int64_t zs, const S* a, int64_t lda,
