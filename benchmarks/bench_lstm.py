@@ -35,6 +35,7 @@ RAGGED = (100, 64, 512, 512)  # lengths uniform in [1, T]
 FLOAT64_CASE = (100, 16, 256, 256)
 THREAD_CASES = [(100, 16, 256, 256), (100, 64, 512, 512)]
 BF16_CASES = [(100, 1, 128, 128), (100, 1, 512, 512), (100, 64, 512, 512)]  # forward
+PACKED_CASES = [(1, 1, 128, 128), (10, 1, 128, 128), (100, 1, 128, 128), (100, 16, 256, 256)]
 GEMM_N = 2048
 WARM_UP_S = 0.3
 SLOW_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
@@ -128,9 +129,11 @@ def time_torch(torch, p, repeat):
     return median_ms(fwd, repeat), median_ms(fwd_bwd, repeat)
 
 
-def time_ort(ort, p, repeat, threads):
-    """onnxruntime's LSTM (ONNX gate order i, o, f, c), forward only."""
-    from onnx import TensorProto, helper
+def time_ort(ort, p, repeat, threads, constant_weights=False):
+    """onnxruntime's LSTM (ONNX gate order i, o, f, c), forward only. W, R and
+    B are inputs of every run, or with constant_weights initializers of the
+    graph, which the session packs once when it is made."""
+    from onnx import TensorProto, helper, numpy_helper
 
     T, B, _ = p["x"].shape
     H = p["R"].shape[1]
@@ -138,12 +141,13 @@ def time_ort(ort, p, repeat, threads):
     feed = dict(X=p["x"], W=gates(p["W"])[None], R=gates(p["R"])[None])
     feed.update(B=np.concatenate([gates(p["b"]), 0 * p["b"]])[None])
     feed.update(initial_h=p["h0"][None], initial_c=p["c0"][None])
+    constants = [numpy_helper.from_array(feed.pop(k), k) for k in "WRB"] if constant_weights else []
     f32 = TensorProto.FLOAT
     inputs = [helper.make_tensor_value_info(k, f32, v.shape) for k, v in feed.items()]
     output = helper.make_tensor_value_info("Y", f32, [T, 1, B, H])
     names = ["X", "W", "R", "B", "", "initial_h", "initial_c"]
     node = helper.make_node("LSTM", names, ["Y"], hidden_size=H)
-    graph = helper.make_graph([node], "lstm", inputs, [output])
+    graph = helper.make_graph([node], "lstm", inputs, [output], initializer=constants)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
     options = ort.SessionOptions()
     if threads:
@@ -249,6 +253,12 @@ def time_float64(torch, rng, repeat):
     return time_ours(p, repeat), time_torch(torch, p, repeat) if torch else (None, None)
 
 
+def in_turns(first, second, repeat):
+    """Median times (ms) of two calls taken in turns, three rounds."""
+    rounds = [(median_ms(first, repeat), median_ms(second, repeat)) for _ in range(3)]
+    return tuple(statistics.median(r[k] for r in rounds) for k in (0, 1))
+
+
 def time_bf16(ort, rng, repeat, threads):
     """Forward with weight_dtype="bfloat16" against float32 (taken in turns),
     onnxruntime's float32 time, and the largest |y difference| from float32."""
@@ -258,18 +268,35 @@ def time_bf16(ort, rng, repeat, threads):
         args = [p[k] for k in ("x", "W", "R", "b", "h0", "c0")]
         f32 = lambda a=args: lstm_ext.forward(*a, training=False)  # noqa: E731
         b16 = lambda a=args: lstm_ext.forward(*a, training=False, weight_dtype="bfloat16")  # noqa: E731
-        rounds = [(median_ms(f32, repeat), median_ms(b16, repeat)) for _ in range(3)]
+        fp32_ms, bf16_ms = in_turns(f32, b16, repeat)
         y32, y16 = f32().y, b16().y
         out.append(
             dict(
                 case=case,
-                fp32_ms=statistics.median(r[0] for r in rounds),
-                bf16_ms=statistics.median(r[1] for r in rounds),
+                fp32_ms=fp32_ms,
+                bf16_ms=bf16_ms,
                 ort_ms=time_ort(ort, p, repeat, threads) if ort else None,
                 max_abs_err=float(np.abs(y16.astype(np.float64) - y32).max()),
                 max_abs_y=float(np.abs(y32).max()),
             )
         )
+    return out
+
+
+def time_packed(ort, rng, repeat, threads):
+    """Inference through PackedLayer (weights packed once) against forward
+    (packing at every call), taken in turns, and onnxruntime's time with the
+    weights constant in its graph (its session packs them once too)."""
+    out = []
+    for case in PACKED_CASES:
+        p = problem(rng, *case)
+        args = [p[k] for k in ("x", "W", "R", "b", "h0", "c0")]
+        layer = lstm_ext.PackedLayer(p["W"], p["R"], p["b"])
+        plain = lambda a=args: lstm_ext.forward(*a, training=False)  # noqa: E731
+        packed = lambda f=layer.forward, a=args: f(a[0], a[4], a[5])  # noqa: E731
+        fwd_ms, packed_ms = in_turns(plain, packed, repeat)
+        ort_ms = time_ort(ort, p, repeat, threads, constant_weights=True) if ort else None
+        out.append(dict(case=case, fwd_ms=fwd_ms, packed_ms=packed_ms, ort_ms=ort_ms))
     return out
 
 
@@ -434,12 +461,13 @@ def main():
         (o64, t64) = time_float64(torch, rng, args.repeat)
         threads, n = time_threads(rng, args.repeat)
         bf16 = time_bf16(ort, rng, args.repeat, args.threads)
+        packed = time_packed(ort, rng, args.repeat, args.threads)
         key = lambda case: ",".join(map(str, case))  # noqa: E731
         extra = dict(step_us=step_us, lstmcell_us=cell_us, float64_case=FLOAT64_CASE,
                      float64_ms=o64, float64_torch_ms=t64, threads=n,
                      thread_rows={key(k): v for k, v in threads.items()},
                      workspace={key(c): workspace_bytes(rng, c) for c in CASES},
-                     bf16=bf16)  # fmt: skip
+                     bf16=bf16, packed=packed)  # fmt: skip
         cell = f"{cell_us:.1f} µs, ratio {step_us / cell_us:.2f}" if cell_us else "-"
         print(f"\nstep, B=1, I=H=128: {step_us:.1f} µs; torch.nn.LSTMCell: {cell}")
         print(f"float64 {FLOAT64_CASE}: fwd {o64[0]:.2f} ms, fwd+bwd {o64[1]:.2f} ms; torch: "
@@ -454,6 +482,12 @@ def main():
                   f"ms ({r['bf16_ms'] / r['fp32_ms']:.2f}x)" + (ort_cells if r["ort_ms"] else "")
                   + f"; max |y - y_float32| {r['max_abs_err']:.1e} (max |y| "
                   f"{r['max_abs_y']:.2f})")  # fmt: skip
+        print("\nforward, weights packed once (PackedLayer) against packing at every call:")
+        for r in packed:
+            ort_cells = f", onnxruntime {r['ort_ms']:.3f} ms ({r['packed_ms'] / r['ort_ms']:.2f}x)"
+            print(f"  {key(r['case'])}: forward {r['fwd_ms']:.3f} ms, PackedLayer "
+                  f"{r['packed_ms']:.3f} ms ({r['packed_ms'] / r['fwd_ms']:.2f}x)"
+                  + (ort_cells if r["ort_ms"] else ""))  # fmt: skip
         for case, (got, formula) in extra["workspace"].items():
             _, _, i, h = (int(v) for v in case.split(","))
             kept = " + 4I·32⌈H/32⌉ + 4H·32(⌈H/32⌉ + ⌈I/32⌉)" if w_packed(i, h) else ""

@@ -137,6 +137,54 @@ void check_bf16(const Config& c, bool training, bool is_float = true) {
     throw std::invalid_argument("lstm_ext: bf16_weights needs float (float32) data, got double");
 }
 
+// ---- weights packed once (lstm.h: pack_weights) ----------------------------
+
+// The buffer: this header in its first 64 bytes (kPackedHeader elements of
+// either type), then R's panels (packed_size), then W's where team_products
+// (packed_recurrent_size<float>(H, I)), each as the forward's workspace holds
+// them.
+struct PackedHeader {
+  int64_t magic, element, I, H, O, bf16, layout, unused;
+};
+static_assert(sizeof(PackedHeader) == 64);
+constexpr int64_t kPackedMagic = 0x4b4341504d54534cLL;  // "LSTMPACK"
+constexpr int64_t kPackedHeader = 16;                   // elements
+
+// What lstm_forward packs for c on this CPU now: 0 (nothing: a projection,
+// or the packed kernel off), else the panels' part width (packed_row) with
+// bits for bfloat16 panels and for W (team_inputs).
+template <typename S>
+int64_t packed_layout(const Config& c) {
+  if (c.P != 0 || !packed_recurrent_enabled()) return 0;
+  const bool bf16_panels = c.bf16_weights && packed_bf16_enabled();
+  return packed_row<S>() | int64_t(bf16_panels) << 16 | int64_t(team_inputs(c)) << 17;
+}
+
+std::string packed_shape(int64_t element, int64_t I, int64_t H, int64_t O, bool bf16) {
+  const std::string type = element == 4 ? "float" : element == 8 ? "double" : "?";
+  return type + " I=" + std::to_string(I) + " H=" + std::to_string(H) + " O=" + std::to_string(O) +
+         (bf16 ? " bf16_weights" : "");
+}
+
+// w.packed's panels where they are what this call would pack, else nullptr
+// (the call packs in its workspace). Throws where w.packed's header is not
+// pack_weights' or names another shape.
+template <typename S>
+const S* packed_panels(const Weights<S>& w, const Config& c) {
+  if (!w.packed) return nullptr;
+  PackedHeader h;
+  std::memcpy(&h, w.packed, sizeof h);
+  if (h.magic != kPackedMagic)
+    throw std::invalid_argument("lstm_ext: w.packed does not start with pack_weights' header");
+  if (h.element != int64_t(sizeof(S)) || h.I != c.I || h.H != c.H || h.O != c.O() ||
+      h.bf16 != int64_t(c.bf16_weights))
+    throw std::invalid_argument("lstm_ext: w.packed holds weights packed for " +
+                                packed_shape(h.element, h.I, h.H, h.O, h.bf16 != 0) +
+                                ", this call has " +
+                                packed_shape(int64_t(sizeof(S)), c.I, c.H, c.O(), c.bf16_weights));
+  return h.layout != 0 && h.layout == packed_layout<S>(c) ? w.packed + kPackedHeader : nullptr;
+}
+
 struct BackwardLayout {
   int64_t dz, dh_all, dm, dh, dc, dxp, rb, total;
 };
@@ -363,6 +411,50 @@ int64_t step_scratch_size(const Config& c) {
   return add(mul(c.B, 4 * c.H), mul(c.P > 0 ? 2 : 1, mul(c.B, c.H)));
 }
 
+int64_t packed_weights_size(const Config& c) {
+  check_config(c);
+  if (c.P > 0) return kPackedHeader;  // nothing is packed with a projection
+  const int64_t W = team_products(c) ? packed_recurrent_size<float>(c.H, c.I) : 0;
+  return add(add(kPackedHeader, packed_size(c)), W);
+}
+
+template <typename S>
+void pack_weights(S* packed, const Weights<S>& w, const Config& cfg) {
+  check_config(cfg);
+  check_bf16(cfg, false, std::is_same_v<S, float>);
+  require(packed, "packed", packed_weights_size(cfg));
+  require_weights(w, cfg);
+  const int64_t H = cfg.H, I = cfg.I, O = cfg.O(), layout = packed_layout<S>(cfg);
+  const PackedHeader h{
+      kPackedMagic, int64_t(sizeof(S)), I, H, O, int64_t(cfg.bf16_weights), layout, 0};
+  std::memcpy(packed, &h, sizeof h);
+  if (layout == 0) return;
+  S* Rp = packed + kPackedHeader;
+  S* Wp = Rp + packed_size(cfg);
+  const bool with_W = team_inputs(cfg);
+  // As lstm_forward's pack_block, block by block over the threads.
+  if constexpr (std::is_same_v<S, float>)
+    if (cfg.bf16_weights && packed_bf16_enabled()) {
+      parallel_for(recurrent_blocks<S>(H), [&](int64_t u) {
+        pack_recurrent_block_bf16(reinterpret_cast<uint16_t*>(Rp), w.R, H, O, u);
+        if (with_W) pack_recurrent_block_bf16(reinterpret_cast<uint16_t*>(Wp), w.W, H, I, u);
+      });
+      return;
+    }
+  parallel_for(recurrent_blocks<S>(H), [&](int64_t u) {
+    pack_recurrent_block(Rp, w.R, H, O, u);
+    if (with_W) pack_recurrent_block(Wp, w.W, H, I, u);
+  });
+  // bf16_weights without bfloat16 panels: the forward packs copies rounded
+  // to bfloat16; packing only moves elements (and pads with zeros), so
+  // rounding the panels gives the same.
+  if constexpr (std::is_same_v<S, float>)
+    if (cfg.bf16_weights) {
+      round_weights(Rp, Rp, packed_recurrent_size<float>(H, O));
+      if (with_W) round_weights(Wp, Wp, packed_recurrent_size<float>(H, I));
+    }
+}
+
 template <typename S>
 void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, In<S> h0, In<S> c0,
                   const Weights<S>& w, const Config& cfg, bool training) {
@@ -372,6 +464,7 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
   check_bf16(cfg, training, std::is_same_v<S, float>);
   const ForwardLayout L = forward_layout(cfg, training);
   require_forward<S>(y, hT, cT, ws, L.total, x, w, cfg);
+  const S* prepacked = packed_panels(w, cfg);  // w.packed's panels, or nullptr
   const Schedule s = make_schedule(cfg);
   const S clip = S(cfg.clip);
 
@@ -395,19 +488,28 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
   const bool packed = P == 0 && packed_recurrent_enabled();
   const bool bf16_panels = packed && bf16 && packed_bf16_enabled();
   const bool team_input = packed && team_inputs(cfg);  // x W^T by the kernel, not the BLAS
-  const bool far = large_weights(cfg);                 // the kernel's fetch_ahead
+  // Where the products read R and W packed: w.packed's panels (only ever
+  // given where the packing is this call's: packed_panels), or the
+  // workspace's, which the team fills in its first chunk.
+  const bool pack = packed && !prepacked;
+  const S* Rp = prepacked ? prepacked : ws + L.rp;
+  const S* Wp = prepacked ? prepacked + packed_size(cfg) : ws + L.wp;
+  const bool far = large_weights(cfg);  // the kernel's fetch_ahead
   const int64_t blocks = recurrent_blocks<S>(H);
   // What the products read: w, or (bf16_weights) its matrices rounded to
   // bfloat16; bfloat16 panels are rounded as they are packed.
   Weights<S> wq = w;
   // Written and read by intrinsics only: R and (team_input) W as bfloat16 panels.
-  uint16_t *Rq = reinterpret_cast<uint16_t*>(ws + L.rp),
-           *Wq = reinterpret_cast<uint16_t*>(ws + L.wp);
+  const uint16_t *Rq = reinterpret_cast<const uint16_t*>(Rp),
+                 *Wq = reinterpret_cast<const uint16_t*>(Wp);
   if constexpr (std::is_same_v<S, float>)
     if (bf16) {
+      // Rounded where something reads the rounded matrix: the BLAS, or the
+      // packing into float panels.
       S* at = ws + L.wq;
-      if (!(bf16_panels && team_input)) round_weights(at, w.W, G * I), wq.W = at;
-      if (!bf16_panels) round_weights(at + G * I, w.R, G * O), wq.R = at + G * I;
+      if (!team_input || (pack && !bf16_panels)) round_weights(at, w.W, G * I), wq.W = at;
+      if (!packed || (pack && !bf16_panels))
+        round_weights(at + G * I, w.R, G * O), wq.R = at + G * I;
       if (P > 0) round_weights(at + G * (I + O), w.W_hr, P * H), wq.W_hr = at + G * (I + O);
     }
   // Block u's packing of R (and with team_input of W), and its share of
@@ -415,8 +517,9 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
   auto pack_block = [&](int64_t u) {
     if constexpr (std::is_same_v<S, float>)
       if (bf16_panels) {
-        pack_recurrent_block_bf16(Rq, w.R, H, O, u);
-        if (team_input) pack_recurrent_block_bf16(Wq, w.W, H, I, u);
+        pack_recurrent_block_bf16(reinterpret_cast<uint16_t*>(ws + L.rp), w.R, H, O, u);
+        if (team_input)
+          pack_recurrent_block_bf16(reinterpret_cast<uint16_t*>(ws + L.wp), w.W, H, I, u);
         return;
       }
     pack_recurrent_block(ws + L.rp, wq.R, H, O, u);
@@ -430,7 +533,7 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
     if constexpr (std::is_same_v<S, float>)
       if (bf16_panels)
         return recurrent_block_bf16(z, G, a, K, input ? Wq : Rq, nb, H, K, u, c0, c1, far, input);
-    recurrent_block(z, G, a, K, ws + (input ? L.wp : L.rp), nb, H, K, u, c0, c1, far, input);
+    recurrent_block(z, G, a, K, input ? Wp : Rp, nb, H, K, u, c0, c1, far, input);
   };
 
   // Training with small weights keeps R and W packed by columns for backward
@@ -475,7 +578,7 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
           };
           if (packed) {
             // Each thread owns a range of unit blocks for the whole chunk: it
-            // packs them (in the first chunk), computes their products, gate
+            // packs them (in the first chunk, unless w.packed), computes their products, gate
             // pass and outputs. Step k+1 reads all of h_k, the others' part
             // once they have finished step k (Barrier::wait_finished). With
             // rotate, each block sums over h's columns from its own first
@@ -490,7 +593,8 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
                             const int64_t j0 = std::min(H, u0 * kPanel<S>),
                                           j1 = std::min(H, u1 * kPanel<S>);
                             if (k0 == 0) {
-                              for (int64_t u = u0; u < u1; ++u) pack_block(u);
+                              if (pack)
+                                for (int64_t u = u0; u < u1; ++u) pack_block(u);
                               if (keep) keep_panels(t, n);
                             }
                             if (team_input) input_products(k0, std::min(k1, k0 + sub), u0, u1);
@@ -746,12 +850,13 @@ void lstm_step(S* h_out, S* c_out, S* scr, In<S> x, In<S> h, In<S> c, const Weig
   if (P > 0) gemm(Op::N, Op::T, B, P, H, S(1), m, H, w.W_hr, H, S(0), h_out, P);
 }
 
-#define LSTM_EXT_INSTANTIATE(S)                                                               \
-  template void lstm_forward<S>(S*, S*, S*, MaybeOut<S>, S*, In<S>, In<S>, In<S>,             \
-                                const Weights<S>&, const Config&, bool);                      \
-  template void lstm_backward<S>(S*, S*, S*, const Grads<S>&, S*, In<S>, In<S>, In<S>, In<S>, \
-                                 In<S>, const Weights<S>&, const Config&);                    \
-  template void lstm_step<S>(S*, S*, S*, In<S>, In<S>, In<S>, const Weights<S>&, const Config&);
+#define LSTM_EXT_INSTANTIATE(S)                                                                  \
+  template void lstm_forward<S>(S*, S*, S*, MaybeOut<S>, S*, In<S>, In<S>, In<S>,                \
+                                const Weights<S>&, const Config&, bool);                         \
+  template void lstm_backward<S>(S*, S*, S*, const Grads<S>&, S*, In<S>, In<S>, In<S>, In<S>,    \
+                                 In<S>, const Weights<S>&, const Config&);                       \
+  template void lstm_step<S>(S*, S*, S*, In<S>, In<S>, In<S>, const Weights<S>&, const Config&); \
+  template void pack_weights<S>(S*, const Weights<S>&, const Config&);
 LSTM_EXT_INSTANTIATE(float)
 LSTM_EXT_INSTANTIATE(double)
 

@@ -254,9 +254,14 @@ void Model::layer_forward(int64_t layer, int64_t d, const float* x, int64_t T, i
                           float* h, float* c) {
   const int64_t H = cfg_.hidden_size, O = cfg_.output_size();
   const Config cfg = layer_config(cfg_, layer, d, T, B);
-  const Part& p = parts_[size_t(layer * cfg_.directions() + d)];
-  const Weights<float> w{at(p.W), at(p.R), p.bias.empty() ? nullptr : p.bias.data(), at(p.W_hr),
-                         nullptr};
+  Part& p = parts_[size_t(layer * cfg_.directions() + d)];
+  Weights<float> w{at(p.W), at(p.R), p.bias.empty() ? nullptr : p.bias.data(), at(p.W_hr), nullptr};
+  if (p.packed.empty()) {  // the first run() packs the weights for all later ones
+    std::vector<float> packed(size_t(packed_weights_size(cfg)));
+    pack_weights(packed.data(), w, cfg);
+    p.packed.swap(packed);
+  }
+  w.packed = p.packed.data();
   ws_.resize(size_t(forward_workspace_size(cfg, false)));
   h_out_.resize(size_t(B * O));
   c_out_.resize(size_t(B * H));

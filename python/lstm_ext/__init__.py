@@ -75,6 +75,7 @@ __all__ = [
     "ForwardResultWithCells",
     "GradResult",
     "GradResultWithExtras",
+    "PackedLayer",
     "StepResult",
     "__version__",
     "backward",
@@ -313,3 +314,95 @@ def step(
     )
     lib = library_of(x)
     return StepResult(as_library(h, lib), as_library(c, lib))
+
+
+class PackedLayer:
+    """One layer-direction for repeated inference, its weights packed once.
+
+    ``forward`` packs W and R into the panels its products read at every call:
+    on the 2-core VM more than half of a ``(T,B,I,H) = (1,1,128,128)``
+    inference call, a third at T = 10 and a few percent at T = 100
+    (dev/perf-notes.md, 53). A ``PackedLayer`` packs them at construction and
+    keeps private, read-only copies of every weight, so later changes to the
+    arrays passed in do not reach it; ``forward`` then gives the bits of
+    ``lstm_ext.forward(x, W, R, b, ..., training=False)`` with the same
+    options. Made for streams fed in chunks and for servers; the CPU only
+    (float32 or float64, and ``weight_dtype="bfloat16"`` as forward takes it).
+    Costs the weights' memory about twice (copies and panels). Threads may
+    share one: ``forward`` only reads it.
+
+    >>> layer = lstm_ext.PackedLayer(W, R, b)
+    >>> y, h, c, _ = layer.forward(x_chunk, h, c)
+    """
+
+    def __init__(
+        self,
+        W: ArrayLike,
+        R: ArrayLike,
+        b: ArrayLike | None = None,
+        *,
+        W_hr: ArrayLike | None = None,
+        peephole: ArrayLike | None = None,
+        clip: float | None = None,
+        input_forget: bool = False,
+        weight_dtype: str | None = None,
+    ) -> None:
+        def private(a):
+            if a is None:
+                return None
+            a = np.array(a, copy=True, order="C")
+            a.flags.writeable = False
+            return a
+
+        self._W, self._R, self._b = private(W), private(R), private(b)
+        self._W_hr, self._peephole = private(W_hr), private(peephole)
+        self._clip, self._input_forget, self._weight_dtype = clip, input_forget, weight_dtype
+        # Checked as forward checks them (errors name the argument).
+        self._packed = _core.pack_weights(
+            self._W, self._R, self._b, W_hr=self._W_hr, peephole=self._peephole,
+            clip=clip, input_forget=input_forget, weight_dtype=weight_dtype,
+        )  # fmt: skip
+        self._packed.flags.writeable = False
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The weights' dtype, which ``x`` must have."""
+        return self._W.dtype
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: the private copies and the packed panels."""
+        arrays = (self._W, self._R, self._b, self._W_hr, self._peephole, self._packed)
+        return sum(a.nbytes for a in arrays if a is not None)
+
+    def forward(
+        self,
+        x: ArrayLike,
+        h0: ArrayLike | None = None,
+        c0: ArrayLike | None = None,
+        *,
+        batch_first: bool = False,
+        reverse: bool = False,
+        lengths: ArrayLike | None = None,
+        return_cell_states: bool = False,
+    ) -> ForwardResult | ForwardResultWithCells:
+        """``lstm_ext.forward(x, W, R, b, h0, c0, training=False, ...)`` on
+        this layer's weights and options; the cache is None."""
+        x = np.asarray(x)
+        if x.dtype != self._W.dtype:
+            raise TypeError(f"x: expected dtype {self._W.dtype} (the layer's), got {x.dtype}")
+        y, h, c, _, cs = _core.forward_packed(
+            self._packed, x, self._W, self._R, self._b, h0, c0,
+            batch_first=batch_first, reverse=reverse, lengths=lengths, W_hr=self._W_hr,
+            peephole=self._peephole, clip=self._clip, input_forget=self._input_forget,
+            return_cell_states=return_cell_states, weight_dtype=self._weight_dtype,
+        )  # fmt: skip
+        if return_cell_states:
+            return ForwardResultWithCells(y, h, c, None, cs)
+        return ForwardResult(y, h, c, None)
+
+    __call__ = forward
+
+    def __repr__(self) -> str:
+        H4, I = self._W.shape
+        return f"<lstm_ext.PackedLayer I={I} H={H4 // 4} {self._W.dtype}>"

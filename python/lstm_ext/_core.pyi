@@ -71,6 +71,36 @@ def forward(
     return_cell_states: bool = False,
     weight_dtype: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Cache | None, np.ndarray | None]: ...
+def pack_weights(
+    W: ArrayLike,
+    R: ArrayLike,
+    b: ArrayLike | None = None,
+    *,
+    W_hr: ArrayLike | None = None,
+    peephole: ArrayLike | None = None,
+    clip: float | None = None,
+    input_forget: bool = False,
+    weight_dtype: str | None = None,
+) -> np.ndarray: ...
+def forward_packed(
+    packed: np.ndarray,
+    x: ArrayLike,
+    W: ArrayLike,
+    R: ArrayLike,
+    b: ArrayLike | None = None,
+    h0: ArrayLike | None = None,
+    c0: ArrayLike | None = None,
+    *,
+    batch_first: bool = False,
+    reverse: bool = False,
+    lengths: ArrayLike | None = None,
+    W_hr: ArrayLike | None = None,
+    peephole: ArrayLike | None = None,
+    clip: float | None = None,
+    input_forget: bool = False,
+    return_cell_states: bool = False,
+    weight_dtype: str | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, None, np.ndarray | None]: ...
 def backward(
     cache: Cache,
     dy: ArrayLike | None,

@@ -25,8 +25,10 @@ struct Cache {
   std::optional<py::array_t<int64_t>> lengths;
 };
 
+// packed: pack_weights' buffer for these weights and shape (checked), or null.
 template <typename S>
-py::tuple forward_impl(ForwardArgs& f, bool batch_first, bool training, bool return_cell_states) {
+py::tuple forward_impl(ForwardArgs& f, bool batch_first, bool training, bool return_cell_states,
+                       const S* packed = nullptr) {
   Config cfg = f.cfg;
   const auto& lengths = f.lengths;
   if (lengths) cfg.lengths = lengths->data();
@@ -51,7 +53,8 @@ py::tuple forward_impl(ForwardArgs& f, bool batch_first, bool training, bool ret
     S *py_ = y.mutable_data(), *ph = hT.mutable_data(), *pc = cT.mutable_data(),
       *pcs = mut_or_null(cs), *pw = ws.mutable_data();
     const S *px = x.data(), *ph0 = ptr_or_null(h0), *pc0 = ptr_or_null(c0);
-    const lstm_ext::Weights<S> weights = w.weights();
+    lstm_ext::Weights<S> weights = w.weights();
+    weights.packed = packed;
     py::gil_scoped_release nogil;
     lstm_ext::lstm_forward(py_, ph, pc, pcs, pw, px, ph0, pc0, weights, cfg, training);
   }
@@ -77,6 +80,63 @@ py::tuple forward(const py::object& x, const py::object& W, const py::object& R,
     throw py::value_error("weight_dtype='bfloat16' is for inference: expected training=False");
   return f.size == 4 ? forward_impl<float>(f, batch_first, training, return_cell_states)
                      : forward_impl<double>(f, batch_first, training, return_cell_states);
+}
+
+// ---- weights packed once (lstm.h: pack_weights) -----------------------------------
+
+// The layer's arguments checked as forward checks them, I from W.
+LayerArgs check_packed_layer(const py::object& W, const py::object& R, const py::object& b,
+                             const py::object& W_hr, const py::object& peephole,
+                             const py::object& clip, bool input_forget,
+                             const py::object& weight_dtype) {
+  const Arg w = arg("W", W);
+  const int size = float_size(w);
+  check_ndim(w, 2, "[4H,I]");
+  LayerArgs l = check_layer(W, R, b, W_hr, peephole, clip, input_forget, size, w.a.shape(1));
+  l.cfg.bf16_weights = check_weight_dtype(weight_dtype, size);
+  return l;
+}
+
+template <typename S>
+py::array pack_impl(const LayerArgs& l) {
+  const LayerArrays<S> w = layer_arrays<S>(l, false);
+  carray<S> packed = empty<S>({lstm_ext::packed_weights_size(l.cfg)});
+  {
+    S* p = packed.mutable_data();
+    const lstm_ext::Weights<S> weights = w.weights();
+    py::gil_scoped_release nogil;
+    lstm_ext::pack_weights(p, weights, l.cfg);
+  }
+  return packed;
+}
+
+py::array pack_weights(const py::object& W, const py::object& R, const py::object& b,
+                       const py::object& W_hr, const py::object& peephole, const py::object& clip,
+                       bool input_forget, const py::object& weight_dtype) {
+  const LayerArgs l = check_packed_layer(W, R, b, W_hr, peephole, clip, input_forget, weight_dtype);
+  return l.W.a.itemsize() == 4 ? pack_impl<float>(l) : pack_impl<double>(l);
+}
+
+// An inference forward on weights packed once: `packed` must be what
+// pack_weights returned for the same arrays (lstm_ext.PackedLayer keeps the
+// two together); its size and dtype are checked here, its header by the core.
+py::tuple forward_packed(const py::object& packed, const py::object& x, const py::object& W,
+                         const py::object& R, const py::object& b, const py::object& h0,
+                         const py::object& c0, bool batch_first, bool reverse,
+                         const py::object& lengths, const py::object& W_hr,
+                         const py::object& peephole, const py::object& clip, bool input_forget,
+                         bool return_cell_states, const py::object& weight_dtype) {
+  ForwardArgs f = check_forward(x, W, R, b, h0, c0, batch_first, reverse, lengths, W_hr, peephole,
+                                clip, input_forget, weight_dtype);
+  const Arg p = arg("packed", packed);
+  check_dtype(p, f.size, "x");
+  check_shape(p, {lstm_ext::packed_weights_size(f.cfg)}, "[packed_weights_size]");
+  if (f.size == 4) {
+    const carray<float> pf = contiguous<float>(p.a);
+    return forward_impl<float>(f, batch_first, false, return_cell_states, pf.data());
+  }
+  const carray<double> pd = contiguous<double>(p.a);
+  return forward_impl<double>(f, batch_first, false, return_cell_states, pd.data());
 }
 
 template <typename S>
@@ -224,6 +284,21 @@ PYBIND11_MODULE(_core, m) {
       });
 
   def_calls(m, &forward, &backward, &step);
+  m.def("pack_weights", &pack_weights, py::arg("W"), py::arg("R"), py::arg("b") = py::none(),
+        py::kw_only(), py::arg("W_hr") = py::none(), py::arg("peephole") = py::none(),
+        py::arg("clip") = py::none(), py::arg("input_forget") = false,
+        py::arg("weight_dtype") = py::none(),
+        "W and R packed as forward's products read them (lstm.h: pack_weights), checked as "
+        "forward checks them; for lstm_ext.PackedLayer.");
+  m.def("forward_packed", &forward_packed, py::arg("packed"), py::arg("x"), py::arg("W"),
+        py::arg("R"), py::arg("b") = py::none(), py::arg("h0") = py::none(),
+        py::arg("c0") = py::none(), py::kw_only(), py::arg("batch_first") = false,
+        py::arg("reverse") = false, py::arg("lengths") = py::none(), py::arg("W_hr") = py::none(),
+        py::arg("peephole") = py::none(), py::arg("clip") = py::none(),
+        py::arg("input_forget") = false, py::arg("return_cell_states") = false,
+        py::arg("weight_dtype") = py::none(),
+        "An inference forward reading pack_weights' buffer for the same W and R; for "
+        "lstm_ext.PackedLayer.");
   def_sizes(m);
   m.def("inference_chunk", &lstm_ext::inference_chunk, py::arg("B"),
         "Steps whose input projection inference keeps at once, for a batch of B.");

@@ -18,6 +18,7 @@
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "recurrent.h"  // cpp/src: the packed layout, tested below
@@ -242,6 +243,112 @@ TEST(Core, Bf16WeightsAreFloatOnRoundedWeights) {
   Problem<double> d(2, 1, 3, 4);
   d.cfg.bf16_weights = true;
   EXPECT_THROW(d.forward(), std::invalid_argument);
+}
+
+// pack_weights: forward with w.packed gives the bits of forward without, at
+// 1, 3 and 16 rows, partial blocks, I past and under R's width, inference and
+// training, 1 and 2 threads; and it reads the packed W and R, not w's, where
+// the packed kernel runs (w.W and w.R changed after packing change nothing).
+template <typename S>
+std::vector<S> pack(const lstm_ext::Weights<S>& w, const Config& c) {
+  std::vector<S> packed(size_t(lstm_ext::packed_weights_size(c)));
+  lstm_ext::pack_weights(packed.data(), w, c);
+  return packed;
+}
+
+template <typename S>
+void packed_weights_give_the_same_bits() {
+  const int before = lstm_ext::get_num_threads();
+  for (auto [T, B, I, H] :
+       {std::array<int64_t, 4>{9, 1, 13, 70}, {5, 3, 40, 33}, {4, 16, 90, 64}}) {
+    Problem<S> p(T, B, I, H, unsigned(B + I));
+    for (bool bf16 : {false, true}) {
+      if (bf16 && !std::is_same_v<S, float>) continue;
+      p.cfg.bf16_weights = bf16;
+      const std::vector<S> packed = pack(p.weights(), p.cfg);
+      // W and R changed after packing: q's forward reads the packed ones (at
+      // these sizes the input products run on the kernel too: team_inputs).
+      Problem<S> q = p;
+      for (auto* v : {&q.W, &q.R})
+        for (S& e : *v) e = S(0.5) * e;
+      for (int threads : {1, 2}) {
+        lstm_ext::set_num_threads(threads);
+        const std::vector<S> want = p.forward();
+        auto with_packed = [&](const Problem<S>& r, bool training) {
+          lstm_ext::Weights<S> w = r.weights();
+          w.packed = packed.data();
+          const Config& c = r.cfg;
+          std::vector<S> y(size_t(c.T * c.B * c.H)), h(size_t(c.B * c.H)), cc(h.size());
+          std::vector<S> ws(size_t(lstm_ext::forward_workspace_size(c, training)));
+          lstm_ext::lstm_forward(y.data(), h.data(), cc.data(), nullptr, ws.data(), r.x.data(),
+                                 nullptr, nullptr, w, c, training);
+          return y;
+        };
+        EXPECT_EQ(with_packed(p, false), want) << B << " " << bf16 << " " << threads;
+        if (!bf16) {
+          std::vector<S> ws;
+          EXPECT_EQ(with_packed(p, true), p.forward(&ws)) << B << " " << threads;
+        }
+        if (lstm_ext::packed_recurrent_enabled())
+          EXPECT_EQ(with_packed(q, false), want) << B << " " << bf16 << " " << threads;
+      }
+    }
+  }
+  lstm_ext::set_num_threads(before);
+}
+
+TEST(Core, PackedWeightsGiveTheSameBitsFloat) { packed_weights_give_the_same_bits<float>(); }
+TEST(Core, PackedWeightsGiveTheSameBitsDouble) { packed_weights_give_the_same_bits<double>(); }
+
+// A buffer pack_weights did not write, or wrote for another shape or type,
+// is refused before anything is written; with a projection nothing is packed
+// (the header alone) and the forward runs as without.
+TEST(Core, PackedWeightsOfAnotherShapeAreRefused) {
+  Problem<float> p(3, 2, 6, 20);
+  std::vector<float> packed = pack(p.weights(), p.cfg);
+  EXPECT_EQ(packed.size(), size_t(lstm_ext::packed_weights_size(p.cfg)));
+  auto forward = [&](const Problem<float>& r, const float* pk) {
+    lstm_ext::Weights<float> w = r.weights();
+    w.packed = pk;
+    const Config& c = r.cfg;
+    std::vector<float> y(size_t(c.T * c.B * c.H), -7.0f), h(size_t(c.B * c.H)), cc(h.size());
+    std::vector<float> ws(size_t(lstm_ext::forward_workspace_size(c, false)));
+    lstm_ext::lstm_forward(y.data(), h.data(), cc.data(), nullptr, ws.data(), r.x.data(), nullptr,
+                           nullptr, w, c, false);
+    return y;
+  };
+  Problem<float> other(3, 2, 7, 20);  // another I
+  EXPECT_THROW(forward(other, packed.data()), std::invalid_argument);
+  Problem<float> wider(3, 2, 6, 21);  // another H
+  EXPECT_THROW(forward(wider, packed.data()), std::invalid_argument);
+  Problem<float> rounded = p;
+  rounded.cfg.bf16_weights = true;
+  EXPECT_THROW(forward(rounded, packed.data()), std::invalid_argument);
+  std::vector<float> junk(packed.size(), 1.0f);
+  EXPECT_THROW(forward(p, junk.data()), std::invalid_argument);
+  Problem<double> d(3, 2, 6, 20);
+  const std::vector<double> packed_d = pack(d.weights(), d.cfg);
+  std::vector<float> as_float(packed.size());
+  std::memcpy(as_float.data(), packed_d.data(), std::min(packed_d.size() * 8, packed.size() * 4));
+  EXPECT_THROW(forward(p, as_float.data()), std::invalid_argument);
+  EXPECT_THROW(lstm_ext::pack_weights<float>(nullptr, p.weights(), p.cfg), std::invalid_argument);
+
+  // With a projection: only the header, and the same results as without.
+  Config c = p.cfg;
+  c.P = 4;
+  std::vector<float> W_hr(size_t(4 * 20), 0.1f), R(size_t(4 * 20 * 4), 0.05f);
+  lstm_ext::Weights<float> w{p.W.data(), R.data(), p.b.data(), W_hr.data()};
+  EXPECT_EQ(lstm_ext::packed_weights_size(c), 16);
+  const std::vector<float> header = pack(w, c);
+  std::vector<float> y(size_t(c.T * c.B * 4)), y2(y.size()), h(size_t(c.B * 4)),
+      cc(size_t(c.B * 20));
+  std::vector<float> ws(size_t(lstm_ext::forward_workspace_size(c, false)));
+  lstm_ext::lstm_forward(y.data(), h.data(), cc.data(), nullptr, ws.data(), p.x.data(), nullptr,
+                         nullptr, w, c, false);
+  w.packed = header.data();
+  lstm_ext::lstm_forward(y2.data(), h.data(), cc.data(), nullptr, ws.data(), p.x.data(), nullptr,
+                         nullptr, w, c, false);
+  EXPECT_EQ(y, y2);
 }
 
 // ---- 64-bit sizes ------------------------------------------------------------------
@@ -525,6 +632,7 @@ TEST(Sizes, ByteCountsPast64BitsAreRefusedNamingTheSizes) {
     EXPECT_THROW(forward_workspace_size(bad, false), std::length_error) << bad.T << " " << bad.H;
     EXPECT_THROW(backward_scratch_size(bad), std::length_error);
     if (bad.T != max) EXPECT_THROW(step_scratch_size(bad), std::length_error);  // T = 1 there
+    EXPECT_THROW(lstm_ext::packed_weights_size(bad), std::length_error);
   }
   // The calls refuse it before looking at a buffer: every one is null here,
   // which a call with valid sizes refuses with std::invalid_argument.
@@ -604,6 +712,12 @@ TEST(Model, StepAgreesWithRun) {
     b.step(x.data() + 3 * t, y.data());
     for (int k = 0; k < 4; ++k) EXPECT_FLOAT_EQ(y[size_t(k)], ys[size_t(4 * t + k)]);
   }
+  // In chunks (the later ones on the weights the first packed): the same bits.
+  lstm_ext::Model c = lstm_ext::Model::from_bytes(f.data(), f.size());
+  std::vector<float> chunks(12);
+  c.run(x.data(), 1, 1, chunks.data());
+  c.run(x.data() + 3, 2, 1, chunks.data() + 4);
+  EXPECT_EQ(chunks, ys);
 }
 
 TEST(Model, EveryTruncationIsRefused) {

@@ -84,6 +84,9 @@ struct Weights {
   In<S> b = nullptr;         // [4H]; nullptr: zeros
   In<S> W_hr = nullptr;      // [P,H]; required when P > 0
   In<S> peephole = nullptr;  // [3H] in ONNX order (i, o, f); nullptr: none
+  // [packed_weights_size(cfg)] from pack_weights(packed, *this, cfg), or
+  // nullptr: lstm_forward packs R and W in its workspace each call.
+  In<S> packed = nullptr;
 };
 
 // Parameter gradients, each overwritten (not accumulated) and shaped as its
@@ -137,6 +140,26 @@ int64_t backward_scratch_size(const Config& cfg);
 // may be null) and computes the gradient at the weights the forward used,
 // whatever happened to w's arrays since. Depends on the shape alone.
 bool training_keeps_weights(const Config& cfg);
+
+// R and W packed once, for many forward calls with the same weights (a model
+// run in chunks, an inference server): lstm_forward packs them in its workspace
+// otherwise, more than half of a (1,1,128,128) inference call on the 2-core VM
+// and a third at T = 10 (dev/perf-notes.md, 53). pack_weights writes
+// packed_weights_size(cfg) elements: a header naming the shape, then the panels
+// the products read. A forward call with w.packed reads its panels instead of
+// packing R and W, and gives the same bits. The caller promises that w.R and
+// w.W still hold what was packed (they are still read: with a projection
+// nothing is packed, and where the input product goes to the BLAS); the buffer
+// is only read, so calls on several threads may share it. Only cfg's I, H, P
+// and bf16_weights matter (T, B, lengths and reverse may differ from call to
+// call), in this process: where the packing would differ (another CPU's kernel,
+// the packed kernel switched off since, set_packed_recurrent), lstm_forward
+// packs in its workspace as without. lstm_forward throws std::invalid_argument
+// where w.packed's header is not pack_weights' or names another shape. The
+// workspace's size is the same either way. The CUDA path ignores w.packed.
+int64_t packed_weights_size(const Config& cfg);
+template <typename S>
+void pack_weights(S* packed, const Weights<S>& w, const Config& cfg);
 
 // Elements of the scratch step() needs.
 int64_t step_scratch_size(const Config& cfg);

@@ -54,7 +54,9 @@ class Model {
   // A whole sequence: x [T,B,I] -> y [T,B,D*O]. Unidirectional: starts from
   // the state step()/run() left (reset() or a new batch size zeros it) and
   // carries it on, so a long stream can come in chunks. Bidirectional: from
-  // zeros, keeps no state.
+  // zeros, keeps no state. The first call packs each layer's weights
+  // (lstm.h: pack_weights) and keeps them for the later ones, so chunks do
+  // not pay for it again: that memory is about the weights' size once more.
   void run(const float* x, int64_t T, int64_t B, float* y);
 
  private:
@@ -62,7 +64,8 @@ class Model {
   // into params_ (-1: absent), so that copies of a Model stay independent.
   struct Part {
     int64_t W = -1, R = -1, W_hr = -1;
-    std::vector<float> bias;  // bias_ih + bias_hh; empty without bias
+    std::vector<float> bias;    // bias_ih + bias_hh; empty without bias
+    std::vector<float> packed;  // pack_weights' buffer, from the first run() on
   };
   ModelConfig cfg_;
   std::vector<std::string> names_;
