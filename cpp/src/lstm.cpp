@@ -578,15 +578,15 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
           };
           if (packed) {
             // Each thread owns a range of unit blocks for the whole chunk: it
-            // packs them (in the first chunk, unless w.packed), computes their products, gate
-            // pass and outputs. Step k+1 reads all of h_k, the others' part
-            // once they have finished step k (Barrier::wait_finished). With
-            // rotate, each block sums over h's columns from its own first
-            // unit on, round to it again, so a thread starts on the columns
-            // it wrote itself while the others may still be finishing (the
-            // order depends on the block alone: the same bits at any thread
-            // count). Later chunks read blocks other threads packed: the end
-            // of a team is a synchronisation point.
+            // packs them (in the first chunk, unless w.packed), computes their
+            // products, gate pass and outputs. Step k+1 reads all of h_k, the
+            // others' part once they have finished step k
+            // (Barrier::wait_finished). With rotate, each block sums over h's
+            // columns from its own first unit on, round to it again, so a
+            // thread starts on the columns it wrote itself while the others may
+            // still be finishing (the order depends on the block alone: the
+            // same bits at any thread count). Later chunks read blocks other
+            // threads packed: the end of a team is a synchronisation point.
             parallel_team(int(std::min<int64_t>(blocks, team_size(s.batch[k0], H, O))),
                           [&](int t, int n, Barrier& barrier) {
                             const int64_t u0 = blocks * t / n, u1 = blocks * (t + 1) / n;
