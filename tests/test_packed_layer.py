@@ -8,6 +8,8 @@ blocks of units, a second chunk of steps, and weights past 2^21 elements
 (W then goes to the BLAS and only R is packed).
 """
 
+import copy
+import pickle
 import threading
 
 import numpy as np
@@ -180,3 +182,22 @@ def test_core_refuses_panels_of_another_layer(rng):
         _core.forward_packed(packed_p.astype(np.float64), p["x"], p["W"], p["R"])
     with pytest.raises(TypeError, match="packed: expected dtype float32 or float64, got object"):
         _core.forward_packed(None, p["x"], p["W"], p["R"])
+
+
+def test_empty_sizes_and_copies(rng):
+    # H = 0, I = 0, T = 0 and B = 0 run as forward does; a pickled or copied
+    # layer gives the same bits (its panels travel with it; on a CPU with
+    # another kernel their header does not match and forward packs again).
+    f = np.float32
+    empty = lstm_ext.PackedLayer(np.zeros((0, 3), f), np.zeros((0, 0), f))
+    y = empty.forward(np.zeros((2, 1, 3), f))
+    assert y.y.shape == (2, 1, 0) and y.h.shape == (1, 0)
+    p = make_problem(rng, 4, 3, 5, 6, f)
+    layer = lstm_ext.PackedLayer(p["W"], p["R"], p["b"])
+    assert layer.forward(p["x"][:0]).y.shape == (0, 3, 6)
+    assert layer.forward(p["x"][:, :0]).h.shape == (0, 6)
+    no_input = lstm_ext.PackedLayer(p["W"][:, :0], p["R"])
+    assert_same(no_input.forward(p["x"][:, :, :0]), no_input.forward(np.zeros((4, 3, 0), f)))
+    want = layer.forward(p["x"], p["h0"], p["c0"])
+    for other in (pickle.loads(pickle.dumps(layer)), copy.deepcopy(layer)):
+        assert_same(other.forward(p["x"], p["h0"], p["c0"]), want)
