@@ -185,6 +185,21 @@ const S* packed_panels(const Weights<S>& w, const Config& c) {
   return h.layout != 0 && h.layout == packed_layout<S>(c) ? w.packed + kPackedHeader : nullptr;
 }
 
+// Block u of R's panels into Rp and, with_W, of W's into Wp, as the products
+// read them: bfloat16 panels (bf16_panels, float), else panels of S.
+template <typename S>
+void pack_weight_block(S* Rp, S* Wp, const S* R, const S* W, int64_t H, int64_t I, int64_t O,
+                       int64_t u, bool bf16_panels, bool with_W) {
+  if constexpr (std::is_same_v<S, float>)
+    if (bf16_panels) {
+      pack_recurrent_block_bf16(reinterpret_cast<uint16_t*>(Rp), R, H, O, u);
+      if (with_W) pack_recurrent_block_bf16(reinterpret_cast<uint16_t*>(Wp), W, H, I, u);
+      return;
+    }
+  pack_recurrent_block(Rp, R, H, O, u);
+  if (with_W) pack_recurrent_block(Wp, W, H, I, u);
+}
+
 struct BackwardLayout {
   int64_t dz, dh_all, dm, dh, dc, dxp, rb, total;
 };
@@ -431,25 +446,15 @@ void pack_weights(S* packed, const Weights<S>& w, const Config& cfg) {
   if (layout == 0) return;
   S* Rp = packed + kPackedHeader;
   S* Wp = Rp + packed_size(cfg);
-  const bool with_W = team_inputs(cfg);
-  // As lstm_forward's pack_block, block by block over the threads.
-  if constexpr (std::is_same_v<S, float>)
-    if (cfg.bf16_weights && packed_bf16_enabled()) {
-      parallel_for(recurrent_blocks<S>(H), [&](int64_t u) {
-        pack_recurrent_block_bf16(reinterpret_cast<uint16_t*>(Rp), w.R, H, O, u);
-        if (with_W) pack_recurrent_block_bf16(reinterpret_cast<uint16_t*>(Wp), w.W, H, I, u);
-      });
-      return;
-    }
+  const bool with_W = team_inputs(cfg), bf16_panels = cfg.bf16_weights && packed_bf16_enabled();
   parallel_for(recurrent_blocks<S>(H), [&](int64_t u) {
-    pack_recurrent_block(Rp, w.R, H, O, u);
-    if (with_W) pack_recurrent_block(Wp, w.W, H, I, u);
+    pack_weight_block(Rp, Wp, w.R, w.W, H, I, O, u, bf16_panels, with_W);
   });
   // bf16_weights without bfloat16 panels: the forward packs copies rounded
   // to bfloat16; packing only moves elements (and pads with zeros), so
   // rounding the panels gives the same.
   if constexpr (std::is_same_v<S, float>)
-    if (cfg.bf16_weights) {
+    if (cfg.bf16_weights && !bf16_panels) {
       round_weights(Rp, Rp, packed_recurrent_size<float>(H, O));
       if (with_W) round_weights(Wp, Wp, packed_recurrent_size<float>(H, I));
     }
@@ -514,16 +519,9 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
     }
   // Block u's packing of R (and with team_input of W), and its share of
   //   z [nb,4H] += a [nb,K] M^T,   M = R (K = O), or with input W (K = I).
+  // (With bfloat16 panels wq's W and R are w's: they are rounded as packed.)
   auto pack_block = [&](int64_t u) {
-    if constexpr (std::is_same_v<S, float>)
-      if (bf16_panels) {
-        pack_recurrent_block_bf16(reinterpret_cast<uint16_t*>(ws + L.rp), w.R, H, O, u);
-        if (team_input)
-          pack_recurrent_block_bf16(reinterpret_cast<uint16_t*>(ws + L.wp), w.W, H, I, u);
-        return;
-      }
-    pack_recurrent_block(ws + L.rp, wq.R, H, O, u);
-    if (team_input) pack_recurrent_block(ws + L.wp, wq.W, H, I, u);
+    pack_weight_block(ws + L.rp, ws + L.wp, wq.R, wq.W, H, I, O, u, bf16_panels, team_input);
   };
   // Over a's columns [c0, c1) (K = I or O): x W^T written to z (input), or
   // h R^T added to it.

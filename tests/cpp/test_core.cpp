@@ -46,14 +46,16 @@ struct Problem {
   }
   lstm_ext::Weights<S> weights() const { return {W.data(), R.data(), b.data()}; }
   // y [T,B,H] of an inference forward, or with ws of a training forward
-  // (its workspace left in *ws).
-  std::vector<S> forward(std::vector<S>* ws = nullptr) const {
+  // (its workspace left in *ws); on pack_weights' buffer `packed` if given.
+  std::vector<S> forward(std::vector<S>* ws = nullptr, const S* packed = nullptr) const {
     const Config& c = cfg;
     std::vector<S> y(size_t(c.T * c.B * c.H)), h(size_t(c.B * c.H)), cc(h.size()), own;
     std::vector<S>& work = ws ? *ws : own;
     work.resize(size_t(lstm_ext::forward_workspace_size(c, ws != nullptr)));
+    lstm_ext::Weights<S> w = weights();
+    w.packed = packed;
     lstm_ext::lstm_forward(y.data(), h.data(), cc.data(), nullptr, work.data(), x.data(), nullptr,
-                           nullptr, weights(), c, ws != nullptr);
+                           nullptr, w, c, ws != nullptr);
     return y;
   }
   // y, dx, dW, dR and db of a training forward and its backward (dy = y),
@@ -274,23 +276,13 @@ void packed_weights_give_the_same_bits() {
       for (int threads : {1, 2}) {
         lstm_ext::set_num_threads(threads);
         const std::vector<S> want = p.forward();
-        auto with_packed = [&](const Problem<S>& r, bool training) {
-          lstm_ext::Weights<S> w = r.weights();
-          w.packed = packed.data();
-          const Config& c = r.cfg;
-          std::vector<S> y(size_t(c.T * c.B * c.H)), h(size_t(c.B * c.H)), cc(h.size());
-          std::vector<S> ws(size_t(lstm_ext::forward_workspace_size(c, training)));
-          lstm_ext::lstm_forward(y.data(), h.data(), cc.data(), nullptr, ws.data(), r.x.data(),
-                                 nullptr, nullptr, w, c, training);
-          return y;
-        };
-        EXPECT_EQ(with_packed(p, false), want) << B << " " << bf16 << " " << threads;
+        EXPECT_EQ(p.forward(nullptr, packed.data()), want) << B << " " << bf16 << " " << threads;
         if (!bf16) {
-          std::vector<S> ws;
-          EXPECT_EQ(with_packed(p, true), p.forward(&ws)) << B << " " << threads;
+          std::vector<S> ws, ws_packed;
+          EXPECT_EQ(p.forward(&ws_packed, packed.data()), p.forward(&ws)) << B << " " << threads;
         }
         if (lstm_ext::packed_recurrent_enabled())
-          EXPECT_EQ(with_packed(q, false), want) << B << " " << bf16 << " " << threads;
+          EXPECT_EQ(q.forward(nullptr, packed.data()), want) << B << " " << bf16 << " " << threads;
       }
     }
   }
@@ -307,30 +299,20 @@ TEST(Core, PackedWeightsOfAnotherShapeAreRefused) {
   Problem<float> p(3, 2, 6, 20);
   std::vector<float> packed = pack(p.weights(), p.cfg);
   EXPECT_EQ(packed.size(), size_t(lstm_ext::packed_weights_size(p.cfg)));
-  auto forward = [&](const Problem<float>& r, const float* pk) {
-    lstm_ext::Weights<float> w = r.weights();
-    w.packed = pk;
-    const Config& c = r.cfg;
-    std::vector<float> y(size_t(c.T * c.B * c.H), -7.0f), h(size_t(c.B * c.H)), cc(h.size());
-    std::vector<float> ws(size_t(lstm_ext::forward_workspace_size(c, false)));
-    lstm_ext::lstm_forward(y.data(), h.data(), cc.data(), nullptr, ws.data(), r.x.data(), nullptr,
-                           nullptr, w, c, false);
-    return y;
-  };
   Problem<float> other(3, 2, 7, 20);  // another I
-  EXPECT_THROW(forward(other, packed.data()), std::invalid_argument);
+  EXPECT_THROW(other.forward(nullptr, packed.data()), std::invalid_argument);
   Problem<float> wider(3, 2, 6, 21);  // another H
-  EXPECT_THROW(forward(wider, packed.data()), std::invalid_argument);
+  EXPECT_THROW(wider.forward(nullptr, packed.data()), std::invalid_argument);
   Problem<float> rounded = p;
   rounded.cfg.bf16_weights = true;
-  EXPECT_THROW(forward(rounded, packed.data()), std::invalid_argument);
+  EXPECT_THROW(rounded.forward(nullptr, packed.data()), std::invalid_argument);
   std::vector<float> junk(packed.size(), 1.0f);
-  EXPECT_THROW(forward(p, junk.data()), std::invalid_argument);
+  EXPECT_THROW(p.forward(nullptr, junk.data()), std::invalid_argument);
   Problem<double> d(3, 2, 6, 20);
   const std::vector<double> packed_d = pack(d.weights(), d.cfg);
   std::vector<float> as_float(packed.size());
   std::memcpy(as_float.data(), packed_d.data(), std::min(packed_d.size() * 8, packed.size() * 4));
-  EXPECT_THROW(forward(p, as_float.data()), std::invalid_argument);
+  EXPECT_THROW(p.forward(nullptr, as_float.data()), std::invalid_argument);
   EXPECT_THROW(lstm_ext::pack_weights<float>(nullptr, p.weights(), p.cfg), std::invalid_argument);
 
   // With a projection: only the header, and the same results as without.
