@@ -4,11 +4,11 @@
 
 One row per case and pass: "fwd" is forward(training=False), "fwd+bwd" is
 forward(training=True) then backward(cache, dy). Times are the median of
---repeat calls after warming up; each case runs in --rounds rounds, ours and
-the peers in turns, and each ratio is the median of the rounds' ratios. A
-forward costs 8*T*B*H*(I+H) FLOP (the two GEMMs), a backward twice that.
-torch.nn.LSTM and onnxruntime's LSTM are timed on the same case when
-installed. README.md in this folder explains the columns.
+--repeat calls, or of as many as fill 0.2 s, after warming up; each case runs
+in --rounds rounds, ours and the peers in turns, and each ratio is the median
+of the rounds' ratios. A forward costs 8*T*B*H*(I+H) FLOP (the two GEMMs),
+a backward twice that. torch.nn.LSTM and onnxruntime's LSTM are timed on the
+same case when installed. README.md in this folder explains the columns.
 """
 
 import argparse
@@ -38,6 +38,7 @@ BF16_CASES = [(100, 1, 128, 128), (100, 1, 512, 512), (100, 64, 512, 512)]  # fo
 PACKED_CASES = [(1, 1, 128, 128), (10, 1, 128, 128), (100, 1, 128, 128), (100, 16, 256, 256)]
 GEMM_N = 2048
 WARM_UP_S = 0.3
+TIMED_S = 0.2
 SLOW_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 ROW = "{:<18} {:>7} {:>9} {:>8} {:>6} {:>6} {:>9} {:>7} {:>9} {:>5}"
 HEAD = ("case T,B,I,H", "pass", "ms", "GFLOP/s", "GEMM", "/GEMM", "torch ms", "speedup", "ORT ms",
@@ -52,8 +53,12 @@ def median_ms(fn, repeat):
     fn()
     while time.perf_counter() < stop:
         fn()
+    # At least `repeat` calls, and calls for at least TIMED_S: five calls of
+    # a 0.5 ms case are 2.5 ms of a host whose speed moves by 2x within
+    # seconds, and their median moved the B = 1 ratios by as much.
     times = []
-    for _ in range(repeat):
+    stop = time.perf_counter() + TIMED_S
+    while len(times) < repeat or time.perf_counter() < stop:
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
