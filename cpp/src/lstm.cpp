@@ -1,8 +1,16 @@
-// CPU forward and backward. One GEMM projects the inputs of all steps, one
-// GEMM per step adds the recurrent term, and one fused pass per step applies
-// the gate non-linearities and the cell update (cell_math.h). Backward runs a
-// fused pass and one GEMM per step, then dx, dW, dR, db (and dW_hr) as
-// whole-sequence products.
+// CPU forward and backward. Where the packed kernel runs (recurrent.h: a CPU
+// with AVX-512F or AVX2+FMA, no projection), R is packed into panels once per
+// call (or read from w.packed) and a team of threads runs the steps, each
+// thread owning blocks of units for the whole call: per step, its blocks'
+// h R^T by the kernel, their gate pass (cell_math.h) right after, its part of
+// h, then a wait for the others' part. Where W and R are small, x W^T takes
+// the same kernel on W packed the same way, each thread a few steps ahead of
+// its recurrence; else BLAS GEMMs project the inputs of all steps (of each
+// chunk of steps in inference). Elsewhere each step is a BLAS GEMM and a fused
+// pass over the units. Backward runs the gate pass and dz R per step on the
+// team and the kernel, or the BLAS, as the forward does, then dx, dW, dR
+// (and dW_hr) as whole-sequence products (dx by the kernel where the forward
+// kept W packed); db is summed in the gate pass.
 //
 // Ragged batches and the reverse direction run on a packed schedule: rows
 // are ordered by decreasing length, so the sequences still running at
