@@ -54,8 +54,8 @@ def median_ms(fn, repeat):
     while time.perf_counter() < stop:
         fn()
     # At least `repeat` calls, and calls for at least TIMED_S: five calls of
-    # a 0.5 ms case are 2.5 ms of a host whose speed moves by 2x within
-    # seconds, and their median moved the B = 1 ratios by as much.
+    # a 0.5 ms case sample 2.5 ms of a host whose speed moves by 2x within
+    # seconds.
     times = []
     stop = time.perf_counter() + TIMED_S
     while len(times) < repeat or time.perf_counter() < stop:
