@@ -1,9 +1,13 @@
 """Two Python threads calling the core at once: right answers, GIL released."""
 
+import os
+import subprocess
+import sys
 import threading
 import time
 
 import numpy as np
+import pytest
 
 import lstm_ext
 from helpers import make_problem, run_in_threads
@@ -63,3 +67,58 @@ def test_the_gil_is_released_while_the_core_computes():
     # (5 ms by default); a held GIL would give one gap as long as the call.
     assert duration > 0.05, f"the call took {duration:.3f}s: too short to tell"
     assert max(gaps) < 0.5 * duration, f"watcher stalled {max(gaps):.3f}s of a {duration:.3f}s call"
+
+
+def _default_threads(env_threads=None, cpus=None):
+    """get_num_threads() in a fresh process, on the CPUs `cpus` if given."""
+    code = (
+        "import os, sys\n"
+        "if len(sys.argv) > 1: os.sched_setaffinity(0, [int(c) for c in sys.argv[1:]])\n"
+        "import lstm_ext._core as c\n"
+        "print(c.get_num_threads(), c.cpu_quota_cores(), len(os.sched_getaffinity(0)))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "LSTM_EXT_NUM_THREADS"}
+    if env_threads is not None:
+        env["LSTM_EXT_NUM_THREADS"] = env_threads
+    args = [sys.executable, "-c", code, *(str(c) for c in cpus or [])]
+    out = subprocess.run(args, env=env, capture_output=True, text=True, check=True).stdout
+    return tuple(int(v) for v in out.split())
+
+
+def test_default_threads_are_the_cores_available():
+    """Without LSTM_EXT_NUM_THREADS: the CPUs the process may run on, but no
+    more than its cgroup's CPU limit (a container's --cpus, rounded up; the
+    parsing of the cgroup files is tested in tests/cpp, Threads.*)."""
+    threads, quota, affinity = _default_threads()
+    assert quota >= 0
+    assert threads == (min(affinity, quota) if quota else affinity)
+    cpu = sorted(os.sched_getaffinity(0))[0]
+    assert _default_threads(cpus=[cpu])[0] == 1  # affinity of one CPU: one thread
+    assert _default_threads(env_threads="3", cpus=[cpu])[0] == 3  # the variable wins
+    assert _default_threads(env_threads="0")[0] == threads  # out of range: ignored
+
+
+def test_default_threads_follow_a_real_cgroup_limit():
+    """End to end on the kernel's own files: a process in a cgroup (v1, made
+    for the test where this user may) with half a core gets one thread. In
+    such a cgroup on this 2-core VM, two threads took 24 % longer per call on
+    average than one at (100,16,256,256) (dev/perf-notes.md, 57)."""
+    base = "/sys/fs/cgroup/cpu"
+    if not (os.path.isfile(f"{base}/cpu.cfs_quota_us") and os.access(base, os.W_OK)):
+        pytest.skip("needs a writable cgroup v1 cpu hierarchy (root on a v1 host)")
+    group = f"{base}/lstm_ext_test_{os.getpid()}"
+    os.mkdir(group)
+    try:
+        with open(f"{group}/cpu.cfs_quota_us", "w") as f:
+            f.write("50000")  # of cpu.cfs_period_us's default 100000: half a core
+        code = (
+            f"import os\nopen('{group}/cgroup.procs', 'w').write(str(os.getpid()))\n"
+            "import lstm_ext._core as c\nprint(c.get_num_threads(), c.cpu_quota_cores())\n"
+        )
+        env = {k: v for k, v in os.environ.items() if k != "LSTM_EXT_NUM_THREADS"}
+        out = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        ).stdout
+        assert out.split() == ["1", "1"]
+    finally:
+        os.rmdir(group)  # the child has exited: the group is empty

@@ -8,8 +8,10 @@
 #include <condition_variable>
 #include <cstdlib>
 #include <exception>
+#include <fstream>
 #include <memory>
 #include <mutex>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -159,8 +161,12 @@ int default_threads() {
     if (end != env && *end == '\0' && v >= 1 && v <= 1024) return int(v);
   }
   cpu_set_t set;
-  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
-  return std::max(1u, std::thread::hardware_concurrency());
+  int cores = sched_getaffinity(0, sizeof(set), &set) == 0
+                  ? CPU_COUNT(&set)
+                  : int(std::thread::hardware_concurrency());
+  const int limit = cgroup_cpu_limit();
+  if (limit > 0 && (cores <= 0 || limit < cores)) cores = limit;
+  return std::max(1, cores);
 }
 
 std::mutex pool_m;
@@ -177,6 +183,103 @@ std::shared_ptr<Pool> pool() {
 }
 
 }  // namespace
+
+namespace {
+
+// The lines of root + path (none where it cannot be read).
+std::vector<std::string> read_lines(const std::string& root, const std::string& path) {
+  std::ifstream f(root + path);
+  std::vector<std::string> lines;
+  for (std::string line; std::getline(f, line);) lines.push_back(line);
+  return lines;
+}
+
+std::vector<std::string> split(const std::string& s, char sep) {
+  std::vector<std::string> parts;
+  std::istringstream in(s);
+  for (std::string part; std::getline(in, part, sep);) parts.push_back(part);
+  return parts;
+}
+
+// Cores, rounded up, of a quota of CPU time per period (both in
+// microseconds); 0 for no limit ("max", -1) or what does not parse.
+int quota_cores(const std::string& quota, const std::string& period) {
+  char *qe = nullptr, *pe = nullptr;
+  const long long q = std::strtoll(quota.c_str(), &qe, 10);
+  const long long p = std::strtoll(period.c_str(), &pe, 10);
+  if (qe == quota.c_str() || pe == period.c_str() || q <= 0 || p <= 0) return 0;
+  return int(std::min<long long>(q / p + (q % p != 0), 1 << 20));
+}
+
+// A cgroup's directory: the mount point of its hierarchy (a line of
+// /proc/self/mountinfo: "id parent dev root mountpoint options... - type
+// source superoptions") joined with the cgroup's path (from /proc/self/cgroup)
+// below the mount's root; the unified hierarchy (v2), else the v1 hierarchy
+// of the cpu controller. {"", ""} where none is mounted.
+struct CgroupDir {
+  std::string mount, dir;
+};
+CgroupDir cgroup_dir(const std::string& root, bool v2, const std::string& path) {
+  for (const std::string& line : read_lines(root, "/proc/self/mountinfo")) {
+    const std::vector<std::string> f = split(line, ' ');
+    const auto dash = std::find(f.begin(), f.end(), "-");
+    if (f.size() < 5 || f.end() - dash < 4) continue;
+    const std::vector<std::string> opts = split(dash[3], ',');
+    const bool cpu = std::find(opts.begin(), opts.end(), "cpu") != opts.end();
+    if (v2 ? dash[1] != "cgroup2" : dash[1] != "cgroup" || !cpu) continue;
+    const std::string &mount_root = f[3], &mount = f[4];
+    if (mount_root == "/") return {mount, path == "/" ? mount : mount + path};
+    // A container's view: its cgroup is the mount's root, or below it.
+    const size_t n = mount_root.size();
+    if (path.compare(0, n, mount_root) != 0 || (path.size() > n && path[n] != '/'))
+      return {mount, mount};
+    return {mount, mount + path.substr(mount_root.size())};
+  }
+  return {};
+}
+
+}  // namespace
+
+int cgroup_cpu_limit(const std::string& root) {
+  // /proc/self/cgroup: "0::/path" (v2) or "id:controllers:/path" (v1).
+  std::string v1_path, v2_path;
+  for (const std::string& line : read_lines(root, "/proc/self/cgroup")) {
+    const size_t a = line.find(':'), b = a == std::string::npos ? a : line.find(':', a + 1);
+    if (b == std::string::npos) continue;
+    const std::string controllers = line.substr(a + 1, b - a - 1), path = line.substr(b + 1);
+    const std::vector<std::string> c = split(controllers, ',');
+    if (line.compare(0, a, "0") == 0 && controllers.empty())
+      v2_path = path;
+    else if (std::find(c.begin(), c.end(), "cpu") != c.end())
+      v1_path = path;
+  }
+  // The smallest limit of the cgroup and of its ancestors up to the mount.
+  int limit = 0;
+  auto walk = [&](bool v2, const std::string& path) {
+    CgroupDir at = cgroup_dir(root, v2, path);
+    if (at.mount.empty()) return;
+    for (std::string d = at.dir;;) {
+      int cores = 0;
+      if (v2) {
+        const std::vector<std::string> max = read_lines(root, d + "/cpu.max");
+        const std::vector<std::string> f = max.empty() ? max : split(max[0], ' ');
+        if (f.size() == 2) cores = quota_cores(f[0], f[1]);
+      } else {
+        const std::vector<std::string> q = read_lines(root, d + "/cpu.cfs_quota_us");
+        const std::vector<std::string> p = read_lines(root, d + "/cpu.cfs_period_us");
+        if (!q.empty() && !p.empty()) cores = quota_cores(q[0], p[0]);
+      }
+      if (cores > 0 && (limit == 0 || cores < limit)) limit = cores;
+      const size_t slash = d.rfind('/');
+      if (d.size() <= at.mount.size() || slash == std::string::npos || slash < at.mount.size())
+        break;
+      d.resize(slash);
+    }
+  };
+  if (!v2_path.empty()) walk(true, v2_path);
+  if (!v1_path.empty()) walk(false, v1_path);
+  return limit;
+}
 
 void parallel_for(int64_t n, const std::function<void(int64_t)>& fn) { pool()->run(n, fn); }
 
@@ -218,6 +321,8 @@ void parallel_team(int want, const std::function<void(int, int, Barrier&)>& fn) 
 }
 
 int get_num_threads() { return pool()->size(); }
+
+int cpu_quota_cores() { return cgroup_cpu_limit(); }
 
 void set_num_threads(int n) {
   if (n < 1 || n > 1024)

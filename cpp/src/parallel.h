@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <string>
 
 namespace lstm_ext {
 
@@ -42,6 +43,14 @@ class Barrier {
 // thread) where the pool is busy with another caller. fn must not throw: a
 // thread that left early would leave the others waiting at the barrier.
 void parallel_team(int want, const std::function<void(int, int, Barrier&)>& fn);
+
+// cpu_quota_cores (runtime.h): cgroup v2's cpu.max, or v1's cpu.cfs_quota_us
+// over cpu.cfs_period_us, of the process's cgroup and each ancestor up to the
+// hierarchy's mount, the smallest. The default thread count is at most this:
+// a team spinning on more threads than its quota would be stopped by the
+// scheduler for the rest of each period. root prefixes every path read
+// (tests).
+int cgroup_cpu_limit(const std::string& root = "");
 
 // Sets the BLAS to one thread, if it is not: lstm_ext parallelises on its
 // own threads, cutting products by shape. The setting stays (switching back

@@ -24,7 +24,8 @@ Calls release the GIL. A call only reads its arguments and its cache, so
 threads may share weights and caches (an ``nn.LSTM`` instance, which keeps
 a forward's caches, serves one thread at a time). lstm_ext computes on its
 own threads (``set_num_threads``, or the environment variable
-LSTM_EXT_NUM_THREADS; default: the cores available) with the BLAS
+LSTM_EXT_NUM_THREADS; default: the CPUs the process may run on, at most its
+cgroup's CPU limit rounded up, as in a container run with ``--cpus``) with the BLAS
 single-threaded inside its calls; results are bit-identical from run to run
 at any thread count.
 

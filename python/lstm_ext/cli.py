@@ -472,8 +472,10 @@ def cmd_info(args) -> None:
     blas = _core.blas_num_threads()
     print(f"lstm_ext {__version__} ({Path(__file__).parent})")
     print(f"core: {_core.build_description()}")
+    quota = _core.cpu_quota_cores()
     print(f"threads: {_core.get_num_threads()} (LSTM_EXT_NUM_THREADS or set_num_threads); "
-          f"CPU cores available: {len(os.sched_getaffinity(0))}")  # fmt: skip
+          f"CPU cores available: {len(os.sched_getaffinity(0))}, cgroup CPU limit: "
+          f"{f'{quota} cores' if quota else 'none'}")  # fmt: skip
     print(f"BLAS: {_core.blas_config()}; {blas} thread{'s' * (blas != 1)} now, 1 once lstm_ext "
           "has run (it parallelises on its own threads)")  # fmt: skip
     kernel = _core.packed_recurrent_kernel()

@@ -14,6 +14,8 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <limits>
 #include <random>
 #include <stdexcept>
@@ -21,6 +23,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "parallel.h"   // cpp/src: cgroup_cpu_limit, tested below
 #include "recurrent.h"  // cpp/src: the packed layout, tested below
 
 namespace {
@@ -173,6 +176,103 @@ TEST(Core, SameBitsAtAnyThreadCount) {
     }
   }
   lstm_ext::set_num_threads(before);
+}
+
+// The cgroup CPU limit read from a made-up /proc and /sys under a temporary
+// root: v2 and v1 layouts, a limit on an ancestor, a container's namespaced
+// view, no limit, and files that are missing or do not parse.
+class CgroupTree {
+ public:
+  CgroupTree() {
+    char name[] = "/tmp/lstm_ext_cgroup_XXXXXX";
+    if (!mkdtemp(name)) throw std::runtime_error("mkdtemp failed");
+    root_ = name;
+  }
+  ~CgroupTree() { std::filesystem::remove_all(root_); }
+  void write(const std::string& path, const std::string& text) const {
+    const std::filesystem::path p = root_ + path;
+    std::filesystem::create_directories(p.parent_path());
+    std::ofstream(p) << text;
+  }
+  int limit() const { return lstm_ext::cgroup_cpu_limit(root_); }
+
+ private:
+  std::string root_;
+};
+
+constexpr const char* kV2Mount =
+    "22 1 0:21 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:9 - cgroup2 cgroup2 "
+    "rw,nsdelegate\n";
+constexpr const char* kV1Mount =
+    "30 25 0:26 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid shared:12 - cgroup cgroup "
+    "rw,cpu,cpuacct\n"
+    "31 25 0:27 / /sys/fs/cgroup/memory rw,nosuid shared:13 - cgroup cgroup rw,memory\n";
+
+TEST(Threads, CgroupV2LimitIsReadRoundedUp) {
+  CgroupTree t;
+  t.write("/proc/self/mountinfo", std::string("1 0 8:1 / / rw - ext4 /dev/sda1 rw\n") + kV2Mount);
+  t.write("/proc/self/cgroup", "0::/app.slice/job\n");
+  EXPECT_EQ(t.limit(), 0);  // no cpu.max anywhere
+  t.write("/sys/fs/cgroup/app.slice/job/cpu.max", "max 100000\n");
+  EXPECT_EQ(t.limit(), 0);
+  t.write("/sys/fs/cgroup/app.slice/job/cpu.max", "150000 100000\n");
+  EXPECT_EQ(t.limit(), 2);
+  t.write("/sys/fs/cgroup/app.slice/job/cpu.max", "400000 100000\n");
+  t.write("/sys/fs/cgroup/app.slice/cpu.max", "300000 100000\n");  // the parent's is smaller
+  EXPECT_EQ(t.limit(), 3);
+  t.write("/sys/fs/cgroup/app.slice/cpu.max", "50000 100000\n");  // half a core: 1
+  EXPECT_EQ(t.limit(), 1);
+  t.write("/sys/fs/cgroup/app.slice/cpu.max", "lots 100000\n");
+  t.write("/sys/fs/cgroup/app.slice/job/cpu.max", "-1 100000\n");
+  EXPECT_EQ(t.limit(), 0);
+}
+
+TEST(Threads, CgroupV2InAContainerReadsTheMountsRoot) {
+  CgroupTree t;  // cgroup namespace: the container's cgroup is "/" and the mount's root
+  t.write("/proc/self/mountinfo", kV2Mount);
+  t.write("/proc/self/cgroup", "0::/\n");
+  t.write("/sys/fs/cgroup/cpu.max", "200000 100000\n");
+  EXPECT_EQ(t.limit(), 2);
+  // Mounted from the host's cgroup of the container, seen from outside it.
+  t.write("/proc/self/mountinfo", "40 30 0:30 /docker/abc /sys/fs/cgroup ro - cgroup2 cgroup rw\n");
+  t.write("/proc/self/cgroup", "0::/docker/abc/worker\n");
+  t.write("/sys/fs/cgroup/worker/cpu.max", "700000 100000\n");
+  EXPECT_EQ(t.limit(), 2);  // the container's limit, at the mount
+  t.write("/sys/fs/cgroup/cpu.max", "max 100000\n");
+  EXPECT_EQ(t.limit(), 7);
+  t.write("/proc/self/cgroup", "0::/docker/abcdef\n");  // not below the mount's root
+  EXPECT_EQ(t.limit(), 0);
+}
+
+TEST(Threads, CgroupV1LimitIsRead) {
+  CgroupTree t;
+  t.write("/proc/self/mountinfo", kV1Mount);
+  t.write("/proc/self/cgroup", "5:memory:/user\n4:cpu,cpuacct:/user/job\n0::/\n");
+  t.write("/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us", "-1\n");
+  t.write("/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_period_us", "100000\n");
+  EXPECT_EQ(t.limit(), 0);
+  t.write("/sys/fs/cgroup/cpu,cpuacct/user/job/cpu.cfs_quota_us", "250000\n");
+  t.write("/sys/fs/cgroup/cpu,cpuacct/user/job/cpu.cfs_period_us", "100000\n");
+  EXPECT_EQ(t.limit(), 3);
+  t.write("/sys/fs/cgroup/cpu,cpuacct/user/cpu.cfs_quota_us", "100000\n");
+  t.write("/sys/fs/cgroup/cpu,cpuacct/user/cpu.cfs_period_us", "100000\n");
+  EXPECT_EQ(t.limit(), 1);
+}
+
+TEST(Threads, CgroupFilesMissingOrGarbledGiveNoLimit) {
+  CgroupTree t;
+  EXPECT_EQ(t.limit(), 0);  // nothing at all
+  t.write("/proc/self/cgroup", "garbage\n::\n0::\n");
+  t.write("/proc/self/mountinfo", "short line\n1 2 3 4 5 - \n- cgroup2\n");
+  EXPECT_EQ(t.limit(), 0);
+  t.write("/proc/self/mountinfo", kV2Mount);
+  t.write("/proc/self/cgroup", "0::/a\n");
+  t.write("/sys/fs/cgroup/a/cpu.max", "100000\n");  // one field
+  EXPECT_EQ(t.limit(), 0);
+  t.write("/sys/fs/cgroup/a/cpu.max", "100000 0\n");  // no period
+  EXPECT_EQ(t.limit(), 0);
+  // The real files of this machine: a count, never a crash.
+  EXPECT_GE(lstm_ext::cgroup_cpu_limit(), 0);
 }
 
 // Where the training forward keeps W and R (training_keeps_weights), backward

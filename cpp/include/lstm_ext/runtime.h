@@ -14,11 +14,17 @@ std::string blas_config();
 int blas_num_threads();
 
 // lstm_ext's threads. The default is the environment variable
-// LSTM_EXT_NUM_THREADS, else the cores this process may run on. Results are
-// bit-identical whatever the count. set_num_threads throws
+// LSTM_EXT_NUM_THREADS, else the cores this process may run on (its CPU
+// affinity), but no more than cpu_quota_cores() where that is set. Results
+// are bit-identical whatever the count. set_num_threads throws
 // std::invalid_argument outside [1, 1024].
 int get_num_threads();
 void set_num_threads(int n);
+
+// The CPU time this process's cgroup (and its ancestors) may use, in cores
+// rounded up: 2 in a container run with --cpus=1.5 (Docker) or a CPU limit of
+// 1500m (Kubernetes). 0 where no limit is set or none can be read.
+int cpu_quota_cores();
 
 // The recurrent product on R packed once per call, with a hand-written kernel
 // (where the CPU has AVX-512F, or AVX2 and FMA, unless
