@@ -48,7 +48,7 @@ Isa cpu_isa() {
 std::atomic<bool>& packed_on() {
   static std::atomic<bool> on{[] {
     const char* env = std::getenv("LSTM_EXT_PACKED_RECURRENT");
-    return cpu_isa() != Isa::kNone && !(env && env[0] == '0');
+    return cpu_isa() != Isa::kNone && !(env && std::strcmp(env, "0") == 0);
   }()};
   return on;
 }

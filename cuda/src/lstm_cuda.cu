@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <array>
+#include <climits>
 #include <cstdint>
 #include <cstdlib>
 #include <vector>
@@ -424,8 +425,9 @@ constexpr int kPersistentMaxB = 16;
 // LSTM_EXT_CUDA_BLOCKS overrides, for benchmarks.
 int persistent_target_blocks(int sms) {
   if (const char* e = std::getenv("LSTM_EXT_CUDA_BLOCKS")) {
-    const int v = std::atoi(e);
-    if (v > 0) return std::min(v, sms);
+    char* end = nullptr;
+    const long v = std::strtol(e, &end, 10);
+    if (end != e && *end == '\0' && v > 0 && v <= INT_MAX) return int(std::min<long>(v, sms));
   }
   return sms;
 }

@@ -42,7 +42,7 @@ import numpy as np
 import scipy_openblas32  # noqa: F401  (loads libscipy_openblas before _core needs it)
 from numpy.typing import ArrayLike
 
-from . import _core, convert, nn
+from . import _checks, _core, convert, nn
 from ._core import Cache, free_cached_buffers, get_num_threads, set_num_threads
 from ._device import (
     as_library,
@@ -57,6 +57,8 @@ from ._device import (
 from ._version import __version__
 from .onnx import onnx_lstm
 from .reference import round_bfloat16
+
+_checks.check_environment()  # before the core reads the variables, on first use
 
 # The training side loads on first use (lstm_ext.optim, ...), keeping import light.
 _LAZY = ("checkpoint", "data", "export", "losses", "optim", "train")

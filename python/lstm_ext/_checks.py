@@ -1,4 +1,9 @@
-"""Checks shared by the modules that load saved state."""
+"""Checks shared by the modules that load saved state, and of the
+environment variables the core reads."""
+
+import os
+import re
+import warnings
 
 import numpy as np
 
@@ -18,3 +23,55 @@ def check_state_keys(state: dict, shapes: dict, what: str = "state") -> None:
         parts = [f"missing keys {missing}"] if missing else []
         parts += [f"unexpected keys {extra}"] if extra else []
         raise ValueError(f"{what}: " + "; ".join(parts + wrong))
+
+
+def _integer_in(lo: int, hi: int):
+    """Whether a string is what the core's strtol takes whole, in [lo, hi]."""
+    whole = re.compile(r"[ \t\n\v\f\r]*[+-]?[0-9]+")  # C's isspace, ASCII digits
+    return lambda v: whole.fullmatch(v) is not None and lo <= int(v) <= hi
+
+
+# Each variable the core reads at run time: what it takes (as the C++ parses
+# it: parallel.cpp, buffers.h, recurrent.cpp, lstm_cuda.cu), and what it does
+# with anything else.
+_ENVIRONMENT = {
+    "LSTM_EXT_NUM_THREADS": (
+        _integer_in(1, 1024),
+        "an integer in [1, 1024]",
+        "the default thread count (the cores available)",
+    ),
+    "LSTM_EXT_BUFFER_CACHE_MB": (
+        _integer_in(0, 2**40 - 1),
+        "a whole number of megabytes (0 turns the cache off)",
+        "the default, 1024",
+    ),
+    "LSTM_EXT_PACKED_RECURRENT": (
+        lambda v: v in ("0", "1"),
+        "'0' (the BLAS path) or '1'",
+        "the packed kernel where the CPU has one",
+    ),
+    "LSTM_EXT_PACKED_KERNEL": (
+        lambda v: v == "avx2",
+        "'avx2'",
+        "the CPU's own kernel",
+    ),
+    "LSTM_EXT_CUDA_BLOCKS": (
+        _integer_in(1, 2**31 - 1),
+        "a positive integer",
+        "one block per multiprocessor",
+    ),
+}
+
+
+def check_environment(environ=os.environ) -> list[str]:
+    """A RuntimeWarning for each of lstm_ext's variables set to a value the
+    core does not take (it ignores such a value silently: a typo would
+    otherwise go unnoticed); returns the messages. Empty values count as
+    unset."""
+    messages = []
+    for name, (valid, expected, instead) in _ENVIRONMENT.items():
+        value = environ.get(name, "")
+        if value and not valid(value):
+            messages.append(f"{name}: expected {expected}, got {value!r}; ignored, using {instead}")
+            warnings.warn(messages[-1], RuntimeWarning, stacklevel=3)
+    return messages

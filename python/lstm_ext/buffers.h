@@ -104,10 +104,16 @@ class BufferCache {
   size_t limit() const { return limit_; }
 
  private:
+  // A whole number of megabytes in [0, 2^40); anything else (lstm_ext
+  // warns of it at import: _checks.py) leaves the default.
   BufferCache() {
-    const char* env = std::getenv("LSTM_EXT_BUFFER_CACHE_MB");
-    const long long mb = env ? std::atoll(env) : 1024;
-    limit_ = mb > 0 ? size_t(mb) << 20 : 0;
+    long long mb = 1024;
+    if (const char* env = std::getenv("LSTM_EXT_BUFFER_CACHE_MB")) {
+      char* end = nullptr;
+      const long long v = std::strtoll(env, &end, 10);
+      if (end != env && *end == '\0' && v >= 0 && v < (1LL << 40)) mb = v;
+    }
+    limit_ = size_t(mb) << 20;
   }
 
   static BufferCache*& slot() {
