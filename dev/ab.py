@@ -2,7 +2,7 @@
 """Two builds of lstm_ext's core timed in one process, in turns.
 
     python dev/ab.py A B [--case T,B,I,H] [--mode inf,train,fwdbwd,step]
-                         [--dtype float32] [--blocks 20] [--block-ms 40]
+                         [--dtype float32] [--blocks 20] [--block-ms 40] [--gap-us 0]
 
 A and B are each a git revision (built here, once, into $LSTM_EXT_AB_DIR,
 default /tmp/lstm_ext_ab/<commit>, with $LSTM_EXT_AB_CXXFLAGS as CMake's
@@ -22,6 +22,10 @@ run (the same build twice) gives the method's own spread (perf-notes, 47).
 Where the builds' hot loops fall moves the kernel by a few per cent on its
 own (perf-notes, 48): for effects that small, build both with
 LSTM_EXT_AB_CXXFLAGS=-falign-loops=64.
+
+--gap-us G spins G microseconds before each call, untimed: calls spaced out
+as by a program's own work between them (text generated a character a call),
+where the pool's threads have gone to sleep and a call pays their wake-up.
 """
 
 from __future__ import annotations
@@ -114,23 +118,34 @@ def calls(core, mode: str, T: int, B: int, I: int, H: int, dtype=np.float32):
     return lambda: core.step(x[0], h, c, W, R, b)
 
 
-def per_call_s(fn, n: int) -> float:
-    t0 = time.perf_counter()
+def per_call_s(fn, n: int, gap_s: float = 0.0) -> float:
+    """Seconds a call of n, each after a gap_s spin (not counted) if gap_s."""
+    if not gap_s:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        return (time.perf_counter() - t0) / n
+    total = 0.0
     for _ in range(n):
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < gap_s:
+            pass
+        t0 = time.perf_counter()
         fn()
-    return (time.perf_counter() - t0) / n
+        total += time.perf_counter() - t0
+    return total / n
 
 
-def compare(fns, blocks: int, block_ms: float) -> tuple[list[float], list[float]]:
+def compare(fns, blocks: int, block_ms: float, gap_s: float = 0.0):
     """Per-call seconds of both functions, block by block in turns."""
     for fn in fns:  # warm: buffers, packed weights' first touch, the pool's threads
         per_call_s(fn, 2)
-    n = max(1, round(block_ms / 1e3 / min(per_call_s(fn, 3) for fn in fns)))
+    n = max(1, round(block_ms / 1e3 / (gap_s + min(per_call_s(fn, 3) for fn in fns))))
     times: tuple[list[float], list[float]] = ([], [])
     for _ in range(blocks):
         for k, fn in enumerate(fns):
             fn()
-            times[k].append(per_call_s(fn, n))
+            times[k].append(per_call_s(fn, n, gap_s))
     return times
 
 
@@ -148,12 +163,13 @@ def main(argv=None) -> None:
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     p.add_argument("--blocks", type=int, default=20, help="blocks of each build (>= 4)")
     p.add_argument("--block-ms", type=float, default=40.0, help="about how long a block runs")
+    p.add_argument("--gap-us", type=float, default=0.0, help="untimed spin before each call")
     args = p.parse_args(argv)
     T, B, I, H = (int(v) for v in args.case.split(","))
     modes = args.mode.split(",")
     bad = [m for m in modes if m not in MODES]
-    if bad or args.blocks < 4 or args.block_ms <= 0:
-        p.error(f"--mode of {MODES}, --blocks >= 4, --block-ms > 0 (got {args})")
+    if bad or args.blocks < 4 or args.block_ms <= 0 or args.gap_us < 0:
+        p.error(f"--mode of {MODES}, --blocks >= 4, --block-ms > 0, --gap-us >= 0 (got {args})")
     paths = [core_file(args.a), core_file(args.b)]
     if paths[0] == paths[1]:
         folder = tempfile.mkdtemp(prefix="lstm_ext_ab_")
@@ -161,13 +177,14 @@ def main(argv=None) -> None:
         paths[1] = os.path.join(folder, os.path.basename(paths[1]))
         shutil.copyfile(paths[0], paths[1])
     cores = (load_core(paths[0], "A"), load_core(paths[1], "B"))
+    gap = f", {args.gap_us:g} us between calls" if args.gap_us else ""
     print(
         f"case (T,B,I,H) = ({T},{B},{I},{H}), {args.dtype}, {args.blocks} blocks of "
-        f"~{args.block_ms:g} ms each"
+        f"~{args.block_ms:g} ms each{gap}"
     )
     for mode in modes:
         fns = [calls(core, mode, T, B, I, H, np.dtype(args.dtype)) for core in cores]
-        ta, tb = compare(fns, args.blocks, args.block_ms)
+        ta, tb = compare(fns, args.blocks, args.block_ms, args.gap_us * 1e-6)
         lo, mid, hi = quartiles([q / r for r, q in zip(ta, tb, strict=True)])
         a_us, b_us = (1e6 * statistics.median(t) for t in (ta, tb))
         print(

@@ -30,6 +30,13 @@ def test_ab_compares_a_build_with_itself():
         assert 0.1 < ratio < 10  # the same code: any sane timing is near 1
 
 
+def test_ab_spaces_calls_out():
+    done = run_ab("--case", "1,1,5,4", "--mode", "step", "--blocks", "4", "--block-ms", "1",
+                  "--gap-us", "200")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "200 us between calls" in done.stdout and "step:" in done.stdout
+
+
 def test_ab_refuses_an_unknown_mode():
     done = run_ab("--mode", "backward")
     assert done.returncode == 2 and "--mode" in done.stderr

@@ -122,3 +122,23 @@ def test_default_threads_follow_a_real_cgroup_limit():
         assert out.split() == ["1", "1"]
     finally:
         os.rmdir(group)  # the child has exited: the group is empty
+
+
+def test_small_calls_after_the_threads_sleep_give_the_same_bits():
+    """A small call that finds the pool's threads asleep (calls spaced out by
+    more than their 100 us of spinning) runs on the calling thread alone
+    (parallel.h, parallel_team): the same bits as with them awake."""
+    rng = np.random.default_rng(3)
+    x, h, c = (rng.standard_normal((2, 128)).astype(np.float32) for _ in range(3))
+    W, R = (rng.standard_normal((512, 128)).astype(np.float32) * 0.1 for _ in range(2))
+    x3 = x[None]
+    awake = [lstm_ext.step(x, h, c, W, R) for _ in range(5)][-1]  # in a tight loop
+    awake_fwd = [lstm_ext.forward(x3, W, R, None, h, c, training=False) for _ in range(5)][-1]
+    for _ in range(5):
+        time.sleep(0.002)
+        for a, b in zip(lstm_ext.step(x, h, c, W, R), awake, strict=True):
+            np.testing.assert_array_equal(a, b)
+        time.sleep(0.002)
+        got = lstm_ext.forward(x3, W, R, None, h, c, training=False)
+        for a, b in zip(got[:3], awake_fwd[:3], strict=True):
+            np.testing.assert_array_equal(a, b)

@@ -593,7 +593,10 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
             // still be finishing (the order depends on the block alone: the
             // same bits at any thread count). Later chunks read blocks other
             // threads packed: the end of a team is a synchronisation point.
-            parallel_team(int(std::min<int64_t>(blocks, team_size(s.batch[k0], H, O))),
+            // The chunk's multiply-adds (and packing's elements), in double:
+            // the product can pass 2^63 for sizes the checks allow.
+            const double work = double(rows + (pack && k0 == 0)) * double(G) * double(I + O);
+            parallel_team(int(std::min<int64_t>(blocks, team_size(s.batch[k0], H, O))), work,
                           [&](int t, int n, Barrier& barrier) {
                             const int64_t u0 = blocks * t / n, u1 = blocks * (t + 1) / n;
                             const int64_t j0 = std::min(H, u0 * kPanel<S>),
@@ -729,6 +732,7 @@ void lstm_backward(S* dx, S* dh0, S* dc0, const Grads<S>& g, S* scr, In<S> ws, I
           const int64_t blocks = recurrent_blocks<S>(H), K = s.K;
           parallel_team(
               int(std::min<int64_t>(blocks, team_size(s.batch[0], H, O))),
+              2.0 * double(s.offset[K]) * double(G) * double(I + O),  // dz R, dz W, dR, dW
               [&](int t, int n, Barrier& barrier) {
                 const int64_t u0 = blocks * t / n, u1 = blocks * (t + 1) / n;
                 const int64_t j0 = std::min(H, u0 * kPanel<S>), j1 = std::min(H, u1 * kPanel<S>);
@@ -841,7 +845,7 @@ void lstm_step(S* h_out, S* c_out, S* scr, In<S> x, In<S> h, In<S> c, const Weig
       gemm(Op::N, Op::T, B, q1 - q0, I, S(1), x, I, w.W + q0 * I, I, S(0), z + q0, G);
       if (h) gemm(Op::N, Op::T, B, q1 - q0, O, S(1), h, O, w.R + q0 * O, O, S(1), z + q0, G);
     };
-    parallel_team(2, [&](int t, int n, Barrier& barrier) {
+    parallel_team(2, double(B) * double(G) * double(I + O), [&](int t, int n, Barrier& barrier) {
       for (int p = t; p < 2; p += n) products(p * 2 * H, (p + 1) * 2 * H);
       barrier.finished(t, 1);  // all of h read before h_out, which may alias it, is written
       barrier.wait_finished(1);

@@ -25,6 +25,12 @@ void blas_set_num_threads(int n);  // blas.cpp
 
 namespace {
 
+int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_ia32_pause();
@@ -35,9 +41,11 @@ inline void cpu_relax() {
 // and callers spin before they sleep: waking a sleeping thread costs tens to
 // hundreds of microseconds on a virtual machine whose idle CPU has halted,
 // more than a whole step of a small LSTM.
+constexpr std::chrono::microseconds kSpinTime(100);
+
 template <typename Pred>
 bool spin_until(Pred pred) {
-  const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(100);
+  const auto until = std::chrono::steady_clock::now() + kSpinTime;
   for (int i = 1;; ++i) {
     if (pred()) return true;
     cpu_relax();
@@ -61,6 +69,15 @@ class Pool {
     for (auto& t : workers_) t.join();
   }
   int size() const { return int(workers_.size()) + 1; }
+
+  // Whether the workers have gone to sleep and the last region (or team call
+  // run without them: call_ended) ended over kSpinTime ago.
+  bool idle() const {
+    const int64_t since = now_ns() - last_end_ns_.load(std::memory_order_relaxed);
+    return asleep_.load(std::memory_order_relaxed) > 0 &&
+           since > std::chrono::nanoseconds(kSpinTime).count();
+  }
+  void call_ended() { last_end_ns_.store(now_ns(), std::memory_order_relaxed); }
 
   void run(int64_t n, const std::function<void(int64_t)>& fn) {
     std::unique_lock<std::mutex> region(region_, std::try_to_lock);
@@ -99,6 +116,7 @@ class Pool {
     std::unique_lock<std::mutex> lk(m_);
     finished_.wait(lk, finished);
     fn_ = nullptr;
+    call_ended();  // (the region's end)
     if (error_) std::rethrow_exception(error_);
   }
 
@@ -126,7 +144,12 @@ class Pool {
       spin_until([&] { return generation_.load(std::memory_order_acquire) != seen; });
       {
         std::unique_lock<std::mutex> lk(m_);
-        wake_.wait(lk, [&] { return stop_ || (generation_ != seen && fn_ != nullptr); });
+        const auto ready = [&] { return stop_ || (generation_ != seen && fn_ != nullptr); };
+        if (!ready()) {
+          ++asleep_;
+          wake_.wait(lk, ready);
+          --asleep_;
+        }
         if (stop_) return;
         seen = generation_;
         fn = fn_;
@@ -150,6 +173,8 @@ class Pool {
   std::atomic<int> active_{0};
   std::atomic<int64_t> next_{0};
   std::atomic<uint64_t> generation_{0};
+  std::atomic<int> asleep_{0};           // workers waiting on wake_
+  std::atomic<int64_t> last_end_ns_{0};  // now_ns() at the last region's end
   bool stop_ = false, once_ = false;
   std::exception_ptr error_;
 };
@@ -309,15 +334,16 @@ void Barrier::wait_finished(int64_t steps) {
     team_wait([&] { return counts_[size_t(t)].steps.load(std::memory_order_acquire) >= steps; });
 }
 
-void parallel_team(int want, const std::function<void(int, int, Barrier&)>& fn) {
+void parallel_team(int want, double work, const std::function<void(int, int, Barrier&)>& fn) {
   auto p = pool();
   const int n = std::min(want, p->size());
-  if (n > 1) {
+  if (n > 1 && !(work < kWakeWork && p->idle())) {
     Barrier barrier(n);
     if (p->team(n, [&](int64_t t) { fn(int(t), n, barrier); })) return;
   }
   Barrier alone(1);
   fn(0, 1, alone);
+  p->call_ended();
 }
 
 int get_num_threads() { return pool()->size(); }

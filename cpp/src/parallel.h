@@ -40,9 +40,16 @@ class Barrier {
 
 // Runs fn(t, n, barrier) on n threads at once, t = 0..n-1, n = min(want, the
 // pool's size), with a barrier for the n of them; n = 1 (on the calling
-// thread) where the pool is busy with another caller. fn must not throw: a
-// thread that left early would leave the others waiting at the barrier.
-void parallel_team(int want, const std::function<void(int, int, Barrier&)>& fn);
+// thread) where the pool is busy with another caller, or where the work
+// (about `work` multiply-adds) is under kWakeWork and the workers have gone
+// to sleep since a call that ended over 100 us ago: waking them takes tens
+// to hundreds of microseconds on a virtual machine, more than such a call
+// takes alone (calls spaced out, as when a model generates text between
+// them; in a loop of calls close together they stay awake, and a loop that
+// resumes after a pause wakes them on its second call). fn must not throw:
+// a thread that left early would leave the others waiting at the barrier.
+constexpr double kWakeWork = 1 << 20;
+void parallel_team(int want, double work, const std::function<void(int, int, Barrier&)>& fn);
 
 // cpu_quota_cores (runtime.h): cgroup v2's cpu.max, or v1's cpu.cfs_quota_us
 // over cpu.cfs_period_us, of the process's cgroup and each ancestor up to the

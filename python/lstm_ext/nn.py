@@ -3,6 +3,8 @@ side by side. ``LSTM`` is a drop-in for ``torch.nn.LSTM``: the same
 constructor, parameter names and shapes, initialisation, state layout and
 output shapes, with NumPy arrays and an explicit ``backward``. ``Linear``
 and ``Embedding`` follow PyTorch's too; ``Sequential`` chains them.
+``packed()`` freezes an LSTM (``PackedLSTM``) or a Sequential for inference,
+the weights packed once.
 
 Every module keeps its parameters in ``params`` and their gradients in
 ``grads`` (same names and shapes). backward *adds* into ``grads``;
@@ -363,9 +365,16 @@ class LSTM(Module):
 
     # ---- forward and backward ----------------------------------------------------
 
-    @_one_thread_at_a_time
-    def forward(self, x, state=None, lengths=None, *, keep_cache=None):
-        """See the class docstring. Returns ``out, (h_n, c_n)``."""
+    def packed(self) -> PackedLSTM:
+        """This LSTM's weights as they are now, packed once for repeated
+        inference on the CPU: a ``PackedLSTM``. Its calls give the bits of
+        this LSTM's forward in eval mode at the time of packing."""
+        return PackedLSTM(self)
+
+    def _inputs(self, x, state):
+        """forward's x and state checked and laid out: x [T,B,I], h0 [L*D,B,O]
+        and c0 [L*D,B,H] (None for zeros), whether x was one sequence, and
+        whether results go back to the host."""
         xp = self._xp
         host_io = _device.library_of(x) is None  # results go back to the host
         if not host_io and xp is np:
@@ -401,6 +410,15 @@ class LSTM(Module):
                     raise TypeError(f"{name}: expected dtype {self.dtype}, got {s.dtype}")
             if unbatched:
                 h0, c0 = h0[:, None], c0[:, None]
+        return x, h0, c0, unbatched, host_io
+
+    @_one_thread_at_a_time
+    def forward(self, x, state=None, lengths=None, *, keep_cache=None):
+        """See the class docstring. Returns ``out, (h_n, c_n)``."""
+        xp = self._xp
+        x, h0, c0, unbatched, host_io = self._inputs(x, state)
+        B = x.shape[1]
+        L, D, H, O = self.num_layers, self.num_directions, self.hidden_size, self.output_size
         keep = self.training if keep_cache is None else keep_cache
         weight_dtype = None if keep else self.inference_weight_dtype
         h_n = xp.empty((L * D, B, O), self.dtype)
@@ -508,6 +526,107 @@ class LSTM(Module):
         return (dx, (dh0, dc0)) if had_state else dx
 
 
+class PackedLSTM(LSTM):
+    """An ``LSTM`` frozen for inference on the CPU: ``lstm.packed()``.
+
+    Each layer and direction's weights are packed once (``lstm_ext.PackedLayer``)
+    instead of at every call: for calls over a few steps, as when a model
+    generates text one character at a time, packing is most of a call (half
+    of a (T,B,I,H) = (1,1,128,128) call, three quarters at H = 256 on the
+    2-core VM). The parameters are private read-only copies taken by
+    ``packed()`` (with the panels, about twice the weights' memory): later
+    changes to the LSTM's (an optimiser step) do not reach them; pack again
+    to take them. ``forward(x, state=None, lengths=None)``
+    takes and returns what the LSTM's does and gives the bits of its forward
+    in eval mode at the time of packing (``inference_weight_dtype`` included).
+    It keeps nothing for backward, so threads may share one. There is no
+    backward, no training mode, no ``load_state_dict``; ``config()`` and
+    ``state_dict()`` are the LSTM's, so a saved model loads back as an LSTM.
+    """
+
+    def __init__(self, lstm: LSTM):
+        if not isinstance(lstm, LSTM):
+            raise TypeError(f"lstm: expected an lstm_ext.nn.LSTM, got {type(lstm).__name__}")
+        if lstm.device != "cpu":
+            raise ValueError(f"lstm: packed weights run on the CPU; this LSTM's device is "
+                             f"{lstm.device!r}")  # fmt: skip
+        for name in ("input_size", "hidden_size", "num_layers", "bias", "batch_first",
+                     "dropout", "bidirectional", "proj_size", "dtype"):  # fmt: skip
+            setattr(self, name, getattr(lstm, name))
+        self.device, self._xp, self.training = "cpu", np, False
+        self.inference_weight_dtype = lstm.inference_weight_dtype
+        # params: read-only views of each layer's private copies (views of a
+        # read-only array cannot be made writeable), the biases copied.
+        own = {}
+        self._layers = []  # [L*D], layer-major as h_n
+        for layer in range(self.num_layers):
+            for d in range(self.num_directions):
+                s, kw = lstm._weights(layer, d)
+                packed = lstm_ext.PackedLayer(**kw, weight_dtype=self.inference_weight_dtype)
+                self._layers.append(packed)
+                own["weight_ih" + s], own["weight_hh" + s] = packed._W, packed._R
+                if self.proj_size:
+                    own["weight_hr" + s] = packed._W_hr
+                for name in _BIAS_NAMES if self.bias else ():
+                    own[name + s] = np.array(lstm.params[name + s], copy=True)
+                    own[name + s].flags.writeable = False
+        self.params = {name: own[name].view() for name in lstm.params}
+        self.grads = {}
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: each layer's private copies and packed panels, and the
+        biases as given (about twice the weights' bytes)."""
+        biases = sum(p.nbytes for name, p in self.params.items() if name.startswith("bias_"))
+        return sum(layer.nbytes for layer in self._layers) + biases
+
+    def forward(self, x, state=None, lengths=None, *, keep_cache=None):
+        """``lstm(x, state, lengths)`` in eval mode; see ``LSTM``."""
+        if keep_cache:
+            raise ValueError("keep_cache: a PackedLSTM keeps nothing for backward, got True")
+        x, h0, c0, unbatched, host_io = self._inputs(x, state)
+        L, D, B = self.num_layers, self.num_directions, x.shape[1]
+        h_n = np.empty((L * D, B, self.output_size), self.dtype)
+        c_n = np.empty((L * D, B, self.hidden_size), self.dtype)
+        inp = x
+        for layer in range(L):
+            outs = []
+            for d in range(D):
+                k = layer * D + d
+                y, h_n[k], c_n[k], _ = self._layers[k].forward(
+                    inp, None if h0 is None else h0[k], None if c0 is None else c0[k],
+                    reverse=bool(d), lengths=lengths,
+                )  # fmt: skip
+                outs.append(y)
+            inp = outs[0] if D == 1 else np.concatenate(outs, axis=2)  # [T,B,D*O]
+        out, h_n, c_n = self._as_given(inp, h_n, c_n, unbatched, host_io)
+        return out, (h_n, c_n)
+
+    def _refuse(self, what: str):
+        raise RuntimeError(
+            f"PackedLSTM.{what}: a PackedLSTM is for inference, its weights frozen; train the "
+            "LSTM it was packed from and call its packed() again"
+        )
+
+    def backward(self, dy, dstate=None):
+        self._refuse("backward")
+
+    def train(self, mode: bool = True):
+        if mode:
+            self._refuse("train")
+        return self
+
+    def load_state_dict(self, state: dict) -> None:
+        self._refuse("load_state_dict")
+
+    def packed(self) -> PackedLSTM:
+        return self
+
+    def __repr__(self) -> str:
+        return (f"<lstm_ext.nn.PackedLSTM {self.input_size}->{self.hidden_size} "
+                f"layers={self.num_layers} D={self.num_directions} {self.dtype}>")  # fmt: skip
+
+
 class Sequential(Module):
     """Modules applied in order, and backward in reverse::
 
@@ -547,6 +666,21 @@ class Sequential(Module):
         for m in self.modules:
             m.train(mode)
         return super().train(mode)
+
+    def packed(self) -> Sequential:
+        """For repeated inference on the CPU: a new Sequential of these modules
+        as they are now, in eval mode, the LSTM packed (``LSTM.packed``) and
+        the others copied; later changes to this one's parameters do not
+        reach it. Its calls give the bits of this one's in eval mode."""
+
+        def frozen(m: Module) -> Module:
+            if isinstance(m, LSTM):
+                return m.packed()
+            copy = from_config(m.config())
+            copy.load_state_dict(m.state_dict())
+            return copy
+
+        return Sequential(*(frozen(m) for m in self.modules)).eval()
 
     def forward(self, x, state=None, lengths=None, *, keep_cache=None):
         new_state = None

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import losses
+from . import losses, nn
 from .optim import clip_grad_norm
 
 
@@ -189,6 +189,11 @@ def generate(model, vocab, prime: str, length: int, temperature: float = 1.0, rn
     softmax(logits / temperature). ``vocab`` is a ``data.Vocab``."""
     rng = np.random.default_rng() if rng is None else rng
     model.eval()
+    # Weights packed once, not at every one-character call (the same bits).
+    if isinstance(model, nn.Sequential) and all(
+        m.device == "cpu" for m in model.modules if isinstance(m, nn.LSTM)
+    ):
+        model = model.packed()
     ids = vocab.encode(prime) if prime else np.zeros(1, np.int64)
     logits, state = model(ids[:, None])  # [T,1,V]
     out = []
