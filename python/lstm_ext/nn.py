@@ -536,9 +536,9 @@ class PackedLSTM(LSTM):
     2-core VM). The parameters are private read-only copies taken by
     ``packed()`` (with the panels, about twice the weights' memory): later
     changes to the LSTM's (an optimiser step) do not reach them; pack again
-    to take them. ``forward(x, state=None, lengths=None)``
-    takes and returns what the LSTM's does and gives the bits of its forward
-    in eval mode at the time of packing (``inference_weight_dtype`` included).
+    to take them. ``forward(x, state=None, lengths=None)`` takes and returns
+    what the LSTM's does and gives the bits of its forward in eval mode at the
+    time of packing (``inference_weight_dtype`` included).
     It keeps nothing for backward, so threads may share one. There is no
     backward, no training mode, no ``load_state_dict``; ``config()`` and
     ``state_dict()`` are the LSTM's, so a saved model loads back as an LSTM.
@@ -550,8 +550,7 @@ class PackedLSTM(LSTM):
         if lstm.device != "cpu":
             raise ValueError(f"lstm: packed weights run on the CPU; this LSTM's device is "
                              f"{lstm.device!r}")  # fmt: skip
-        for name in ("input_size", "hidden_size", "num_layers", "bias", "batch_first",
-                     "dropout", "bidirectional", "proj_size", "dtype"):  # fmt: skip
+        for name in lstm.config().keys() - {"type"}:  # the constructor's arguments
             setattr(self, name, getattr(lstm, name))
         self.device, self._xp, self.training = "cpu", np, False
         self.inference_weight_dtype = lstm.inference_weight_dtype
