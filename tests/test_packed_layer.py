@@ -186,8 +186,8 @@ def test_core_refuses_panels_of_another_layer(rng):
 
 def test_empty_sizes_and_copies(rng):
     # H = 0, I = 0, T = 0 and B = 0 run as forward does; a pickled or copied
-    # layer gives the same bits (its panels travel with it; on a CPU with
-    # another kernel their header does not match and forward packs again).
+    # layer gives the same bits (it packs again, for the kernel of the CPU it
+    # is loaded on; test_nn_copy.py has more).
     f = np.float32
     empty = lstm_ext.PackedLayer(np.zeros((0, 3), f), np.zeros((0, 0), f))
     y = empty.forward(np.zeros((2, 1, 3), f))

@@ -406,6 +406,17 @@ class PackedLayer:
 
     __call__ = forward
 
+    def __getstate__(self) -> dict:
+        """What ``copy.deepcopy`` and ``pickle`` take: the weights and options,
+        not the panels, whose layout is the kernel's of the CPU that packed
+        them; a copy packs again (the same bits where the kernel is the same)."""
+        return dict(W=self._W, R=self._R, b=self._b, W_hr=self._W_hr, peephole=self._peephole,
+                    clip=self._clip, input_forget=self._input_forget,
+                    weight_dtype=self._weight_dtype)  # fmt: skip
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state)
+
     def __repr__(self) -> str:
         H4, I = self._W.shape
         return f"<lstm_ext.PackedLayer I={I} H={H4 // 4} {self._W.dtype}>"

@@ -272,6 +272,13 @@ class LSTM(Module):
     first's caches. Give each thread its own LSTM (``load_state_dict`` copies
     the weights): separate instances, like separate ``lstm_ext.forward``
     calls on separate arrays, run in parallel, the GIL released.
+
+    ``copy.deepcopy`` gives such an instance (so do ``pickle`` and
+    multiprocessing): the parameters, gradients, mode and dropout's generator
+    copied, without the last forward's caches. Copy a model and its optimiser
+    together (``copy.deepcopy((model, opt))``) to keep the two linked. To
+    store a model, ``lstm_ext.checkpoint`` is the safe way: loading a pickle
+    runs code.
     """
 
     def __init__(
@@ -312,12 +319,32 @@ class LSTM(Module):
             for name, shape in self._shapes().items()
         }
         # On the GPU with CuPy, parameters (so gradients, optimiser state) live there.
-        self._xp = (_device.gpu_params_module() if self.device == "cuda" else None) or np
+        self._xp = self._array_module()
         self.params = {name: self._xp.asarray(p) for name, p in self.params.items()}
         self._init_grads()
         self._saved = None  # what the last forward kept for backward
         self._busy = threading.Lock()  # held during forward and backward
         self.inference_weight_dtype: str | None = None  # lstm_ext.forward's weight_dtype
+
+    def _array_module(self):
+        """The module of params' arrays: CuPy on the GPU where installed, else NumPy."""
+        return (_device.gpu_params_module() if self.device == "cuda" else None) or np
+
+    # ---- copies and pickles ------------------------------------------------------
+
+    def __getstate__(self) -> dict:
+        """What ``copy.deepcopy`` and ``pickle`` take: parameters, gradients,
+        options, mode and dropout's generator; not the lock, nor the last
+        forward's caches (a copy's backward needs a forward of its own)."""
+        state = dict(self.__dict__)
+        del state["_busy"], state["_xp"]
+        state["_saved"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._xp = self._array_module()
+        self._busy = threading.Lock()
 
     # ---- shapes and names ------------------------------------------------------
 
@@ -601,6 +628,19 @@ class PackedLSTM(LSTM):
         out, h_n, c_n = self._as_given(inp, h_n, c_n, unbatched, host_io)
         return out, (h_n, c_n)
 
+    def __getstate__(self) -> dict:
+        """The LSTM's config and state dict: the panels' layout is the kernel's
+        of the CPU that packed them, so a copy, or a pickle loaded elsewhere,
+        packs again (the same bits where the kernel is the same)."""
+        return {"config": self.config(), "state": self.state_dict(),
+                "inference_weight_dtype": self.inference_weight_dtype}  # fmt: skip
+
+    def __setstate__(self, state: dict) -> None:
+        lstm = from_config(state["config"])
+        lstm.load_state_dict(state["state"])
+        lstm.inference_weight_dtype = state["inference_weight_dtype"]
+        PackedLSTM.__init__(self, lstm)
+
     def _refuse(self, what: str):
         raise RuntimeError(
             f"PackedLSTM.{what}: a PackedLSTM is for inference, its weights frozen; train the "
@@ -648,9 +688,25 @@ class Sequential(Module):
         if sum(isinstance(m, LSTM) for m in modules) > 1:
             raise ValueError("modules: at most one LSTM (give it num_layers for a stack)")
         self.modules = list(modules)
-        self.params = {f"{k}.{n}": p for k, m in enumerate(modules) for n, p in m.params.items()}
-        self.grads = {f"{k}.{n}": g for k, m in enumerate(modules) for n, g in m.grads.items()}
+        self._collect()
         self._had_state = False
+
+    def _collect(self) -> None:
+        """params and grads: the modules' own arrays, under prefixed names."""
+        mods = self.modules
+        self.params = {f"{k}.{n}": p for k, m in enumerate(mods) for n, p in m.params.items()}
+        self.grads = {f"{k}.{n}": g for k, m in enumerate(mods) for n, g in m.grads.items()}
+
+    def __getstate__(self) -> dict:
+        """Copies and pickles take the modules and collect params and grads from
+        them again (a PackedLSTM's are new arrays in its copy)."""
+        state = dict(self.__dict__)
+        del state["params"], state["grads"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._collect()
 
     def __getitem__(self, k: int) -> Module:
         return self.modules[k]
