@@ -142,3 +142,38 @@ def test_small_calls_after_the_threads_sleep_give_the_same_bits():
         got = lstm_ext.forward(x3, W, R, None, h, c, training=False)
         for a, b in zip(got[:3], awake_fwd[:3], strict=True):
             np.testing.assert_array_equal(a, b)
+
+
+_FORKING = """
+import multiprocessing, sys
+import numpy as np
+import lstm_ext
+
+def run(_):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((20, 16, 64)).astype(np.float32)
+    W, R = (rng.standard_normal((256, 64)).astype(np.float32) * 0.1 for _ in range(2))
+    out = lstm_ext.forward(x, W, R)  # the team's calls, forward and backward
+    grads = lstm_ext.backward(out.cache, np.ones_like(out.y))
+    return lstm_ext._core.get_num_threads(), [a.tobytes() for a in (*out[:3], *grads)]
+
+if __name__ == "__main__":
+    lstm_ext.set_num_threads(int(sys.argv[1]))
+    want = run(0)  # the pool's threads started before the fork
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        got = pool.map_async(run, range(4)).get(timeout=60)
+    assert all(g == want for g in got), "a child's results or thread count differ"
+    print("ok")
+"""
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_forked_children_make_a_pool_of_their_own(threads):
+    """multiprocessing's fork start method (Linux's default before Python
+    3.14): a child forked after the pool's threads started has none of them,
+    and makes a pool of its own of the parent's size (parallel.cpp,
+    pool_after_fork_in_child): the same bits. Before, the child's first team
+    call waited forever for the parent's threads."""
+    out = subprocess.run([sys.executable, "-c", _FORKING, str(threads)],
+                         capture_output=True, text=True, timeout=180)  # fmt: skip
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

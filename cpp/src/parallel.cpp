@@ -1,5 +1,6 @@
 #include "parallel.h"
 
+#include <pthread.h>
 #include <sched.h>
 
 #include <algorithm>
@@ -195,15 +196,39 @@ int default_threads() {
 }
 
 std::mutex pool_m;
+int pool_threads = 0;  // the size of the pool to make; 0: default_threads()
+
 std::shared_ptr<Pool>& pool_slot() {
   static std::shared_ptr<Pool> pool;  // made on first use
   return pool;
 }
 
+// fork() copies one thread, the caller, into the child: the pool's workers
+// are not there, and its first region would wait for them forever (Python's
+// multiprocessing forks by default on Linux). So the child sets the
+// parent's pool aside, never to be used or destroyed (its threads, mutexes
+// and condition variables are the parent's; destroying it would join threads
+// that do not exist), and makes a new one of the same size on first use.
+// pool_m is held across fork(), so the child's copy of it is unlocked.
+void pool_before_fork() { pool_m.lock(); }
+void pool_after_fork_in_parent() { pool_m.unlock(); }
+void pool_after_fork_in_child() {
+  auto& p = pool_slot();
+  if (p) {
+    static auto* set_aside = new std::vector<std::shared_ptr<Pool>>();  // reachable: no leak
+    pool_threads = p->size();
+    set_aside->push_back(std::move(p));
+  }
+  pool_m.unlock();
+}
+
 std::shared_ptr<Pool> pool() {
+  static const int at_fork =
+      pthread_atfork(pool_before_fork, pool_after_fork_in_parent, pool_after_fork_in_child);
+  (void)at_fork;  // registered once, before the first pool (fails only without memory)
   std::lock_guard<std::mutex> lk(pool_m);
   auto& p = pool_slot();
-  if (!p) p = std::make_shared<Pool>(default_threads());
+  if (!p) p = std::make_shared<Pool>(pool_threads > 0 ? pool_threads : default_threads());
   return p;
 }
 

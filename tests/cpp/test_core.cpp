@@ -8,9 +8,12 @@
 #include <lstm_ext/lstm.h>
 #include <lstm_ext/model.h>
 #include <lstm_ext/runtime.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -273,6 +276,41 @@ TEST(Threads, CgroupFilesMissingOrGarbledGiveNoLimit) {
   EXPECT_EQ(t.limit(), 0);
   // The real files of this machine: a count, never a crash.
   EXPECT_GE(lstm_ext::cgroup_cpu_limit(), 0);
+}
+
+// fork() after the pool's threads started: the child makes a pool of its own
+// of the parent's size (parallel.cpp); before, its first region waited
+// forever for the parent's threads, which fork does not copy.
+TEST(Threads, AForkedChildMakesAPoolOfItsOwn) {
+#if defined(__SANITIZE_THREAD__)
+  GTEST_SKIP() << "ThreadSanitizer does not support threads started in the child of a "
+                  "multi-threaded process's fork (tests/test_threads.py forks in the plain build)";
+#else
+  const int before = lstm_ext::get_num_threads();
+  lstm_ext::set_num_threads(2);
+  // Squares by parallel_for, and the size of a team of two.
+  auto run = [] {
+    std::vector<int64_t> v(64);
+    lstm_ext::parallel_for(int64_t(v.size()), [&](int64_t i) { v[size_t(i)] = i * i; });
+    std::atomic<int> team{0};
+    lstm_ext::parallel_team(2, 1e12, [&](int, int n, lstm_ext::Barrier&) { team = n; });
+    v.push_back(team);
+    return v;
+  };
+  const std::vector<int64_t> want = run();  // the pool's threads started
+  EXPECT_EQ(want.back(), 2);
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    alarm(60);  // a child that hangs is killed by SIGALRM
+    _exit(run() == want && lstm_ext::get_num_threads() == 2 ? 0 : 1);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status)) << "the child hung: killed by signal " << WTERMSIG(status);
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "the child's results or thread count differ";
+  lstm_ext::set_num_threads(before);
+#endif
 }
 
 // Where the training forward keeps W and R (training_keeps_weights), backward
