@@ -615,18 +615,22 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
                               // Block by block, each block's gate pass right after
                               // its product: the pass's chains of exp and division
                               // then run while the next block's product does.
-                              // Rotated, columns [a, j1) and [j0, a) are this
-                              // thread's, [j1, O) and [0, j0) the others'. hout
-                              // (the buffer they read in step k - 1) is written
+                              // Rotated, the first block sums this thread's
+                              // columns [a, j1) before the wait, then [j1, O) and
+                              // [0, a); later blocks [a, O) and [0, a), the same
+                              // order in fewer calls (perf-notes, 60). hout (the
+                              // buffer the others read in step k - 1) is written
                               // after the wait.
                               for (int64_t u = u0; u < u1; ++u) {
                                 const int64_t a = u * kPanel<S>;
-                                if (rotate) {
+                                if (rotate && u == u0) {
                                   block_product(z_at(k), hin, nb, u, a, j1);
-                                  if (u == u0) barrier.wait_finished(k - k0);
+                                  barrier.wait_finished(k - k0);
                                   block_product(z_at(k), hin, nb, u, j1, O);
-                                  block_product(z_at(k), hin, nb, u, 0, j0);
-                                  block_product(z_at(k), hin, nb, u, j0, a);
+                                  block_product(z_at(k), hin, nb, u, 0, a);
+                                } else if (rotate) {
+                                  block_product(z_at(k), hin, nb, u, a, O);
+                                  block_product(z_at(k), hin, nb, u, 0, a);
                                 } else {
                                   if (u == u0) barrier.wait_finished(k - k0);
                                   block_product(z_at(k), hin, nb, u, 0, O);
