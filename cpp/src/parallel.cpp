@@ -198,9 +198,12 @@ int default_threads() {
 std::mutex pool_m;
 int pool_threads = 0;  // the size of the pool to make; 0: default_threads()
 
+// The pool, made on first use. Never destroyed: at exit a thread (a Python
+// daemon thread) may still be inside a region, whose pool the static
+// destructors would take apart under it; the workers end with the process.
 std::shared_ptr<Pool>& pool_slot() {
-  static std::shared_ptr<Pool> pool;  // made on first use
-  return pool;
+  static auto* pool = new std::shared_ptr<Pool>();
+  return *pool;
 }
 
 // fork() copies one thread, the caller, into the child: the pool's workers

@@ -6,12 +6,15 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "buffers.h"
@@ -21,6 +24,73 @@ namespace py = pybind11;
 using lstm_ext::Config;
 
 namespace lstm_ext_bind {
+
+// ---- the GIL ---------------------------------------------------------------
+
+// Releases the GIL for its scope, as py::gil_scoped_release does, but keeps
+// lstm_ext's calls out of the interpreter's exit, where a daemon thread may
+// still be inside one. Python before 3.14 ends a thread that takes the GIL
+// once finalizing has begun (also one that was waiting for it then) with
+// pthread_exit, whose unwinding through this destructor (noexcept) aborts
+// the process: "terminate called without an active exception" (pybind11
+// issue 2215); and the exit's teardown (OpenBLAS frees its buffers) would
+// pull memory from under a call still computing. So each module's atexit
+// handler (guard_exit; Python runs those before it finalizes) raises
+// `exiting` and, the GIL released, waits until no thread is inside a call or
+// taking the GIL back (at most kExitWait); from then on any other thread than
+// the exiting one (whose later atexit handlers may still call lstm_ext) parks
+// here instead, holding nothing, until the process ends (as Python 3.14
+// parks such threads itself).
+struct ExitGuard {
+  std::atomic<bool> exiting{false};
+  std::atomic<std::thread::id> exit_thread{};  // the thread that runs the handler
+  std::atomic<int> busy{0};  // threads inside a call without the GIL, or taking it back
+  bool must_park() const { return exiting && std::this_thread::get_id() != exit_thread; }
+};
+inline ExitGuard& exit_guard() {
+  static ExitGuard guard;  // one a module: each registers its own handler
+  return guard;
+}
+constexpr std::chrono::seconds kExitWait(10);
+
+[[noreturn]] inline void park_forever(ExitGuard& g) {
+  --g.busy;
+  for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
+}
+
+class WithoutGil {
+ public:
+  WithoutGil() {
+    ExitGuard& g = exit_guard();
+    ++g.busy;  // counted before the check: the handler waits, or this thread parks
+    state_ = PyEval_SaveThread();
+    if (g.must_park()) park_forever(g);
+  }
+  WithoutGil(const WithoutGil&) = delete;
+  WithoutGil& operator=(const WithoutGil&) = delete;
+  ~WithoutGil() {
+    ExitGuard& g = exit_guard();
+    if (g.must_park()) park_forever(g);
+    PyEval_RestoreThread(state_);  // the handler, if waiting, has released the GIL
+    --g.busy;
+  }
+
+ private:
+  PyThreadState* state_;
+};
+
+// Registers the module's atexit handler (see WithoutGil).
+inline void guard_exit() {
+  py::module_::import("atexit").attr("register")(py::cpp_function([] {
+    ExitGuard& g = exit_guard();
+    g.exit_thread = std::this_thread::get_id();
+    g.exiting = true;
+    py::gil_scoped_release release;
+    const auto until = std::chrono::steady_clock::now() + kExitWait;
+    while (g.busy > 0 && std::chrono::steady_clock::now() < until)
+      std::this_thread::sleep_for(std::chrono::microseconds(100));
+  }));
+}
 
 // ---- describing arrays in messages ----------------------------------------
 

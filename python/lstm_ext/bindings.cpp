@@ -55,7 +55,7 @@ py::tuple forward_impl(ForwardArgs& f, bool batch_first, bool training, bool ret
     const S *px = x.data(), *ph0 = ptr_or_null(h0), *pc0 = ptr_or_null(c0);
     lstm_ext::Weights<S> weights = w.weights();
     weights.packed = packed;
-    py::gil_scoped_release nogil;
+    WithoutGil nogil;
     lstm_ext::lstm_forward(py_, ph, pc, pcs, pw, px, ph0, pc0, weights, cfg, training);
   }
   py::object cache = py::none();
@@ -104,7 +104,7 @@ py::array pack_impl(const LayerArgs& l) {
   {
     S* p = packed.mutable_data();
     const lstm_ext::Weights<S> weights = w.weights();
-    py::gil_scoped_release nogil;
+    WithoutGil nogil;
     lstm_ext::pack_weights(p, weights, l.cfg);
   }
   return packed;
@@ -168,7 +168,7 @@ py::tuple backward_impl(const Cache& cache, const Arg& dy_arg, const Arg& dh_arg
       *pscr = scratch.mutable_data();
     const S *pws = ptr_or_null(ws), *px = ptr_or_null(x), *pdy = ptr_or_null(dy),
             *pdh = ptr_or_null(dh), *pdc = ptr_or_null(dc);
-    py::gil_scoped_release nogil;
+    WithoutGil nogil;
     lstm_ext::lstm_backward(pdx, pdh0, pdc0, g, pscr, pws, px, pdy, pdh, pdc, w, cfg);
   }
   return py::make_tuple(cache.batch_first ? swap01(dx) : py::array(dx), dh0, dc0, dW, dR, db,
@@ -204,7 +204,7 @@ py::tuple step_impl(const Arg& x_arg, const Arg& h_arg, const Arg& c_arg, const 
     S *ph = h_out.mutable_data(), *pc = c_out.mutable_data();
     const S *px = x.data(), *phi = ptr_or_null(h), *pci = ptr_or_null(c);
     const lstm_ext::Weights<S> weights = w.weights();
-    py::gil_scoped_release nogil;
+    WithoutGil nogil;
     lstm_ext::lstm_step(ph, pc, ps, px, phi, pci, weights, cfg);
   }
   return py::make_tuple(h_out, c_out);
@@ -265,6 +265,7 @@ void def_sizes(py::module_& m) {
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "lstm_ext's compiled core; use the functions re-exported by lstm_ext.";
+  guard_exit();  // no thread takes the GIL back at exit (WithoutGil)
 
   py::class_<Cache> cache(m, "Cache", "What forward keeps for backward: opaque, read-only.");
   def_cache_common(cache);

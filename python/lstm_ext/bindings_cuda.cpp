@@ -242,7 +242,7 @@ py::tuple forward_impl(ForwardArgs& f, const GpuArgs& gpu, bool batch_first, boo
              cT = device_array<S>(B * H), ws = device_array<S>(ws_size), cs;
   if (return_cell_states) cs = device_array<S>(T * B * H);
   {
-    py::gil_scoped_release nogil;
+    WithoutGil nogil;
     lc::lstm_forward<S>(ctx, y.as<S>(), hT.as<S>(), cT.as<S>(), cs.as<S>(), ws.as<S>(), px, ph0,
                         pc0, w.weights<S>(), cfg, training);
     ctx.synchronize();
@@ -304,7 +304,7 @@ py::tuple backward_impl(const Cache& cache, const GpuArgs& gpu, const Arg& dy_ar
              dpeep = device_array<S>(cache.w.has_peephole ? 3 * H : 0),
              scratch = device_array<S>(lc::backward_scratch_size<S>(cfg));
   {
-    py::gil_scoped_release nogil;
+    WithoutGil nogil;
     const lstm_ext::Grads<S> g{dW.as<S>(), dR.as<S>(), db.as<S>(), dW_hr.as<S>(), dpeep.as<S>()};
     lc::lstm_backward<S>(ctx, dx.as<S>(), dh0.as<S>(), dc0.as<S>(), g, scratch.as<S>(),
                          cache.workspace.as<S>(), cache.x.as<S>(), pdy, pdh, pdc,
@@ -348,7 +348,7 @@ py::tuple step_impl(const StepArgs& a, const GpuArgs& gpu) {
   lc::Buffer h_out = device_array<S>(cfg.B * cfg.O()), c_out = device_array<S>(cfg.B * cfg.H),
              scratch = device_array<S>(scratch_size);
   {
-    py::gil_scoped_release nogil;
+    WithoutGil nogil;
     lc::lstm_step<S>(ctx, h_out.as<S>(), c_out.as<S>(), scratch.as<S>(), px, ph, pc, w.weights<S>(),
                      cfg);
     ctx.synchronize();
@@ -410,7 +410,7 @@ std::vector<double> bench_impl(const Config& cfg, bool backward, int warmup, int
              db = device_array<S>(G),
              scratch = device_array<S>(backward ? lc::backward_scratch_size<S>(cfg) : 0);
   const lstm_ext::Grads<S> g{dW.as<S>(), dR.as<S>(), db.as<S>(), nullptr, nullptr};
-  py::gil_scoped_release nogil;
+  WithoutGil nogil;
   return lc::time_on_stream(
       ctx,
       [&] {
@@ -441,6 +441,7 @@ std::vector<double> bench(int64_t T, int64_t B, int64_t I, int64_t H, const std:
 
 PYBIND11_MODULE(_cuda, m) {
   m.doc() = "lstm_ext's CUDA path; use lstm_ext.forward(..., device='cuda') and friends.";
+  guard_exit();  // no thread takes the GIL back at exit (WithoutGil)
   const py::module_ core = py::module_::import("lstm_ext._core");
   def_buffer_cache(m, &core);  // one cache of freed buffers with _core's
 
