@@ -124,6 +124,40 @@ def test_default_threads_follow_a_real_cgroup_limit():
         os.rmdir(group)  # the child has exited: the group is empty
 
 
+def test_a_pool_the_system_caps_is_smaller():
+    """In a cgroup that caps the process's tasks (pids.max, as a container's
+    --pids-limit) below LSTM_EXT_NUM_THREADS, the pool starts the threads it
+    may, get_num_threads says how many, and results are those of one thread.
+    Before, the pool's construction hung (parallel.cpp, Pool)."""
+    base = "/sys/fs/cgroup/pids"
+    if not (os.path.isdir(base) and os.access(base, os.W_OK)):
+        pytest.skip("needs a writable cgroup v1 pids hierarchy (root on a v1 host)")
+    group = f"{base}/lstm_ext_test_{os.getpid()}"
+    os.mkdir(group)
+    try:
+        with open(f"{group}/pids.max", "w") as f:
+            f.write("12")
+        code = (
+            f"import os\nopen('{group}/cgroup.procs', 'w').write(str(os.getpid()))\n"
+            "import numpy as np, lstm_ext\n"
+            "x = np.ones((20, 16, 64), np.float32)\n"
+            "W, R = np.full((256, 64), 0.01, np.float32), np.full((256, 64), 0.02, np.float32)\n"
+            "threads = lstm_ext._core.get_num_threads()\n"
+            "y = lstm_ext.forward(x, W, R, training=False).y\n"
+            "lstm_ext.set_num_threads(1)\n"
+            "same = np.array_equal(y, lstm_ext.forward(x, W, R, training=False).y)\n"
+            "print(threads, same)\n"
+        )
+        env = dict(os.environ, LSTM_EXT_NUM_THREADS="40", OPENBLAS_NUM_THREADS="1")
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, timeout=60)  # fmt: skip
+        assert out.returncode == 0, out.stderr[-2000:]
+        threads, same = out.stdout.split()
+        assert 1 < int(threads) <= 12 and same == "True", out.stdout  # 12 tasks in all
+    finally:
+        os.rmdir(group)  # the child has exited: the group is empty
+
+
 def test_small_calls_after_the_threads_sleep_give_the_same_bits():
     """A small call that finds the pool's threads asleep (calls spaced out by
     more than their 100 us of spinning) runs on the calling thread alone

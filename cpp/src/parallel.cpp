@@ -15,6 +15,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -58,8 +59,19 @@ bool spin_until(Pred pred) {
 // at a time.
 class Pool {
  public:
+  // As many workers as the system lets the process start, up to threads - 1:
+  // where it refuses one (a container's limit on processes, pids.max), the
+  // pool is smaller and get_num_threads says so. (A constructor left by the
+  // exception would destroy wake_ under the waiting workers: a hang.)
   explicit Pool(int threads) {
-    for (int k = 1; k < threads; ++k) workers_.emplace_back([this] { worker(); });
+    workers_.reserve(size_t(std::max(threads - 1, 0)));  // no reallocation below
+    for (int k = 1; k < threads; ++k) {
+      try {
+        workers_.emplace_back([this] { worker(); });
+      } catch (const std::system_error&) {
+        break;
+      }
+    }
   }
   ~Pool() {
     {
