@@ -98,30 +98,37 @@ def test_default_threads_are_the_cores_available():
     assert _default_threads(env_threads="0")[0] == threads  # out of range: ignored
 
 
-def test_default_threads_follow_a_real_cgroup_limit():
-    """End to end on the kernel's own files: a process in a cgroup (v1, made
-    for the test where this user may) with half a core gets one thread. In
-    such a cgroup on this 2-core VM, two threads took 24 % longer per call on
-    average than one at (100,16,256,256) (dev/perf-notes.md, 57)."""
-    base = "/sys/fs/cgroup/cpu"
-    if not (os.path.isfile(f"{base}/cpu.cfs_quota_us") and os.access(base, os.W_OK)):
-        pytest.skip("needs a writable cgroup v1 cpu hierarchy (root on a v1 host)")
+def _in_v1_cgroup(controller: str, limits: dict, code: str, env: dict):
+    """`code` run by a fresh interpreter in a cgroup of its own (v1, made for
+    the test where this user may, with `limits` written to its files), and
+    the completed process; the test skips where no such cgroup can be made."""
+    base = f"/sys/fs/cgroup/{controller}"
+    if not (os.path.isdir(base) and os.access(base, os.W_OK)):
+        pytest.skip(f"needs a writable cgroup v1 {controller} hierarchy (root on a v1 host)")
     group = f"{base}/lstm_ext_test_{os.getpid()}"
     os.mkdir(group)
     try:
-        with open(f"{group}/cpu.cfs_quota_us", "w") as f:
-            f.write("50000")  # of cpu.cfs_period_us's default 100000: half a core
-        code = (
-            f"import os\nopen('{group}/cgroup.procs', 'w').write(str(os.getpid()))\n"
-            "import lstm_ext._core as c\nprint(c.get_num_threads(), c.cpu_quota_cores())\n"
-        )
-        env = {k: v for k, v in os.environ.items() if k != "LSTM_EXT_NUM_THREADS"}
-        out = subprocess.run(
-            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
-        ).stdout
-        assert out.split() == ["1", "1"]
+        for name, value in limits.items():
+            with open(f"{group}/{name}", "w") as f:
+                f.write(value)
+        join = f"import os\nopen('{group}/cgroup.procs', 'w').write(str(os.getpid()))\n"
+        return subprocess.run([sys.executable, "-c", join + code], env=env,
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
     finally:
         os.rmdir(group)  # the child has exited: the group is empty
+
+
+def test_default_threads_follow_a_real_cgroup_limit():
+    """End to end on the kernel's own files: a process in a cgroup with half a
+    core gets one thread. In such a cgroup on this 2-core VM, two threads took
+    24 % longer per call on average than one at (100,16,256,256)
+    (dev/perf-notes.md, 57)."""
+    env = {k: v for k, v in os.environ.items() if k != "LSTM_EXT_NUM_THREADS"}
+    code = "import lstm_ext._core as c\nprint(c.get_num_threads(), c.cpu_quota_cores())\n"
+    # Of cpu.cfs_period_us's default 100000: half a core.
+    out = _in_v1_cgroup("cpu", {"cpu.cfs_quota_us": "50000"}, code, env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["1", "1"]
 
 
 def test_a_pool_the_system_caps_is_smaller():
@@ -129,33 +136,21 @@ def test_a_pool_the_system_caps_is_smaller():
     --pids-limit) below LSTM_EXT_NUM_THREADS, the pool starts the threads it
     may, get_num_threads says how many, and results are those of one thread.
     Before, the pool's construction hung (parallel.cpp, Pool)."""
-    base = "/sys/fs/cgroup/pids"
-    if not (os.path.isdir(base) and os.access(base, os.W_OK)):
-        pytest.skip("needs a writable cgroup v1 pids hierarchy (root on a v1 host)")
-    group = f"{base}/lstm_ext_test_{os.getpid()}"
-    os.mkdir(group)
-    try:
-        with open(f"{group}/pids.max", "w") as f:
-            f.write("12")
-        code = (
-            f"import os\nopen('{group}/cgroup.procs', 'w').write(str(os.getpid()))\n"
-            "import numpy as np, lstm_ext\n"
-            "x = np.ones((20, 16, 64), np.float32)\n"
-            "W, R = np.full((256, 64), 0.01, np.float32), np.full((256, 64), 0.02, np.float32)\n"
-            "threads = lstm_ext._core.get_num_threads()\n"
-            "y = lstm_ext.forward(x, W, R, training=False).y\n"
-            "lstm_ext.set_num_threads(1)\n"
-            "same = np.array_equal(y, lstm_ext.forward(x, W, R, training=False).y)\n"
-            "print(threads, same)\n"
-        )
-        env = dict(os.environ, LSTM_EXT_NUM_THREADS="40", OPENBLAS_NUM_THREADS="1")
-        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                             text=True, timeout=60)  # fmt: skip
-        assert out.returncode == 0, out.stderr[-2000:]
-        threads, same = out.stdout.split()
-        assert 1 < int(threads) <= 12 and same == "True", out.stdout  # 12 tasks in all
-    finally:
-        os.rmdir(group)  # the child has exited: the group is empty
+    code = (
+        "import numpy as np, lstm_ext\n"
+        "x = np.ones((20, 16, 64), np.float32)\n"
+        "W, R = np.full((256, 64), 0.01, np.float32), np.full((256, 64), 0.02, np.float32)\n"
+        "threads = lstm_ext._core.get_num_threads()\n"
+        "y = lstm_ext.forward(x, W, R, training=False).y\n"
+        "lstm_ext.set_num_threads(1)\n"
+        "same = np.array_equal(y, lstm_ext.forward(x, W, R, training=False).y)\n"
+        "print(threads, same)\n"
+    )
+    env = dict(os.environ, LSTM_EXT_NUM_THREADS="40", OPENBLAS_NUM_THREADS="1")
+    out = _in_v1_cgroup("pids", {"pids.max": "12"}, code, env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    threads, same = out.stdout.split()
+    assert 1 < int(threads) <= 12 and same == "True", out.stdout  # 12 tasks in all
 
 
 def test_small_calls_after_the_threads_sleep_give_the_same_bits():

@@ -247,10 +247,6 @@ std::shared_ptr<Pool> pool() {
   return p;
 }
 
-}  // namespace
-
-namespace {
-
 // The lines of root + path (none where it cannot be read).
 std::vector<std::string> read_lines(const std::string& root, const std::string& path) {
   std::ifstream f(root + path);
