@@ -16,7 +16,6 @@ import scipy_openblas32
 import lstm_ext
 
 ROOT = Path(__file__).resolve().parents[1]
-OPENBLAS_DIR = str(Path(scipy_openblas32.get_lib_dir()) / "cmake" / "openblas")
 
 
 @pytest.fixture(scope="module")
@@ -64,15 +63,54 @@ def test_readme_example_against_the_pip_installed_package(tools, tmp_path):
     assert abs(printed - python_h00()) < 1e-6
 
 
+def openblas_with_variables_only(root: Path, layout: str) -> Path:
+    """An OpenBLAS CMake package, over the installed wheel's library and
+    headers, that sets OpenBLAS_LIBRARIES and OpenBLAS_INCLUDE_DIRS and no
+    target, as OpenBLAS's `make install`, Debian's libopenblas-dev and the
+    scipy-openblas32 wheels before 0.3.34 write it. "make-install": the
+    variables name the files; "wheel-0.3.28": they name /usr/local, where the
+    wheels before 0.3.29 have no files. Returns its OpenBLAS_DIR."""
+    name = f"lib{scipy_openblas32.get_library()}.so"
+    (root / "lib").mkdir(parents=True)
+    for file in Path(scipy_openblas32.get_lib_dir()).iterdir():  # older wheels: libgfortran too
+        if file.is_file():
+            (root / "lib" / file.name).symlink_to(file)
+    (root / "include").symlink_to(scipy_openblas32.get_include_dir())
+    named = root if layout == "make-install" else Path("/usr/local")
+    config = root / "lib" / "cmake" / "openblas"
+    config.mkdir(parents=True)
+    (config / "OpenBLASConfig.cmake").write_text(
+        f'SET(OpenBLAS_VERSION "0.3.28")\n'
+        f"SET(OpenBLAS_INCLUDE_DIRS {named / 'include'})\n"
+        f"SET(OpenBLAS_LIBRARIES {named / 'lib' / name})\n"
+    )
+    return config
+
+
+@pytest.mark.parametrize("layout", ["make-install", "wheel-0.3.28"])
+def test_readme_example_against_the_pip_installed_package_and_an_openblas_without_target(
+    tools, tmp_path, layout
+):
+    """lstm_extConfig.cmake makes OpenBLAS::OpenBLAS where OpenBLAS's package
+    does not (it had failed: 'the target was not found')."""
+    openblas = openblas_with_variables_only(tmp_path / "openblas", layout)
+    printed = build_readme_example(
+        tmp_path / "app", f"-Dlstm_ext_DIR={lstm_ext.get_cmake_dir()}", f"-DOpenBLAS_DIR={openblas}"
+    )
+    assert abs(printed - python_h00()) < 1e-6
+
+
 def test_readme_example_against_a_plain_cmake_install(tools, tmp_path):
-    """cmake -DLSTM_EXT_PYTHON=OFF, build, install to a prefix; the app finds it there."""
+    """cmake -DLSTM_EXT_PYTHON=OFF, build, install to a prefix; the app finds it
+    there, and the OpenBLAS it was built against, with no OpenBLAS_DIR of its
+    own. That OpenBLAS's package sets variables only, as Debian's does, and its
+    library is the wheel's, whose symbols' prefix the build finds by its name."""
     build, prefix = tmp_path / "build", tmp_path / "prefix"
+    openblas = openblas_with_variables_only(tmp_path / "openblas", "make-install")
     run("cmake", "-S", str(ROOT), "-B", str(build), "-DLSTM_EXT_PYTHON=OFF",
-        "-DLSTM_EXT_CUDA=OFF", f"-DOpenBLAS_DIR={OPENBLAS_DIR}")  # fmt: skip
+        "-DLSTM_EXT_CUDA=OFF", f"-DOpenBLAS_DIR={openblas}")  # fmt: skip
     run("cmake", "--build", str(build), "-j2")
     run("cmake", "--install", str(build), "--prefix", str(prefix))
     assert (prefix / "include" / "lstm_ext" / "lstm.h").is_file()
-    printed = build_readme_example(
-        tmp_path / "app", f"-DCMAKE_PREFIX_PATH={prefix}", f"-DOpenBLAS_DIR={OPENBLAS_DIR}"
-    )
+    printed = build_readme_example(tmp_path / "app", f"-DCMAKE_PREFIX_PATH={prefix}")
     assert abs(printed - python_h00()) < 1e-6
