@@ -114,3 +114,17 @@ def test_readme_example_against_a_plain_cmake_install(tools, tmp_path):
     assert (prefix / "include" / "lstm_ext" / "lstm.h").is_file()
     printed = build_readme_example(tmp_path / "app", f"-DCMAKE_PREFIX_PATH={prefix}")
     assert abs(printed - python_h00()) < 1e-6
+
+
+STRICT = ["-std=c++17", "-fsyntax-only", "-Werror", "-Wall", "-Wextra", "-Wpedantic", "-Wshadow",
+          "-Wconversion", "-Wsign-conversion", "-Wold-style-cast",
+          "-Wdouble-promotion"]  # fmt: skip
+
+
+@pytest.mark.parametrize("header", ["lstm.h", "cell_math.h", "runtime.h", "model.h"])
+def test_the_installed_headers_compile_under_strict_warnings(tools, tmp_path, header):
+    """An application that builds with -Werror and every conversion warning
+    includes them alone (cell_math.h had warned under -Wsign-conversion)."""
+    source = tmp_path / "app.cpp"
+    source.write_text(f"#include <lstm_ext/{header}>\n")
+    run("c++", *STRICT, f"-I{lstm_ext.get_include()}", str(source))

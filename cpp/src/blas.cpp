@@ -182,6 +182,7 @@ std::string build_description() {
 #else
   s = "unknown compiler";
 #endif
+  s.erase(s.find_last_not_of(' ') + 1);  // Clang's version ends in a space
   s += ", C++ " + std::to_string(__cplusplus);
 #ifdef NDEBUG
   s += ", optimised (NDEBUG)";

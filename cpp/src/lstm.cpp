@@ -280,11 +280,20 @@ void copy_columns(S* dst, const S* src, int64_t n, int64_t width, int64_t c0, in
 // contraction into FMA (ISO C++ mode), every version gives the same bits.
 // Not under ThreadSanitizer: the loader runs the clones' resolvers before
 // its runtime starts, and the instrumented resolvers crash.
+// Clang refuses target_clones on templates: its build has the baseline only.
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && \
     !defined(__SANITIZE_THREAD__)
 #define LSTM_EXT_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define LSTM_EXT_CLONES
+#endif
+// A loop's iterations are independent (GCC's ivdep, Clang's assume_safety).
+#if defined(__clang__)
+#define LSTM_EXT_IVDEP _Pragma("clang loop vectorize(assume_safety)")
+#elif defined(__GNUC__)
+#define LSTM_EXT_IVDEP _Pragma("GCC ivdep")
+#else
+#define LSTM_EXT_IVDEP
 #endif
 // The fused passes' buffers never overlap (forward alternates two c buffers
 // in inference; step copies c first): telling the compiler lets it vectorise.
@@ -300,7 +309,7 @@ __attribute__((always_inline)) inline void cell_forward_row(
     const S* LSTM_EXT_RESTRICT peep, S clip, int64_t H, int64_t j0, int64_t j1) {
   // Unit j reads and (with kSave) writes zn at j, H+j, 2H+j, 3H+j only: no
   // dependence between units, which the compiler cannot see alone.
-#pragma GCC ivdep
+  LSTM_EXT_IVDEP
   for (int64_t j = j0; j < j1; ++j) {
     cell::Gates<S> zz = cell::load_gates(zn, j, H);
     if (kBias) zz = {zz.i + b[j], zz.f + b[H + j], zz.g + b[2 * H + j], zz.o + b[3 * H + j]};
@@ -348,7 +357,7 @@ LSTM_EXT_CLONES void cell_backward_rows(S* LSTM_EXT_RESTRICT dz, S* LSTM_EXT_RES
     S* dzn = dz + n * 4 * H;
     // Unit j reads and writes saved, dzn, db and dpeep at j, H+j, 2H+j (and
     // 3H+j) only: no dependence between units (as in cell_forward_row).
-#pragma GCC ivdep
+    LSTM_EXT_IVDEP
     for (int64_t j = j0; j < j1; ++j) {
       const int64_t k = n * H + j;
       const cell::Gates<S> kept = cell::load_gates(sn, j, H);

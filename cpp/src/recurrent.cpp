@@ -58,8 +58,10 @@ std::atomic<bool>& packed_on() {
 // GCC 12 warns of an uninitialised variable inside its own avx512fintrin.h
 // (the undefined source operand of the shift and unpack intrinsics): a false
 // positive, silenced for the kernels.
+#if !defined(__clang__)  // Clang has no such warning
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 
 // Asks the cache for rows [0, nr) of z, bytes from each row's start: the
 // accumulators of the kernel's next group of rows or panel, fetched while the
@@ -561,7 +563,9 @@ LSTM_EXT_AVX512_FN void round_avx512(float* dst, const float* src, int64_t n) {
   }
 }
 
+#if !defined(__clang__)
 #pragma GCC diagnostic pop
+#endif
 #endif  // LSTM_EXT_HAVE_X86_KERNELS
 
 }  // namespace

@@ -267,7 +267,11 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "lstm_ext's compiled core; use the functions re-exported by lstm_ext.";
   guard_exit();  // no thread takes the GIL back at exit (WithoutGil)
 
-  py::class_<Cache> cache(m, "Cache", "What forward keeps for backward: opaque, read-only.");
+  // module_local: two builds of _core in one process (dev/ab.py) register their
+  // own Cache; where the C++ runtime compares types by name (Clang with
+  // libstdc++) a global registration clashes ("already registered").
+  py::class_<Cache> cache(m, "Cache", "What forward keeps for backward: opaque, read-only.",
+                          py::module_local());
   def_cache_common(cache);
   cache.def_property_readonly("dtype", [](const Cache& c) { return c.workspace.dtype(); })
       .def_property_readonly("nbytes",

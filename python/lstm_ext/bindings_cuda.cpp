@@ -445,8 +445,10 @@ PYBIND11_MODULE(_cuda, m) {
   const py::module_ core = py::module_::import("lstm_ext._core");
   def_buffer_cache(m, &core);  // one cache of freed buffers with _core's
 
+  // module_local, as _core's Cache (bindings.cpp): both are the anonymous
+  // namespace's Cache, one type by name where the runtime compares names.
   py::class_<Cache> cache(m, "Cache", "What forward on the GPU keeps for backward: opaque.",
-                          py::dynamic_attr());
+                          py::dynamic_attr(), py::module_local());
   def_cache_common(cache);
   cache
       .def_property_readonly(
@@ -465,7 +467,8 @@ PYBIND11_MODULE(_cuda, m) {
 
   py::class_<DeviceArray>(m, "DeviceArray",
                           "A result on the GPU; cupy.asarray() and torch.as_tensor() take it "
-                          "without a copy, get() copies it to a NumPy array.")
+                          "without a copy, get() copies it to a NumPy array.",
+                          py::module_local())
       .def_static("__new__",
                   [](const py::args&, const py::kwargs&) -> py::object {
                     throw py::type_error("DeviceArray: made only by lstm_ext's GPU calls");

@@ -97,7 +97,7 @@ LSTM_EXT_INLINE double host_reduce(double x, uint64_t* t) {
 }
 // 2^(n + k) from host_reduce's t, for n + k + 1023 in [1, 2046].
 LSTM_EXT_INLINE double host_pow2(uint64_t t, int k) {
-  const uint64_t b = (t - 0x4338000000000000ull + uint64_t(1023 + k)) << 52;
+  const uint64_t b = (t - uint64_t{0x4338000000000000} + static_cast<uint64_t>(1023 + k)) << 52;
   double s;
   std::memcpy(&s, &b, 8);
   return s;
