@@ -5,7 +5,7 @@
 # build uses the lowest scikit-build-core, pybind11 and scipy-openblas32 too).
 #
 # The floors, and where this Python forces a later one:
-#   numpy 1.23.5 (1.23's first with wheels for Python 3.11), tqdm 4.60.0,
+#   numpy 1.23.2 (1.23's first with wheels for Python 3.11), tqdm 4.60.0,
 #   scipy-openblas32 0.3.28.0.1 (0.3.28's first on PyPI; its CMake package sets
 #   no target and names /usr/local: cmake/openblas_target.cmake),
 #   matplotlib 3.6.0 (3.5 has no wheels for Python 3.11) with the contourpy and
@@ -17,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 T=$(mktemp -d)
 trap 'rm -rf "$T"' EXIT
-lowest=(numpy==1.23.5 tqdm==4.60.0 scipy-openblas32==0.3.28.0.1 matplotlib==3.6.0
+lowest=(numpy==1.23.2 tqdm==4.60.0 scipy-openblas32==0.3.28.0.1 matplotlib==3.6.0
   "contourpy<1.1" "pyparsing<3.1" pytest==7.0.0 hypothesis==6.70.0 pybind11==2.13.0
   scikit-build-core==0.10.0)
 printf '%s\n' "${lowest[@]}" >"$T/constraints.txt"

@@ -31,12 +31,16 @@ def run(*cmd):
     return r.stdout
 
 
-def build_readme_example(folder: Path, *cmake_args) -> float:
-    """Configure, build and run the README's example; return the h[0] it prints."""
+def build_readme_example(folder: Path, *cmake_args, prelude: str = "") -> float:
+    """Configure, build and run the README's example; return the h[0] it prints.
+    With a prelude, the README's CMake lines less find_package (the prelude
+    makes lstm_ext::core)."""
     text = (ROOT / "README.md").read_text()
     folder.mkdir()
     (folder / "main.cpp").write_text(re.findall(r"```cpp\n(.*?)```", text, re.S)[0])
     cmake_block = re.findall(r"```cmake\n(.*?)```", text, re.S)[0]
+    if prelude:
+        cmake_block = prelude + re.sub(r"find_package\(lstm_ext[^\n]*\n", "", cmake_block)
     (folder / "CMakeLists.txt").write_text(
         "cmake_minimum_required(VERSION 3.18)\nproject(app CXX)\n" + cmake_block
     )
@@ -113,6 +117,18 @@ def test_readme_example_against_a_plain_cmake_install(tools, tmp_path):
     run("cmake", "--install", str(build), "--prefix", str(prefix))
     assert (prefix / "include" / "lstm_ext" / "lstm.h").is_file()
     printed = build_readme_example(tmp_path / "app", f"-DCMAKE_PREFIX_PATH={prefix}")
+    assert abs(printed - python_h00()) < 1e-6
+
+
+def test_readme_example_with_this_tree_as_a_subdirectory(tools, tmp_path):
+    """add_subdirectory(<this tree>) in the app's own CMakeLists.txt, as the README says."""
+    printed = build_readme_example(
+        tmp_path / "app",
+        f"-DLSTM_EXT_TREE={ROOT}",
+        f"-DPython_EXECUTABLE={sys.executable}",
+        prelude="set(LSTM_EXT_PYTHON OFF)\nset(LSTM_EXT_CUDA OFF)\n"
+        "add_subdirectory(${LSTM_EXT_TREE} lstm_ext)\n",
+    )
     assert abs(printed - python_h00()) < 1e-6
 
 
