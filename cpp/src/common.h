@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <numeric>
 #include <stdexcept>
@@ -146,7 +147,20 @@ void require_weights(const Weights<S>& w, const Config& c) {
   if (c.P > 0) require(w.W_hr, "W_hr", c.P * c.H);
 }
 
-// Every buffer lstm_forward needs, present (workspace: ws_size elements).
+// Buffers a (na elements) and b (nb) share no element: std::invalid_argument
+// otherwise. (std::less orders any two pointers, where < may not.)
+template <typename S>
+void require_apart(const S* a, int64_t na, const char* a_name, const S* b, int64_t nb,
+                   const char* b_name) {
+  if (na <= 0 || nb <= 0) return;
+  const std::less<const S*> before;
+  if (before(a, b + nb) && before(b, a + na))
+    throw std::invalid_argument(std::string("lstm_ext: buffers ") + a_name + " and " + b_name +
+                                " overlap; an output may not alias an input");
+}
+
+// Every buffer lstm_forward needs, present (workspace: ws_size elements), and
+// y apart from x.
 template <typename S>
 void require_forward(const S* y, const S* hT, const S* cT, const S* ws, int64_t ws_size, const S* x,
                      const Weights<S>& w, const Config& c) {
@@ -157,14 +171,16 @@ void require_forward(const S* y, const S* hT, const S* cT, const S* ws, int64_t 
   require(ws, "workspace", ws_size);
   require(x, "x", T * B * c.I);
   require_weights(w, c);
+  require_apart(y, T * B * O, "y", x, T * B * c.I, "x");
 }
 
 // Every buffer lstm_backward needs, present; weights_kept: the workspace
-// holds W and R (the CPU's training_keeps_weights), so w's may be null.
+// holds W and R (the CPU's training_keeps_weights), so w's may be null; x is
+// needed where x_read (the workspace does not hold the rows of x it used).
 template <typename S>
 void require_backward(const S* dx, const S* dh0, const S* dc0, const Grads<S>& g, const S* scr,
                       int64_t scr_size, const S* ws, int64_t ws_size, const S* x,
-                      const Weights<S>& w, const Config& c, bool weights_kept = false) {
+                      const Weights<S>& w, const Config& c, bool weights_kept, bool x_read) {
   const int64_t T = c.T, B = c.B, I = c.I, H = c.H, P = c.P, O = c.O(), G = 4 * H;
   require(dx, "dx", T * B * I);
   require(dh0, "dh0", B * O);
@@ -176,7 +192,7 @@ void require_backward(const S* dx, const S* dh0, const S* dc0, const Grads<S>& g
   if (w.peephole) require(g.dpeephole, "dpeephole", 3 * H);
   require(scr, "scratch", scr_size);
   require(ws, "workspace", ws_size);
-  require(x, "x", T * B * I);
+  require(x, "x", x_read ? T * B * I : 0);
   if (!weights_kept) require_weights(w, c);
 }
 

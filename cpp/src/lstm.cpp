@@ -228,12 +228,19 @@ BackwardLayout backward_layout(const Config& c) {
   return L;
 }
 
+// n elements of src into dst; nothing where n is 0, where either may be null
+// (memcpy's may not be, even for no bytes: H = 0 leaves hT and cT empty).
+template <typename S>
+void copy_elements(S* dst, const S* src, int64_t n) {
+  if (n > 0) std::memcpy(dst, src, sizeof(S) * size_t(n));
+}
+
 // dst[j] = src[perm[j]] for j < n (rows of `width`), or zeros if src is null.
 template <typename S>
 void gather_state(S* dst, const S* src, const Schedule& s, int64_t n, int64_t width) {
   for (int64_t j = 0; j < n; ++j) {
     if (src)
-      std::memcpy(dst + j * width, src + s.perm[j] * width, sizeof(S) * width);
+      copy_elements(dst + j * width, src + s.perm[j] * width, width);
     else
       std::fill(dst + j * width, dst + (j + 1) * width, S(0));
   }
@@ -242,8 +249,7 @@ void gather_state(S* dst, const S* src, const Schedule& s, int64_t n, int64_t wi
 // dst[perm[j]] = src[j].
 template <typename S>
 void scatter_state(S* dst, const S* src, const Schedule& s, int64_t n, int64_t width) {
-  for (int64_t j = 0; j < n; ++j)
-    std::memcpy(dst + s.perm[j] * width, src + j * width, sizeof(S) * width);
+  for (int64_t j = 0; j < n; ++j) copy_elements(dst + s.perm[j] * width, src + j * width, width);
 }
 
 // Packed rows [k0, k1) of a [T,B,width] array, into dst.
@@ -252,8 +258,8 @@ void gather_steps(S* dst, const S* src, const Schedule& s, int64_t k0, int64_t k
                   int64_t width) {
   for (int64_t k = k0; k < k1; ++k)
     for (int64_t j = 0; j < s.batch[k]; ++j)
-      std::memcpy(dst + (s.offset[k] - s.offset[k0] + j) * width, src + s.row(k, j, B) * width,
-                  sizeof(S) * width);
+      copy_elements(dst + (s.offset[k] - s.offset[k0] + j) * width, src + s.row(k, j, B) * width,
+                    width);
 }
 
 // Step k's rows of src ([batch[k],width]) into their places of a [T,B,width]
@@ -263,14 +269,14 @@ void scatter_step(S* dst, const S* src, const Schedule& s, int64_t k, int64_t B,
                   int64_t c0 = 0, int64_t c1 = -1) {
   const int64_t n = (c1 < 0 ? width : c1) - c0;
   for (int64_t j = 0; j < s.batch[k]; ++j)
-    std::memcpy(dst + s.row(k, j, B) * width + c0, src + j * width + c0, sizeof(S) * n);
+    copy_elements(dst + s.row(k, j, B) * width + c0, src + j * width + c0, n);
 }
 
 // Columns [c0, c1) of rows [0, n) of src [n,width] into dst [n,width].
 template <typename S>
 void copy_columns(S* dst, const S* src, int64_t n, int64_t width, int64_t c0, int64_t c1) {
   for (int64_t j = 0; j < n; ++j)
-    std::memcpy(dst + j * width + c0, src + j * width + c0, sizeof(S) * (c1 - c0));
+    copy_elements(dst + j * width + c0, src + j * width + c0, c1 - c0);
 }
 
 // ---- the fused pointwise passes --------------------------------------------
@@ -422,7 +428,10 @@ int team_size(int64_t nb, int64_t H, int64_t O) {
 
 }  // namespace
 
-bool training_keeps_weights(const Config& c) { return team_products(c); }
+bool training_keeps_weights(const Config& c) {
+  check_config(c);
+  return team_products(c);
+}
 
 int64_t forward_workspace_size(const Config& c, bool training) {
   check_config(c);
@@ -662,7 +671,7 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
             const int64_t nb = s.batch[k];
             const S* hin = h_at(k);
             S* hout = h_at(k + 1);
-            if (training) std::memcpy(Hp + s.offset[k] * O, hin, sizeof(S) * nb * O);
+            if (training) copy_elements(Hp + s.offset[k] * O, hin, nb * O);
             recurrent_product(z_at(k), ws + L.zt, hin, wq.R, nb, G, O);
             S* m = P > 0 ? M + (training ? s.offset[k] * H : 0) : hout;  // [nb,H]
             over_units(nb, H, [&](int64_t j0, int64_t j1) { cells(k, m, j0, j1); });
@@ -675,8 +684,8 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
   }
 
   for (int64_t j = 0; j < B; ++j) {  // each row's state after its last valid step
-    std::memcpy(hT + s.perm[j] * O, h_at(s.len[j]) + j * O, sizeof(S) * O);
-    std::memcpy(cT + s.perm[j] * H, c_at(s.len[j] - 1) + j * H, sizeof(S) * H);
+    copy_elements(hT + s.perm[j] * O, h_at(s.len[j]) + j * O, O);
+    copy_elements(cT + s.perm[j] * H, c_at(s.len[j] - 1) + j * H, H);
   }
 }
 
@@ -691,7 +700,7 @@ void lstm_backward(S* dx, S* dh0, S* dc0, const Grads<S>& g, S* scr, In<S> ws, I
   const ForwardLayout L = forward_layout(cfg, true);
   const BackwardLayout BL = backward_layout(cfg);
   require_backward<S>(dx, dh0, dc0, g, scr, BL.total, ws, L.total, x, w, cfg,
-                      training_keeps_weights(cfg));
+                      training_keeps_weights(cfg), !gathers(cfg));
   const Schedule s = make_schedule(cfg);
   const S clip = S(cfg.clip);
 
@@ -784,7 +793,7 @@ void lstm_backward(S* dx, S* dh0, S* dc0, const Grads<S>& g, S* scr, In<S> ws, I
           add_dy(k, 0, O);  // dh = dL/dh_k in total
           const S* dmk = dh;
           if (P > 0) {
-            std::memcpy(DH + s.offset[k] * P, dh, sizeof(S) * nb * P);
+            copy_elements(DH + s.offset[k] * P, dh, nb * P);
             gemm(Op::N, Op::N, nb, H, P, S(1), dh, P, w.W_hr, H, S(0), dm, H);  // [nb,H]
             dmk = dm;
           }
@@ -832,7 +841,7 @@ void lstm_step(S* h_out, S* c_out, S* scr, In<S> x, In<S> h, In<S> c, const Weig
   // The fused pass reads c_prev and writes c_out through unaliased pointers.
   S* c_prev = scr + B * G;  // [B,H]
   if (c)
-    std::memcpy(c_prev, c, sizeof(S) * B * H);
+    copy_elements(c_prev, c, B * H);
   else
     std::fill(c_prev, c_prev + B * H, S(0));
   S* m = P > 0 ? c_prev + B * H : h_out;  // [B,H]

@@ -4,8 +4,9 @@
 
 #include <algorithm>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
-#include <iterator>
+#include <system_error>
 
 #include "common.h"
 #include "lstm_ext/lstm.h"
@@ -193,11 +194,21 @@ Model Model::from_bytes(const unsigned char* data, size_t size) {
 }
 
 Model Model::load(const std::string& path) {
+  // A regular file only (a directory, a pipe or /dev/zero would fail late,
+  // block, or never end), read as the size it has.
+  std::error_code err;
+  const bool regular = std::filesystem::is_regular_file(path, err);
+  const std::uintmax_t size = regular ? std::filesystem::file_size(path, err) : 0;
+  if (!regular || err)
+    throw FormatError("lstm_ext model: cannot open '" + path + "'" +
+                      (err ? ": " + err.message() : ": not a regular file"));
   std::ifstream f(path, std::ios::binary);
   if (!f) throw FormatError("lstm_ext model: cannot open '" + path + "'");
-  const std::vector<unsigned char> bytes((std::istreambuf_iterator<char>(f)),
-                                         std::istreambuf_iterator<char>());
-  if (f.bad()) throw FormatError("lstm_ext model: cannot read '" + path + "'");
+  std::vector<unsigned char> bytes(static_cast<size_t>(size));
+  f.read(reinterpret_cast<char*>(bytes.data()), std::streamsize(size));
+  if (size_t(f.gcount()) != bytes.size())
+    throw FormatError("lstm_ext model: cannot read '" + path + "': " + std::to_string(size) +
+                      " bytes expected, " + std::to_string(f.gcount()) + " read");
   try {
     return from_bytes(bytes.data(), bytes.size());
   } catch (const FormatError& e) {
@@ -249,10 +260,9 @@ void Model::link() {
 }
 
 // One layer, one direction, over a sequence: x [T,B,I_layer] -> y [T,B,O];
-// h [B,O], c [B,H] in (null: zeros) and, when given, updated.
+// from h0 [B,O], c0 [B,H] (null: zeros) to hT, cT.
 void Model::layer_forward(int64_t layer, int64_t d, const float* x, int64_t T, int64_t B, float* y,
-                          float* h, float* c) {
-  const int64_t H = cfg_.hidden_size, O = cfg_.output_size();
+                          const float* h0, const float* c0, float* hT, float* cT) {
   const Config cfg = layer_config(cfg_, layer, d, T, B);
   Part& p = parts_[size_t(layer * cfg_.directions() + d)];
   Weights<float> w{at(p.W), at(p.R), p.bias.empty() ? nullptr : p.bias.data(), at(p.W_hr), nullptr};
@@ -263,37 +273,56 @@ void Model::layer_forward(int64_t layer, int64_t d, const float* x, int64_t T, i
   }
   w.packed = p.packed.data();
   ws_.resize(size_t(forward_workspace_size(cfg, false)));
-  h_out_.resize(size_t(B * O));
-  c_out_.resize(size_t(B * H));
-  lstm_forward(y, h_out_.data(), c_out_.data(), nullptr, ws_.data(), x, h, c, w, cfg, false);
-  if (h) std::copy(h_out_.begin(), h_out_.end(), h);
-  if (c) std::copy(c_out_.begin(), c_out_.end(), c);
+  lstm_forward(y, hT, cT, nullptr, ws_.data(), x, h0, c0, w, cfg, false);
 }
 
 void Model::run(const float* x, int64_t T, int64_t B, float* y) {
   if (T < 0 || B < 1) throw std::invalid_argument("lstm_ext::Model::run: T >= 0 and B >= 1");
-  const int64_t D = cfg_.directions(), O = cfg_.output_size();
+  const int64_t D = cfg_.directions(), H = cfg_.hidden_size, O = cfg_.output_size(),
+                L = cfg_.num_layers;
   // Every layer's sizes checked (std::length_error) before anything is
   // allocated; then no product below overflows (T*B*D*O is within the bound).
-  for (int64_t layer = 0; layer < cfg_.num_layers; ++layer)
+  for (int64_t layer = 0; layer < L; ++layer)
     forward_workspace_size(layer_config(cfg_, layer, 0, T, B), false);
-  if (D == 1 && B != batch_) reset(B);
+  const int64_t nx = T * B * cfg_.input_size, ny = T * B * D * O;
+  detail::require(x, "x", nx);
+  detail::require(y, "y", ny);
+  detail::require_apart(y, ny, "y", x, nx, "x");
+  // Unidirectional: each layer goes from the state (zeros for a new batch
+  // size) to next_h_, next_c_, which become the state once all have run.
+  const bool carry = D == 1 && B == batch_;
+  if (D == 1) {
+    next_h_.resize(size_t(L));
+    next_c_.resize(size_t(L));
+  }
   const float* in = x;
-  for (int64_t layer = 0; layer < cfg_.num_layers; ++layer) {
-    const bool last = layer + 1 == cfg_.num_layers;
+  for (int64_t layer = 0; layer < L; ++layer) {
+    const bool last = layer + 1 == L;
     std::vector<float>& out = layer % 2 ? a_ : scratch_;  // alternate: `in` stays intact
     float* dst = last ? y : (out.resize(size_t(T * B * D * O)), out.data());
     if (D == 1) {
-      layer_forward(layer, 0, in, T, B, dst, h_[size_t(layer)].data(), c_[size_t(layer)].data());
+      const size_t k = size_t(layer);
+      next_h_[k].resize(size_t(B * O));
+      next_c_[k].resize(size_t(B * H));
+      layer_forward(layer, 0, in, T, B, dst, carry ? h_[k].data() : nullptr,
+                    carry ? c_[k].data() : nullptr, next_h_[k].data(), next_c_[k].data());
     } else {
       y_dir_.resize(size_t(T * B * O));
+      h_out_.resize(size_t(B * O));
+      c_out_.resize(size_t(B * H));
       for (int64_t d = 0; d < 2; ++d) {  // [T,B,O] each, then side by side: [T,B,2O]
-        layer_forward(layer, d, in, T, B, y_dir_.data(), nullptr, nullptr);
+        layer_forward(layer, d, in, T, B, y_dir_.data(), nullptr, nullptr, h_out_.data(),
+                      c_out_.data());
         for (int64_t r = 0; r < T * B; ++r)
           std::copy(y_dir_.begin() + r * O, y_dir_.begin() + (r + 1) * O, dst + (r * 2 + d) * O);
       }
     }
     in = dst;
+  }
+  if (D == 1) {
+    h_.swap(next_h_);
+    c_.swap(next_c_);
+    batch_ = B;
   }
 }
 

@@ -741,7 +741,8 @@ void lstm_backward(Context& ctx, S* dx, S* dh0, S* dc0, const Grads<S>& gr, S* s
   const int64_t T = cfg.T, B = cfg.B, I = cfg.I, H = cfg.H, P = cfg.P, O = cfg.O(), G = 4 * H;
   const ForwardLayout L = forward_layout<S>(cfg, true);
   const BackwardLayout BL = backward_layout<S>(cfg);
-  core::require_backward<S>(dx, dh0, dc0, gr, scr, BL.total, ws, L.total, x, w, cfg);
+  core::require_backward<S>(dx, dh0, dc0, gr, scr, BL.total, ws, L.total, x, w, cfg, false,
+                            !core::gathers(cfg));
   const core::Schedule s = core::make_schedule(cfg);
   const Context::Impl& cx = enter(ctx);
   const bool g = core::gathers(cfg);

@@ -134,6 +134,7 @@ TEST(Core, BadArgumentsThrow) {
   Config bad = p.cfg;
   bad.H = -1;
   EXPECT_THROW(lstm_ext::forward_workspace_size(bad, true), std::invalid_argument);
+  EXPECT_THROW(lstm_ext::training_keeps_weights(bad), std::invalid_argument);
   Config huge = p.cfg;
   huge.T = huge.B = int64_t(1) << 40;
   EXPECT_THROW(lstm_ext::forward_workspace_size(huge, true), std::length_error);
@@ -151,11 +152,60 @@ TEST(Core, BadArgumentsThrow) {
                std::invalid_argument);
 }
 
+// Empty buffers may be null (an empty std::vector's data() is): no size may
+// then reach memcpy with them (undefined even for no bytes; UBSan in .ci/run).
 TEST(Core, EmptySizesAreFine) {
-  for (auto [T, B] : {std::pair<int64_t, int64_t>{0, 3}, {4, 0}}) {
-    Problem<double> p(T, B, 3, 4);
-    EXPECT_EQ(p.forward().size(), size_t(T * B * 4));
+  for (auto [T, B, I, H] : {std::array<int64_t, 4>{0, 3, 3, 4},
+                            {4, 0, 3, 4},
+                            {4, 3, 0, 4},
+                            {4, 3, 3, 0},
+                            {3, 2, 0, 0}}) {
+    Problem<double> p(T, B, I, H);
+    EXPECT_EQ(p.forward().size(), size_t(T * B * H));
+    EXPECT_EQ(p.gradients().size(), size_t(T * B * (H + I) + 4 * H * (I + H + 1)));
+    if (T == 0) continue;  // step reads x's first step
+    std::vector<double> h(size_t(B * H)), c(h.size()),
+        scratch(size_t(lstm_ext::step_scratch_size(p.cfg)));
+    lstm_ext::lstm_step(h.data(), c.data(), scratch.data(), p.x.data(), h.data(), c.data(),
+                        p.weights(), p.cfg);
   }
+}
+
+TEST(Core, OutputOverlappingTheInputIsRefused) {
+  Problem<float> p(3, 2, 5, 5);  // y [T,B,H] as large as x
+  std::vector<float> h(2 * 5), c(h.size()),
+      ws(size_t(lstm_ext::forward_workspace_size(p.cfg, false)));
+  std::vector<float> x = p.x;
+  for (const ptrdiff_t shift : {0, 4, -4}) {
+    std::vector<float> both(x.size() + 8);
+    float* xin = both.data() + 4;
+    std::copy(x.begin(), x.end(), xin);
+    EXPECT_THROW(lstm_ext::lstm_forward(xin + shift, h.data(), c.data(), nullptr, ws.data(), xin,
+                                        nullptr, nullptr, p.weights(), p.cfg, false),
+                 std::invalid_argument)
+        << shift;
+  }
+}
+
+// With lengths (or reverse) forward keeps the rows of x it used: backward
+// does not read x, which may be null, and gives the same bits.
+TEST(Core, BackwardWithLengthsNeedsNoX) {
+  Problem<double> p(4, 3, 2, 5);
+  const int64_t lengths[3] = {4, 1, 3};
+  p.cfg.lengths = lengths;
+  const std::vector<double> with_x = p.gradients();
+  std::vector<double> ws;
+  const std::vector<double> y = p.forward(&ws);
+  const Config& c = p.cfg;
+  std::vector<double> dx(p.x.size()), dW(p.W.size()), dR(p.R.size()), db(p.b.size()),
+      dh0(size_t(c.B * c.H)), dc0(dh0.size()), scratch(size_t(lstm_ext::backward_scratch_size(c)));
+  lstm_ext::lstm_backward(dx.data(), dh0.data(), dc0.data(), {dW.data(), dR.data(), db.data()},
+                          scratch.data(), ws.data(), nullptr, y.data(), nullptr, nullptr,
+                          p.weights(), c);
+  std::vector<double> without_x = y;
+  for (const auto* v : {&dx, &dW, &dR, &db})
+    without_x.insert(without_x.end(), v->begin(), v->end());
+  EXPECT_EQ(without_x, with_x);
 }
 
 // Forward and backward, at 16 rows and at the few rows whose blocks each sum
@@ -857,6 +907,48 @@ TEST(Model, BidirectionalRunsButDoesNotStream) {
   for (float v : y) EXPECT_TRUE(std::isfinite(v));
   m.reset(1);
   EXPECT_THROW(m.step(x.data(), y.data()), std::logic_error);
+}
+
+// A null or overlapping buffer is refused before anything runs, and the
+// streaming state stays as it was (a run of another batch size had reset it).
+TEST(Model, BadBuffersAreRefusedAndKeepTheState) {
+  const auto f = model_file();
+  lstm_ext::Model a = lstm_ext::Model::from_bytes(f.data(), f.size()), b = a;
+  const std::vector<float> x = {0.5f, -1, 2};
+  std::vector<float> ya(4), yb(4), big(4 * 4);
+  a.reset(1);
+  b.reset(1);
+  a.step(x.data(), ya.data());
+  b.step(x.data(), yb.data());
+  EXPECT_THROW(a.run(nullptr, 1, 4, big.data()), std::invalid_argument);
+  EXPECT_THROW(a.run(x.data(), 1, 1, nullptr), std::invalid_argument);
+  std::vector<float> io = {0.5f, -1, 2, 0};  // x [1,1,3] and y [1,1,4] sharing floats
+  EXPECT_THROW(a.run(io.data(), 1, 1, io.data()), std::invalid_argument);
+  a.step(x.data(), ya.data());  // the state a had, carried on
+  b.step(x.data(), yb.data());
+  EXPECT_EQ(ya, yb);
+
+  const auto f2 = model_file(true);
+  lstm_ext::Model bi = lstm_ext::Model::from_bytes(f2.data(), f2.size());
+  EXPECT_THROW(bi.run(x.data(), 1, 1, nullptr), std::invalid_argument);
+}
+
+// Only a regular file is read: a directory or /dev/zero throws FormatError
+// (it had thrown std::ios_base::failure, and read /dev/zero until memory ran out).
+TEST(Model, LoadReadsRegularFilesOnly) {
+  EXPECT_THROW(lstm_ext::Model::load(std::filesystem::temp_directory_path().string()),
+               lstm_ext::FormatError);
+  if (std::filesystem::exists("/dev/zero"))
+    EXPECT_THROW(lstm_ext::Model::load("/dev/zero"), lstm_ext::FormatError);
+  EXPECT_THROW(lstm_ext::Model::load("/no/such/model.lstmx"), lstm_ext::FormatError);
+  const auto f = model_file();
+  const std::string path = (std::filesystem::temp_directory_path() /
+                            ("lstm_ext_test_" + std::to_string(getpid()) + ".lstmx"))
+                               .string();
+  std::ofstream(path, std::ios::binary)
+      .write(reinterpret_cast<const char*>(f.data()), std::streamsize(f.size()));
+  EXPECT_EQ(lstm_ext::Model::load(path).config().hidden_size, 4);
+  std::filesystem::remove(path);
 }
 
 TEST(Model, HugeSizesAreRefusedBeforeAllocatingAndKeepTheState) {

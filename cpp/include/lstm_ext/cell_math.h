@@ -10,6 +10,11 @@
 //             non-linearity; its gradient passes where -clip <= z <= clip
 //   kCoupled  coupled input-forget gate: f = 1 - i (z_f is ignored)
 // Derivatives are taken from outputs: dsigmoid(y) = y*(1-y), dtanh(y) = 1-y*y.
+//
+// The library compiles these without FMA contraction (-ffp-contract=off): the
+// same bits on every ISA. Code including this header gets the library's bits
+// where it does the same (GCC's default, -std=gnu++17, contracts into FMA
+// where the target has it).
 #pragma once
 
 #include <cmath>

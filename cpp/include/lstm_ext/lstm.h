@@ -173,7 +173,8 @@ int64_t step_scratch_size(const Config& cfg);
 //   x            in  [T,B,I]
 //   h0           in  [B,O]   nullptr: zeros
 //   c0           in  [B,H]   nullptr: zeros
-// No output may alias an input or another output.
+// No output may alias an input or another output (y overlapping x:
+// std::invalid_argument).
 template <typename S>
 void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* workspace,  //
                   In<S> x, In<S> h0, In<S> c0,                                //
@@ -190,7 +191,7 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* workspace,  //
 //   scratch   out [backward_scratch_size(cfg)]
 //   workspace in
 //   x         in  [T,B,I]   read only without lengths and reverse (with
-//                           them, forward kept the rows it used)
+//                           them, forward kept the rows it used: may be null)
 //   dy        in  [T,B,O]   dL/dy; nullptr: zeros. Ignored past a sequence's end.
 //   dhT       in  [B,O]     dL/dh_T; nullptr: zeros
 //   dcT       in  [B,H]     dL/dc_T; nullptr: zeros

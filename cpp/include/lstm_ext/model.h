@@ -57,6 +57,8 @@ class Model {
   // zeros, keeps no state. The first call packs each layer's weights
   // (lstm.h: pack_weights) and keeps them for the later ones, so chunks do
   // not pay for it again: that memory is about the weights' size once more.
+  // y may not overlap x. A call that throws (a null or overlapping buffer,
+  // sizes past the bounds, std::bad_alloc) leaves the state as it was.
   void run(const float* x, int64_t T, int64_t B, float* y);
 
  private:
@@ -72,7 +74,8 @@ class Model {
   std::vector<std::vector<float>> params_;  // in names_ order
   std::vector<Part> parts_;                 // [layer * D + d]
   int64_t batch_ = 0;
-  std::vector<std::vector<float>> h_, c_;  // [L] of [B,O], [B,H]: the streaming state
+  std::vector<std::vector<float>> h_, c_;            // [L] of [B,O], [B,H]: the streaming state
+  std::vector<std::vector<float>> next_h_, next_c_;  // run()'s new state, until it is done
   std::vector<float> scratch_, ws_, a_, y_dir_, h_out_, c_out_;
 
   int64_t index(const std::string& name) const;  // -1 where absent
@@ -81,7 +84,7 @@ class Model {
   }
   void link();  // fills parts_ from params_
   void layer_forward(int64_t layer, int64_t d, const float* x, int64_t T, int64_t B, float* y,
-                     float* h, float* c);
+                     const float* h0, const float* c0, float* hT, float* cT);
 };
 
 }  // namespace lstm_ext
