@@ -2,6 +2,9 @@
 (wrong shape), whose message names the argument and shows what was expected
 and what was given."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -169,8 +172,56 @@ def test_step_rejects(changes, error, words):
 def test_cache_cannot_be_made_by_hand():
     with pytest.raises(TypeError, match=r"made only by lstm_ext\.forward"):
         lstm_ext.Cache.__new__(lstm_ext.Cache)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"made only by lstm_ext\.forward"):
         lstm_ext.Cache()
+
+
+def test_cache_cannot_be_made_through_its_base_class():
+    """pybind11_object.__new__(Cache), which Python's own message suggests,
+    had made a Cache of uninitialised memory: backward on it crashed the
+    interpreter (SIGSEGV). In a child, so that a crash fails only this test."""
+    code = """
+import lstm_ext
+base = lstm_ext.Cache.__mro__[1]
+for make in (lambda: base.__new__(lstm_ext.Cache),
+             lambda: type("Sub", (lstm_ext.Cache,), {})(),
+             lambda: type("Sub", (lstm_ext.Cache,), {"__new__": lambda c: base.__new__(c)})()):
+    try:
+        c = make()
+    except TypeError as e:
+        print("refused:", e)
+    else:
+        lstm_ext.backward(c, None)
+        raise SystemExit("made a Cache")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
+    assert r.stdout.count("refused:") == 3, r.stdout
+
+
+def test_conversion_errors_keep_their_cause_and_interrupts_pass():
+    """A failed conversion names the argument and says why (it had said only
+    'expected a NumPy array'); a KeyboardInterrupt or MemoryError raised
+    inside it is not turned into a TypeError."""
+    a = good()
+
+    class Refuses:
+        def __array__(self, dtype=None, copy=None):
+            raise RuntimeError("no array today")
+
+    with pytest.raises(
+        TypeError, match=r"x: expected a NumPy array, got Refuses \(.*no array today"
+    ) as e:
+        lstm_ext.forward(Refuses(), a["W"], a["R"])
+    assert isinstance(e.value.__cause__, RuntimeError)
+    for raised in (KeyboardInterrupt, MemoryError):
+
+        class Raises:
+            def __array__(self, dtype=None, copy=None, raised=raised):
+                raise raised()
+
+        with pytest.raises(raised):
+            lstm_ext.forward(a["x"], Raises(), a["R"])
 
 
 def test_cache_does_not_share_memory_with_array_likes():
@@ -200,13 +251,25 @@ def test_cache_does_not_share_memory_with_array_likes():
         ("a", TypeError, "clip: expected a number > 0 or None, got str"),
         (np.array([1.0, 2.0]), TypeError, "clip: expected a number"),
         (10**400, TypeError, "clip: expected a number"),
-        (1e-60, ValueError, r"clip: expected a number > 0 \(at least"),  # 0 in float32
+        (1e-60, ValueError, r"clip: expected a number > 0 \(at least 1.17.*e-38"),  # 0 in float32
+        (0, ValueError, r"clip: expected a number > 0 \(at least 1.17.*e-38 in float32\)"),
+        ("1.5", TypeError, "clip: expected a number > 0 or None, got str"),  # float() parses it
+        (True, TypeError, "clip: expected a number > 0 or None, got bool"),
     ],
 )
 def test_clip_of_the_wrong_kind(clip, error, match):
     a = good(np.float32)
     with pytest.raises(error, match=match):
         lstm_ext.forward(a["x"], a["W"], a["R"], clip=clip)
+
+
+def test_lengths_of_an_empty_batch_may_be_any_empty_array():
+    """B = 0: lengths [] as a list (float64) or an empty array of strings had
+    failed inside NumPy's comparison (UFuncTypeError)."""
+    x = np.zeros((3, 0, 2), np.float32)
+    W, R = np.zeros((8, 2), np.float32), np.zeros((8, 2), np.float32)
+    for lengths in ([], np.array([], "U3"), np.zeros(0, np.int64)):
+        assert lstm_ext.forward(x, W, R, lengths=lengths).y.shape == (3, 0, 2)
 
 
 def test_lengths_report_the_value_given():
@@ -222,3 +285,23 @@ def test_gemm_dimensions_past_32_bits_are_refused_before_writing():
     W = R = np.zeros((4, 1), np.float32)
     with pytest.raises(ValueError, match="exceeds the BLAS limit"):
         lstm_ext.forward(x, W, R, training=False)
+
+
+@pytest.mark.parametrize(
+    "n, error, match",
+    [
+        (2**40, ValueError, r"must be in \[1, 1024\], got 1099511627776"),
+        (-(2**70), ValueError, r"must be in \[1, 1024\], got -"),
+        (0, ValueError, r"must be in \[1, 1024\], got 0"),
+        (2.5, TypeError, r"n: expected an integer in \[1, 1024\], got float"),
+        (True, TypeError, r"n: expected an integer in \[1, 1024\], got bool"),
+        ("2", TypeError, r"got str"),
+    ],
+)
+def test_set_num_threads_rejects(n, error, match):
+    before = lstm_ext.get_num_threads()
+    with pytest.raises(error, match=match):
+        lstm_ext.set_num_threads(n)
+    assert lstm_ext.get_num_threads() == before
+    lstm_ext.set_num_threads(np.int64(before))  # NumPy's integers are integers
+    assert lstm_ext.get_num_threads() == before

@@ -57,12 +57,24 @@ def test_a_fixed_seed_repeats_exactly(capsys, tmp_path):
     [
         (["train", "--steps", "0"], 2, "--steps: expected a positive integer, got '0'"),
         (["train", "--task", "nope"], 2, "--task: invalid choice: 'nope'"),
-        (["train", "--lr", "-1"], 2, "--lr: expected a positive number"),
+        (["train", "--lr", "-1"], 2, "--lr: expected a positive finite number"),
         (["train", "--dtype", "float16"], 2, "--dtype: invalid choice"),
         (["frobnicate"], 2, "invalid choice: 'frobnicate'"),
         ([], 2, "the following arguments are required: command"),
         (["sample", "--checkpoint", "/nonexistent/x.npz"], 1, "no such file"),
         (["train", "--out", "/proc/lstm-ext-cannot-write", *SMALL], 1, "cannot write there"),
+        (["train", "--lr", "inf"], 2, "--lr: expected a positive finite number, got 'inf'"),
+        (["train", "--seed", "-1"], 2, "--seed: expected an integer >= 0, got '-1'"),
+        (["sample", "--seed", "-1"], 2, "--seed: expected an integer >= 0, got '-1'"),
+        # Bounded as nn.LSTM is: --layers 10000000000 had built layers until
+        # memory ran out, --hidden ended in a MemoryError's traceback.
+        (["train", "--layers", "10000000000"], 2, "--layers: expected an integer in [1, 1024]"),
+        (["train", "--hidden", "10000000000"], 2, "--hidden: expected an integer in [1, 1048576]"),
+        (
+            ["train", "--task", "forecast", "--seq-len", "5000", *SMALL[:2]],
+            2,
+            "--seq-len: expected at most 3748",
+        ),
     ],
 )
 def test_errors_are_one_line(capsys, argv, rc, words):
@@ -80,6 +92,32 @@ def test_sample_refuses_other_checkpoints(capsys, tmp_path):
     junk.write_bytes(b"not a zip file at all")
     rc, _, err = run(capsys, "sample", "--checkpoint", str(junk))
     assert rc == 1 and "truncated or corrupt" in err and err.count("\n") == 1
+
+
+def test_sample_refuses_checkpoints_it_cannot_sample_in_one_line(capsys, tmp_path):
+    """Each had ended in a traceback (AttributeError, KeyError, IndexError, TypeError)."""
+    from lstm_ext import nn
+
+    def model(lstm_dtype=np.float32):
+        return nn.Sequential(nn.Embedding(3, 2), nn.LSTM(2, 4, dtype=lstm_dtype), nn.Linear(4, 3))
+
+    cases = [
+        (model(), [1, 2], "not a character model (task None)"),
+        (model(), {"task": "text"}, "its meta has no vocabulary"),
+        (model(), {"task": "text", "vocab": 7}, "its meta has no vocabulary"),
+        (
+            model(),
+            {"task": "text", "vocab": "ab"},
+            "its Embedding has 3 rows for a vocabulary of 2",
+        ),
+        (nn.LSTM(2, 4), {"task": "text", "vocab": "abc"}, "not a character model (expected a"),
+        (model(np.float64), {"task": "text", "vocab": "abc"}, "its model cannot generate text"),
+    ]
+    for k, (m, meta, words) in enumerate(cases):
+        path = tmp_path / f"{k}.npz"
+        checkpoint.save(path, m, None, meta)
+        rc, _, err = run(capsys, "sample", "--checkpoint", str(path), "--prime", "a")
+        assert rc == 1 and words in err and err.count("\n") == 1, (k, err)
 
 
 def test_info_and_module_entry_point():

@@ -97,6 +97,10 @@ def test_reorder_gates():
     assert not np.shares_memory(convert.reorder_gates(a, "ifgo", "ifgo"), a)
     with pytest.raises(ValueError, match=r"dst: expected a permutation of 'ifgo'.*'ifgx'"):
         convert.reorder_gates(a, "ifgo", "ifgx")
+    with pytest.raises(ValueError, match=r"src: expected a permutation of 'ifgo'.*1234"):
+        convert.reorder_gates(a, 1234, "ifgo")  # was AttributeError
+    with pytest.raises(ValueError, match=r"axis: expected an axis of a's 2, got 2"):
+        convert.reorder_gates(m, "ifgo", "iofg", axis=2)  # was IndexError
     with pytest.raises(ValueError, match=r"a: expected a gate axis 0 of 4H entries.*\(6,\)"):
         convert.reorder_gates(np.arange(6), "ifgo", "iofg")
 

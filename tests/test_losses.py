@@ -87,8 +87,17 @@ def test_mse_masked_out_nan_does_not_leak():
 def test_mse_errors():
     with pytest.raises(ValueError, match="target: expected the shape"):
         mse(np.zeros((2, 3)), np.zeros((3, 2)))
-    with pytest.raises(TypeError, match="pred: expected a floating-point"):
+    with pytest.raises(TypeError, match="pred: expected a float32 or float64 array, got dtype int"):
         mse(np.zeros(3, int), np.zeros(3))
+    # float16's count and sum overflow past 65,504 elements: the loss was NaN.
+    with pytest.raises(
+        TypeError, match="pred: expected a float32 or float64 array, got dtype float16"
+    ):
+        mse(np.zeros(70_000, np.float16), np.zeros(70_000))
+    with pytest.raises(TypeError, match="logits: expected a float32 or float64 array"):
+        softmax_cross_entropy(np.zeros((70_000, 2), np.float16), np.zeros(70_000, int))
+    loss, g = mse(np.ones(3, ">f4"), np.zeros(3))  # either byte order
+    assert loss == 1.0 and g.dtype.newbyteorder("=") == np.float32
     with pytest.raises(ValueError, match="mask: counts no element"):
         mse(np.zeros(3), np.zeros(3), mask=np.zeros(3, bool))
     with pytest.raises(ValueError, match="mask: counts no element"):
@@ -183,7 +192,7 @@ def test_ce_errors():
         softmax_cross_entropy(np.zeros((0, 3)), np.zeros(0, int))
     with pytest.raises(ValueError, match="mask: shape"):
         softmax_cross_entropy(z, np.array([0, 1]), mask=[True, False, True])
-    with pytest.raises(TypeError, match="logits: expected a floating-point"):
+    with pytest.raises(TypeError, match="logits: expected a float32 or float64 array"):
         softmax_cross_entropy(np.zeros((2, 3), int), np.array([0, 1]))
     with pytest.raises(ValueError, match="logits: expected shape"):
         softmax_cross_entropy(np.zeros((2, 0)), np.array([0, 1]))

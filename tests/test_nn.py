@@ -14,6 +14,8 @@ float64 4e-16 on outputs and states, 8e-16 on parameter gradients; float32
 4e-7 and 5e-7. The bounds leave margins of 100x and more.
 """
 
+import json
+
 import numpy as np
 import pytest
 
@@ -265,11 +267,75 @@ def test_load_state_dict_errors():
         (dict(input_size=3, hidden_size=4, dropout=1.5), ValueError, "dropout"),
         (dict(input_size=3, hidden_size=4, dtype=np.int32), TypeError, "dtype"),
         (dict(input_size=3.5, hidden_size=4), ValueError, "input_size"),
+        # Bounded as the model file is: an unbounded num_layers built layers
+        # until memory ran out, a huge hidden_size failed in NumPy unnamed.
+        (
+            dict(input_size=1, hidden_size=1, num_layers=2**40),
+            ValueError,
+            r"num_layers: expected an integer in \[1, 1024\], got 1099511627776",
+        ),
+        (
+            dict(input_size=1, hidden_size=2**61),
+            ValueError,
+            r"hidden_size: expected an integer in \[1, 1048576\]",
+        ),
+        (dict(input_size=3, hidden_size=4, dropout="a"), ValueError, "dropout: expected"),
+        (
+            dict(input_size=np.int8(-3), hidden_size=4),
+            ValueError,
+            "input_size: expected an integer >= 1, got -3",
+        ),
+        (dict(input_size=np.bool_(True), hidden_size=4), ValueError, "input_size"),
     ],
 )
 def test_constructor_errors(kwargs, error, match):
     with pytest.raises(error, match=match):
         LSTM(**kwargs)
+
+
+def test_numpy_integer_sizes_are_ints():
+    """np.uint8 sizes had wrapped 4*H around (weight_ih_l0 (144, 3) for
+    H = 100), np.int64 ones made config() fail to save as JSON."""
+    lstm = LSTM(np.uint8(3), np.uint8(100), np.int64(2), proj_size=np.int16(7))
+    assert lstm.params["weight_ih_l0"].shape == (400, 3)
+    assert lstm.params["weight_hh_l1"].shape == (400, 7)
+    cfg = lstm.config()
+    assert all(
+        type(cfg[k]) is int for k in ("input_size", "hidden_size", "num_layers", "proj_size")
+    )
+    json.dumps(cfg)
+
+
+def test_big_endian_input_is_float32_too(rng):
+    lstm = LSTM(3, 4)
+    x = rng.standard_normal((5, 2, 3)).astype(np.float32)
+    out, _ = lstm(x)
+    np.testing.assert_array_equal(lstm(x.astype(">f4"))[0], out)
+
+
+def test_state_and_dstate_must_be_pairs():
+    lstm = LSTM(3, 4)
+    x = np.zeros((5, 2, 3), np.float32)
+    s = np.zeros((1, 2, 4), np.float32)
+    with pytest.raises(ValueError, match=r"state: expected a pair \(h, c\), got tuple of 3"):
+        lstm(x, (s, s, s))
+    with pytest.raises(ValueError, match=r"state: expected a pair \(h, c\), got int"):
+        lstm(x, 3)
+    lstm(x)
+    with pytest.raises(ValueError, match=r"dstate: expected a pair \(h, c\), got list of 1"):
+        lstm.backward(np.zeros((5, 2, 4), np.float32), [s])
+
+
+def test_load_state_dict_takes_real_numbers_only():
+    """Strings would fail late, None had loaded as NaN and complex values
+    silently lost their imaginary part."""
+    lstm = LSTM(3, 4)
+    good = lstm.state_dict()
+    for bad in (np.full((16, 3), None), np.full((16, 3), "a"), np.zeros((16, 3), complex)):
+        with pytest.raises(ValueError, match=r"weight_ih_l0: expected real numbers, got dtype"):
+            lstm.load_state_dict({**good, "weight_ih_l0": bad})
+    lstm.load_state_dict({**good, "weight_ih_l0": np.ones((16, 3), np.int32)})  # cast
+    assert lstm.params["weight_ih_l0"].dtype == np.float32
 
 
 def test_call_errors(rng):

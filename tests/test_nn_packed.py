@@ -161,3 +161,22 @@ def test_generate_samples_the_same_text_from_packed_weights(monkeypatch):
     monkeypatch.setattr(nn.Sequential, "packed", lambda self: self)
     again = train.generate(model, vocab, "abc", 40, 0.8, np.random.default_rng(1))
     assert text == again and len(text) == 43
+
+
+def test_generate_takes_the_limit_of_a_tiny_temperature_and_checks_the_vocabulary():
+    """logits / 1e-320 overflow: the draw is then the likeliest character
+    (the limit), not NaN probabilities; a vocabulary of another size than the
+    model's logits, or a temperature that is not a finite number > 0, is a
+    ValueError."""
+    model = nn.Sequential(
+        nn.Embedding(3, 2, seed=0), nn.LSTM(2, 4, seed=1), nn.Linear(4, 3, seed=2)
+    )
+    vocab = Vocab("abc")
+    cold = train.generate(model, vocab, "a", 20, 1e-320, np.random.default_rng(0))
+    greedy = train.generate(model, vocab, "a", 20, 1e-30, np.random.default_rng(1))
+    assert cold == greedy and len(cold) == 21
+    for t in (0, -1.0, float("inf"), float("nan"), "0.8"):
+        with pytest.raises(ValueError, match="temperature: expected a finite number > 0"):
+            train.generate(model, vocab, "a", 5, t)
+    with pytest.raises(ValueError, match="vocab: 2 characters, but the model gives 3 logits"):
+        train.generate(model, Vocab("ab"), "a", 5)

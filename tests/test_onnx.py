@@ -234,6 +234,11 @@ def test_activations_need_three_names_a_direction():
         (dict(layout=2), "layout: expected 0 or 1, got 2"),
         (dict(input_forget=2), "input_forget: expected 0 or 1, got 2"),
         (dict(hidden_size=5), r"hidden_size: expected 4 .*got 5"),
+        # Each had raised something else, or a message that did not say what
+        (dict(hidden_size="4"), r"hidden_size: expected 4 .*got '4'"),
+        (dict(direction=["forward"]), r"direction: expected one of .*\['forward'\]"),
+        (dict(input_forget=np.array([1, 0])), r"input_forget: expected 0 or 1, got array"),
+        (dict(activations=5), r"activations: expected 3 names .*got 5"),
         (dict(X=np.zeros((6, 3), np.float32)), r"X: expected shape \[T,B,I\], got \(6, 3\)"),
         (dict(W=np.zeros((1, 16, 4), np.float32)), r"W: expected shape \[D,4H,I\] = \(1, 16, 5\)"),
         (dict(R=np.zeros((1, 16, 5), np.float32)), r"R: expected shape \[D,4H,H\]"),

@@ -218,6 +218,9 @@ def test_warmup_cosine_values():
         warmup_cosine(0)
     with pytest.raises(ValueError, match="final"):
         warmup_cosine(10, final=-0.1)
+    with pytest.raises(ValueError, match="step: expected >= 0, got -5"):  # was ZeroDivisionError
+        warmup_cosine(10)(-5)
+    assert warmup_cosine(np.int64(10), warmup=np.uint8(2))(2) == 1.0
 
 
 def test_step_decay_values():

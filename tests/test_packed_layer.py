@@ -201,3 +201,16 @@ def test_empty_sizes_and_copies(rng):
     want = layer.forward(p["x"], p["h0"], p["c0"])
     for other in (pickle.loads(pickle.dumps(layer)), copy.deepcopy(layer)):
         assert_same(other.forward(p["x"], p["h0"], p["c0"]), want)
+
+
+def test_either_byte_order(rng):
+    """Big-endian weights had made the layer's dtype '>f4', and it then
+    refused native float32 x (and the other way round); forward takes any
+    byte order of each."""
+    p = make_problem(rng, 5, 2, 3, 4, np.float32)
+    x, W, R, b = p["x"], p["W"], p["R"], p["b"]
+    want = lstm_ext.forward(x, W, R, b, training=False).y
+    for wo, xo in ((">f4", "<f4"), ("<f4", ">f4"), (">f4", ">f4")):
+        layer = lstm_ext.PackedLayer(W.astype(wo), R.astype(wo), b.astype(wo))
+        assert layer.dtype == np.float32
+        np.testing.assert_array_equal(layer(x.astype(xo)).y, want)

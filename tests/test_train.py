@@ -1,5 +1,7 @@
 """The training API: layers beside LSTM, Sequential, fit, truncated BPTT."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -65,6 +67,13 @@ def test_sequential_chains_forward_and_backward(rng):
         np.testing.assert_allclose(model.grads[name], want, atol=1e-7, err_msg=name)
     rebuilt = nn.from_config(model.config())
     assert rebuilt.config() == model.config()
+    for bad, words in [
+        ({"type": "Sequential"}, "a Sequential's 'modules' must be a list, got None"),
+        ({"type": ["LSTM"]}, "unknown module type ['LSTM']"),
+        ({"type": "LSTM", "input_size": 2, "hidden_size": 3, "colour": 1}, "config of a LSTM:"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(words)):
+            nn.from_config(bad)
     with pytest.raises(ValueError, match="at most one LSTM"):
         nn.Sequential(nn.LSTM(2, 2), nn.LSTM(2, 2))
 

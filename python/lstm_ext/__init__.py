@@ -354,6 +354,7 @@ class PackedLayer:
             if a is None:
                 return None
             a = np.array(a, copy=True, order="C")
+            a = a.astype(a.dtype.newbyteorder("="), copy=False)  # native: x's compares equal
             a.flags.writeable = False
             return a
 
@@ -392,7 +393,7 @@ class PackedLayer:
         """``lstm_ext.forward(x, W, R, b, h0, c0, training=False, ...)`` on
         this layer's weights and options; the cache is None."""
         x = np.asarray(x)
-        if x.dtype != self._W.dtype:
+        if x.dtype.newbyteorder("=") != self._W.dtype:  # either byte order
             raise TypeError(f"x: expected dtype {self._W.dtype} (the layer's), got {x.dtype}")
         y, h, c, _, cs = _core.forward_packed(
             self._packed, x, self._W, self._R, self._b, h0, c0,

@@ -1,5 +1,7 @@
-"""Checks shared by the modules that load saved state, and of the
+"""Checks shared by the modules: integer arguments, saved state, and the
 environment variables the core reads."""
+
+from __future__ import annotations
 
 import os
 import re
@@ -8,10 +10,10 @@ import warnings
 import numpy as np
 
 
-def check_state_keys(state: dict, shapes: dict, what: str = "state") -> None:
+def check_state_keys(state: dict, shapes: dict, what: str = "state", real: bool = False) -> None:
     """ValueError unless ``state`` has exactly the keys of ``shapes``, each
-    with its shape; the message lists every missing, unexpected and
-    mis-shaped key at once."""
+    with its shape (and, with ``real``, of real numbers); the message lists
+    every missing, unexpected, mis-shaped and mistyped key at once."""
     missing = [k for k in shapes if k not in state]
     extra = [k for k in state if k not in shapes]
     wrong = [
@@ -19,10 +21,39 @@ def check_state_keys(state: dict, shapes: dict, what: str = "state") -> None:
         for k in shapes
         if k in state and np.shape(state[k]) != tuple(shapes[k])
     ]
+    # Real numbers only: strings would fail late, None load as NaN, complex
+    # values lose their imaginary part.
+    wrong += [
+        f"{k}: expected real numbers, got dtype {dt}"
+        for k in shapes
+        if real and k in state and (dt := _dtype_of(state[k])).kind not in "fiu"
+    ]
     if missing or extra or wrong:
         parts = [f"missing keys {missing}"] if missing else []
         parts += [f"unexpected keys {extra}"] if extra else []
         raise ValueError(f"{what}: " + "; ".join(parts + wrong))
+
+
+def _dtype_of(value) -> np.dtype:
+    """The dtype of an array (NumPy's, or CuPy's, which is NumPy's too) or of
+    what NumPy makes of anything else."""
+    dt = getattr(value, "dtype", None)
+    return dt if isinstance(dt, np.dtype) else np.asarray(value).dtype
+
+
+def check_int(name: str, v, low: int, high: int | None = None) -> int:
+    """``v`` as a Python int in [low, high] (no upper bound where high is
+    None), else a ValueError naming it. NumPy integers become ints (sizes kept
+    as np.uint8 had wrapped 4*H around; np.int64 ones failed to save as
+    JSON); bools, floats and strings are refused."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+        raise ValueError(f"{name}: expected an integer >= {low}, got {v!r}")
+    v = int(v)
+    if v < low:
+        raise ValueError(f"{name}: expected an integer >= {low}, got {v}")
+    if high is not None and v > high:
+        raise ValueError(f"{name}: expected an integer in [{low}, {high}], got {v}")
+    return v
 
 
 def _integer_in(lo: int, hi: int):

@@ -123,6 +123,24 @@ struct Arg {
   bool given() const { return !original.is_none(); }
 };
 
+// An error a conversion raised, which the caller may turn into its own
+// TypeError; not one to pass on as it is (KeyboardInterrupt, MemoryError).
+inline bool conversion_error(py::error_already_set& e) {
+  return e.matches(PyExc_Exception) && !e.matches(PyExc_MemoryError);
+}
+
+// obj's value if it is a number (not a string, which float() would parse,
+// nor a bool).
+inline std::optional<double> as_number(const py::object& obj) {
+  if (!PyNumber_Check(obj.ptr()) || PyBool_Check(obj.ptr())) return std::nullopt;
+  try {
+    return py::float_(obj).cast<double>();
+  } catch (py::error_already_set& e) {
+    if (!conversion_error(e)) throw;
+    return std::nullopt;
+  }
+}
+
 inline Arg arg(const char* name, const py::object& obj) {
   // An ndarray itself (not a subclass) is used as it is: what ensure() would
   // return, without NumPy's conversion machinery (a fifth of a B = 1 step).
@@ -130,14 +148,20 @@ inline Arg arg(const char* name, const py::object& obj) {
       py::object(py::module_::import("numpy").attr("ndarray")).release();
   if (Py_TYPE(obj.ptr()) == reinterpret_cast<PyTypeObject*>(ndarray.ptr()))
     return {name, obj, py::reinterpret_borrow<py::array>(obj)};
-  py::array a;
+  // Anything else as numpy.asarray converts it (py::array::ensure would clear
+  // the error: a KeyboardInterrupt or MemoryError inside the conversion became
+  // this TypeError, and the reason, a tensor that requires grad say, was lost).
+  static const py::handle asarray =
+      py::object(py::module_::import("numpy").attr("asarray")).release();
   try {
-    a = py::array::ensure(obj);
-  } catch (py::error_already_set&) {
+    return {name, obj, py::reinterpret_borrow<py::array>(asarray(obj))};
+  } catch (py::error_already_set& e) {
+    if (!conversion_error(e)) throw;
+    const std::string why = std::string(name) + ": expected a NumPy array, got " + type_name(obj) +
+                            " (" + e.what() + ")";
+    py::raise_from(e, PyExc_TypeError, why.c_str());
+    throw py::error_already_set();
   }
-  if (!a)
-    throw py::type_error(std::string(name) + ": expected a NumPy array, got " + type_name(obj));
-  return {name, obj, a};
 }
 
 inline Arg opt_arg(const char* name, const py::object& obj) {
@@ -294,19 +318,19 @@ inline LayerArgs check_layer(const py::object& W, const py::object& R, const py:
   l.cfg.P = P;
   l.cfg.input_forget = input_forget;
   if (!clip.is_none()) {
-    double v;
-    try {
-      v = py::float_(clip).cast<double>();
-    } catch (py::error_already_set&) {
+    const std::optional<double> number = as_number(clip);
+    if (!number)
       throw py::type_error("clip: expected a number > 0 or None, got " + type_name(clip));
-    }
+    const double v = *number;
     // The smallest normal number of the dtype: a smaller clip would round to 0.
+    const bool f32 = size == 4;
     const double tiny =
-        size == 4 ? double(std::numeric_limits<float>::min()) : std::numeric_limits<double>::min();
+        f32 ? double(std::numeric_limits<float>::min()) : std::numeric_limits<double>::min();
     if (!(v >= tiny))
-      throw py::value_error("clip: expected a number > 0 (at least " + std::to_string(tiny) +
-                            " in this dtype), or None for no clipping, got " +
-                            py::str(clip).cast<std::string>());
+      throw py::value_error(
+          std::string("clip: expected a number > 0 (at least ") +
+          (f32 ? "1.1754944e-38 in float32" : "2.2250738585072014e-308 in float64") +
+          "), or None for no clipping, got " + py::str(clip).cast<std::string>());
     l.cfg.clip = v;
   }
   return l;
@@ -322,6 +346,7 @@ inline std::optional<py::array_t<int64_t>> check_lengths(const py::object& obj, 
   if (a.a.size() > 0 && kind != 'i' && kind != 'u')
     throw py::type_error("lengths: expected an integer array, got dtype " + dtype_str(a.a));
   check_shape(a, {B}, "[B]");
+  if (a.a.size() == 0) return py::array_t<int64_t>(0);  // B = 0: [] of any dtype
   const py::object np = py::module_::import("numpy");
   const py::array bad = np.attr("flatnonzero")(
       np.attr("logical_or")(np.attr("less")(a.a, 0), np.attr("greater")(a.a, T)));
@@ -473,16 +498,33 @@ py::object or_none_arr(const opt_carray<S>& a) {
   return a ? py::object(*a) : py::object(py::none());
 }
 
-// What both modules' Cache classes show alike: no construction from Python
-// (Cache.__new__(Cache) would be an uninitialised object), the sizes and
-// switches of the forward call.
+// T's instances are made by C++ only: T.__new__(T) and T() raise TypeError
+// (message), and so does pybind11_object.__new__(T), which CPython's own
+// error message suggests and which made an instance of uninitialised memory
+// (its first use crashed the interpreter): with a tp_new of its own, not the
+// base's, CPython refuses the base's __new__ on T as "not safe".
+template <typename T>
+inline const char* refusal_of = "";
+template <typename T>
+PyObject* refuse_new(PyTypeObject*, PyObject*, PyObject*) {
+  PyErr_SetString(PyExc_TypeError, refusal_of<T>);
+  return nullptr;
+}
+template <typename T, typename... Options>
+void made_by_cpp_only(py::class_<T, Options...>& c, const char* message) {
+  refusal_of<T> = message;
+  c.def_static("__new__", [message](const py::args&, const py::kwargs&) -> py::object {
+    throw py::type_error(message);
+  });
+  reinterpret_cast<PyTypeObject*>(c.ptr())->tp_new = &refuse_new<T>;
+}
+
+// What both modules' Cache classes show alike: no construction from Python,
+// the sizes and switches of the forward call.
 template <typename CacheT>
 void def_cache_common(py::class_<CacheT>& c) {
-  c.def_static("__new__",
-               [](const py::args&, const py::kwargs&) -> py::object {
-                 throw py::type_error("Cache: made only by lstm_ext.forward(training=True)");
-               })
-      .def_property_readonly("T", [](const CacheT& c) { return c.cfg.T; })
+  made_by_cpp_only(c, "Cache: made only by lstm_ext.forward(training=True)");
+  c.def_property_readonly("T", [](const CacheT& c) { return c.cfg.T; })
       .def_property_readonly("B", [](const CacheT& c) { return c.cfg.B; })
       .def_property_readonly("I", [](const CacheT& c) { return c.cfg.I; })
       .def_property_readonly("H", [](const CacheT& c) { return c.cfg.H; })

@@ -335,8 +335,21 @@ PYBIND11_MODULE(_core, m) {
   m.def("get_num_threads", &lstm_ext::get_num_threads, "lstm_ext's threads.");
   m.def("cpu_quota_cores", &lstm_ext::cpu_quota_cores,
         "The process's cgroup CPU limit in cores rounded up; 0 where none is set.");
-  m.def("set_num_threads", &lstm_ext::set_num_threads, py::arg("n"),
-        "Set lstm_ext's threads (results are the same bits for any count).");
+  m.def(
+      "set_num_threads",
+      [](const py::object& n) {  // an integer (not a bool, nor 2.5), any size
+        if (PyBool_Check(n.ptr()) || !PyIndex_Check(n.ptr()))
+          throw py::type_error("n: expected an integer in [1, 1024], got " + type_name(n));
+        const auto i = py::reinterpret_steal<py::object>(PyNumber_Index(n.ptr()));
+        if (!i) throw py::error_already_set();
+        int overflow = 0;
+        const long long v = PyLong_AsLongLongAndOverflow(i.ptr(), &overflow);
+        if (overflow || v < 1 || v > 1024)  // what set_num_threads says, with n as given
+          throw py::value_error("lstm_ext: the number of threads must be in [1, 1024], got " +
+                                py::str(n).cast<std::string>());
+        lstm_ext::set_num_threads(int(v));
+      },
+      py::arg("n"), "Set lstm_ext's threads (results are the same bits for any count).");
   m.def(
       "packed_recurrent_enabled", &lstm_ext::packed_recurrent_enabled,
       "Whether the recurrent product runs on R packed (AVX-512F or AVX2+FMA; else per step in the "

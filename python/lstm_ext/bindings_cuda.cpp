@@ -465,14 +465,13 @@ PYBIND11_MODULE(_cuda, m) {
                (c.size == 4 ? " float32" : " float64") + " on cuda>";
       });
 
-  py::class_<DeviceArray>(m, "DeviceArray",
-                          "A result on the GPU; cupy.asarray() and torch.as_tensor() take it "
-                          "without a copy, get() copies it to a NumPy array.",
-                          py::module_local())
-      .def_static("__new__",
-                  [](const py::args&, const py::kwargs&) -> py::object {
-                    throw py::type_error("DeviceArray: made only by lstm_ext's GPU calls");
-                  })
+  py::class_<DeviceArray> device_array(
+      m, "DeviceArray",
+      "A result on the GPU; cupy.asarray() and torch.as_tensor() take it "
+      "without a copy, get() copies it to a NumPy array.",
+      py::module_local());
+  made_by_cpp_only(device_array, "DeviceArray: made only by lstm_ext's GPU calls");
+  device_array
       .def_property_readonly("shape",
                              [](const DeviceArray& d) { return py::tuple(py::cast(d.shape)); })
       .def_property_readonly(

@@ -49,14 +49,24 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def positive_int(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
+def int_in(lo: int, hi: int | None = None):
+    """An argparse type: an integer in [lo, hi] (no upper bound where hi is None)."""
+    what = (f"an integer in [{lo}, {hi}]" if hi is not None
+            else "a positive integer" if lo == 1 else f"an integer >= {lo}")  # fmt: skip
+
+    def parse(text):
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if v < lo or (hi is not None and v > hi):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return v
+
+    return parse
+
+
+positive_int = int_in(1)
 
 
 def positive_float(text):
@@ -64,8 +74,8 @@ def positive_float(text):
         v = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    if not (v > 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
     return v
 
 
@@ -104,8 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="text: character LM on pydoc_data.topics (default); adding: the adding "
         "problem; forecast: a univariate time series",
     )
-    t.add_argument("--hidden", type=positive_int, help="hidden units per LSTM layer")
-    t.add_argument("--layers", type=positive_int, help="stacked LSTM layers")
+    t.add_argument(
+        "--hidden", type=int_in(*nn.LSTM_LIMITS["hidden_size"]), help="hidden units per LSTM layer"
+    )
+    t.add_argument(
+        "--layers", type=int_in(*nn.LSTM_LIMITS["num_layers"]), help="stacked LSTM layers"
+    )
     t.add_argument("--steps", type=positive_int, help="optimiser steps")
     t.add_argument("--batch", type=positive_int, help="sequences per step")
     t.add_argument(
@@ -115,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(adding, default 100), the window (forecast)",
     )
     t.add_argument("--lr", type=positive_float, help="Adam's learning rate (cosine decay)")
-    t.add_argument("--seed", type=int, default=0, help="seed of weights and data (default 0)")
+    t.add_argument("--seed", type=int_in(0), default=0, help="seed of weights and data (default 0)")
     t.add_argument(
         "--out",
         type=Path,
@@ -141,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="below 1: safer; above 1: wilder (default 0.8)",
     )
     s.add_argument("--prime", default="The ", help="text to start from (default 'The ')")
-    s.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    s.add_argument("--seed", type=int_in(0), default=0, help="sampling seed (default 0)")
 
     sub.add_parser("info", help="version, build, BLAS and threads, CUDA")
     return p  # fmt: skip
@@ -392,6 +406,9 @@ def train_forecast(args, cfg) -> None:
     mean, std = series[:split].mean(), series[:split].std()
     z = ((series - mean) / std).astype(args.dtype)
     L, horizon = cfg["seq_len"], len(series) - split
+    if L > split - 2:  # a training window and its next value within the first `split` points
+        raise UsageError(f"--seq-len: expected at most {split - 2} for this series "
+                         f"({split} training points), got {L}")  # fmt: skip
     model = nn.Sequential(
         nn.LSTM(1, cfg["hidden"], cfg["layers"], dtype=args.dtype, seed=args.seed),
         nn.Linear(cfg["hidden"], 1, dtype=args.dtype, seed=args.seed + 1),
@@ -456,13 +473,34 @@ def train_forecast(args, cfg) -> None:
 
 def cmd_sample(args) -> None:
     ck = checkpoint.load(args.checkpoint)
-    if ck.meta.get("task") != "text":
+    where = f"checkpoint {args.checkpoint}"
+    meta = ck.meta if isinstance(ck.meta, dict) else {}
+    if meta.get("task") != "text":
         raise checkpoint.CheckpointError(
-            f"checkpoint {args.checkpoint}: not a character model (task {ck.meta.get('task')!r})"
+            f"{where}: not a character model (task {meta.get('task')!r})"
         )
-    vocab = data.Vocab(ck.meta["vocab"])
-    text = generate(ck.model, vocab, args.prime, args.length, args.temperature,
-                    np.random.default_rng(args.seed))  # fmt: skip
+    chars = meta.get("vocab")
+    if not isinstance(chars, str) or not chars:
+        raise checkpoint.CheckpointError(
+            f"{where}: its meta has no vocabulary (a string of the characters), got {chars!r:.60}"
+        )
+    vocab = data.Vocab(chars)
+    model = ck.model
+    first = model.modules[0] if isinstance(model, nn.Sequential) and model.modules else None
+    if not isinstance(first, nn.Embedding):
+        raise checkpoint.CheckpointError(
+            f"{where}: not a character model (expected a Sequential starting with an Embedding)"
+        )
+    if first.num_embeddings != len(vocab):
+        raise checkpoint.CheckpointError(
+            f"{where}: its Embedding has {first.num_embeddings} rows for a vocabulary of "
+            f"{len(vocab)} characters"
+        )
+    try:
+        text = generate(model, vocab, args.prime, args.length, args.temperature,
+                        np.random.default_rng(args.seed))  # fmt: skip
+    except TypeError as e:  # a model whose layers do not fit together
+        raise checkpoint.CheckpointError(f"{where}: its model cannot generate text: {e}") from e
     print(text)
 
 
@@ -517,6 +555,9 @@ def main(argv=None) -> int:
         return 2
     except (OSError, ValueError) as e:  # checkpoint errors are ValueErrors
         print(f"lstm-ext: error: {e}", file=sys.stderr)
+        return 1
+    except MemoryError as e:  # a model or batch too large for this machine
+        print(f"lstm-ext: error: out of memory{': ' + str(e) if str(e) else ''}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as e:  # Ctrl-C; from training, e says where it stopped
         _ignore_sigint()

@@ -45,8 +45,8 @@ ONNX = "iofg"
 
 def _gate_order(order, name):
     """The order as letters of "ifgo" ("c" read as "g"); ValueError if not a permutation."""
-    letters = order.replace("c", "g")
-    if sorted(letters) != sorted("ifgo"):
+    letters = order.replace("c", "g") if isinstance(order, str) else None
+    if letters is None or sorted(letters) != sorted("ifgo"):
         raise ValueError(f"{name}: expected a permutation of 'ifgo' (c for g), got {order!r}")
     return letters
 
@@ -60,7 +60,9 @@ def reorder_gates(a, src, dst, axis=0):
     """
     a = np.asarray(a)
     src, dst = _gate_order(src, "src"), _gate_order(dst, "dst")
-    if a.ndim == 0 or a.shape[axis] % 4:
+    if not isinstance(axis, (int, np.integer)) or not -a.ndim <= axis < a.ndim:
+        raise ValueError(f"axis: expected an axis of a's {a.ndim}, got {axis!r}")
+    if a.shape[axis] % 4:
         raise ValueError(f"a: expected a gate axis {axis} of 4H entries, got shape {a.shape}")
     blocks = dict(zip(src, np.split(a, 4, axis=axis), strict=True))  # gate -> [..,H,..]
     return np.concatenate([blocks[gate] for gate in dst], axis=axis)

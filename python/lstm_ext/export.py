@@ -27,7 +27,6 @@ from . import _device, nn
 
 MAGIC = b"LSTMEXT\0"
 VERSION = 1
-_LIMITS = dict(input_size=(1, 1 << 20), hidden_size=(1, 1 << 20), num_layers=(1, 1024))
 
 
 class FormatError(ValueError):
@@ -86,7 +85,7 @@ def load_model(path) -> nn.LSTM:
     if dtype is None:
         raise FormatError(f"{path}: dtype code {code} (expected 4 or 8)")
     cfg = {k: u32(k) for k in ("input_size", "hidden_size", "num_layers", "proj_size")}
-    for k, (lo, hi) in _LIMITS.items():
+    for k, (lo, hi) in nn.LSTM_LIMITS.items():
         if not lo <= cfg[k] <= hi:
             raise FormatError(f"{path}: {k} = {cfg[k]} is outside [{lo}, {hi}]")
     if cfg["proj_size"] >= cfg["hidden_size"]:

@@ -32,9 +32,11 @@ def bits(nats: float) -> float:
 
 
 def _float_array(name: str, a: ArrayLike) -> np.ndarray:
+    """a as float32 or float64, the dtypes lstm_ext computes in (float16's
+    counts and sums overflow past 65,504: a loss of inf or NaN)."""
     a = np.asarray(a)
-    if not np.issubdtype(a.dtype, np.floating):
-        raise TypeError(f"{name}: expected a floating-point array, got dtype {a.dtype}")
+    if a.dtype.newbyteorder("=") not in (np.float32, np.float64):
+        raise TypeError(f"{name}: expected a float32 or float64 array, got dtype {a.dtype}")
     return a
 
 

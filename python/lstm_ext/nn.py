@@ -25,14 +25,25 @@ import numpy as np
 import lstm_ext
 
 from . import _device
-from ._checks import check_state_keys
+from ._checks import check_int, check_state_keys
 
 _BIAS_NAMES = ("bias_ih", "bias_hh")
 
 
-def _check_size(name: str, v, low: int) -> None:
-    if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < low:
-        raise ValueError(f"{name}: expected an integer >= {low}, got {v!r}")
+# The largest LSTM the model file (export, docs/model-format.md) and the C++
+# Model take, and so nn.LSTM: far past any memory (4H(I+H) weights a layer);
+# an unbounded num_layers had built layers until memory ran out.
+LSTM_LIMITS = {"input_size": (1, 1 << 20), "hidden_size": (1, 1 << 20), "num_layers": (1, 1024)}
+
+
+def _pair(name: str, v) -> tuple:
+    """``v`` unpacked as two items, ``(h, c)``, else a ValueError naming it."""
+    try:
+        h, c = v
+    except (TypeError, ValueError):
+        n = f" of {len(v)}" if hasattr(v, "__len__") else ""
+        raise ValueError(f"{name}: expected a pair (h, c), got {type(v).__name__}{n}") from None
+    return h, c
 
 
 def _one_thread_at_a_time(method):
@@ -106,7 +117,7 @@ class Module:
         present with its shape, and no other key; values are cast to the
         module's dtype. A torch state dict converted with ``.numpy()`` works."""
         params = self.params
-        check_state_keys(state, {k: p.shape for k, p in params.items()})
+        check_state_keys(state, {k: p.shape for k, p in params.items()}, real=True)
         for k, p in params.items():
             _device.assign(p, state[k])
 
@@ -122,8 +133,8 @@ class Linear(Module):
     (uniform ±1/√in_features) and names (``weight`` [out,in], ``bias`` [out])."""
 
     def __init__(self, in_features, out_features, bias=True, *, dtype=np.float32, seed=None):
-        _check_size("in_features", in_features, 1)
-        _check_size("out_features", out_features, 1)
+        in_features = check_int("in_features", in_features, 1)
+        out_features = check_int("out_features", out_features, 1)
         self.in_features, self.out_features, self.bias = in_features, out_features, bool(bias)
         self.dtype = _float_dtype(dtype)
         rng = np.random.default_rng(seed)
@@ -179,8 +190,8 @@ class Embedding(Module):
     initialisation. backward adds into the rows used and returns None."""
 
     def __init__(self, num_embeddings, embedding_dim, *, dtype=np.float32, seed=None):
-        _check_size("num_embeddings", num_embeddings, 1)
-        _check_size("embedding_dim", embedding_dim, 1)
+        num_embeddings = check_int("num_embeddings", num_embeddings, 1)
+        embedding_dim = check_int("embedding_dim", embedding_dim, 1)
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
         self.dtype = _float_dtype(dtype)
         rng = np.random.default_rng(seed)
@@ -297,16 +308,13 @@ class LSTM(Module):
         device: str = "cpu",
     ):
         self.device = _device.check_device(device)
-        for name, v, low in (
-            ("input_size", input_size, 1),
-            ("hidden_size", hidden_size, 1),
-            ("num_layers", num_layers, 1),
-            ("proj_size", proj_size, 0),
-        ):
-            _check_size(name, v, low)
+        input_size = check_int("input_size", input_size, *LSTM_LIMITS["input_size"])
+        hidden_size = check_int("hidden_size", hidden_size, *LSTM_LIMITS["hidden_size"])
+        num_layers = check_int("num_layers", num_layers, *LSTM_LIMITS["num_layers"])
+        proj_size = check_int("proj_size", proj_size, 0)
         if proj_size >= hidden_size and proj_size > 0:
             raise ValueError(f"proj_size: expected < hidden_size = {hidden_size}, got {proj_size}")
-        if not 0 <= dropout <= 1:
+        if not isinstance(dropout, (int, float, np.integer, np.floating)) or not 0 <= dropout <= 1:
             raise ValueError(f"dropout: expected a probability in [0, 1], got {dropout!r}")
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
@@ -415,7 +423,7 @@ class LSTM(Module):
                 f"x: expected 3 dimensions {'[B,T,I]' if self.batch_first else '[T,B,I]'} "
                 f"(or 2, [T,I], for one sequence), got shape {x.shape}"
             )
-        if x.dtype != self.dtype:
+        if x.dtype.newbyteorder("=") != self.dtype:  # either byte order
             raise TypeError(f"x: expected dtype {self.dtype} (the LSTM's), got {x.dtype}")
         if x.shape[-1] != self.input_size:
             raise ValueError(f"x: expected {self.input_size} input features, got shape {x.shape}")
@@ -428,7 +436,7 @@ class LSTM(Module):
         L, D, H, O = self.num_layers, self.num_directions, self.hidden_size, self.output_size
         h0 = c0 = None
         if state is not None:
-            h0, c0 = (xp.asarray(s) for s in state)
+            h0, c0 = (xp.asarray(s) for s in _pair("state", state))
             for name, s, width in (("state[0] (h0)", h0, O), ("state[1] (c0)", c0, H)):
                 want = (L * D, width) if unbatched else (L * D, B, width)
                 if s.shape != want:
@@ -514,7 +522,7 @@ class LSTM(Module):
             dy = dy[:, None]
         elif self.batch_first:
             dy = dy.swapaxes(0, 1)
-        dh_n, dc_n = dstate if dstate is not None else (None, None)
+        dh_n, dc_n = _pair("dstate", dstate) if dstate is not None else (None, None)
         for name, s, width in (("dstate[0]", dh_n, O), ("dstate[1]", dc_n, H)):
             want = (L * D, width) if unbatched else (L * D, B, width)
             if s is not None and np.shape(s) != want:
@@ -766,9 +774,16 @@ def from_config(config: dict) -> Module:
     """A module (with fresh parameters) from ``module.config()``."""
     if not isinstance(config, dict) or "type" not in config:
         raise ValueError(f"config: expected a dict with a 'type', got {config!r}")
-    kw = {k: v for k, v in config.items() if k != "type"}
-    if config["type"] == "Sequential":
-        return Sequential(*(from_config(c) for c in kw["modules"]))
-    if config["type"] not in MODULES:
-        raise ValueError(f"config: unknown module type {config['type']!r}")
-    return MODULES[config["type"]](**kw)
+    kind, kw = config["type"], {k: v for k, v in config.items() if k != "type"}
+    if kind == "Sequential":
+        if not isinstance(modules := kw.get("modules"), list):
+            raise ValueError(
+                f"config: a Sequential's 'modules' must be a list, got {modules!r:.80}"
+            )
+        return Sequential(*(from_config(c) for c in modules))
+    if not isinstance(kind, str) or kind not in MODULES:
+        raise ValueError(f"config: unknown module type {kind!r:.80}")
+    try:
+        return MODULES[kind](**kw)
+    except TypeError as e:  # keywords the constructor does not take
+        raise ValueError(f"config of a {kind}: {e}") from e

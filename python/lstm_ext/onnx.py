@@ -19,6 +19,11 @@ DIRECTIONS = {"forward": 1, "reverse": 1, "bidirectional": 2}
 DEFAULT_ACTIVATIONS = ["sigmoid", "tanh", "tanh"]
 
 
+def _is_int(v) -> bool:
+    """An integer (Python's or NumPy's), not a bool nor an array."""
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
 def _shaped(name, a, shape, letters):
     """np.asarray(a), or ValueError unless its shape is `shape` (spelled `letters`)."""
     a = np.asarray(a)
@@ -75,18 +80,18 @@ def onnx_lstm(
     """
     from . import forward  # the package imports this module: import at call time
 
-    if direction not in DIRECTIONS:
+    if not isinstance(direction, str) or direction not in DIRECTIONS:
         raise ValueError(f"direction: expected one of {list(DIRECTIONS)}, got {direction!r}")
     D = DIRECTIONS[direction]
-    if layout not in (0, 1):
+    if not _is_int(layout) or layout not in (0, 1):
         raise ValueError(f"layout: expected 0 or 1, got {layout!r}")
-    if input_forget not in (0, 1):
+    if not isinstance(input_forget, (int, np.integer)) or input_forget not in (0, 1):
         raise ValueError(f"input_forget: expected 0 or 1, got {input_forget!r}")
     if activations is not None:
-        if len(activations) != 3 * D:
+        if not isinstance(activations, (list, tuple)) or len(activations) != 3 * D:
             raise ValueError(
                 f"activations: expected {3 * D} names for direction={direction!r}, "
-                f"got {len(activations)}"
+                f"got {activations!r:.80}"
             )
         if [str(a).lower() for a in activations] != DEFAULT_ACTIVATIONS * D:
             raise NotImplementedError(
@@ -107,8 +112,8 @@ def onnx_lstm(
     if R.ndim != 3 or R.shape[0] != D or R.shape[1] != 4 * R.shape[2]:
         raise ValueError(f"R: expected shape [D,4H,H] with D = {D}, got {R.shape}")
     H = R.shape[2]
-    if hidden_size is not None and hidden_size != H:
-        raise ValueError(f"hidden_size: expected {H} (from R {R.shape}), got {hidden_size}")
+    if hidden_size is not None and (not _is_int(hidden_size) or hidden_size != H):
+        raise ValueError(f"hidden_size: expected {H} (from R {R.shape}), got {hidden_size!r}")
     W = _shaped("W", W, (D, 4 * H, I), "[D,4H,I]")
     if B is not None:
         B = _shaped("B", B, (D, 8 * H), "[D,8H]")

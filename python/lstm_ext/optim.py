@@ -25,7 +25,7 @@ from collections.abc import Callable
 import numpy as np
 
 from . import _device
-from ._checks import check_state_keys
+from ._checks import check_int, check_state_keys
 
 __all__ = ["SGD", "Adam", "AdamW", "Optimizer", "clip_grad_norm", "step_decay", "warmup_cosine"]
 
@@ -345,14 +345,15 @@ def warmup_cosine(total_steps: int, warmup: int = 0, final: float = 0.0) -> Sche
     so the first update already moves (1/warmup), the factor is 1 at s = warmup
     and ``final`` from s = total_steps on.
     """
-    for name, v, low in (("total_steps", total_steps, 1), ("warmup", warmup, 0)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
-            raise ValueError(f"{name}: expected an integer >= {low}, got {v!r}")
+    total_steps = check_int("total_steps", total_steps, 1)
+    warmup = check_int("warmup", warmup, 0)
     if warmup >= total_steps:
         raise ValueError(f"warmup: expected < total_steps = {total_steps}, got {warmup}")
     final = _check("final", final, lambda x: x >= 0, "a factor >= 0")
 
     def factor(step: int) -> float:
+        if step < 0:
+            raise ValueError(f"step: expected >= 0, got {step}")
         if step < warmup:
             return (step + 1) / warmup
         r = min(1.0, (step - warmup) / (total_steps - warmup))
@@ -363,8 +364,7 @@ def warmup_cosine(total_steps: int, warmup: int = 0, final: float = 0.0) -> Sche
 
 def step_decay(every: int, gamma: float) -> Schedule:
     """``factor(s) = gamma ** (s // every)``, as ``torch.optim.lr_scheduler.StepLR``."""
-    if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
-        raise ValueError(f"every: expected an integer >= 1, got {every!r}")
+    every = check_int("every", every, 1)
     gamma = _check("gamma", gamma, lambda x: x > 0, "gamma > 0")
 
     def factor(step: int) -> float:

@@ -187,6 +187,9 @@ def generate(model, vocab, prime: str, length: int, temperature: float = 1.0, rn
     """Text from a character model (a Sequential returning ``(logits, state)``):
     feed ``prime``, then draw ``length`` characters, each fed back in, from
     softmax(logits / temperature). ``vocab`` is a ``data.Vocab``."""
+    if not (isinstance(temperature, (int, float, np.integer, np.floating))
+            and 0 < temperature < math.inf):  # fmt: skip
+        raise ValueError(f"temperature: expected a finite number > 0, got {temperature!r}")
     rng = np.random.default_rng() if rng is None else rng
     model.eval()
     # Weights packed once, not at every one-character call (the same bits).
@@ -196,11 +199,18 @@ def generate(model, vocab, prime: str, length: int, temperature: float = 1.0, rn
         model = model.packed()
     ids = vocab.encode(prime) if prime else np.zeros(1, np.int64)
     logits, state = model(ids[:, None])  # [T,1,V]
+    if logits.shape[-1] != len(vocab):
+        raise ValueError(f"vocab: {len(vocab)} characters, but the model gives "
+                         f"{logits.shape[-1]} logits")  # fmt: skip
     out = []
     for _ in range(length):
-        z = logits[-1, 0].astype(np.float64) / temperature
-        p = np.exp(z - z.max())
-        k = int(rng.choice(len(p), p=p / p.sum()))
+        with np.errstate(over="ignore"):
+            z = logits[-1, 0].astype(np.float64) / temperature
+        if np.isfinite(z).all():
+            p = np.exp(z - z.max())
+            k = int(rng.choice(len(p), p=p / p.sum()))
+        else:  # a temperature so small that z overflows: its limit, the likeliest
+            k = int(np.argmax(logits[-1, 0]))
         out.append(k)
         logits, state = model(np.array([[k]]), state)
     return prime + vocab.decode(out)
