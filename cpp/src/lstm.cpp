@@ -282,16 +282,24 @@ void copy_columns(S* dst, const S* src, int64_t n, int64_t width, int64_t c0, in
 // ---- the fused pointwise passes --------------------------------------------
 
 // The fused passes are compiled for AVX-512 and AVX2 besides the baseline,
-// and the loader picks the best the CPU has (GCC's target_clones). Without
-// contraction into FMA (ISO C++ mode), every version gives the same bits.
-// Not under ThreadSanitizer: the loader runs the clones' resolvers before
-// its runtime starts, and the instrumented resolvers crash.
-// Clang refuses target_clones on templates: its build has the baseline only.
+// and the best the CPU has runs. Without contraction into FMA (ISO C++ mode),
+// every version gives the same bits. GCC: target_clones, which the loader
+// resolves (not under ThreadSanitizer: the loader runs the clones' resolvers
+// before its runtime starts, and the instrumented resolvers crash). Clang
+// refuses target_clones on templates: there the pass is inlined into a
+// function of each target, and each call picks one (on_cpu; without them
+// Clang's build took 1.15-1.27x GCC's time, dev/perf-notes.md 61-62).
+// A call site names the pass as LSTM_EXT_ON_CPU(pass<...>)(arguments).
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && \
     !defined(__SANITIZE_THREAD__)
 #define LSTM_EXT_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define LSTM_EXT_ON_CPU(...) __VA_ARGS__
+#elif defined(__clang__) && defined(__x86_64__)
+#define LSTM_EXT_CLONES __attribute__((always_inline)) inline
+#define LSTM_EXT_ON_CPU(...) on_cpu<__VA_ARGS__>
 #else
 #define LSTM_EXT_CLONES
+#define LSTM_EXT_ON_CPU(...) __VA_ARGS__
 #endif
 // A loop's iterations are independent (GCC's ivdep, Clang's assume_safety).
 #if defined(__clang__)
@@ -304,6 +312,36 @@ void copy_columns(S* dst, const S* src, int64_t n, int64_t width, int64_t c0, in
 // The fused passes' buffers never overlap (forward alternates two c buffers
 // in inference; step copies c first): telling the compiler lets it vectorise.
 #define LSTM_EXT_RESTRICT __restrict
+
+#if defined(__clang__) && defined(__x86_64__)
+// Pass F (always inline) compiled for AVX-512F and for AVX2; on_cpu runs the
+// best the CPU has, else F for the baseline, inlined into it.
+template <auto F, typename... A>
+__attribute__((target("avx512f"))) void on_avx512f(A... a) {
+  F(a...);
+}
+template <auto F, typename... A>
+__attribute__((target("avx2"))) void on_avx2(A... a) {
+  F(a...);
+}
+inline int pass_isa() {  // 2 AVX-512F, 1 AVX2, 0 neither
+  static const int isa = __builtin_cpu_supports("avx512f") ? 2
+                         : __builtin_cpu_supports("avx2")  ? 1
+                                                           : 0;
+  return isa;
+}
+template <auto F, typename... A>
+void on_cpu(A... a) {
+  switch (pass_isa()) {
+    case 2:
+      return on_avx512f<F>(a...);
+    case 1:
+      return on_avx2<F>(a...);
+    default:
+      return F(a...);
+  }
+}
+#endif
 
 // Forward for one row's units [j0, j1), bias added when kBias: inlined into
 // each clone below, so that the loop has no branch on b (GCC turned that into
@@ -596,8 +634,9 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
         [&](auto save, auto peep, auto clipped, auto coupled) {
           // The gate pass of step k for units [j0, j1): c_k, and m_k into m.
           auto cells = [&](int64_t k, S* m, int64_t j0, int64_t j1) {
-            cell_forward_rows<decltype(save)::value, decltype(peep)::value,
-                              decltype(clipped)::value, decltype(coupled)::value>(
+            LSTM_EXT_ON_CPU(
+                cell_forward_rows<decltype(save)::value, decltype(peep)::value,
+                                  decltype(clipped)::value, decltype(coupled)::value, S>)(
                 z_at(k), c_at(k), m, c_at(k - 1), w.b, w.peephole, clip, s.batch[k], H, j0, j1);
           };
           if (packed) {
@@ -742,8 +781,8 @@ void lstm_backward(S* dx, S* dh0, S* dc0, const Grads<S>& g, S* scr, In<S> ws, I
       [&](auto peep, auto clipped, auto coupled) {
         // The gate pass of step k for units [j0, j1): dz_k, and dc.
         auto cells = [&](int64_t k, const S* dmk, int64_t j0, int64_t j1) {
-          cell_backward_rows<decltype(peep)::value, decltype(clipped)::value,
-                             decltype(coupled)::value>(
+          LSTM_EXT_ON_CPU(cell_backward_rows<decltype(peep)::value, decltype(clipped)::value,
+                                             decltype(coupled)::value, S>)(
               dZ + s.offset[k] * G, dc, g.db, g.dpeephole, Z + s.offset[k] * G, c_at(k - 1),
               c_at(k), dmk, w.peephole, clip, s.batch[k], H, j0, j1);
         };
@@ -848,9 +887,9 @@ void lstm_step(S* h_out, S* c_out, S* scr, In<S> x, In<S> h, In<S> c, const Weig
   const auto cells = [&](int64_t j0, int64_t j1) {
     dispatch(
         [&](auto peep, auto clipped, auto coupled) {
-          cell_forward_rows<false, decltype(peep)::value, decltype(clipped)::value,
-                            decltype(coupled)::value>(z, c_out, m, c_prev, w.b, w.peephole,
-                                                      S(cfg.clip), B, H, j0, j1);
+          LSTM_EXT_ON_CPU(cell_forward_rows<false, decltype(peep)::value, decltype(clipped)::value,
+                                            decltype(coupled)::value, S>)(
+              z, c_out, m, c_prev, w.b, w.peephole, S(cfg.clip), B, H, j0, j1);
         },
         w.peephole != nullptr, cfg.clip > 0, cfg.input_forget);
   };
