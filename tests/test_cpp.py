@@ -60,10 +60,29 @@ def test_readme_example_against_the_pip_installed_package(tools, tmp_path):
     cmake_dir = Path(lstm_ext.get_cmake_dir())
     assert (cmake_dir / "lstm_extConfig.cmake").is_file(), cmake_dir
     assert (Path(lstm_ext.get_include()) / "lstm_ext" / "lstm.h").is_file()
-    out = subprocess.run([sys.executable, "-m", "lstm_ext", "--cmake-dir"], capture_output=True,
-                         text=True, timeout=60)  # fmt: skip
-    assert out.stdout.strip() == str(cmake_dir)
+    for flag, want in (("--cmake-dir", str(cmake_dir)),
+                       ("--cmake-prefix-path", lstm_ext.get_cmake_prefix_path())):  # fmt: skip
+        out = subprocess.run([sys.executable, "-m", "lstm_ext", flag], capture_output=True,
+                             text=True, timeout=60)  # fmt: skip
+        assert out.stdout.strip() == want
     printed = build_readme_example(tmp_path / "app", f"-Dlstm_ext_DIR={cmake_dir}")
+    assert abs(printed - python_h00()) < 1e-6
+
+
+def test_readme_example_where_openblas_is_installed_elsewhere(tools, tmp_path):
+    """pip install --prefix (or --user) leaves scipy_openblas32 where it was:
+    the package, here a copy of the installed one without the wheel beside it,
+    then stops with a message that says what to pass (it had said only that
+    OpenBLASConfig.cmake was not found), and builds with the README's
+    CMAKE_PREFIX_PATH, the copy's folder and the wheel's."""
+    copy = tmp_path / "prefix" / "lstm_ext"
+    shutil.copytree(Path(lstm_ext.get_cmake_dir()).parents[2], copy, symlinks=True)
+    app = tmp_path / "app"
+    with pytest.raises(AssertionError, match=r"--cmake-prefix-path"):
+        build_readme_example(app, f"-Dlstm_ext_DIR={copy / 'share' / 'cmake' / 'lstm_ext'}")
+    shutil.rmtree(app)
+    openblas_prefix = lstm_ext.get_cmake_prefix_path().split(";")[1]
+    printed = build_readme_example(app, f"-DCMAKE_PREFIX_PATH={copy};{openblas_prefix}")
     assert abs(printed - python_h00()) < 1e-6
 
 

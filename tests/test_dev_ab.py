@@ -13,7 +13,7 @@ AB = Path(__file__).resolve().parents[1] / "dev" / "ab.py"
 
 
 def run_ab(*args):
-    site = str(Path(lstm_ext.__file__).resolve().parents[1])
+    site = str(Path(lstm_ext._core.__file__).resolve().parents[1])  # also in an editable install
     return subprocess.run(
         [sys.executable, str(AB), site, site, *args], capture_output=True, text=True, timeout=300
     )

@@ -39,7 +39,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-import scipy_openblas32  # noqa: F401  (loads libscipy_openblas before _core needs it)
+import scipy_openblas32  # loads libscipy_openblas before _core needs it
 from numpy.typing import ArrayLike
 
 from . import _checks, _core, convert, nn
@@ -91,6 +91,7 @@ __all__ = [
     "forward",
     "free_cached_buffers",
     "get_cmake_dir",
+    "get_cmake_prefix_path",
     "get_include",
     "get_num_threads",
     "losses",
@@ -104,20 +105,36 @@ __all__ = [
 ]
 
 
-def get_cmake_dir() -> str:
-    """The folder of lstm_ext's CMake package: ``find_package(lstm_ext CONFIG)``
-    with ``-Dlstm_ext_DIR=<this>`` (or this on CMAKE_PREFIX_PATH) gives the
-    target ``lstm_ext::core``. Also ``python -m lstm_ext --cmake-dir``."""
+def _installed_dir():
+    """The folder pip installed the compiled package into, _core's: in an
+    editable install ``__file__`` is the source tree's, which holds neither
+    the headers nor the CMake package."""
     from pathlib import Path
 
-    return str(Path(__file__).parent / "share" / "cmake" / "lstm_ext")
+    return Path(_core.__file__).parent
+
+
+def get_cmake_dir() -> str:
+    """The folder of lstm_ext's CMake package: ``find_package(lstm_ext CONFIG)``
+    with ``-Dlstm_ext_DIR=<this>`` gives the target ``lstm_ext::core``. Also
+    ``python -m lstm_ext --cmake-dir``."""
+    return str(_installed_dir() / "share" / "cmake" / "lstm_ext")
+
+
+def get_cmake_prefix_path() -> str:
+    """``CMAKE_PREFIX_PATH`` for ``find_package(lstm_ext CONFIG)``: lstm_ext's
+    folder and the ``scipy-openblas32`` wheel's, ';'-separated, so that CMake
+    finds both also where pip put them in different places (``--prefix``,
+    ``--user``, a venv with system packages). Also ``python -m lstm_ext
+    --cmake-prefix-path``."""
+    from pathlib import Path
+
+    return f"{_installed_dir()};{Path(scipy_openblas32.get_lib_dir()).parent}"
 
 
 def get_include() -> str:
     """The folder holding ``lstm_ext/lstm.h`` and the other C++ headers."""
-    from pathlib import Path
-
-    return str(Path(__file__).parent / "include")
+    return str(_installed_dir() / "include")
 
 
 class ForwardResult(NamedTuple):

@@ -80,7 +80,8 @@ def positive_float(text):
 
 
 class _PrintAndExit(argparse.Action):
-    """--cmake-dir, --include-dir: print lstm_ext.<what>() and exit, as --version does."""
+    """--cmake-dir, --cmake-prefix-path, --include-dir: print lstm_ext.<what>()
+    and exit, as --version does."""
 
     def __init__(self, option_strings, dest, what, help=None):
         super().__init__(option_strings, dest, nargs=0, help=help)
@@ -102,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
         what="get_cmake_dir",
         help="print the folder of the CMake package (find_package(lstm_ext)) and exit",
     )
+    p.add_argument("--cmake-prefix-path", action=_PrintAndExit, what="get_cmake_prefix_path",
+                   help="print CMAKE_PREFIX_PATH for find_package(lstm_ext): its folder and "
+                   "OpenBLAS's, ';'-separated, and exit")  # fmt: skip
     p.add_argument("--include-dir", action=_PrintAndExit, what="get_include",
                    help="print the folder of the C++ headers and exit")  # fmt: skip
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
