@@ -65,15 +65,17 @@ struct Problem {
     return y;
   }
   // y, dx, dW, dR and db of a training forward and its backward (dy = y),
-  // one after another.
-  std::vector<S> gradients() const {
+  // one after another. Backward gets x and the weights, or what is given
+  // (bx: x or null; bw: other weights).
+  std::vector<S> gradients(const S* const* bx = nullptr,
+                           const lstm_ext::Weights<S>* bw = nullptr) const {
     std::vector<S> ws, y = forward(&ws);
     std::vector<S> dx(x.size()), dW(W.size()), dR(R.size()), db(b.size()),
         dh0(size_t(cfg.B * cfg.H)), dc0(dh0.size()),
         scratch(size_t(lstm_ext::backward_scratch_size(cfg)));
     lstm_ext::lstm_backward(dx.data(), dh0.data(), dc0.data(), {dW.data(), dR.data(), db.data()},
-                            scratch.data(), ws.data(), x.data(), y.data(), nullptr, nullptr,
-                            weights(), cfg);
+                            scratch.data(), ws.data(), bx ? *bx : x.data(), y.data(), nullptr,
+                            nullptr, bw ? *bw : weights(), cfg);
     for (const auto* v : {&dx, &dW, &dR, &db}) y.insert(y.end(), v->begin(), v->end());
     return y;
   }
@@ -193,19 +195,8 @@ TEST(Core, BackwardWithLengthsNeedsNoX) {
   Problem<double> p(4, 3, 2, 5);
   const int64_t lengths[3] = {4, 1, 3};
   p.cfg.lengths = lengths;
-  const std::vector<double> with_x = p.gradients();
-  std::vector<double> ws;
-  const std::vector<double> y = p.forward(&ws);
-  const Config& c = p.cfg;
-  std::vector<double> dx(p.x.size()), dW(p.W.size()), dR(p.R.size()), db(p.b.size()),
-      dh0(size_t(c.B * c.H)), dc0(dh0.size()), scratch(size_t(lstm_ext::backward_scratch_size(c)));
-  lstm_ext::lstm_backward(dx.data(), dh0.data(), dc0.data(), {dW.data(), dR.data(), db.data()},
-                          scratch.data(), ws.data(), nullptr, y.data(), nullptr, nullptr,
-                          p.weights(), c);
-  std::vector<double> without_x = y;
-  for (const auto* v : {&dx, &dW, &dR, &db})
-    without_x.insert(without_x.end(), v->begin(), v->end());
-  EXPECT_EQ(without_x, with_x);
+  const double* no_x = nullptr;
+  EXPECT_EQ(p.gradients(&no_x), p.gradients());
 }
 
 // Forward and backward, at 16 rows and at the few rows whose blocks each sum
@@ -369,21 +360,10 @@ TEST(Threads, AForkedChildMakesAPoolOfItsOwn) {
 TEST(Core, BackwardReadsTheWeightsTheForwardKept) {
   Problem<double> p(6, 2, 10, 40);
   ASSERT_TRUE(lstm_ext::training_keeps_weights(p.cfg));
-  const std::vector<double> want = p.gradients();
-  std::vector<double> ws;
-  const std::vector<double> y = p.forward(&ws);
-  const Config& c = p.cfg;
-  std::vector<double> dx(p.x.size()), dW(p.W.size()), dR(p.R.size()), db(p.b.size()),
-      dh0(size_t(c.B * c.H)), dc0(dh0.size()), scratch(size_t(lstm_ext::backward_scratch_size(c)));
   const lstm_ext::Weights<double> no_W_R{nullptr, nullptr, p.b.data()};
-  lstm_ext::lstm_backward(dx.data(), dh0.data(), dc0.data(), {dW.data(), dR.data(), db.data()},
-                          scratch.data(), ws.data(), p.x.data(), y.data(), nullptr, nullptr, no_W_R,
-                          c);
-  std::vector<double> got = y;
-  for (const auto* v : {&dx, &dW, &dR, &db}) got.insert(got.end(), v->begin(), v->end());
-  EXPECT_EQ(got, want);
+  EXPECT_EQ(p.gradients(nullptr, &no_W_R), p.gradients());
 
-  Config projected = c;
+  Config projected = p.cfg;
   projected.P = 5;
   EXPECT_FALSE(lstm_ext::training_keeps_weights(projected));
   Problem<float> q(2, 1, 520, 512);  // 4H(I+H) > 2^21
