@@ -209,10 +209,9 @@ def test_conversion_errors_keep_their_cause_and_interrupts_pass():
         def __array__(self, dtype=None, copy=None):
             raise RuntimeError("no array today")
 
-    with pytest.raises(
-        TypeError, match=r"x: expected a NumPy array, got Refuses \(.*no array today"
-    ) as e:
+    with pytest.raises(TypeError) as e:
         lstm_ext.forward(Refuses(), a["W"], a["R"])
+    assert str(e.value) == "x: expected a NumPy array, got Refuses (RuntimeError: no array today)"
     assert isinstance(e.value.__cause__, RuntimeError)
     for raised in (KeyboardInterrupt, MemoryError):
 
@@ -255,6 +254,7 @@ def test_cache_does_not_share_memory_with_array_likes():
         (0, ValueError, r"clip: expected a number > 0 \(at least 1.17.*e-38 in float32\)"),
         ("1.5", TypeError, "clip: expected a number > 0 or None, got str"),  # float() parses it
         (True, TypeError, "clip: expected a number > 0 or None, got bool"),
+        (np.bool_(True), TypeError, "clip: expected a number > 0 or None, got bool"),
     ],
 )
 def test_clip_of_the_wrong_kind(clip, error, match):

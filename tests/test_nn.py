@@ -257,7 +257,11 @@ def test_load_state_dict_errors():
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        (dict(input_size=3, hidden_size=0), ValueError, "hidden_size: expected an integer >= 1"),
+        (
+            dict(input_size=3, hidden_size=0),
+            ValueError,
+            r"hidden_size: expected an integer in \[1,",
+        ),
         (dict(input_size=3, hidden_size=4, num_layers=0), ValueError, "num_layers"),
         (
             dict(input_size=3, hidden_size=4, proj_size=4),
@@ -280,10 +284,16 @@ def test_load_state_dict_errors():
             r"hidden_size: expected an integer in \[1, 1048576\]",
         ),
         (dict(input_size=3, hidden_size=4, dropout="a"), ValueError, "dropout: expected"),
+        (dict(input_size=3, hidden_size=4, dropout=True), ValueError, "dropout: expected"),
+        (
+            dict(input_size=3, hidden_size=4, num_layers=0),
+            ValueError,
+            r"num_layers: expected an integer in \[1, 1024\], got 0",
+        ),
         (
             dict(input_size=np.int8(-3), hidden_size=4),
             ValueError,
-            "input_size: expected an integer >= 1, got -3",
+            r"input_size: expected an integer in \[1, 1048576\], got -3",
         ),
         (dict(input_size=np.bool_(True), hidden_size=4), ValueError, "input_size"),
     ],
@@ -306,11 +316,19 @@ def test_numpy_integer_sizes_are_ints():
     json.dumps(cfg)
 
 
-def test_big_endian_input_is_float32_too(rng):
-    lstm = LSTM(3, 4)
+def test_big_endian_arrays_are_float32_too(rng):
+    """x, the state and dy in either byte order, in LSTM and Linear (each had
+    been refused as '>f4', not float32)."""
+    from lstm_ext.nn import Linear
+
+    lstm, linear = LSTM(3, 4), Linear(4, 2)
     x = rng.standard_normal((5, 2, 3)).astype(np.float32)
-    out, _ = lstm(x)
-    np.testing.assert_array_equal(lstm(x.astype(">f4"))[0], out)
+    s = (np.zeros((1, 2, 4), np.float32), np.ones((1, 2, 4), np.float32))
+    out, _ = lstm(x, s)
+    np.testing.assert_array_equal(lstm(x.astype(">f4"), [a.astype(">f4") for a in s])[0], out)
+    dx, _ = lstm.backward(out)  # (dx, dstate): the call had a state
+    np.testing.assert_array_equal(lstm.backward(out.astype(">f4"))[0], dx)
+    np.testing.assert_array_equal(linear(out.astype(">f4")), linear(out))
 
 
 def test_state_and_dstate_must_be_pairs():
@@ -321,6 +339,8 @@ def test_state_and_dstate_must_be_pairs():
         lstm(x, (s, s, s))
     with pytest.raises(ValueError, match=r"state: expected a pair \(h, c\), got int"):
         lstm(x, 3)
+    with pytest.raises(ValueError, match=r"state: expected a pair \(h, c\), got ndarray"):
+        lstm(x, np.array(0.0))  # 0-d: len() raises
     lstm(x)
     with pytest.raises(ValueError, match=r"dstate: expected a pair \(h, c\), got list of 1"):
         lstm.backward(np.zeros((5, 2, 4), np.float32), [s])

@@ -175,8 +175,11 @@ def test_generate_takes_the_limit_of_a_tiny_temperature_and_checks_the_vocabular
     cold = train.generate(model, vocab, "a", 20, 1e-320, np.random.default_rng(0))
     greedy = train.generate(model, vocab, "a", 20, 1e-30, np.random.default_rng(1))
     assert cold == greedy and len(cold) == 21
-    for t in (0, -1.0, float("inf"), float("nan"), "0.8"):
+    for t in (0, -1.0, float("inf"), float("nan"), "0.8", True):
         with pytest.raises(ValueError, match="temperature: expected a finite number > 0"):
             train.generate(model, vocab, "a", 5, t)
     with pytest.raises(ValueError, match="vocab: 2 characters, but the model gives 3 logits"):
         train.generate(model, Vocab("ab"), "a", 5)
+    model.modules[2].params["bias"][:] = np.nan  # a diverged model: not a run of one character
+    with pytest.raises(ValueError, match="the model's logits are not finite"):
+        train.generate(model, vocab, "a", 5)

@@ -70,7 +70,7 @@ def test_sequential_chains_forward_and_backward(rng):
     for bad, words in [
         ({"type": "Sequential"}, "a Sequential's 'modules' must be a list, got None"),
         ({"type": ["LSTM"]}, "unknown module type ['LSTM']"),
-        ({"type": "LSTM", "input_size": 2, "hidden_size": 3, "colour": 1}, "config of a LSTM:"),
+        ({"type": "LSTM", "input_size": 2, "hidden_size": 3, "colour": 1}, "LSTM takes no colour"),
     ]:
         with pytest.raises(ValueError, match=re.escape(words)):
             nn.from_config(bad)

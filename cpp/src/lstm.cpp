@@ -325,9 +325,10 @@ __attribute__((target("avx2"))) void on_avx2(A... a) {
   F(a...);
 }
 inline int pass_isa() {  // 2 AVX-512F, 1 AVX2, 0 neither
-  static const int isa = __builtin_cpu_supports("avx512f") ? 2
-                         : __builtin_cpu_supports("avx2")  ? 1
-                                                           : 0;
+  static const int isa = [] {
+    __builtin_cpu_init();  // where called before the runtime's constructor ran
+    return __builtin_cpu_supports("avx512f") ? 2 : __builtin_cpu_supports("avx2") ? 1 : 0;
+  }();
   return isa;
 }
 template <auto F, typename... A>

@@ -196,7 +196,7 @@ int default_threads() {
   if (const char* env = std::getenv("LSTM_EXT_NUM_THREADS")) {
     char* end = nullptr;
     const long v = std::strtol(env, &end, 10);
-    if (end != env && *end == '\0' && v >= 1 && v <= 1024) return int(v);
+    if (end != env && *end == '\0' && v >= 1 && v <= kMaxThreads) return int(v);
   }
   cpu_set_t set;
   int cores = sched_getaffinity(0, sizeof(set), &set) == 0
@@ -387,9 +387,9 @@ int get_num_threads() { return pool()->size(); }
 int cpu_quota_cores() { return cgroup_cpu_limit(); }
 
 void set_num_threads(int n) {
-  if (n < 1 || n > 1024)
-    throw std::invalid_argument("lstm_ext: the number of threads must be in [1, 1024], got " +
-                                std::to_string(n));
+  if (n < 1 || n > kMaxThreads)
+    throw std::invalid_argument("lstm_ext: the number of threads must be in [1, " +
+                                std::to_string(kMaxThreads) + "], got " + std::to_string(n));
   auto fresh = std::make_shared<Pool>(n);
   std::lock_guard<std::mutex> lk(pool_m);
   pool_slot().swap(fresh);  // the old pool goes when its last region ends

@@ -32,6 +32,7 @@ enum class Isa { kNone, kAvx2, kAvx512 };
 Isa cpu_isa() {
 #ifdef LSTM_EXT_HAVE_X86_KERNELS
   static const Isa isa = [] {
+    __builtin_cpu_init();  // where called before the runtime's constructor ran
     const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     const char* env = std::getenv("LSTM_EXT_PACKED_KERNEL");
     if (__builtin_cpu_supports("avx512f") && !(env && std::strcmp(env, "avx2") == 0))

@@ -410,7 +410,7 @@ class PackedLayer:
         """``lstm_ext.forward(x, W, R, b, h0, c0, training=False, ...)`` on
         this layer's weights and options; the cache is None."""
         x = np.asarray(x)
-        if x.dtype.newbyteorder("=") != self._W.dtype:  # either byte order
+        if not _checks.same_dtype(x.dtype, self._W.dtype):
             raise TypeError(f"x: expected dtype {self._W.dtype} (the layer's), got {x.dtype}")
         y, h, c, _, cs = _core.forward_packed(
             self._packed, x, self._W, self._R, self._b, h0, c0,

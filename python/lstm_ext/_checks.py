@@ -41,19 +41,32 @@ def _dtype_of(value) -> np.dtype:
     return dt if isinstance(dt, np.dtype) else np.asarray(value).dtype
 
 
+def is_int(v) -> bool:
+    """An integer, Python's or NumPy's, and not a bool."""
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def is_real(v) -> bool:
+    """A real number (an integer or a float, Python's or NumPy's), not a bool."""
+    return isinstance(v, (float, np.floating)) or is_int(v)
+
+
+def same_dtype(dtype, want) -> bool:
+    """``dtype`` is ``want`` in either byte order (NumPy computes with both)."""
+    return np.dtype(dtype).newbyteorder("=") == np.dtype(want).newbyteorder("=")
+
+
 def check_int(name: str, v, low: int, high: int | None = None) -> int:
     """``v`` as a Python int in [low, high] (no upper bound where high is
     None), else a ValueError naming it. NumPy integers become ints (sizes kept
     as np.uint8 had wrapped 4*H around; np.int64 ones failed to save as
     JSON); bools, floats and strings are refused."""
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
-        raise ValueError(f"{name}: expected an integer >= {low}, got {v!r}")
-    v = int(v)
-    if v < low:
-        raise ValueError(f"{name}: expected an integer >= {low}, got {v}")
-    if high is not None and v > high:
-        raise ValueError(f"{name}: expected an integer in [{low}, {high}], got {v}")
-    return v
+    what = f"an integer in [{low}, {high}]" if high is not None else f"an integer >= {low}"
+    if not is_int(v):
+        raise ValueError(f"{name}: expected {what}, got {v!r}")
+    if int(v) < low or (high is not None and int(v) > high):
+        raise ValueError(f"{name}: expected {what}, got {int(v)}")
+    return int(v)
 
 
 def _integer_in(lo: int, hi: int):

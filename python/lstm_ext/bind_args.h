@@ -130,9 +130,13 @@ inline bool conversion_error(py::error_already_set& e) {
 }
 
 // obj's value if it is a number (not a string, which float() would parse,
-// nor a bool).
+// nor a bool, Python's or NumPy's).
 inline std::optional<double> as_number(const py::object& obj) {
-  if (!PyNumber_Check(obj.ptr()) || PyBool_Check(obj.ptr())) return std::nullopt;
+  static const py::handle numpy_bool =
+      py::object(py::module_::import("numpy").attr("bool_")).release();
+  if (!PyNumber_Check(obj.ptr()) || PyBool_Check(obj.ptr()) ||
+      PyObject_IsInstance(obj.ptr(), numpy_bool.ptr()) == 1)
+    return std::nullopt;
   try {
     return py::float_(obj).cast<double>();
   } catch (py::error_already_set& e) {
@@ -157,8 +161,10 @@ inline Arg arg(const char* name, const py::object& obj) {
     return {name, obj, py::reinterpret_borrow<py::array>(asarray(obj))};
   } catch (py::error_already_set& e) {
     if (!conversion_error(e)) throw;
+    // The cause's type and message (what() adds Python's traceback lines).
     const std::string why = std::string(name) + ": expected a NumPy array, got " + type_name(obj) +
-                            " (" + e.what() + ")";
+                            " (" + type_name(e.value()) + ": " +
+                            py::str(e.value()).cast<std::string>() + ")";
     py::raise_from(e, PyExc_TypeError, why.c_str());
     throw py::error_already_set();
   }

@@ -338,14 +338,15 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "set_num_threads",
       [](const py::object& n) {  // an integer (not a bool, nor 2.5), any size
+        const std::string range = "[1, " + std::to_string(lstm_ext::kMaxThreads) + "]";
         if (PyBool_Check(n.ptr()) || !PyIndex_Check(n.ptr()))
-          throw py::type_error("n: expected an integer in [1, 1024], got " + type_name(n));
+          throw py::type_error("n: expected an integer in " + range + ", got " + type_name(n));
         const auto i = py::reinterpret_steal<py::object>(PyNumber_Index(n.ptr()));
         if (!i) throw py::error_already_set();
         int overflow = 0;
         const long long v = PyLong_AsLongLongAndOverflow(i.ptr(), &overflow);
-        if (overflow || v < 1 || v > 1024)  // what set_num_threads says, with n as given
-          throw py::value_error("lstm_ext: the number of threads must be in [1, 1024], got " +
+        if (overflow || v < 1 || v > lstm_ext::kMaxThreads)  // set_num_threads's words, n as given
+          throw py::value_error("lstm_ext: the number of threads must be in " + range + ", got " +
                                 py::str(n).cast<std::string>());
         lstm_ext::set_num_threads(int(v));
       },

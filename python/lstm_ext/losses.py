@@ -21,6 +21,8 @@ import math
 import numpy as np
 from numpy.typing import ArrayLike
 
+from ._checks import same_dtype
+
 __all__ = ["LN2", "bits", "mse", "softmax_cross_entropy"]
 
 LN2 = math.log(2.0)  # nats per bit
@@ -35,7 +37,7 @@ def _float_array(name: str, a: ArrayLike) -> np.ndarray:
     """a as float32 or float64, the dtypes lstm_ext computes in (float16's
     counts and sums overflow past 65,504: a loss of inf or NaN)."""
     a = np.asarray(a)
-    if a.dtype.newbyteorder("=") not in (np.float32, np.float64):
+    if not (same_dtype(a.dtype, np.float32) or same_dtype(a.dtype, np.float64)):
         raise TypeError(f"{name}: expected a float32 or float64 array, got dtype {a.dtype}")
     return a
 

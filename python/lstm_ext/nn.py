@@ -17,6 +17,7 @@ last forward call needs for backward: do not share one between threads
 from __future__ import annotations
 
 import functools
+import inspect
 import threading
 from collections.abc import Iterator
 
@@ -25,7 +26,7 @@ import numpy as np
 import lstm_ext
 
 from . import _device
-from ._checks import check_int, check_state_keys
+from ._checks import check_int, check_state_keys, is_real, same_dtype
 
 _BIAS_NAMES = ("bias_ih", "bias_hh")
 
@@ -41,7 +42,7 @@ def _pair(name: str, v) -> tuple:
     try:
         h, c = v
     except (TypeError, ValueError):
-        n = f" of {len(v)}" if hasattr(v, "__len__") else ""
+        n = f" of {len(v)}" if np.ndim(v) > 0 and hasattr(v, "__len__") else ""
         raise ValueError(f"{name}: expected a pair (h, c), got {type(v).__name__}{n}") from None
     return h, c
 
@@ -153,7 +154,7 @@ class Linear(Module):
         """x [..., in_features] -> [..., out_features]. Keeps a copy of x for
         backward in training mode (or with keep_cache=True)."""
         x = np.asarray(x)
-        if x.dtype != self.dtype:
+        if not same_dtype(x.dtype, self.dtype):
             raise TypeError(f"x: expected dtype {self.dtype} (the Linear's), got {x.dtype}")
         if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"x: expected shape [..., {self.in_features}], got {x.shape}")
@@ -171,7 +172,7 @@ class Linear(Module):
                 "backward: call forward first (in training mode, or with keep_cache=True)"
             )
         dy = np.asarray(dy)
-        if dy.dtype != self.dtype:
+        if not same_dtype(dy.dtype, self.dtype):
             raise TypeError(f"dy: expected dtype {self.dtype} (the Linear's), got {dy.dtype}")
         if dy.shape != (*self._x.shape[:-1], self.out_features):
             want = (*self._x.shape[:-1], self.out_features)
@@ -222,11 +223,9 @@ class Embedding(Module):
                 "backward: call forward first (in training mode, or with keep_cache=True)"
             )
         dy = np.asarray(dy)
-        if dy.dtype != self.dtype or dy.shape != (*self._idx.shape, self.embedding_dim):
-            raise ValueError(
-                f"dy: expected {self.dtype} {(*self._idx.shape, self.embedding_dim)}, "
-                f"got {dy.dtype} {dy.shape}"
-            )
+        want = (*self._idx.shape, self.embedding_dim)
+        if not same_dtype(dy.dtype, self.dtype) or dy.shape != want:
+            raise ValueError(f"dy: expected {self.dtype} {want}, got {dy.dtype} {dy.shape}")
         dy = dy.reshape(-1, self.embedding_dim)
         np.add.at(self.grads["weight"], self._idx.reshape(-1), dy)
 
@@ -314,7 +313,7 @@ class LSTM(Module):
         proj_size = check_int("proj_size", proj_size, 0)
         if proj_size >= hidden_size and proj_size > 0:
             raise ValueError(f"proj_size: expected < hidden_size = {hidden_size}, got {proj_size}")
-        if not isinstance(dropout, (int, float, np.integer, np.floating)) or not 0 <= dropout <= 1:
+        if not is_real(dropout) or not 0 <= dropout <= 1:
             raise ValueError(f"dropout: expected a probability in [0, 1], got {dropout!r}")
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
@@ -423,7 +422,7 @@ class LSTM(Module):
                 f"x: expected 3 dimensions {'[B,T,I]' if self.batch_first else '[T,B,I]'} "
                 f"(or 2, [T,I], for one sequence), got shape {x.shape}"
             )
-        if x.dtype.newbyteorder("=") != self.dtype:  # either byte order
+        if not same_dtype(x.dtype, self.dtype):
             raise TypeError(f"x: expected dtype {self.dtype} (the LSTM's), got {x.dtype}")
         if x.shape[-1] != self.input_size:
             raise ValueError(f"x: expected {self.input_size} input features, got shape {x.shape}")
@@ -441,7 +440,7 @@ class LSTM(Module):
                 want = (L * D, width) if unbatched else (L * D, B, width)
                 if s.shape != want:
                     raise ValueError(f"{name}: expected shape {want}, got {s.shape}")
-                if s.dtype != self.dtype:
+                if not same_dtype(s.dtype, self.dtype):
                     raise TypeError(f"{name}: expected dtype {self.dtype}, got {s.dtype}")
             if unbatched:
                 h0, c0 = h0[:, None], c0[:, None]
@@ -783,7 +782,7 @@ def from_config(config: dict) -> Module:
         return Sequential(*(from_config(c) for c in modules))
     if not isinstance(kind, str) or kind not in MODULES:
         raise ValueError(f"config: unknown module type {kind!r:.80}")
-    try:
-        return MODULES[kind](**kw)
-    except TypeError as e:  # keywords the constructor does not take
-        raise ValueError(f"config of a {kind}: {e}") from e
+    taken = inspect.signature(MODULES[kind]).parameters
+    if unknown := sorted(set(kw) - set(taken)):
+        raise ValueError(f"config: {kind} takes no {', '.join(unknown)}")
+    return MODULES[kind](**kw)

@@ -11,17 +11,13 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike
 
+from ._checks import is_int
 from .convert import reorder_gates
 
 __all__ = ["onnx_lstm"]
 
 DIRECTIONS = {"forward": 1, "reverse": 1, "bidirectional": 2}
 DEFAULT_ACTIVATIONS = ["sigmoid", "tanh", "tanh"]
-
-
-def _is_int(v) -> bool:
-    """An integer (Python's or NumPy's), not a bool nor an array."""
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
 def _shaped(name, a, shape, letters):
@@ -83,9 +79,10 @@ def onnx_lstm(
     if not isinstance(direction, str) or direction not in DIRECTIONS:
         raise ValueError(f"direction: expected one of {list(DIRECTIONS)}, got {direction!r}")
     D = DIRECTIONS[direction]
-    if not _is_int(layout) or layout not in (0, 1):
+    if not is_int(layout) or layout not in (0, 1):
         raise ValueError(f"layout: expected 0 or 1, got {layout!r}")
-    if not isinstance(input_forget, (int, np.integer)) or input_forget not in (0, 1):
+    # 0 or 1, as ONNX's attribute; a bool too, as lstm_ext.forward takes it
+    if not (is_int(input_forget) or isinstance(input_forget, bool)) or input_forget not in (0, 1):
         raise ValueError(f"input_forget: expected 0 or 1, got {input_forget!r}")
     if activations is not None:
         if not isinstance(activations, (list, tuple)) or len(activations) != 3 * D:
@@ -112,7 +109,7 @@ def onnx_lstm(
     if R.ndim != 3 or R.shape[0] != D or R.shape[1] != 4 * R.shape[2]:
         raise ValueError(f"R: expected shape [D,4H,H] with D = {D}, got {R.shape}")
     H = R.shape[2]
-    if hidden_size is not None and (not _is_int(hidden_size) or hidden_size != H):
+    if hidden_size is not None and (not is_int(hidden_size) or hidden_size != H):
         raise ValueError(f"hidden_size: expected {H} (from R {R.shape}), got {hidden_size!r}")
     W = _shaped("W", W, (D, 4 * H, I), "[D,4H,I]")
     if B is not None:

@@ -26,6 +26,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import losses, nn
+from ._checks import is_real
 from .optim import clip_grad_norm
 
 
@@ -187,8 +188,7 @@ def generate(model, vocab, prime: str, length: int, temperature: float = 1.0, rn
     """Text from a character model (a Sequential returning ``(logits, state)``):
     feed ``prime``, then draw ``length`` characters, each fed back in, from
     softmax(logits / temperature). ``vocab`` is a ``data.Vocab``."""
-    if not (isinstance(temperature, (int, float, np.integer, np.floating))
-            and 0 < temperature < math.inf):  # fmt: skip
+    if not (is_real(temperature) and 0 < temperature < math.inf):
         raise ValueError(f"temperature: expected a finite number > 0, got {temperature!r}")
     rng = np.random.default_rng() if rng is None else rng
     model.eval()
@@ -204,13 +204,16 @@ def generate(model, vocab, prime: str, length: int, temperature: float = 1.0, rn
                          f"{logits.shape[-1]} logits")  # fmt: skip
     out = []
     for _ in range(length):
+        last = logits[-1, 0].astype(np.float64)
+        if not np.isfinite(last).all():
+            raise ValueError(f"the model's logits are not finite ({last[~np.isfinite(last)][0]})")
         with np.errstate(over="ignore"):
-            z = logits[-1, 0].astype(np.float64) / temperature
+            z = last / temperature
         if np.isfinite(z).all():
             p = np.exp(z - z.max())
             k = int(rng.choice(len(p), p=p / p.sum()))
         else:  # a temperature so small that z overflows: its limit, the likeliest
-            k = int(np.argmax(logits[-1, 0]))
+            k = int(np.argmax(last))
         out.append(k)
         logits, state = model(np.array([[k]]), state)
     return prime + vocab.decode(out)

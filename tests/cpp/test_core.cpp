@@ -173,20 +173,21 @@ TEST(Core, EmptySizesAreFine) {
   }
 }
 
+// y sharing a float with x is refused; y just before or after x is not.
 TEST(Core, OutputOverlappingTheInputIsRefused) {
   Problem<float> p(3, 2, 5, 5);  // y [T,B,H] as large as x
+  const ptrdiff_t n = ptrdiff_t(p.x.size());
   std::vector<float> h(2 * 5), c(h.size()),
-      ws(size_t(lstm_ext::forward_workspace_size(p.cfg, false)));
-  std::vector<float> x = p.x;
-  for (const ptrdiff_t shift : {0, 4, -4}) {
-    std::vector<float> both(x.size() + 8);
-    float* xin = both.data() + 4;
-    std::copy(x.begin(), x.end(), xin);
-    EXPECT_THROW(lstm_ext::lstm_forward(xin + shift, h.data(), c.data(), nullptr, ws.data(), xin,
-                                        nullptr, nullptr, p.weights(), p.cfg, false),
-                 std::invalid_argument)
-        << shift;
-  }
+      ws(size_t(lstm_ext::forward_workspace_size(p.cfg, false))), both(3 * p.x.size());
+  float* xin = both.data() + n;
+  std::copy(p.x.begin(), p.x.end(), xin);
+  const auto forward = [&](float* y) {
+    lstm_ext::lstm_forward(y, h.data(), c.data(), nullptr, ws.data(), xin, nullptr, nullptr,
+                           p.weights(), p.cfg, false);
+  };
+  for (const ptrdiff_t shift : {ptrdiff_t(0), ptrdiff_t(4), ptrdiff_t(-4), n - 1, 1 - n})
+    EXPECT_THROW(forward(xin + shift), std::invalid_argument) << shift;
+  for (const ptrdiff_t shift : {n, -n}) EXPECT_NO_THROW(forward(xin + shift)) << shift;
 }
 
 // With lengths (or reverse) forward keeps the rows of x it used: backward

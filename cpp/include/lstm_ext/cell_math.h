@@ -13,8 +13,8 @@
 //
 // The library compiles these without FMA contraction (-ffp-contract=off): the
 // same bits on every ISA. Code including this header gets the library's bits
-// where it does the same (GCC's default, -std=gnu++17, contracts into FMA
-// where the target has it).
+// where it does the same (GCC's default -std=gnu++17 and Clang's default
+// contract into FMA where the target has it).
 #pragma once
 
 #include <cmath>

@@ -37,7 +37,9 @@ struct ModelConfig {
 class Model {
  public:
   // Reads and checks a whole model file; throws FormatError, never reads past
-  // the file's end, never allocates more than the file's size justifies.
+  // the file's end, never allocates more than the file's size justifies. A
+  // regular file only (a pipe has no size to justify anything: read its bytes
+  // and call from_bytes).
   static Model load(const std::string& path);
   // The same from bytes in memory (what load reads).
   static Model from_bytes(const unsigned char* data, size_t size);

@@ -17,10 +17,11 @@ int blas_num_threads();
 // LSTM_EXT_NUM_THREADS, else the cores this process may run on (its CPU
 // affinity), but no more than cpu_quota_cores() where that is set. Results
 // are bit-identical whatever the count. set_num_threads throws
-// std::invalid_argument outside [1, 1024]. Where the system refuses a
+// std::invalid_argument outside [1, kMaxThreads]. Where the system refuses a
 // thread (a container's limit on tasks), the pool keeps those it started and
 // get_num_threads says how many. A child of fork() (after the threads
 // started) makes threads of its own, as many as its parent had.
+constexpr int kMaxThreads = 1024;
 int get_num_threads();
 void set_num_threads(int n);
 
