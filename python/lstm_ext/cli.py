@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from . import checkpoint, data, losses, nn, optim
+from ._checks import check_int
 from ._version import __version__
 from .train import Interrupted, TruncatedBPTT, fit, generate, stream_chunks
 
@@ -56,12 +57,9 @@ def int_in(lo: int, hi: int | None = None):
 
     def parse(text):
         try:
-            v = int(text)
-        except ValueError:
+            return check_int("", int(text), lo, hi)
+        except ValueError:  # not an integer, or out of range
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if v < lo or (hi is not None and v > hi):
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-        return v
 
     return parse
 

@@ -29,6 +29,8 @@ target has two and the source one, the second is zeros.
 
 import numpy as np
 
+from ._checks import is_int
+
 __all__ = [
     "keras_to_onnx",
     "keras_to_torch",
@@ -60,7 +62,7 @@ def reorder_gates(a, src, dst, axis=0):
     """
     a = np.asarray(a)
     src, dst = _gate_order(src, "src"), _gate_order(dst, "dst")
-    if not isinstance(axis, (int, np.integer)) or not -a.ndim <= axis < a.ndim:
+    if not is_int(axis) or not -a.ndim <= axis < a.ndim:
         raise ValueError(f"axis: expected an axis of a's {a.ndim}, got {axis!r}")
     if a.shape[axis] % 4:
         raise ValueError(f"a: expected a gate axis {axis} of 4H entries, got shape {a.shape}")
