@@ -40,9 +40,9 @@ GEMM_N = 2048
 WARM_UP_S = 0.3
 TIMED_S = 0.2
 SLOW_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-ROW = "{:<18} {:>7} {:>9} {:>8} {:>6} {:>6} {:>9} {:>7} {:>9} {:>5}"
-HEAD = ("case T,B,I,H", "pass", "ms", "GFLOP/s", "GEMM", "/GEMM", "torch ms", "speedup", "ORT ms",
-        "/ORT")  # fmt: skip
+ROW = "{:<18} {:>7} {:>9} {:>8} {:>6} {:>6} {:>7} {:>9} {:>7} {:>9} {:>5}"
+HEAD = ("case T,B,I,H", "pass", "ms", "GFLOP/s", "GEMM", "/GEMM", "np/GEMM", "torch ms", "speedup",
+        "ORT ms", "/ORT")  # fmt: skip
 
 
 def median_ms(fn, repeat):
@@ -96,14 +96,46 @@ def time_ours(p, repeat):
     return fwd, fwd_bwd
 
 
+def time_numpy_products(p, repeat):
+    """(fwd, fwd+bwd) ms of the case's matrix products alone, by NumPy's BLAS
+    into preallocated arrays, with no gate math between them: x W^T, then one
+    h_t R^T a step; fwd+bwd adds one dz_t R a step, then dz^T x, dz^T h and
+    dz W. The same FLOP as the case's own count, so its rate over the GEMM
+    rate is what an LSTM built on these BLAS calls could reach at most."""
+    x, W, R, h = p["x"], p["W"], p["R"], p["dy"]  # dy: any [T,B,H] array stands in for h
+    T, B, I = x.shape
+    H = R.shape[1]
+    xs, hs = x.reshape(T * B, I), h.reshape(T * B, H)
+    z, zr = (np.empty((T, B, 4 * H), np.float32) for _ in range(2))
+    dh, dx = np.empty((T, B, H), np.float32), np.empty((T * B, I), np.float32)
+    dW, dR = np.empty_like(W), np.empty_like(R)
+
+    def fwd():
+        np.matmul(xs, W.T, out=z.reshape(T * B, 4 * H))
+        for t in range(T):
+            np.matmul(h[t], R.T, out=zr[t])
+
+    def fwd_bwd():
+        fwd()
+        for t in range(T):
+            np.matmul(z[t], R, out=dh[t])
+        dz = z.reshape(T * B, 4 * H)
+        np.matmul(dz.T, xs, out=dW)
+        np.matmul(dz.T, hs, out=dR)
+        np.matmul(dz, W, out=dx)
+
+    return median_ms(fwd, repeat), median_ms(fwd_bwd, repeat)
+
+
 def time_case(p, torch, ort, args):
     """One round of a case: the GEMM rate, then ours, torch's and onnxruntime's
-    (fwd, fwd+bwd) times; None where a peer is missing."""
+    (fwd, fwd+bwd) times (None where a peer is missing), then NumPy's products
+    alone (fwd, fwd+bwd)."""
     gemm = numpy_gemm_gflops(np.random.default_rng(1), args.repeat)
     ours = time_ours(p, args.repeat)
     theirs = time_torch(torch, p, args.repeat) if torch else (None, None)
     ort_ms = (time_ort(ort, p, args.repeat, args.threads) if ort else None, None)
-    return gemm, ours, theirs, ort_ms
+    return gemm, ours, theirs, ort_ms, time_numpy_products(p, args.repeat)
 
 
 def median_of(values):
@@ -421,15 +453,18 @@ def main():
             row = {"case": case, "pass": name, "ms": ms, "gflops": gflops(fk, ms)}
             row["gemm_gflops"] = median_of(r[0] for r in rounds)
             row["gemm_ratio"] = median_of(gflops(fk, r[1][k]) / r[0] for r in rounds)
+            row["numpy_products_ms"] = median_of(r[4][k] for r in rounds)
+            row["numpy_gemm_ratio"] = median_of(gflops(fk, r[4][k]) / r[0] for r in rounds)
+            row["numpy_products_ratio"] = median_of(r[1][k] / r[4][k] for r in rounds)
             row["torch_ms"] = median_of(r[2][k] for r in rounds)
             row["ort_ms"] = median_of(r[3][k] for r in rounds)
             row["speedup"] = torch and median_of(r[2][k] / r[1][k] for r in rounds)
             row["ort_ratio"] = row["ort_ms"] and median_of(r[1][k] / r[3][k] for r in rounds)
-            row["rounds"] = [dict(gemm_gflops=r[0], ms=r[1][k], torch_ms=r[2][k], ort_ms=r[3][k])
-                             for r in rounds]  # fmt: skip
+            row["rounds"] = [dict(gemm_gflops=r[0], ms=r[1][k], torch_ms=r[2][k], ort_ms=r[3][k],
+                                  numpy_products_ms=r[4][k]) for r in rounds]  # fmt: skip
             rows.append(row)
             cells = [f"{ms:.2f}", f"{row['gflops']:.1f}", f"{row['gemm_gflops']:.0f}"]
-            cells += [f"{row['gemm_ratio']:.2f}"]
+            cells += [f"{row['gemm_ratio']:.2f}", f"{row['numpy_gemm_ratio']:.2f}"]
             cells += [f"{row[c]:.2f}" if row[c] else "-" for c in ("torch_ms", "speedup")]
             cells += [f"{row[c]:.2f}" if row[c] else "-" for c in ("ort_ms", "ort_ratio")]
             print(ROW.format(",".join(map(str, case)), name, *cells), flush=True)
@@ -438,7 +473,7 @@ def main():
     if args.sizes == "all":
         rounds, flop = time_stack(torch, rng, args.repeat, args.rounds)
         print(f"\n2-layer bidirectional, (T,B,I,H) = {STACK[:4]}")
-        print(ROW.format(*HEAD[:-2], "", ""))
+        print(ROW.format(*HEAD[:6], "", *HEAD[7:-2], "", ""))
         stack = []
         for name, k in (("fwd", 0), ("fwd+bwd", 1)):
             fk = (1, 3)[k] * flop
@@ -451,7 +486,7 @@ def main():
                               rounds=[[r[0], r[1 + k], r[3 + k]] for r in rounds]))  # fmt: skip
             cells = [f"{ms:.2f}", f"{gflops(fk, ms):.1f}", f"{gemm_now:.0f}", f"{gemm_ratio:.2f}"]
             cells += [f"{tms:.2f}", f"{speedup:.2f}"] if tms else ["-", "-"]
-            print(ROW.format("stack", name, *cells, "", ""), flush=True)
+            print(ROW.format("stack", name, *cells[:4], "", *cells[4:], "", ""), flush=True)
         r_ms, p_ms, ratio, valid = time_ragged(rng, args.repeat, args.rounds)
         ragged = dict(ragged_ms=r_ms, padded_ms=p_ms, ratio=ratio, valid_fraction=valid)
         print(f"\nragged fwd+bwd, (T,B,I,H) = {RAGGED}, lengths uniform in [1,T]")

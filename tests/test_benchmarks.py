@@ -1,0 +1,74 @@
+"""benchmarks/bench_lstm.py still runs and writes what its README says: its
+smoke size, one round of one call a cell. No time is checked (speed lives in
+benchmarks/, not in tests); only that every cell was measured, with the peers'
+cells filled exactly where the peer is installed. In a process of its own, as
+a user runs it."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_lstm.py"
+
+
+def installed(name):
+    return importlib.util.find_spec(name) is not None
+
+
+def test_the_smoke_run_measures_every_cell(tmp_path):
+    out = tmp_path / "run.json"
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--sizes", "small", "--repeat", "1", "--rounds", "1",
+         "--json", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    head = next(line for line in done.stdout.splitlines() if line.startswith("case"))
+    assert head.split()[5:9] == ["GEMM", "/GEMM", "np/GEMM", "torch"]
+    result = json.loads(out.read_text())
+    assert result["numpy_gemm_gflops"] > 0
+    rows = result["rows"]
+    assert [(r["case"], r["pass"]) for r in rows] == [
+        ([100, 1, 128, 128], p) for p in ("fwd", "fwd+bwd")
+    ]
+    for r in rows:
+        for key in (
+            "ms",
+            "gflops",
+            "gemm_gflops",
+            "gemm_ratio",
+            "numpy_products_ms",
+            "numpy_gemm_ratio",
+        ):
+            assert r[key] > 0, key
+        assert (r["torch_ms"] is not None) == installed("torch")
+        assert len(r["rounds"]) == 1
+    has_ort = installed("onnxruntime") and installed("onnx")
+    assert (rows[0]["ort_ms"] is not None) == has_ort and rows[1]["ort_ms"] is None
+
+
+def test_the_products_alone_take_the_counted_flop():
+    # time_numpy_products' calls run on arrays of exactly the case's shapes
+    # (matmul's out= refuses any other), and as many as the FLOP count says:
+    # forward 8*T*B*H*(I+H), backward twice that.
+    spec = importlib.util.spec_from_file_location("bench_lstm", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    import numpy as np
+
+    T, B, I, H = 3, 2, 5, 4
+    p = bench.problem(np.random.default_rng(0), T, B, I, H)
+    flop = []
+    real = np.matmul
+
+    def counting(a, b, out):
+        flop.append(2 * a.shape[0] * a.shape[1] * b.shape[1])
+        return real(a, b, out=out)
+
+    bench.np = types.SimpleNamespace(**{**vars(np), "matmul": counting})
+    bench.median_ms = lambda fn, repeat: (flop.clear(), fn(), sum(flop))[2]
+    fwd, fwd_bwd = bench.time_numpy_products(p, 1)
+    assert (fwd, fwd_bwd) == (8 * T * B * H * (I + H), 3 * 8 * T * B * H * (I + H))
