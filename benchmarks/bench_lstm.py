@@ -424,7 +424,7 @@ def main():
         cpu=cpu_description(),
         cores=os.cpu_count(),
         numpy=np.__version__,
-        lstm_ext=lstm_ext.__version__,
+        lstm_ext=f"{lstm_ext.__version__}, {lstm_ext.get_num_threads()} threads",
         torch=torch and f"{torch.__version__}, {torch.get_num_threads()} threads",
         onnxruntime=ort and ort.__version__,
         OPENBLAS_NUM_THREADS=os.environ.get("OPENBLAS_NUM_THREADS"),

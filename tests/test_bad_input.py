@@ -263,6 +263,45 @@ def test_clip_of_the_wrong_kind(clip, error, match):
         lstm_ext.forward(a["x"], a["W"], a["R"], clip=clip)
 
 
+FLAGS = {  # each call's bool keywords
+    "forward": ("batch_first", "training", "reverse", "input_forget", "return_cell_states"),
+    "step": ("input_forget",),
+    "PackedLayer": ("input_forget",),
+    "PackedLayer.forward": ("batch_first", "reverse", "return_cell_states"),
+}
+
+
+def call_with(call, **kw):
+    a = good(np.float32)
+    if call == "forward":
+        return lstm_ext.forward(a["x"], a["W"], a["R"], **kw)
+    if call == "step":
+        return lstm_ext.step(a["x"][0], a["h0"], a["c0"], a["W"], a["R"], **kw)
+    if call == "PackedLayer":
+        return lstm_ext.PackedLayer(a["W"], a["R"], **kw)
+    return lstm_ext.PackedLayer(a["W"], a["R"]).forward(a["x"], **kw)
+
+
+@pytest.mark.parametrize("call, name", [(c, n) for c, names in FLAGS.items() for n in names])
+@pytest.mark.parametrize("value", ["yes", [True], np.array([True, False])])
+def test_a_flag_that_is_no_bool_is_named(call, name, value):
+    # Had been pybind11's overload message: the whole signature and every
+    # argument's repr (2,754 characters for one forward), the flag not named.
+    with pytest.raises(TypeError) as e:
+        call_with(call, **{name: value})
+    assert str(e.value) == f"{name}: expected a bool, got {type(value).__name__}"
+
+
+@pytest.mark.parametrize("value", [True, False, np.bool_(True), 0, 1, None])
+def test_flags_take_what_a_bool_parameter_took(value):
+    # True and False, and what pybind11 converts to a bool: NumPy's bool,
+    # numbers, None (as False).
+    for call, names in FLAGS.items():
+        for name in names:
+            if call != "forward" or name != "training" or not value:  # a cache wants training
+                call_with(call, **{name: value})
+
+
 def test_lengths_of_an_empty_batch_may_be_any_empty_array():
     """B = 0: lengths [] as a list (float64) or an empty array of strings had
     failed inside NumPy's comparison (UFuncTypeError)."""

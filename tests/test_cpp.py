@@ -168,3 +168,30 @@ def test_the_installed_headers_compile_under_strict_warnings(tools, tmp_path, he
     source = tmp_path / "app.cpp"
     source.write_text(f"#include <lstm_ext/{header}>\n")
     run("c++", *STRICT, f"-I{lstm_ext.get_include()}", str(source))
+
+
+def test_configuring_the_source_tree_without_openblas_says_what_to_pass(tools, tmp_path):
+    # Had been CMake's own "Could not find a package configuration file
+    # provided by OpenBLAS", with no word of the Python it asked. (Any
+    # OpenBLAS installed on this machine is kept out of the search.)
+    def configure(*args):
+        return subprocess.run(
+            ["cmake", "-S", str(ROOT), "-B", str(tmp_path / "b"), "-DLSTM_EXT_PYTHON=OFF",
+             "-DLSTM_EXT_CUDA=OFF", "-DCMAKE_DISABLE_FIND_PACKAGE_OpenBLAS=ON", *args],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+
+    done = configure(f"-DOpenBLAS_DIR={tmp_path / 'none'}")
+    said = " ".join(done.stderr.split())
+    assert (
+        done.returncode != 0
+        and f"no OpenBLAS CMake package in OpenBLAS_DIR={tmp_path / 'none'}" in said
+    )
+    shutil.rmtree(tmp_path / "b")
+    done = configure("-DPython_EXECUTABLE=/bin/false")  # a "Python" with no scipy-openblas32
+    said = " ".join(done.stderr.split())
+    assert (
+        done.returncode != 0
+        and "-DPython_EXECUTABLE=PATH" in said
+        and "pip install scipy-openblas32" in said
+    )

@@ -346,6 +346,92 @@ def test_state_and_dstate_must_be_pairs():
         lstm.backward(np.zeros((5, 2, 4), np.float32), [s])
 
 
+def test_a_state_without_its_pair_is_named_as_such():
+    # With L*D = 2, h0 [2,B,H] alone had unpacked along its first axis as h
+    # and c, and the message said "expected shape (2, 2, 4), got (2, 4)" of
+    # what was passed as (2, 2, 4).
+    lstm = LSTM(3, 4, num_layers=2)
+    x = np.zeros((5, 2, 3), np.float32)
+    h0 = np.zeros((2, 2, 4), np.float32)
+    with pytest.raises(
+        ValueError, match=r"^state: expected a pair \(h, c\), got ndarray of shape \(2, 2, 4\)$"
+    ):
+        lstm(x, h0)
+    lstm(x, [h0, h0])  # a list of two is a pair
+    with pytest.raises(
+        ValueError, match=r"^dstate: expected a pair \(h, c\), got ndarray of shape"
+    ):
+        lstm.backward(np.zeros((5, 2, 4), np.float32), h0)
+
+
+def test_dstate_of_another_dtype_is_named():
+    lstm = LSTM(3, 4)
+    lstm(np.zeros((5, 2, 3), np.float32))
+    d = np.zeros((1, 2, 4))
+    with pytest.raises(TypeError, match=r"^dstate\[0\]: expected dtype float32, got float64$"):
+        lstm.backward(np.zeros((5, 2, 4), np.float32), (d, None))  # had said "dh: ..."
+    with pytest.raises(TypeError, match=r"^dstate\[1\]: expected dtype float32, got float64$"):
+        lstm.backward(np.zeros((5, 2, 4), np.float32), (None, d))
+
+
+def test_inference_weight_dtype_is_checked_when_set():
+    import pickle
+
+    lstm = LSTM(3, 4)
+    with pytest.raises(
+        ValueError, match=r"inference_weight_dtype: expected None or 'bfloat16', got 'bf16'"
+    ):
+        lstm.inference_weight_dtype = "bf16"  # had failed only at the next call, as weight_dtype
+    assert lstm.inference_weight_dtype is None
+    with pytest.raises(
+        ValueError, match=r"'bfloat16' is for a float32 LSTM on the CPU, this one is float64"
+    ):
+        LSTM(3, 4, dtype=np.float64).inference_weight_dtype = "bfloat16"
+    lstm.inference_weight_dtype = "bfloat16"
+    assert pickle.loads(pickle.dumps(lstm)).inference_weight_dtype == "bfloat16"
+    # a pickle from before it was a property: the attribute in the instance dict
+    state = lstm.__getstate__()
+    state["inference_weight_dtype"] = state.pop("_inference_weight_dtype")
+    old = LSTM.__new__(LSTM)
+    old.__setstate__(state)
+    assert old.inference_weight_dtype == "bfloat16"
+
+
+@pytest.mark.parametrize("flag", ["bias", "batch_first", "bidirectional"])
+def test_flags_of_the_constructors_are_bools(flag):
+    # "no" is truthy: bidirectional="no" had built a bidirectional LSTM.
+    with pytest.raises(TypeError, match=f"^{flag}: expected a bool, got 'no'$"):
+        LSTM(3, 4, **{flag: "no"})
+    assert getattr(LSTM(3, 4, **{flag: np.bool_(True)}), flag) is True
+    assert getattr(LSTM(3, 4, **{flag: 0}), flag) is False
+
+
+def test_keep_cache_and_linear_bias_are_bools():
+    from lstm_ext.nn import Embedding, Linear
+
+    with pytest.raises(TypeError, match=r"^bias: expected a bool, got 'no'$"):
+        Linear(3, 4, bias="no")
+    x = np.zeros((5, 2, 3), np.float32)
+    for m, inp in ((LSTM(3, 4), x), (Linear(3, 4), x), (Embedding(4, 3), np.zeros((2, 2), int))):
+        with pytest.raises(TypeError, match=r"^keep_cache: expected a bool, got 'yes'$"):
+            m(inp, keep_cache="yes")
+
+
+def test_embedding_backward_dtype_is_a_type_error_as_linear_s():
+    from lstm_ext.nn import Embedding
+
+    e = Embedding(4, 3)
+    e(np.zeros((2, 2), int))
+    with pytest.raises(
+        TypeError, match=r"^dy: expected dtype float32 \(the Embedding's\), got float64$"
+    ):
+        e.backward(np.zeros((2, 2, 3)))
+    with pytest.raises(
+        ValueError, match=r"^dy: expected the shape of forward's output, \(2, 2, 3\)"
+    ):
+        e.backward(np.zeros((2, 3), np.float32))
+
+
 def test_load_state_dict_takes_real_numbers_only():
     """Strings would fail late, None had loaded as NaN and complex values
     silently lost their imaginary part."""

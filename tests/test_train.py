@@ -150,3 +150,69 @@ def test_eval_mode_keeps_no_inputs_unless_asked(rng):
         lin.backward(np.ones((4, 2)))
     lin(x, keep_cache=True)
     assert lin.backward(np.ones((4, 2))).shape == (4, 3)
+
+
+def test_generate_leaves_the_model_in_its_mode():
+    # generate had put the caller's model in eval mode and left it there: a
+    # training loop that samples then failed at its next backward.
+    from lstm_ext import data
+    from lstm_ext.train import generate
+
+    vocab = data.Vocab("abc")
+    model = nn.Sequential(nn.Embedding(3, 4), nn.LSTM(4, 5), nn.Linear(5, 3))
+    generate(model, vocab, "ab", 3, rng=np.random.default_rng(0))
+    assert model.training
+    model.eval()
+    generate(model, vocab, "ab", 3, rng=np.random.default_rng(0))
+    assert not model.training
+
+    class Duck:  # not a Sequential: generate calls it as it is, in eval mode
+        training = True
+
+        def train(self, mode=True):
+            self.training = mode
+
+        def eval(self):
+            self.train(False)
+
+        def __call__(self, ids, state=None):
+            assert not self.training
+            return np.zeros((len(ids), 1, 3)), state
+
+    duck = Duck()
+    generate(duck, vocab, "ab", 2, rng=np.random.default_rng(0))
+    assert duck.training
+    with pytest.raises(ValueError, match=r"^length: expected an integer >= 0, got -1$"):
+        generate(model, vocab, "ab", -1)
+    with pytest.raises(ValueError, match=r"^prime: characters not in the vocabulary: 'z'$"):
+        generate(model, vocab, "az", 1)  # had said "text:"
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: stream_chunks(np.arange(100), 0, 4), r"^batch: expected an integer >= 1, got 0$"),
+        (
+            lambda: stream_chunks(np.arange(100), 2, 0),
+            r"^seq_len: expected an integer >= 1, got 0$",
+        ),
+        (
+            lambda: stream_chunks(np.arange(100), 2.5, 4),
+            r"^batch: expected an integer >= 1, got 2.5$",
+        ),
+        (
+            lambda: fit(None, None, None, None, 2, eval_every=0),
+            r"^eval_every: expected an integer >= 1, got 0$",
+        ),
+        (
+            lambda: fit(None, None, None, None, 2, eval_every=-1),
+            r"^eval_every: expected an integer >= 1, got -1$",
+        ),
+        (lambda: fit(None, None, None, None, 2.5), r"^steps: expected an integer >= 0, got 2.5$"),
+    ],
+)
+def test_the_training_helpers_name_a_bad_argument(call, match):
+    # had been ZeroDivisionError (batch=0, eval_every=0), a TypeError from
+    # range (steps=2.5), or accepted (eval_every=-1)
+    with pytest.raises(ValueError, match=match):
+        call()

@@ -315,7 +315,7 @@ def step(
         # The streaming loop's common case, without the device handling below
         # (7 of 18 µs a call at B = 1, H = 128), and without keywords when no
         # option is set (2 µs more).
-        if W_hr is None and peephole is None and clip is None and not input_forget:
+        if W_hr is None and peephole is None and clip is None and input_forget is False:
             return StepResult(*_core.step(x, h, c, W, R, b))
         extras = (W_hr is None or type(W_hr) is ndarray) and (
             peephole is None or type(peephole) is ndarray

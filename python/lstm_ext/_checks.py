@@ -56,6 +56,15 @@ def same_dtype(dtype, want) -> bool:
     return np.dtype(dtype).newbyteorder("=") == np.dtype(want).newbyteorder("=")
 
 
+def check_bool(name: str, v) -> bool:
+    """``v`` as a bool: Python's or NumPy's, or the integer 0 or 1; else a
+    TypeError naming it (a string such as "no" is truthy: a flag given one had
+    been taken as True)."""
+    if isinstance(v, (bool, np.bool_)) or (is_int(v) and int(v) in (0, 1)):
+        return bool(v)
+    raise TypeError(f"{name}: expected a bool, got {v!r}")
+
+
 def check_int(name: str, v, low: int, high: int | None = None) -> int:
     """``v`` as a Python int in [low, high] (no upper bound where high is
     None), else a ValueError naming it. NumPy integers become ints (sizes kept

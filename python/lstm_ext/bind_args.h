@@ -145,6 +145,19 @@ inline std::optional<double> as_number(const py::object& obj) {
   }
 }
 
+// A bool argument's value: True or False, or what pybind11 takes for a bool
+// (NumPy's bool, None, numbers). Taken as an object and converted here, so
+// that anything else is a TypeError naming the argument (a bool parameter
+// refused it in overload resolution: a message of the whole signature and
+// every argument's repr, thousands of characters).
+inline bool flag(const char* name, const py::handle& obj) {
+  if (obj.ptr() == Py_True) return true;
+  if (obj.ptr() == Py_False) return false;
+  py::detail::make_caster<bool> value;
+  if (value.load(obj, true)) return static_cast<bool>(value);
+  throw py::type_error(std::string(name) + ": expected a bool, got " + type_name(obj));
+}
+
 inline Arg arg(const char* name, const py::object& obj) {
   // An ndarray itself (not a subclass) is used as it is: what ensure() would
   // return, without NumPy's conversion machinery (a fifth of a B = 1 step).

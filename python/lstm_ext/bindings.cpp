@@ -70,12 +70,18 @@ py::tuple forward_impl(ForwardArgs& f, bool batch_first, bool training, bool ret
 }
 
 py::tuple forward(const py::object& x, const py::object& W, const py::object& R,
-                  const py::object& b, const py::object& h0, const py::object& c0, bool batch_first,
-                  bool training, bool reverse, const py::object& lengths, const py::object& W_hr,
-                  const py::object& peephole, const py::object& clip, bool input_forget,
-                  bool return_cell_states, const py::object& weight_dtype) {
-  ForwardArgs f = check_forward(x, W, R, b, h0, c0, batch_first, reverse, lengths, W_hr, peephole,
-                                clip, input_forget, weight_dtype);
+                  const py::object& b, const py::object& h0, const py::object& c0,
+                  const py::object& batch_first_, const py::object& training_,
+                  const py::object& reverse, const py::object& lengths, const py::object& W_hr,
+                  const py::object& peephole, const py::object& clip,
+                  const py::object& input_forget, const py::object& return_cell_states_,
+                  const py::object& weight_dtype) {
+  const bool batch_first = flag("batch_first", batch_first_),
+             training = flag("training", training_),
+             return_cell_states = flag("return_cell_states", return_cell_states_);
+  ForwardArgs f =
+      check_forward(x, W, R, b, h0, c0, batch_first, flag("reverse", reverse), lengths, W_hr,
+                    peephole, clip, flag("input_forget", input_forget), weight_dtype);
   if (f.cfg.bf16_weights && training)
     throw py::value_error("weight_dtype='bfloat16' is for inference: expected training=False");
   return f.size == 4 ? forward_impl<float>(f, batch_first, training, return_cell_states)
@@ -112,8 +118,9 @@ py::array pack_impl(const LayerArgs& l) {
 
 py::array pack_weights(const py::object& W, const py::object& R, const py::object& b,
                        const py::object& W_hr, const py::object& peephole, const py::object& clip,
-                       bool input_forget, const py::object& weight_dtype) {
-  const LayerArgs l = check_packed_layer(W, R, b, W_hr, peephole, clip, input_forget, weight_dtype);
+                       const py::object& input_forget, const py::object& weight_dtype) {
+  const LayerArgs l = check_packed_layer(W, R, b, W_hr, peephole, clip,
+                                         flag("input_forget", input_forget), weight_dtype);
   return l.W.a.itemsize() == 4 ? pack_impl<float>(l) : pack_impl<double>(l);
 }
 
@@ -122,12 +129,16 @@ py::array pack_weights(const py::object& W, const py::object& R, const py::objec
 // two together); its size and dtype are checked here, its header by the core.
 py::tuple forward_packed(const py::object& packed, const py::object& x, const py::object& W,
                          const py::object& R, const py::object& b, const py::object& h0,
-                         const py::object& c0, bool batch_first, bool reverse,
-                         const py::object& lengths, const py::object& W_hr,
-                         const py::object& peephole, const py::object& clip, bool input_forget,
-                         bool return_cell_states, const py::object& weight_dtype) {
-  ForwardArgs f = check_forward(x, W, R, b, h0, c0, batch_first, reverse, lengths, W_hr, peephole,
-                                clip, input_forget, weight_dtype);
+                         const py::object& c0, const py::object& batch_first_,
+                         const py::object& reverse, const py::object& lengths,
+                         const py::object& W_hr, const py::object& peephole, const py::object& clip,
+                         const py::object& input_forget, const py::object& return_cell_states_,
+                         const py::object& weight_dtype) {
+  const bool batch_first = flag("batch_first", batch_first_),
+             return_cell_states = flag("return_cell_states", return_cell_states_);
+  ForwardArgs f =
+      check_forward(x, W, R, b, h0, c0, batch_first, flag("reverse", reverse), lengths, W_hr,
+                    peephole, clip, flag("input_forget", input_forget), weight_dtype);
   const Arg p = arg("packed", packed);
   check_dtype(p, f.size, "x");
   check_shape(p, {lstm_ext::packed_weights_size(f.cfg)}, "[packed_weights_size]");
@@ -212,8 +223,9 @@ py::tuple step_impl(const Arg& x_arg, const Arg& h_arg, const Arg& c_arg, const 
 
 py::tuple step(const py::object& x, const py::object& h, const py::object& c, const py::object& W,
                const py::object& R, const py::object& b, const py::object& W_hr,
-               const py::object& peephole, const py::object& clip, bool input_forget) {
-  const StepArgs a = check_step(x, h, c, W, R, b, W_hr, peephole, clip, input_forget);
+               const py::object& peephole, const py::object& clip, const py::object& input_forget) {
+  const StepArgs a =
+      check_step(x, h, c, W, R, b, W_hr, peephole, clip, flag("input_forget", input_forget));
   lstm_ext::step_scratch_size(a.cfg);  // sizes refused (ValueError) before x is copied
   return a.size == 4 ? step_impl<float>(a.x, a.h, a.c, a.l, a.cfg)
                      : step_impl<double>(a.x, a.h, a.c, a.l, a.cfg);

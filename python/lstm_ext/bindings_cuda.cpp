@@ -259,10 +259,16 @@ py::tuple forward_impl(ForwardArgs& f, const GpuArgs& gpu, bool batch_first, boo
 }
 
 py::tuple forward(const py::object& x, const py::object& W, const py::object& R,
-                  const py::object& b, const py::object& h0, const py::object& c0, bool batch_first,
-                  bool training, bool reverse, const py::object& lengths, const py::object& W_hr,
-                  const py::object& peephole, const py::object& clip, bool input_forget,
-                  bool return_cell_states, const py::object& weight_dtype) {
+                  const py::object& b, const py::object& h0, const py::object& c0,
+                  const py::object& batch_first_, const py::object& training_,
+                  const py::object& reverse_, const py::object& lengths, const py::object& W_hr,
+                  const py::object& peephole, const py::object& clip,
+                  const py::object& input_forget_, const py::object& return_cell_states_,
+                  const py::object& weight_dtype) {
+  const bool batch_first = flag("batch_first", batch_first_),
+             training = flag("training", training_), reverse = flag("reverse", reverse_),
+             input_forget = flag("input_forget", input_forget_),
+             return_cell_states = flag("return_cell_states", return_cell_states_);
   if (!weight_dtype.is_none())
     throw py::value_error(
         "weight_dtype: the CUDA path takes None only (bfloat16 weights run on "
@@ -359,11 +365,12 @@ py::tuple step_impl(const StepArgs& a, const GpuArgs& gpu) {
 
 py::tuple step(const py::object& x, const py::object& h, const py::object& c, const py::object& W,
                const py::object& R, const py::object& b, const py::object& W_hr,
-               const py::object& peephole, const py::object& clip, bool input_forget) {
+               const py::object& peephole, const py::object& clip, const py::object& input_forget) {
   GpuArgs gpu;
-  const StepArgs a = check_step(
-      gpu.take("x", x), gpu.take("h", h), gpu.take("c", c), gpu.take("W", W), gpu.take("R", R),
-      gpu.take("b", b), gpu.take("W_hr", W_hr), gpu.take("peephole", peephole), clip, input_forget);
+  const StepArgs a =
+      check_step(gpu.take("x", x), gpu.take("h", h), gpu.take("c", c), gpu.take("W", W),
+                 gpu.take("R", R), gpu.take("b", b), gpu.take("W_hr", W_hr),
+                 gpu.take("peephole", peephole), clip, flag("input_forget", input_forget));
   gpu.wait_for_producers();
   return a.size == 4 ? step_impl<float>(a, gpu) : step_impl<double>(a, gpu);
 }

@@ -22,10 +22,12 @@ class Vocab:
     def __len__(self) -> int:
         return len(self.chars)
 
-    def encode(self, text: str) -> np.ndarray:
+    def encode(self, text: str, name: str = "text") -> np.ndarray:
+        """text's ids; a ValueError naming it (as ``name``) where a character
+        is not in the vocabulary."""
         unknown = sorted(set(text) - set(self._index))
         if unknown:
-            raise ValueError(f"text: characters not in the vocabulary: {''.join(unknown)!r}")
+            raise ValueError(f"{name}: characters not in the vocabulary: {''.join(unknown)!r}")
         return np.fromiter((self._index[c] for c in text), np.int64, len(text))
 
     def decode(self, ids) -> str:

@@ -26,7 +26,7 @@ import numpy as np
 import lstm_ext
 
 from . import _device
-from ._checks import check_int, check_state_keys, is_real, same_dtype
+from ._checks import check_bool, check_int, check_state_keys, is_real, same_dtype
 
 _BIAS_NAMES = ("bias_ih", "bias_hh")
 
@@ -38,13 +38,16 @@ LSTM_LIMITS = {"input_size": (1, 1 << 20), "hidden_size": (1, 1 << 20), "num_lay
 
 
 def _pair(name: str, v) -> tuple:
-    """``v`` unpacked as two items, ``(h, c)``, else a ValueError naming it."""
-    try:
-        h, c = v
-    except (TypeError, ValueError):
-        n = f" of {len(v)}" if np.ndim(v) > 0 and hasattr(v, "__len__") else ""
-        raise ValueError(f"{name}: expected a pair (h, c), got {type(v).__name__}{n}") from None
-    return h, c
+    """``v`` as two items, ``(h, c)``: a tuple or a list of two, else a
+    ValueError naming it. Not an array: one of two rows (the state of
+    L·D = 2 layers and directions, given without c) would unpack as h and c."""
+    if isinstance(v, (tuple, list)) and len(v) == 2:
+        return v[0], v[1]
+    shape = getattr(v, "shape", None)
+    n = f" of shape {tuple(shape)}" if shape is not None else ""
+    if not n and isinstance(v, (tuple, list)):
+        n = f" of {len(v)}"
+    raise ValueError(f"{name}: expected a pair (h, c), got {type(v).__name__}{n}")
 
 
 def _one_thread_at_a_time(method):
@@ -136,7 +139,8 @@ class Linear(Module):
     def __init__(self, in_features, out_features, bias=True, *, dtype=np.float32, seed=None):
         in_features = check_int("in_features", in_features, 1)
         out_features = check_int("out_features", out_features, 1)
-        self.in_features, self.out_features, self.bias = in_features, out_features, bool(bias)
+        self.in_features, self.out_features = in_features, out_features
+        self.bias = check_bool("bias", bias)
         self.dtype = _float_dtype(dtype)
         rng = np.random.default_rng(seed)
         k = 1 / np.sqrt(in_features)
@@ -158,7 +162,7 @@ class Linear(Module):
             raise TypeError(f"x: expected dtype {self.dtype} (the Linear's), got {x.dtype}")
         if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"x: expected shape [..., {self.in_features}], got {x.shape}")
-        keep = self.training if keep_cache is None else keep_cache
+        keep = self.training if keep_cache is None else check_bool("keep_cache", keep_cache)
         self._x = x.copy() if keep else None  # private: later changes to x must not matter
         y = x @ self.params["weight"].T
         if self.bias:
@@ -213,7 +217,7 @@ class Embedding(Module):
         if idx.size and (idx.min() < 0 or idx.max() >= self.num_embeddings):
             bad = idx.min() if idx.min() < 0 else idx.max()
             raise ValueError(f"idx: expected tokens in [0, {self.num_embeddings}), got {bad}")
-        keep = self.training if keep_cache is None else keep_cache
+        keep = self.training if keep_cache is None else check_bool("keep_cache", keep_cache)
         self._idx = idx.copy() if keep else None
         return self.params["weight"][idx]
 
@@ -223,9 +227,11 @@ class Embedding(Module):
                 "backward: call forward first (in training mode, or with keep_cache=True)"
             )
         dy = np.asarray(dy)
+        if not same_dtype(dy.dtype, self.dtype):
+            raise TypeError(f"dy: expected dtype {self.dtype} (the Embedding's), got {dy.dtype}")
         want = (*self._idx.shape, self.embedding_dim)
-        if not same_dtype(dy.dtype, self.dtype) or dy.shape != want:
-            raise ValueError(f"dy: expected {self.dtype} {want}, got {dy.dtype} {dy.shape}")
+        if dy.shape != want:
+            raise ValueError(f"dy: expected the shape of forward's output, {want}, got {dy.shape}")
         dy = dy.reshape(-1, self.embedding_dim)
         np.add.at(self.grads["weight"], self._idx.reshape(-1), dy)
 
@@ -316,8 +322,9 @@ class LSTM(Module):
         if not is_real(dropout) or not 0 <= dropout <= 1:
             raise ValueError(f"dropout: expected a probability in [0, 1], got {dropout!r}")
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
-        self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
-        self.bidirectional, self.proj_size = bidirectional, proj_size
+        self.bias, self.dropout = check_bool("bias", bias), float(dropout)
+        self.batch_first = check_bool("batch_first", batch_first)
+        self.bidirectional, self.proj_size = check_bool("bidirectional", bidirectional), proj_size
         self.dtype = _float_dtype(dtype)
         self._rng = np.random.default_rng(seed)
         k = 1 / np.sqrt(hidden_size)
@@ -331,7 +338,25 @@ class LSTM(Module):
         self._init_grads()
         self._saved = None  # what the last forward kept for backward
         self._busy = threading.Lock()  # held during forward and backward
-        self.inference_weight_dtype: str | None = None  # lstm_ext.forward's weight_dtype
+        self._inference_weight_dtype = None
+
+    @property
+    def inference_weight_dtype(self) -> str | None:
+        """``lstm_ext.forward``'s ``weight_dtype`` for the calls that keep no
+        cache: None, or "bfloat16" (a float32 LSTM on the CPU). Checked when
+        set, not at the next call."""
+        return self._inference_weight_dtype
+
+    @inference_weight_dtype.setter
+    def inference_weight_dtype(self, value: str | None) -> None:
+        if value is not None and not (isinstance(value, str) and value == "bfloat16"):
+            raise ValueError(f"inference_weight_dtype: expected None or 'bfloat16', got {value!r}")
+        if value is not None and (self.dtype != np.float32 or self.device != "cpu"):
+            raise ValueError(
+                "inference_weight_dtype: 'bfloat16' is for a float32 LSTM on the CPU, this one "
+                f"is {self.dtype} on {self.device!r}"
+            )
+        self._inference_weight_dtype = value
 
     def _array_module(self):
         """The module of params' arrays: CuPy on the GPU where installed, else NumPy."""
@@ -349,6 +374,9 @@ class LSTM(Module):
         return state
 
     def __setstate__(self, state: dict) -> None:
+        state = dict(state)
+        if "inference_weight_dtype" in state:  # pickled before it became a property
+            state["_inference_weight_dtype"] = state.pop("inference_weight_dtype")
         self.__dict__.update(state)
         self._xp = self._array_module()
         self._busy = threading.Lock()
@@ -453,7 +481,7 @@ class LSTM(Module):
         x, h0, c0, unbatched, host_io = self._inputs(x, state)
         B = x.shape[1]
         L, D, H, O = self.num_layers, self.num_directions, self.hidden_size, self.output_size
-        keep = self.training if keep_cache is None else keep_cache
+        keep = self.training if keep_cache is None else check_bool("keep_cache", keep_cache)
         weight_dtype = None if keep else self.inference_weight_dtype
         h_n = xp.empty((L * D, B, O), self.dtype)
         c_n = xp.empty((L * D, B, H), self.dtype)
@@ -522,12 +550,14 @@ class LSTM(Module):
         elif self.batch_first:
             dy = dy.swapaxes(0, 1)
         dh_n, dc_n = _pair("dstate", dstate) if dstate is not None else (None, None)
-        for name, s, width in (("dstate[0]", dh_n, O), ("dstate[1]", dc_n, H)):
-            want = (L * D, width) if unbatched else (L * D, B, width)
-            if s is not None and np.shape(s) != want:
-                raise ValueError(f"{name}: expected shape {want}, got {np.shape(s)}")
         dh_n = None if dh_n is None else xp.asarray(dh_n)
         dc_n = None if dc_n is None else xp.asarray(dc_n)
+        for name, s, width in (("dstate[0]", dh_n, O), ("dstate[1]", dc_n, H)):
+            want = (L * D, width) if unbatched else (L * D, B, width)
+            if s is not None and s.shape != want:
+                raise ValueError(f"{name}: expected shape {want}, got {s.shape}")
+            if s is not None and not same_dtype(s.dtype, self.dtype):
+                raise TypeError(f"{name}: expected dtype {self.dtype}, got {s.dtype}")
         if unbatched:
             dh_n = None if dh_n is None else dh_n[:, None]
             dc_n = None if dc_n is None else dc_n[:, None]

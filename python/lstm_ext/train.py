@@ -26,7 +26,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import losses, nn
-from ._checks import is_real
+from ._checks import check_int, is_real
 from .optim import clip_grad_norm
 
 
@@ -89,6 +89,8 @@ def fit(
     asked after every step, its evaluation and after_eval; when it answers
     True, fit raises ``Interrupted`` (a KeyboardInterrupt) right there.
     """
+    steps, start = check_int("steps", steps, 0), check_int("start", start, 0)
+    eval_every = check_int("eval_every", eval_every, 1)
     history = history or History()
     bar = tqdm(total=steps, disable=not progress, unit="step", dynamic_ncols=True)
     postfix = {}
@@ -163,6 +165,7 @@ def stream_chunks(tokens: np.ndarray, batch: int, seq_len: int):
     and the next token of each as targets. ``batches(step)`` cycles through
     the chunks, epoch after epoch; ``len(batches)`` is the chunks per epoch.
     """
+    batch, seq_len = check_int("batch", batch, 1), check_int("seq_len", seq_len, 1)
     tokens = np.asarray(tokens)
     L = len(tokens) // batch
     n = (L - 1) // seq_len
@@ -187,17 +190,30 @@ def stream_chunks(tokens: np.ndarray, batch: int, seq_len: int):
 def generate(model, vocab, prime: str, length: int, temperature: float = 1.0, rng=None) -> str:
     """Text from a character model (a Sequential returning ``(logits, state)``):
     feed ``prime``, then draw ``length`` characters, each fed back in, from
-    softmax(logits / temperature). ``vocab`` is a ``data.Vocab``."""
+    softmax(logits / temperature). ``vocab`` is a ``data.Vocab``. An empty
+    ``prime`` starts from the vocabulary's first character (id 0), which the
+    text returned does not include. The model's mode is as it was after."""
     if not (is_real(temperature) and 0 < temperature < math.inf):
         raise ValueError(f"temperature: expected a finite number > 0, got {temperature!r}")
+    length = check_int("length", length, 0)
     rng = np.random.default_rng() if rng is None else rng
-    model.eval()
-    # Weights packed once, not at every one-character call (the same bits).
+    # Weights packed once, not at every one-character call (the same bits); a
+    # packed copy is in eval mode, and so is the model itself meanwhile,
+    # restored after (a training loop that samples goes on training).
     if isinstance(model, nn.Sequential) and all(
         m.device == "cpu" for m in model.modules if isinstance(m, nn.LSTM)
     ):
-        model = model.packed()
-    ids = vocab.encode(prime) if prime else np.zeros(1, np.int64)
+        return _generate(model.packed(), vocab, prime, length, temperature, rng)
+    was_training = getattr(model, "training", False)
+    model.eval()
+    try:
+        return _generate(model, vocab, prime, length, temperature, rng)
+    finally:
+        model.train(was_training)
+
+
+def _generate(model, vocab, prime, length, temperature, rng) -> str:
+    ids = vocab.encode(prime, "prime") if prime else np.zeros(1, np.int64)
     logits, state = model(ids[:, None])  # [T,1,V]
     if logits.shape[-1] != len(vocab):
         raise ValueError(f"vocab: {len(vocab)} characters, but the model gives "

@@ -45,13 +45,15 @@ class Model {
   static Model from_bytes(const unsigned char* data, size_t size);
 
   const ModelConfig& config() const { return cfg_; }
-  // Parameters by PyTorch's names, float32 (weight_ih_l0, ..._reverse, ...).
+  // Parameters by PyTorch's names, float32 (weight_ih_l0, ..._reverse, ...);
+  // std::out_of_range for a name the model does not have.
   const std::vector<float>& parameter(const std::string& name) const;
 
   // Zero state for a batch of B rows (step() needs it first).
   void reset(int64_t batch);
   // One step of every layer: x [B,I] -> y [B,O], carrying (h, c) from the
-  // previous step. Unidirectional models only (std::logic_error otherwise).
+  // previous step. Unidirectional models only, after reset() (std::logic_error
+  // otherwise).
   void step(const float* x, float* y);
   // A whole sequence: x [T,B,I] -> y [T,B,D*O]. Unidirectional: starts from
   // the state step()/run() left (reset() or a new batch size zeros it) and
