@@ -118,6 +118,68 @@ def test_corrupt_headers_and_shapes_are_refused(tmp_path):
     both_refuse(tmp_path, huge, "dimension 0|shape")
 
 
+def messages(tmp_path, data: bytes) -> tuple[str, str]:
+    """The C++ and the Python reader's messages for bad data, each without
+    what it puts in front ("lstm_ext model: ", the path)."""
+    with pytest.raises(ValueError) as cpp:
+        _core._model_from_bytes(data)
+    path = tmp_path / "bad.lstmx"
+    path.write_bytes(data)
+    with pytest.raises(export.FormatError) as py:
+        export.load_model(path)
+    return str(cpp.value).removeprefix("lstm_ext model: "), str(py.value).removeprefix(f"{path}: ")
+
+
+u32 = struct.Struct("<I").pack
+u64 = struct.Struct("<Q").pack
+
+# valid_bytes' layout (docs/model-format.md): the magic at 0, the u32 header
+# fields from 8 (version, dtype, input_size, hidden_size, num_layers,
+# proj_size, bidirectional, bias, tensor count at 40); the first tensor,
+# weight_ih_l0 [16, 3] float32, at 44: its name at 48, ndim at 60, dims at
+# 64 and 72, values at 80; the second, weight_hh_l0, at 80 + 16 * 3 * 4.
+FIRST, SECOND = 44, 272
+FIELDS = [  # where the new bytes go, they, the offset reported, the problem
+    pytest.param(0, b"NOTMODEL", 0, "not a model file", id="magic"),
+    pytest.param(8, u32(2), 8, "format version 2,", id="version"),
+    pytest.param(12, u32(2), 12, "dtype code 2 ", id="dtype"),
+    pytest.param(16, u32(0), 16, "input_size = 0 is outside", id="input_size"),
+    pytest.param(20, u32(1 << 30), 20, "hidden_size = 1073741824 is outside", id="hidden_size"),
+    pytest.param(24, u32(1025), 24, "num_layers = 1025 is outside", id="num_layers"),
+    pytest.param(28, u32(4), 28, "proj_size = 4 is outside [0, 3]", id="proj_size"),
+    pytest.param(32, u32(7), 32, "bidirectional = 7 is outside", id="bidirectional"),
+    pytest.param(36, u32(2), 36, "bias = 2 is outside", id="bias"),
+    pytest.param(40, u32(99), 40, "99 tensors, expected 10", id="count"),
+    pytest.param(FIRST, u32(65), FIRST, "name length = 65 is outside", id="name-length"),
+    pytest.param(FIRST + 4, b"X", FIRST, "unexpected tensor 'Xeight_ih_l0'", id="name"),
+    pytest.param(SECOND + 4, b"weight_ih_l0", SECOND, "tensor 'weight_ih_l0' twice", id="twice"),
+    pytest.param(60, u32(9), 60, "'weight_ih_l0' has 9 dimensions, expected 2", id="ndim-9"),
+    pytest.param(60, u32(1), 60, "'weight_ih_l0' has 1 dimensions, expected 2", id="ndim-1"),
+    pytest.param(64, u64(1 << 40), 64, "'weight_ih_l0' dimension 0 is 1099511627776,", id="dim0"),
+    pytest.param(72, u64(5), 72, "'weight_ih_l0' dimension 1 is 5, expected 3", id="dim1"),
+]
+
+
+@pytest.mark.parametrize("at, raw, reported, problem", FIELDS)
+def test_each_corrupt_field_is_named_at_its_offset(tmp_path, at, raw, reported, problem):
+    """One field changed: Python names the problem and the field's offset,
+    in the C++ reader's words (which give no offset for the magic and the
+    version)."""
+    data = valid_bytes(tmp_path)
+    cpp, py = messages(tmp_path, data[:at] + raw + data[at + len(raw) :])
+    assert py.startswith(problem) and py.endswith(f" (byte {reported})"), py
+    assert py == (cpp if "(byte" in cpp else f"{cpp} (byte {reported})")
+
+
+def test_trailing_bytes_and_every_truncation_are_named_at_their_offset(tmp_path):
+    data = valid_bytes(tmp_path)
+    cpp, py = messages(tmp_path, data + b"\0\0")
+    assert py == cpp == f"2 bytes after the last tensor (byte {len(data)})"
+    for n in range(len(data)):
+        cpp, py = messages(tmp_path, data[:n])
+        assert py == cpp and "(byte " in py, n
+
+
 def test_cpp_example_reports_a_bad_file(example, tmp_path):
     data = valid_bytes(tmp_path)
     (tmp_path / "cut.lstmx").write_bytes(data[:50])

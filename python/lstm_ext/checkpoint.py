@@ -10,10 +10,12 @@ is safe to open. It holds
   version, the model's ``config()`` (its layer sizes and dtype), the random
   generator states of modules that draw (dropout), and the caller's metadata.
 
-Saving is atomic: the file is written beside the target under a temporary
-name, flushed to disk and renamed over it, so a crash mid-save leaves the
-previous checkpoint intact. A missing, truncated, corrupt or mismatched file
-raises ``CheckpointError`` (a ValueError) that says which and why.
+Saving is atomic (``_files.write_atomically``): the file is written beside
+the target under a temporary name, flushed to disk and renamed over it, so a
+crash mid-save leaves the previous checkpoint intact; the file gets the
+permissions ``open(path, "wb")`` would give it. A missing, truncated,
+corrupt or mismatched file raises ``CheckpointError`` (a ValueError) that
+says which and why.
 
 Loading trusts nothing in the file: it reads only uncompressed members (as
 ``save`` writes them) that are ``.npy`` arrays whose bytes hold what their
@@ -27,8 +29,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _device, nn
+from ._files import write_atomically
 from ._version import __version__
 
 FORMAT = "lstm_ext.checkpoint/1"
@@ -73,7 +74,6 @@ def _set_rng_states(model: nn.Module, states: dict) -> None:
 
 def save(path, model: nn.Module, optimizer=None, meta: dict | None = None) -> None:
     """Write model (+ optimizer state, + JSON-serialisable meta) to path, atomically."""
-    path = Path(path)
     header = dict(
         format=FORMAT,
         lstm_ext_version=__version__,
@@ -85,21 +85,7 @@ def save(path, model: nn.Module, optimizer=None, meta: dict | None = None) -> No
     if optimizer is not None:
         arrays.update({f"optim/{k}": np.asarray(v) for k, v in optimizer.state_dict().items()})
     arrays["__meta__"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent or ".", os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # the rename itself reaches the disk
-    finally:
-        os.close(dir_fd)
+    write_atomically(path, lambda f: np.savez(f, **arrays))
 
 
 def _check_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, file_size: int) -> None:

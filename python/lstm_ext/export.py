@@ -16,14 +16,13 @@ values (row-major). Nothing may follow the last tensor.
 
 from __future__ import annotations
 
-import os
 import struct
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from . import _device, nn
+from ._files import write_atomically
 
 MAGIC = b"LSTMEXT\0"
 VERSION = 1
@@ -34,7 +33,9 @@ class FormatError(ValueError):
 
 
 def save_model(lstm: nn.LSTM, path) -> None:
-    """Write ``lstm`` (its parameters in its dtype) to ``path``, atomically."""
+    """Write ``lstm`` (its parameters in its dtype) to ``path``, atomically
+    (``_files.write_atomically``: flushed to disk, the permissions
+    ``open(path, "wb")`` would give)."""
     if not isinstance(lstm, nn.LSTM):
         raise TypeError(f"lstm: expected an lstm_ext.nn.LSTM, got {type(lstm).__name__}")
     head = struct.pack(
@@ -49,74 +50,83 @@ def save_model(lstm: nn.LSTM, path) -> None:
         parts.append(struct.pack(f"<I{len(raw)}sI", len(raw), raw, a.ndim))
         parts.append(struct.pack(f"<{a.ndim}Q", *a.shape))
         parts.append(a.tobytes())
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(b"".join(parts))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, b"".join(parts))
 
 
 def load_model(path) -> nn.LSTM:
-    """Read a model file into a new ``nn.LSTM`` (eval mode); FormatError if it is bad."""
+    """Read a model file into a new ``nn.LSTM`` (eval mode). A bad file raises
+    FormatError: the path, the problem and the byte offset of the field at
+    fault, in the C++ reader's words and at its offsets (it gives none for
+    the magic, byte 0, and the version, byte 8)."""
     data = Path(path).read_bytes()
     pos = 0
+
+    def fail(problem: str, at: int) -> FormatError:
+        return FormatError(f"{path}: {problem} (byte {at})")
 
     def take(n: int, what: str) -> bytes:
         nonlocal pos
         if n > len(data) - pos:
-            raise FormatError(
-                f"{path}: truncated: {what} needs {n} bytes, {len(data) - pos} left (byte {pos})"
-            )
+            raise fail(f"truncated: {what} needs {n} bytes, {len(data) - pos} left", pos)
         pos += n
         return data[pos - n : pos]
 
     def u32(what: str) -> int:
         return struct.unpack("<I", take(4, what))[0]
 
+    def checked(what: str, lo: int, hi: int, read_as: str | None = None) -> int:
+        """The next u32, which must be in [lo, hi]; read_as: its name in a
+        truncation's message, where that differs."""
+        at = pos
+        if not lo <= (v := u32(read_as or what)) <= hi:
+            raise fail(f"{what} = {v} is outside [{lo}, {hi}]", at)
+        return v
+
     if take(8, "the magic bytes") != MAGIC:
-        raise FormatError(f"{path}: not a model file (no LSTMEXT magic at its start)")
+        raise fail("not a model file (no LSTMEXT magic at its start)", 0)
     if (version := u32("the format version")) != VERSION:
-        raise FormatError(f"{path}: format version {version}, this reader reads {VERSION}")
+        raise fail(f"format version {version}, this reader reads version {VERSION}", 8)
     dtype = {4: np.dtype("<f4"), 8: np.dtype("<f8")}.get(code := u32("the dtype"))
     if dtype is None:
-        raise FormatError(f"{path}: dtype code {code} (expected 4 or 8)")
-    cfg = {k: u32(k) for k in ("input_size", "hidden_size", "num_layers", "proj_size")}
-    for k, (lo, hi) in nn.LSTM_LIMITS.items():
-        if not lo <= cfg[k] <= hi:
-            raise FormatError(f"{path}: {k} = {cfg[k]} is outside [{lo}, {hi}]")
-    if cfg["proj_size"] >= cfg["hidden_size"]:
-        raise FormatError(f"{path}: proj_size = {cfg['proj_size']} >= hidden_size")
-    flags = {k: u32(k) for k in ("bidirectional", "bias")}
-    if any(v not in (0, 1) for v in flags.values()):
-        raise FormatError(f"{path}: bidirectional and bias must be 0 or 1, got {flags}")
-    want = _shapes(cfg, bool(flags["bidirectional"]), bool(flags["bias"]))
+        raise fail(f"dtype code {code} (expected 4, float32, or 8, float64)", 12)
+    cfg = {k: checked(k, *nn.LSTM_LIMITS[k]) for k in ("input_size", "hidden_size", "num_layers")}
+    cfg["proj_size"] = checked("proj_size", 0, cfg["hidden_size"] - 1)
+    flags = {k: checked(k, 0, 1) == 1 for k in ("bidirectional", "bias")}
+    want = _shapes(cfg, **flags)
+    at = pos
     if (count := u32("the tensor count")) != len(want):
-        raise FormatError(f"{path}: {count} tensors, expected {len(want)}")
+        raise fail(f"{count} tensors, expected {len(want)} for this configuration", at)
     values = {}  # read (and their bytes checked) before the LSTM is built
     for _ in range(count):
-        n = u32("a name's length")
-        if not 1 <= n <= 64:
-            raise FormatError(f"{path}: a name of {n} bytes (at most 64)")
-        name = take(n, "a tensor name").decode("ascii", errors="replace")
-        if name not in want or name in values:
-            raise FormatError(f"{path}: unexpected or repeated tensor {name!r}")
-        ndim = u32(f"{name!r} ndim")
-        shape = struct.unpack(f"<{ndim}Q", take(8 * ndim, f"{name!r} shape")) if ndim < 8 else ()
-        if shape != want[name]:
-            raise FormatError(f"{path}: {name!r} has shape {shape}, expected {want[name]}")
-        size = int(np.prod(shape)) * dtype.itemsize
-        values[name] = np.frombuffer(take(size, f"{name!r} data"), dtype).reshape(shape)
+        at = pos
+        n = checked("name length", 1, 64, read_as="a name's length")
+        name = take(n, "a tensor name").decode("latin-1")
+        if name not in want:
+            raise fail(f"unexpected tensor {_quoted(name)}", at)
+        if name in values:
+            raise fail(f"tensor {_quoted(name)} twice", at)
+        at = pos
+        if (ndim := u32(f"{name!r} ndim")) != len(want[name]):
+            raise fail(f"{name!r} has {ndim} dimensions, expected {len(want[name])}", at)
+        for i, expected in enumerate(want[name]):
+            at = pos
+            if (dim := struct.unpack("<Q", take(8, f"{name!r} shape"))[0]) != expected:
+                raise fail(f"{name!r} dimension {i} is {dim}, expected {expected}", at)
+        size = int(np.prod(want[name])) * dtype.itemsize
+        values[name] = np.frombuffer(take(size, f"{name!r} data"), dtype).reshape(want[name])
     if pos != len(data):
-        raise FormatError(f"{path}: {len(data) - pos} bytes after the last tensor")
-    lstm = nn.LSTM(**cfg, bidirectional=bool(flags["bidirectional"]), bias=bool(flags["bias"]),
-                   dtype=np.dtype(dtype.type))  # fmt: skip
+        raise fail(f"{len(data) - pos} bytes after the last tensor", pos)
+    lstm = nn.LSTM(**cfg, **flags, dtype=np.dtype(dtype.type))
     for name, v in values.items():
         lstm.params[name][...] = v
     return lstm.eval()
+
+
+def _quoted(name: str) -> str:
+    """A name from the file as a message quotes it, as the C++ reader does:
+    printable ASCII as is, any other byte (latin-1 decoded) as \\xNN."""
+    text = "".join(c if " " <= c <= "~" and c not in "\\'" else f"\\x{ord(c):02x}" for c in name)
+    return f"'{text}'"
 
 
 def _shapes(cfg: dict, bidirectional: bool, bias: bool) -> dict[str, tuple[int, ...]]:
