@@ -1,5 +1,7 @@
 """The command line end to end, with a few steps of each task."""
 
+import argparse
+import re
 import subprocess
 import sys
 
@@ -7,8 +9,9 @@ import numpy as np
 import pytest
 
 import lstm_ext
-from lstm_ext import checkpoint
-from lstm_ext.cli import main
+from lstm_ext import checkpoint, data
+from lstm_ext.cli import TASKS, UsageError, check_streams, main
+from lstm_ext.train import stream_chunks
 
 SMALL = ["--steps", "3", "--hidden", "8", "--batch", "4", "--seq-len", "12", "--no-progress"]
 
@@ -35,11 +38,21 @@ def test_text_prints_the_baseline_and_a_sample_then_samples_again(capsys, tmp_pa
     assert rc == 0
     assert "unigram model of the text" in out and "bits/char on the held-out text" in out
     assert "sample (temperature 0.8):\nThe " in out
+    assert "bits/char (last 3 steps)" in out  # --steps 3: it had said "last 20"
     ck = str(tmp_path / "text.npz")
     rc, out, _ = run(capsys, "sample", "--checkpoint", ck, "--length", "30", "--prime", "def ")
     assert rc == 0 and out.startswith("def ") and len(out.rstrip("\n")) >= 34
     rc, again, _ = run(capsys, "sample", "--checkpoint", ck, "--length", "30", "--prime", "def ")
     assert again == out  # the same --seed draws the same text
+    # A --prime outside the vocabulary is a bad argument, named as such; it had
+    # been "text: characters not in the vocabulary", exit status 1.
+    rc, _, err = run(capsys, "sample", "--checkpoint", ck, "--prime", "été")
+    assert rc == 2 and err.count("\n") == 1, err
+    assert f"--prime: characters not in the vocabulary of checkpoint {ck}: 'é'" in err
+    # The run's folder for --checkpoint: "a directory", not "no such file".
+    rc, _, err = run(capsys, "sample", "--checkpoint", str(tmp_path))
+    assert rc == 1 and err.count("\n") == 1, err
+    assert f"checkpoint {tmp_path}: a directory, not a checkpoint file (did you mean {ck}?)" in err
 
 
 def test_a_fixed_seed_repeats_exactly(capsys, tmp_path):
@@ -60,8 +73,9 @@ def test_a_fixed_seed_repeats_exactly(capsys, tmp_path):
         (["train", "--lr", "-1"], 2, "--lr: expected a positive finite number"),
         (["train", "--dtype", "float16"], 2, "--dtype: invalid choice"),
         (["frobnicate"], 2, "invalid choice: 'frobnicate'"),
-        ([], 2, "the following arguments are required: command"),
+        ([], 2, "the following arguments are required: {train,sample,info}"),
         (["sample", "--checkpoint", "/nonexistent/x.npz"], 1, "no such file"),
+        (["sample", "--checkpoint", "/"], 1, "checkpoint /: a directory, not a checkpoint file"),
         (["train", "--out", "/proc/lstm-ext-cannot-write", *SMALL], 1, "cannot write there"),
         (["train", "--lr", "inf"], 2, "--lr: expected a positive finite number, got 'inf'"),
         (["train", "--seed", "-1"], 2, "--seed: expected an integer >= 0, got '-1'"),
@@ -75,13 +89,68 @@ def test_a_fixed_seed_repeats_exactly(capsys, tmp_path):
             2,
             "--seq-len: expected at most 3748",
         ),
+        # It had been "length: expected >= 2, got 1" with exit status 1.
+        (
+            ["train", "--task", "adding", "--seq-len", "1", *SMALL[:2]],
+            2,
+            "--seq-len: expected at least 2 for --task adding",
+        ),
+        # These had been "tokens: 418613 are too few for batch=32 streams of
+        # seq_len=1000000", exit status 1 (test_text_sizes checks the numbers).
+        (["train", "--seq-len", "1000000"], 2, "--seq-len: expected at most "),
+        (["train", "--batch", "1000000"], 2, "--batch: expected at most "),
     ],
 )
-def test_errors_are_one_line(capsys, argv, rc, words):
+def test_errors_are_one_line(capsys, tmp_path, monkeypatch, argv, rc, words):
+    monkeypatch.chdir(tmp_path)  # --out's default, ./lstm-ext-runs, is made here
     got, _out, err = run(capsys, *argv)
     assert got == rc
     assert err.count("\n") == 1 and err.startswith("lstm-ext: error: "), err
     assert words in err
+    assert list(tmp_path.iterdir()) == []  # no empty --out folder left behind
+
+
+def test_text_sizes_name_the_option_and_the_largest_value(capsys, tmp_path):
+    """The largest --seq-len and --batch that check_streams lets through are
+    those stream_chunks takes; the command line names them (exit status 2)."""
+    n = int(0.9 * len(data.pydoc_text()))  # the training characters
+    cfg = dict(TASKS["text"])
+    B, T = cfg["batch"], cfg["seq_len"]
+    given = argparse.Namespace(seq_len=n // B, batch=None)  # --seq-len alone given
+    for seq_len, batch in [(n // B - 1, B), (T, n // (T + 1))]:
+        sizes = dict(cfg, seq_len=seq_len, batch=batch)
+        check_streams(n, given, sizes)
+        assert len(stream_chunks(np.zeros(n), batch, seq_len)) == 1
+        with pytest.raises(ValueError, match="too few"):
+            stream_chunks(np.zeros(n), batch, seq_len + 1)
+        with pytest.raises(ValueError, match="too few"):
+            stream_chunks(np.zeros(n), batch + 1, seq_len)
+    out = str(tmp_path / "run")
+    for argv, words in [
+        (["--seq-len", str(n // B)], f"--seq-len: expected at most {n // B - 1} for --batch {B} "),
+        (["--batch", str(n // (T + 1) + 1)], f"--batch: expected at most {n // (T + 1)} for "),
+        (["--batch", "1000000", "--seq-len", "1000000"], f"--seq-len: expected at most {n - 1}"),
+    ]:
+        rc, stdout, err = run(capsys, "train", "--out", out, *argv)
+        assert rc == 2 and words in err and f"({n} training characters)" in err, err
+        assert stdout == ""  # refused before any work
+    with pytest.raises(UsageError, match="--seq-len: expected at most"):
+        check_streams(n, given, dict(cfg, seq_len=n // B))
+
+
+def test_a_failed_run_removes_only_the_folders_it_made(capsys, tmp_path):
+    bad = ["--task", "adding", "--seq-len", "1"]
+    rc, _, err = run(capsys, "train", "--out", str(tmp_path / "a" / "b" / "c"), *bad)
+    assert rc == 2, err
+    assert list(tmp_path.iterdir()) == []  # a, a/b and a/b/c made by the run, removed
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("mine")
+    for existing in ("empty", "full"):
+        rc, _, err = run(capsys, "train", "--out", str(tmp_path / existing), *bad)
+        assert rc == 2, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "full"]
+    assert [p.name for p in (tmp_path / "full").iterdir()] == ["notes.txt"]
 
 
 def test_sample_refuses_other_checkpoints(capsys, tmp_path):
@@ -118,6 +187,37 @@ def test_sample_refuses_checkpoints_it_cannot_sample_in_one_line(capsys, tmp_pat
         checkpoint.save(path, m, None, meta)
         rc, _, err = run(capsys, "sample", "--checkpoint", str(path), "--prime", "a")
         assert rc == 1 and words in err and err.count("\n") == 1, (k, err)
+
+
+def help_of(capsys, *argv):
+    """{option: its help text, unwrapped} from ``lstm-ext ARGV --help``, and
+    the text before the options, unwrapped (any terminal width)."""
+    with pytest.raises(SystemExit):
+        main([*argv, "--help"])
+    text = capsys.readouterr().out
+    head, options = text.split("\noptions:\n")  # "options:" since Python 3.10
+    blocks = re.split(r"\n  (?=-)", options)
+    return {b.split()[0].rstrip(","): " ".join(b.split()[1:]) for b in blocks}, " ".join(
+        head.split()
+    )
+
+
+def test_help_gives_every_default(capsys):
+    for command in ("train", "sample"):
+        helps, _ = help_of(capsys, command)
+        for option, text in helps.items():
+            assert option == "-h" or "default" in text, (command, option, text)
+    helps, _ = help_of(capsys, "train")
+    assert "(default 256 for text, 64 for adding and forecast)" in helps["--hidden"]
+    assert "(default 64 for text, 100 for adding and forecast)" in helps["--seq-len"]
+    assert "(default 0.003 for text, 0.01 for adding, 0.005 for forecast)" in helps["--lr"]
+    for option in ("--steps", "--batch", "--eval-every"):
+        assert "for text" in helps[option], helps[option]
+    assert "(default float32)" in helps["--dtype"]
+    assert "(default 400)" in help_of(capsys, "sample")[0]["--length"]
+    _, head = help_of(capsys)  # plain text, not the docstring's ``markup``
+    assert "The command line: lstm-ext train | sample | info (also python -m lstm_ext)." in head
+    assert "``" not in head
 
 
 def test_info_and_module_entry_point():

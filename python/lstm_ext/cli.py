@@ -92,8 +92,19 @@ class _PrintAndExit(argparse.Action):
         parser.exit()
 
 
+def task_defaults(key: str) -> str:
+    """For --help: a setting's default in TASKS, "default 1" where every task
+    has the same, else "default 256 for text, 64 for adding and forecast"."""
+    tasks = {}  # value -> the tasks with it
+    for task, cfg in TASKS.items():
+        tasks.setdefault(f"{cfg[key]:g}", []).append(task)
+    if len(tasks) == 1:
+        return f"default {next(iter(tasks))}"
+    return "default " + ", ".join(f"{v} for {' and '.join(ts)}" for v, ts in tasks.items())
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="lstm-ext", description=__doc__.split("\n\n")[0])
+    p = _Parser(prog="lstm-ext", description=__doc__.split("\n\n")[0].replace("``", ""))
     p.add_argument("--version", action="version", version=f"lstm-ext {__version__}")
     p.add_argument(
         "--cmake-dir",
@@ -117,20 +128,27 @@ def build_parser() -> argparse.ArgumentParser:
         "problem; forecast: a univariate time series",
     )
     t.add_argument(
-        "--hidden", type=int_in(*nn.LSTM_LIMITS["hidden_size"]), help="hidden units per LSTM layer"
+        "--hidden",
+        type=int_in(*nn.LSTM_LIMITS["hidden_size"]),
+        help=f"hidden units per LSTM layer ({task_defaults('hidden')})",
     )
     t.add_argument(
-        "--layers", type=int_in(*nn.LSTM_LIMITS["num_layers"]), help="stacked LSTM layers"
+        "--layers",
+        type=int_in(*nn.LSTM_LIMITS["num_layers"]),
+        help=f"stacked LSTM layers ({task_defaults('layers')})",
     )
-    t.add_argument("--steps", type=positive_int, help="optimiser steps")
-    t.add_argument("--batch", type=positive_int, help="sequences per step")
+    t.add_argument("--steps", type=positive_int,
+                   help=f"optimiser steps ({task_defaults('steps')})")  # fmt: skip
+    t.add_argument("--batch", type=positive_int,
+                   help=f"sequences per step ({task_defaults('batch')})")  # fmt: skip
     t.add_argument(
         "--seq-len",
         type=positive_int,
-        help="steps per sequence: the BPTT chunk (text), the sequence length "
-        "(adding, default 100), the window (forecast)",
+        help="steps per sequence: the BPTT chunk for text, the sequence length for adding "
+        f"(at least 2), the window for forecast ({task_defaults('seq_len')})",
     )
-    t.add_argument("--lr", type=positive_float, help="Adam's learning rate (cosine decay)")
+    t.add_argument("--lr", type=positive_float,
+                   help=f"Adam's learning rate, cosine decay ({task_defaults('lr')})")  # fmt: skip
     t.add_argument("--seed", type=int_in(0), default=0, help="seed of weights and data (default 0)")
     t.add_argument(
         "--out",
@@ -138,9 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path("lstm-ext-runs"),
         help="folder for the checkpoint and plots (default ./lstm-ext-runs)",
     )
-    t.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    t.add_argument("--eval-every", type=positive_int, help="steps between evaluations")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                   help="the floating-point type of the weights and the arithmetic "
+                   "(default float32)")  # fmt: skip
+    t.add_argument("--eval-every", type=positive_int,
+                   help=f"steps between evaluations and checkpoints "
+                   f"({task_defaults('eval_every')})")  # fmt: skip
+    t.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (default: one on stderr)")  # fmt: skip
 
     s = sub.add_parser("sample", help="generate text from a trained character model")
     s.add_argument(
@@ -149,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path("lstm-ext-runs/text.npz"),
         help="a checkpoint written by 'train --task text' (default ./lstm-ext-runs/text.npz)",
     )
-    s.add_argument("--length", type=positive_int, default=400, help="characters to generate")
+    s.add_argument("--length", type=positive_int, default=400,
+                   help="characters to generate (default 400)")  # fmt: skip
     s.add_argument(
         "--temperature",
         type=positive_float,
@@ -160,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int_in(0), default=0, help="sampling seed (default 0)")
 
     sub.add_parser("info", help="version, build, BLAS and threads, CUDA")
+    # No command: "required: {train,sample,info}" (argparse names it by its metavar).
+    sub.metavar = "{" + ",".join(sub.choices) + "}"
     return p  # fmt: skip
 
 
@@ -185,6 +211,27 @@ def out_dir(path: Path) -> Path:
     except OSError as e:
         raise OSError(f"--out {path}: cannot write there ({e.strerror or e})") from None
     return path
+
+
+@contextlib.contextmanager
+def removed_if_left_empty(path: Path):
+    """On an exception (bad arguments found by a task, Ctrl-C before the first
+    checkpoint), remove the folders of ``path`` that the block created and left
+    empty, the deepest first; one that existed before, or holds anything, stays."""
+    new = []  # path and its parents up to the first that exists
+    for p in (path, *path.parents):
+        if os.path.lexists(p):
+            break
+        new.append(p)
+    try:
+        yield
+    except BaseException:
+        for p in new:
+            try:
+                p.rmdir()
+            except OSError:  # not empty, or not ours to remove: it and those above stay
+                break
+        raise
 
 
 def forget_bias(lstm: nn.LSTM, value: float) -> None:
@@ -317,12 +364,31 @@ def fit_and_save(args, cfg, model, ckpt: Path, meta, *fit_args, **fit_kwargs):
 # ---- the tasks -----------------------------------------------------------------
 
 
+def check_streams(n: int, args, cfg) -> None:
+    """UsageError unless n training characters make at least one chunk of
+    ``stream_chunks``: ``batch`` streams of n // batch characters, each
+    holding ``seq_len`` inputs and the next character. It names --batch where
+    --batch alone was given, or where no --seq-len would do; else --seq-len."""
+    B, T = cfg["batch"], cfg["seq_len"]
+    if B * (T + 1) <= n:
+        return
+    data_size = f"({n} training characters)"
+    if n // B >= 2 and (args.seq_len is not None or args.batch is None):
+        raise UsageError(f"--seq-len: expected at most {n // B - 1} for --batch {B} "
+                         f"{data_size}, got {T}")  # fmt: skip
+    if n // (T + 1) >= 1:
+        raise UsageError(f"--batch: expected at most {n // (T + 1)} for --seq-len {T} "
+                         f"{data_size}, got {B}")  # fmt: skip
+    raise UsageError(f"--seq-len: expected at most {n - 1}, with --batch 1 {data_size}, got {T}")
+
+
 def train_text(args, cfg) -> None:
     text = data.pydoc_text()
     vocab = data.Vocab(text)
     ids = vocab.encode(text)
     split = int(0.9 * len(ids))
     train_ids, held = ids[:split], ids[split:]
+    check_streams(len(train_ids), args, cfg)
     V, dtype = len(vocab), args.dtype
     model = nn.Sequential(
         nn.Embedding(V, cfg["embed"], dtype=dtype, seed=args.seed),
@@ -351,9 +417,10 @@ def train_text(args, cfg) -> None:
         stream_chunks(train_ids, cfg["batch"], cfg["seq_len"]), TruncatedBPTT(), cfg["steps"],
         eval_fn=evaluate, unit="char", scale=1 / np.log(2),
     )  # fmt: skip
-    final = history.eval_loss[-1]
+    final, last = history.eval_loss[-1], history.loss[-20:]  # fewer than 20 after a short run
+    steps = f"{len(last)} step{'s' * (len(last) != 1)}"
     print(f"held-out: {final:.3f} bits/char (unigram: {unigram:.3f}); "
-          f"training: {np.mean(history.loss[-20:]):.3f} bits/char (last 20 steps)")  # fmt: skip
+          f"training: {np.mean(last):.3f} bits/char (last {steps})")  # fmt: skip
     png = args.out / "text-loss.png"
     plot(png, "character LM on pydoc_data.topics", "bits per character",
          loss_curves(history), hline=("unigram", unigram))  # fmt: skip
@@ -364,6 +431,9 @@ def train_text(args, cfg) -> None:
 
 def train_adding(args, cfg) -> None:
     T, dtype = cfg["seq_len"], np.dtype(args.dtype)
+    if T < 2:  # a marked step in each half of the sequence
+        raise UsageError(f"--seq-len: expected at least 2 for --task adding (a marked step "
+                         f"in each half of the sequence), got {T}")  # fmt: skip
     model = nn.Sequential(
         nn.LSTM(2, cfg["hidden"], cfg["layers"], dtype=dtype, seed=args.seed),
         nn.Linear(cfg["hidden"], 1, dtype=dtype, seed=args.seed + 1),
@@ -474,8 +544,12 @@ def train_forecast(args, cfg) -> None:
 
 
 def cmd_sample(args) -> None:
-    ck = checkpoint.load(args.checkpoint)
     where = f"checkpoint {args.checkpoint}"
+    if args.checkpoint.is_dir():  # checkpoint.load would say "no such file"
+        inside = args.checkpoint / "text.npz"
+        hint = f" (did you mean {inside}?)" if inside.is_file() else ""
+        raise checkpoint.CheckpointError(f"{where}: a directory, not a checkpoint file{hint}")
+    ck = checkpoint.load(args.checkpoint)
     meta = ck.meta if isinstance(ck.meta, dict) else {}
     if meta.get("task") != "text":
         raise checkpoint.CheckpointError(
@@ -487,6 +561,10 @@ def cmd_sample(args) -> None:
             f"{where}: its meta has no vocabulary (a string of the characters), got {chars!r:.60}"
         )
     vocab = data.Vocab(chars)
+    unknown = sorted(set(args.prime) - set(chars))
+    if unknown:
+        raise UsageError(f"--prime: characters not in the vocabulary of {where}: "
+                         f"{''.join(unknown)!r}")  # fmt: skip
     model = ck.model
     first = model.modules[0] if isinstance(model, nn.Sequential) and model.modules else None
     if not isinstance(first, nn.Embedding):
@@ -532,8 +610,10 @@ def cmd_info(args) -> None:
 
 def cmd_train(args) -> None:
     cfg = settings(args)
-    args.out = out_dir(args.out)
-    {"text": train_text, "adding": train_adding, "forecast": train_forecast}[args.task](args, cfg)
+    task = {"text": train_text, "adding": train_adding, "forecast": train_forecast}[args.task]
+    with removed_if_left_empty(args.out):  # a failed run leaves no empty --out behind
+        args.out = out_dir(args.out)
+        task(args, cfg)
 
 
 def _ignore_sigint():
