@@ -42,7 +42,14 @@ F64 = np.zeros((), np.float64)  # dtype token
         (dict(R=np.zeros((4 * H, H, 1))), ValueError, ["R", "2 dimensions", "(20, 5, 1)"]),
         # wrong shapes
         (dict(W=np.zeros((4 * H, I + 1))), ValueError, ["W", "[4H,I]", "(20, 4)", "(20, 5)"]),
-        (dict(R=np.zeros((4 * H, H + 1))), ValueError, ["R", "[4H,H]", "(24, 6)", "(20, 6)"]),
+        (
+            dict(R=np.zeros((4 * H, H + 1))),
+            ValueError,
+            ["R", "[4H,H] (H=6 from R's columns)", "(24, 6)", "(20, 6)"],
+        ),
+        # R with I columns for H: the rule that H comes from R is said, as
+        # W's rows alone would point to another H
+        (dict(R=np.zeros((4 * H, I))), ValueError, ["R", f"(H={I} from R's columns)"]),
         (dict(R=np.zeros((H, H))), ValueError, ["R", "(20, 5)", "(5, 5)"]),
         (dict(b=np.zeros(H)), ValueError, ["b", "[4H]", "(20,)", "(5,)"]),
         (dict(b=np.zeros((1, 4 * H))), ValueError, ["b", "(20,)", "(1, 20)"]),

@@ -203,3 +203,16 @@ def bad(shape):
 def test_bad_shapes_raise_naming_the_argument(function, args, message):
     with pytest.raises(ValueError, match=message):
         function(*args)
+
+
+def test_a_model_without_biases_converts_with_zero_biases():
+    # torch's bias=False has no b_ih: it had been refused as "b_ih: expected
+    # shape [4H] = (24,), got ()".
+    rng = np.random.default_rng(3)
+    W, R = rng.standard_normal((24, 3)), rng.standard_normal((24, 6))
+    Wo, Ro, B = convert.torch_to_onnx(W, R, None)
+    assert B.shape == (48,) and not B.any() and B.dtype == W.dtype
+    np.testing.assert_array_equal(convert.onnx_to_torch(Wo, Ro, B)[0], W)
+    kernel, _, bias = convert.torch_to_keras(W, R)
+    assert bias.shape == (24,) and not bias.any()
+    np.testing.assert_array_equal(kernel, W.T)

@@ -320,10 +320,10 @@ inline LayerArgs check_layer(const py::object& W, const py::object& R, const py:
                             shape_str(shape_of(l.W_hr.a)));
     check_shape(l.R, {4 * H, P}, "[4H,P] (H=" + std::to_string(H) + " from W_hr)");
   } else {
-    check_shape(l.R, {4 * H, H}, "[4H,H]");
+    check_shape(l.R, {4 * H, H}, "[4H,H] (H=" + std::to_string(H) + " from R's columns)");
   }
   check_ndim(l.W, 2, "[4H,I]");
-  check_shape(l.W, {4 * H, I}, "[4H,I]");
+  check_shape(l.W, {4 * H, I}, "[4H,I] (H=" + std::to_string(H) + ")");
   if (l.b.given()) {
     check_dtype(l.b, size, "x");
     check_shape(l.b, {4 * H}, "[4H]");

@@ -90,11 +90,12 @@ def _hidden(name, a, axis, layout):
 
 
 def _torch_args(W, R, b_ih, b_hh):
-    """Checked (W [4H,I], R [4H,H], b_ih [4H], b_hh [4H] or None)."""
+    """Checked (W [4H,I], R [4H,H], b_ih [4H], b_hh [4H] or None); b_ih None
+    is zeros (a model without biases, torch's bias=False)."""
     H = _hidden("W", W, 0, "[4H,I]")
     W = np.asarray(W)
     R = _check("R", R, (4 * H, H), "[4H,H]")
-    b_ih = _check("b_ih", b_ih, (4 * H,), "[4H]")
+    b_ih = np.zeros(4 * H, W.dtype) if b_ih is None else _check("b_ih", b_ih, (4 * H,), "[4H]")
     if b_hh is not None:
         b_hh = _check("b_hh", b_hh, (4 * H,), "[4H]")
     return W, R, b_ih, b_hh
@@ -118,11 +119,11 @@ def _keras_args(kernel, recurrent_kernel, bias):
     return np.asarray(kernel), recurrent_kernel, bias
 
 
-def torch_to_onnx(W, R, b_ih, b_hh=None):
+def torch_to_onnx(W, R, b_ih=None, b_hh=None):
     """PyTorch (or ours) to ONNX, one direction.
 
-    Source: W [4H,I], R [4H,H], b_ih [4H], b_hh [4H] or None (zeros; pass
-    ours as b_ih), gates i, f, g, o.
+    Source: W [4H,I], R [4H,H], b_ih [4H] or None, b_hh [4H] or None (None:
+    zeros, as for torch's bias=False; pass ours as b_ih), gates i, f, g, o.
     Target: W [4H,I], R [4H,H], B [8H] = [Wb | Rb] with Wb = b_ih, Rb = b_hh,
     gates i, o, f, c.
     """
@@ -144,10 +145,11 @@ def onnx_to_torch(W, R, B):
     return tuple(reorder_gates(a, ONNX, TORCH) for a in (W, R, Wb, Rb))
 
 
-def torch_to_keras(W, R, b_ih, b_hh=None):
+def torch_to_keras(W, R, b_ih=None, b_hh=None):
     """PyTorch (or ours) to Keras.
 
-    Source: W [4H,I], R [4H,H], b_ih [4H], b_hh [4H] or None, gates i, f, g, o.
+    Source: W [4H,I], R [4H,H], b_ih [4H] or None, b_hh [4H] or None (None:
+    zeros), gates i, f, g, o.
     Target: kernel = Wᵀ [I,4H], recurrent_kernel = Rᵀ [H,4H],
     bias = b_ih + b_hh [4H], gates i, f, c, o (the same order).
     """
