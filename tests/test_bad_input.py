@@ -299,14 +299,38 @@ def test_a_flag_that_is_no_bool_is_named(call, name, value):
     assert str(e.value) == f"{name}: expected a bool, got {type(value).__name__}"
 
 
-@pytest.mark.parametrize("value", [True, False, np.bool_(True), 0, 1, None])
-def test_flags_take_what_a_bool_parameter_took(value):
-    # True and False, and what pybind11 converts to a bool: NumPy's bool,
-    # numbers, None (as False).
+@pytest.mark.parametrize(
+    "value, means", [(np.bool_(True), True), (np.bool_(False), False), (0, False), (1, True),
+                     (np.int64(1), True), (None, False)],
+)  # fmt: skip
+def test_flags_take_bools_the_integers_0_and_1_and_none(value, means):
+    # the one rule of every flag (_checks.check_bool): each of these gives
+    # the result of the flag given as the bool it means
     for call, names in FLAGS.items():
         for name in names:
-            if call != "forward" or name != "training" or not value:  # a cache wants training
-                call_with(call, **{name: value})
+            if call == "forward" and name == "training":
+                continue  # its result holds a cache: compared below
+            got, want = call_with(call, **{name: value}), call_with(call, **{name: means})
+            if call == "PackedLayer":
+                got, want = got.forward(good(np.float32)["x"]), want.forward(good(np.float32)["x"])
+            for g, w in zip(got, want, strict=True):
+                if w is None or not isinstance(w, np.ndarray):  # None, or the cache
+                    assert type(g) is type(w)
+                else:
+                    np.testing.assert_array_equal(g, w)
+    assert (call_with("forward", training=value).cache is None) == (not means)
+
+
+@pytest.mark.parametrize(
+    "value, got", [(2, "2"), (-1, "-1"), (0.5, "float"), (np.float64(1.0), "float64")]
+)
+def test_other_numbers_are_no_flags(value, got):
+    with pytest.raises(TypeError, match=f"^reverse: expected a bool, got {got}$"):
+        call_with("forward", reverse=value)
+    from lstm_ext._checks import check_bool
+
+    with pytest.raises(TypeError, match=f"^reverse: expected a bool, got {got}$"):
+        check_bool("reverse", value)
 
 
 def test_lengths_of_an_empty_batch_may_be_any_empty_array():

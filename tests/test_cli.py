@@ -48,7 +48,7 @@ def test_text_prints_the_baseline_and_a_sample_then_samples_again(capsys, tmp_pa
     # been "text: characters not in the vocabulary", exit status 1.
     rc, _, err = run(capsys, "sample", "--checkpoint", ck, "--prime", "été")
     assert rc == 2 and err.count("\n") == 1, err
-    assert f"--prime: characters not in the vocabulary of checkpoint {ck}: 'é'" in err
+    assert f"--prime: characters not in the vocabulary: 'é' (that of checkpoint {ck})" in err
     # The run's folder for --checkpoint: "a directory", not "no such file".
     rc, _, err = run(capsys, "sample", "--checkpoint", str(tmp_path))
     assert rc == 1 and err.count("\n") == 1, err
@@ -151,6 +151,12 @@ def test_a_failed_run_removes_only_the_folders_it_made(capsys, tmp_path):
         assert rc == 2, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "full"]
     assert [p.name for p in (tmp_path / "full").iterdir()] == ["notes.txt"]
+    # a path through ".." (b is never made), and a folder whose name is too
+    # long to make (new is made, then the long one fails): nothing left
+    for out in (tmp_path / "b" / ".." / "c", tmp_path / "new" / ("x" * 300)):
+        rc, _, err = run(capsys, "train", "--out", str(out), *bad)
+        assert rc != 0, err
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "full"], out
 
 
 def test_sample_refuses_other_checkpoints(capsys, tmp_path):

@@ -383,8 +383,10 @@ def test_inference_weight_dtype_is_checked_when_set():
     ):
         lstm.inference_weight_dtype = "bf16"  # had failed only at the next call, as weight_dtype
     assert lstm.inference_weight_dtype is None
+    with pytest.raises(TypeError, match=r"expected None or 'bfloat16', got 1"):
+        lstm.inference_weight_dtype = 1
     with pytest.raises(
-        ValueError, match=r"'bfloat16' is for a float32 LSTM on the CPU, this one is float64"
+        TypeError, match=r"'bfloat16' is for a float32 LSTM on the CPU, this one is float64"
     ):
         LSTM(3, 4, dtype=np.float64).inference_weight_dtype = "bfloat16"
     lstm.inference_weight_dtype = "bfloat16"
@@ -400,8 +402,11 @@ def test_inference_weight_dtype_is_checked_when_set():
 @pytest.mark.parametrize("flag", ["bias", "batch_first", "bidirectional"])
 def test_flags_of_the_constructors_are_bools(flag):
     # "no" is truthy: bidirectional="no" had built a bidirectional LSTM.
-    with pytest.raises(TypeError, match=f"^{flag}: expected a bool, got 'no'$"):
+    with pytest.raises(TypeError, match=f"^{flag}: expected a bool, got str$"):
         LSTM(3, 4, **{flag: "no"})
+    with pytest.raises(TypeError, match=f"^{flag}: expected a bool, got 2$"):
+        LSTM(3, 4, **{flag: 2})
+    assert getattr(LSTM(3, 4, **{flag: None}), flag) is False  # as earlier versions stored it
     assert getattr(LSTM(3, 4, **{flag: np.bool_(True)}), flag) is True
     assert getattr(LSTM(3, 4, **{flag: 0}), flag) is False
 
@@ -409,12 +414,14 @@ def test_flags_of_the_constructors_are_bools(flag):
 def test_keep_cache_and_linear_bias_are_bools():
     from lstm_ext.nn import Embedding, Linear
 
-    with pytest.raises(TypeError, match=r"^bias: expected a bool, got 'no'$"):
+    with pytest.raises(TypeError, match=r"^bias: expected a bool, got str$"):
         Linear(3, 4, bias="no")
     x = np.zeros((5, 2, 3), np.float32)
     for m, inp in ((LSTM(3, 4), x), (Linear(3, 4), x), (Embedding(4, 3), np.zeros((2, 2), int))):
-        with pytest.raises(TypeError, match=r"^keep_cache: expected a bool, got 'yes'$"):
+        with pytest.raises(TypeError, match=r"^keep_cache: expected a bool, got str$"):
             m(inp, keep_cache="yes")
+    with pytest.raises(TypeError, match=r"^keep_cache: expected a bool, got str$"):
+        LSTM(3, 4).packed()(x, keep_cache="no")  # had been "keep_cache: ... got True"
 
 
 def test_embedding_backward_dtype_is_a_type_error_as_linear_s():

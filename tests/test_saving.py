@@ -113,3 +113,53 @@ def test_a_taken_temporary_name_is_skipped(tmp_path, monkeypatch, save):
     save(tmp_path / "m")
     assert (tmp_path / ".m.0000.tmp").read_bytes() == b"theirs"
     assert sorted(os.listdir(tmp_path)) == [".m.0000.tmp", "m"]
+
+
+def test_a_link_is_written_through(tmp_path, save):
+    # as open() writes through a symbolic link: the target replaced, the link
+    # kept (the link had been replaced by a file, the target left as it was)
+    target, link = tmp_path / "target", tmp_path / "link"
+    target.write_bytes(b"old")
+    link.symlink_to(target)
+    save(link)
+    assert link.is_symlink() and target.read_bytes() != b"old"
+    assert sorted(os.listdir(tmp_path)) == ["link", "target"]
+
+
+def test_a_file_that_open_may_not_write_is_refused_as_open_refuses_it(tmp_path, save):
+    # (as root, open() writes a read-only file, and so does the save)
+    path = tmp_path / "m"
+    path.write_bytes(b"old")
+    path.chmod(0o444)
+    try:
+        with open(path, "ab"):
+            pass
+    except PermissionError:
+        with pytest.raises(PermissionError) as e:
+            save(path)
+        assert e.value.filename == str(path) and path.read_bytes() == b"old"
+    else:
+        save(path)
+        assert path.read_bytes() != b"old" and mode_of(path) == 0o444
+
+
+def test_a_folder_that_cannot_be_opened_for_its_flush_is_saved_to_all_the_same(
+    tmp_path, monkeypatch, save
+):
+    # a folder one may write but not read: the rename is done, so no error
+    real_open = os.open
+
+    def no_folder(name, flags, *args):
+        if os.path.isdir(name):
+            raise PermissionError(errno.EACCES, "denied", name)
+        return real_open(name, flags, *args)
+
+    monkeypatch.setattr(os, "open", no_folder)
+    save(tmp_path / "m")
+    assert (tmp_path / "m").stat().st_size > 0
+
+
+def test_a_long_name_open_takes_is_saved(tmp_path, save):
+    name = "m" * 250  # the temporary name adds 14 characters: cut to fit
+    save(tmp_path / name)
+    assert os.listdir(tmp_path) == [name]

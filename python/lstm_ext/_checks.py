@@ -57,12 +57,16 @@ def same_dtype(dtype, want) -> bool:
 
 
 def check_bool(name: str, v) -> bool:
-    """``v`` as a bool: Python's or NumPy's, or the integer 0 or 1; else a
-    TypeError naming it (a string such as "no" is truthy: a flag given one had
-    been taken as True)."""
+    """``v`` as a bool, by the one rule of every flag (``_core``'s too,
+    bind_args.h: flag): True or False, NumPy's bool, the integer 0 or 1, or
+    None (False, as flags have always taken it); else a TypeError naming it
+    (a string such as "no" is truthy: a flag given one had been taken as
+    True)."""
+    if v is None:
+        return False
     if isinstance(v, (bool, np.bool_)) or (is_int(v) and int(v) in (0, 1)):
         return bool(v)
-    raise TypeError(f"{name}: expected a bool, got {v!r}")
+    raise TypeError(f"{name}: expected a bool, got {int(v) if is_int(v) else type(v).__name__}")
 
 
 def check_int(name: str, v, low: int, high: int | None = None) -> int:

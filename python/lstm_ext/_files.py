@@ -24,17 +24,22 @@ def write_atomically(path, content: bytes | Callable[[BinaryIO], object]) -> Non
     about the file (no such folder, no permission) names ``path``, not the
     temporary file.
 
-    Permissions: those ``open(path, "wb")`` would give. A new file gets
-    0o666 less the process's umask (applied by the kernel: the umask itself
-    is never changed, as that is process-wide); an existing file keeps its
-    permission bits, so that a file its owner made private stays private.
+    As ``open(path, "wb")`` would: a new file gets 0o666 less the process's
+    umask (applied by the kernel: the umask itself is never changed, as that
+    is process-wide); an existing file keeps its permission bits, so that a
+    file its owner made private stays private, and one that may not be
+    written is a PermissionError; a symbolic link is written through, its
+    target replaced and the link kept.
     """
-    path = Path(path)
+    shown = str(path)  # errors name the path as given
+    path = Path(os.path.realpath(path))
     try:
         mode = os.stat(path).st_mode & 0o777
     except FileNotFoundError:
         mode = None
-    tmp, fd = _create_beside(path)
+    if mode is not None and not os.access(path, os.W_OK):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), shown)
+    tmp, fd = _create_beside(path, shown)
     try:
         with os.fdopen(fd, "wb") as f:
             if mode is not None:
@@ -48,31 +53,35 @@ def write_atomically(path, content: bytes | Callable[[BinaryIO], object]) -> Non
         try:
             os.replace(tmp, path)
         except OSError as e:
-            raise _naming(e, path) from None
+            raise _naming(e, shown) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:  # the rename itself reaches the disk, where the folder can be opened
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:  # a folder one may write but not read: saved all the same
+        return
     try:
-        os.fsync(dir_fd)  # the rename itself reaches the disk
+        os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
 
 
-def _create_beside(path: Path) -> tuple[Path, int]:
+def _create_beside(path: Path, shown: str) -> tuple[Path, int]:
     """A new, empty, hidden file in path's folder, created with mode 0o666
     (less the umask), and its descriptor open for writing."""
     for _ in range(_TRIES):
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        # path.name cut, so that a name open() takes (255 bytes) fits too
+        tmp = path.parent / f".{path.name[:200]}.{secrets.token_hex(4)}.tmp"
         try:
             return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
         except FileExistsError:
             continue  # another writer's name: draw again
         except OSError as e:
-            raise _naming(e, path) from None
-    raise FileExistsError(errno.EEXIST, f"{_TRIES} temporary names beside it taken", str(path))
+            raise _naming(e, shown) from None
+    raise FileExistsError(errno.EEXIST, f"{_TRIES} temporary names beside it taken", shown)
 
 
-def _naming(e: OSError, path: Path) -> OSError:
-    """``e`` (about the temporary file) as the same error about ``path``."""
-    return type(e)(e.errno, e.strerror, str(path))
+def _naming(e: OSError, shown: str) -> OSError:
+    """``e`` (about the temporary file) as the same error about ``shown``."""
+    return type(e)(e.errno, e.strerror, shown)

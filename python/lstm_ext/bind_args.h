@@ -145,17 +145,26 @@ inline std::optional<double> as_number(const py::object& obj) {
   }
 }
 
-// A bool argument's value: True or False, or what pybind11 takes for a bool
-// (NumPy's bool, None, numbers). Taken as an object and converted here, so
-// that anything else is a TypeError naming the argument (a bool parameter
-// refused it in overload resolution: a message of the whole signature and
-// every argument's repr, thousands of characters).
+// A bool argument's value, by the one rule of _checks.check_bool: True or
+// False, NumPy's bool, the integer 0 or 1, or None (False). Taken as an
+// object and converted here, so that anything else is a TypeError naming the
+// argument (a bool parameter refused it in overload resolution: a message of
+// the whole signature and every argument's repr, thousands of characters).
 inline bool flag(const char* name, const py::handle& obj) {
   if (obj.ptr() == Py_True) return true;
-  if (obj.ptr() == Py_False) return false;
-  py::detail::make_caster<bool> value;
-  if (value.load(obj, true)) return static_cast<bool>(value);
-  throw py::type_error(std::string(name) + ": expected a bool, got " + type_name(obj));
+  if (obj.ptr() == Py_False || obj.is_none()) return false;
+  static const py::handle numpy = py::module_::import("numpy").release();
+  static const py::handle numpy_bool = py::object(numpy.attr("bool_")).release();
+  static const py::handle numpy_integer = py::object(numpy.attr("integer")).release();
+  if (PyObject_IsInstance(obj.ptr(), numpy_bool.ptr()) == 1) return PyObject_IsTrue(obj.ptr()) == 1;
+  if (!PyLong_Check(obj.ptr()) && PyObject_IsInstance(obj.ptr(), numpy_integer.ptr()) != 1)
+    throw py::type_error(std::string(name) + ": expected a bool, got " + type_name(obj));
+  const py::object index = py::reinterpret_steal<py::object>(PyNumber_Index(obj.ptr()));
+  if (!index) throw py::error_already_set();
+  int overflow = 0;
+  const long long v = PyLong_AsLongLongAndOverflow(index.ptr(), &overflow);
+  if (!overflow && (v == 0 || v == 1)) return v == 1;
+  throw py::type_error(std::string(name) + ": expected a bool, got " + std::string(py::str(index)));
 }
 
 inline Arg arg(const char* name, const py::object& obj) {
@@ -323,7 +332,7 @@ inline LayerArgs check_layer(const py::object& W, const py::object& R, const py:
     check_shape(l.R, {4 * H, H}, "[4H,H] (H=" + std::to_string(H) + " from R's columns)");
   }
   check_ndim(l.W, 2, "[4H,I]");
-  check_shape(l.W, {4 * H, I}, "[4H,I] (H=" + std::to_string(H) + ")");
+  check_shape(l.W, {4 * H, I}, "[4H,I]");
   if (l.b.given()) {
     check_dtype(l.b, size, "x");
     check_shape(l.b, {4 * H}, "[4H]");

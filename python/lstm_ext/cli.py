@@ -218,6 +218,7 @@ def removed_if_left_empty(path: Path):
     """On an exception (bad arguments found by a task, Ctrl-C before the first
     checkpoint), remove the folders of ``path`` that the block created and left
     empty, the deepest first; one that existed before, or holds anything, stays."""
+    path = Path(os.path.abspath(path))
     new = []  # path and its parents up to the first that exists
     for p in (path, *path.parents):
         if os.path.lexists(p):
@@ -227,6 +228,8 @@ def removed_if_left_empty(path: Path):
         yield
     except BaseException:
         for p in new:
+            if not os.path.lexists(p):  # not made (the run failed first): those above may be
+                continue
             try:
                 p.rmdir()
             except OSError:  # not empty, or not ours to remove: it and those above stay
@@ -561,10 +564,10 @@ def cmd_sample(args) -> None:
             f"{where}: its meta has no vocabulary (a string of the characters), got {chars!r:.60}"
         )
     vocab = data.Vocab(chars)
-    unknown = sorted(set(args.prime) - set(chars))
-    if unknown:
-        raise UsageError(f"--prime: characters not in the vocabulary of {where}: "
-                         f"{''.join(unknown)!r}")  # fmt: skip
+    try:
+        vocab.encode(args.prime, "--prime")
+    except ValueError as e:
+        raise UsageError(f"{e} (that of {where})") from None
     model = ck.model
     first = model.modules[0] if isinstance(model, nn.Sequential) and model.modules else None
     if not isinstance(first, nn.Embedding):
@@ -611,6 +614,7 @@ def cmd_info(args) -> None:
 def cmd_train(args) -> None:
     cfg = settings(args)
     task = {"text": train_text, "adding": train_adding, "forecast": train_forecast}[args.task]
+    args.out = Path(os.path.normpath(args.out))  # "b/../c" is c: mkdir would make b too
     with removed_if_left_empty(args.out):  # a failed run leaves no empty --out behind
         args.out = out_dir(args.out)
         task(args, cfg)

@@ -349,10 +349,12 @@ class LSTM(Module):
 
     @inference_weight_dtype.setter
     def inference_weight_dtype(self, value: str | None) -> None:
-        if value is not None and not (isinstance(value, str) and value == "bfloat16"):
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"inference_weight_dtype: expected None or 'bfloat16', got {value!r}")
+        if value is not None and value != "bfloat16":
             raise ValueError(f"inference_weight_dtype: expected None or 'bfloat16', got {value!r}")
         if value is not None and (self.dtype != np.float32 or self.device != "cpu"):
-            raise ValueError(
+            raise TypeError(
                 "inference_weight_dtype: 'bfloat16' is for a float32 LSTM on the CPU, this one "
                 f"is {self.dtype} on {self.device!r}"
             )
@@ -645,7 +647,7 @@ class PackedLSTM(LSTM):
 
     def forward(self, x, state=None, lengths=None, *, keep_cache=None):
         """``lstm(x, state, lengths)`` in eval mode; see ``LSTM``."""
-        if keep_cache:
+        if check_bool("keep_cache", keep_cache):
             raise ValueError("keep_cache: a PackedLSTM keeps nothing for backward, got True")
         x, h0, c0, unbatched, host_io = self._inputs(x, state)
         L, D, B = self.num_layers, self.num_directions, x.shape[1]
