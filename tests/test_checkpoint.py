@@ -109,6 +109,10 @@ def test_corrupt_files_are_rejected(tmp_path):
         checkpoint.load(bad)
     with pytest.raises(CheckpointError, match="no such file"):
         checkpoint.load(tmp_path / "missing.npz")
+    with pytest.raises(CheckpointError, match="a directory, not a checkpoint file"):
+        checkpoint.load(tmp_path)  # had been "no such file"
+    with pytest.raises(CheckpointError, match="not a regular file"):
+        checkpoint.load("/dev/null")
 
 
 def rewrite(tmp_path, path, change):

@@ -174,8 +174,11 @@ def load(path, *, expect_config: dict | None = None) -> Checkpoint:
     weights. ``expect_config``: the ``config()`` the model must have, else
     CheckpointError. Never unpickles."""
     path = Path(path)
+    if path.is_dir():  # had been "no such file"
+        raise CheckpointError(f"checkpoint {path}: a directory, not a checkpoint file")
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path}: no such file")
+        what = "not a regular file" if path.exists() else "no such file"
+        raise CheckpointError(f"checkpoint {path}: {what}")
     try:
         arrays = _read_arrays(path)
     except MemoryError:

@@ -548,7 +548,7 @@ def train_forecast(args, cfg) -> None:
 
 def cmd_sample(args) -> None:
     where = f"checkpoint {args.checkpoint}"
-    if args.checkpoint.is_dir():  # checkpoint.load would say "no such file"
+    if args.checkpoint.is_dir():  # as checkpoint.load says, with where to look
         inside = args.checkpoint / "text.npz"
         hint = f" (did you mean {inside}?)" if inside.is_file() else ""
         raise checkpoint.CheckpointError(f"{where}: a directory, not a checkpoint file{hint}")
