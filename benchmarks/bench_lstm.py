@@ -22,6 +22,7 @@ import time
 import numpy as np
 
 import lstm_ext
+from lstm_ext import cli, data, losses, nn, optim
 from lstm_ext.nn import LSTM
 
 CASES = [  # (T, B, I, H)
@@ -284,6 +285,49 @@ def time_step(torch, rng, repeat):
     return (statistics.median(r[k] for r in rounds) * 1e3 / n for k in (0, 1))
 
 
+def time_train_step(torch, repeat, rounds):
+    """One training step of the command line's text model (``lstm-ext train``:
+    Embedding, LSTM, Linear over pydoc's text, cross-entropy, gradients
+    clipped, Adam), ours against the same model in torch, in turns: (ours ms,
+    torch ms or None, the median of the rounds' ratios or None, (T, B, E, H, V))."""
+    cfg = cli.TASKS["text"]
+    T, B, E, H = cfg["seq_len"], cfg["batch"], cfg["embed"], cfg["hidden"]
+    text = data.pydoc_text()
+    vocab = data.Vocab(text)
+    V = len(vocab)
+    ids = vocab.encode(text)[: B * (T + 1)].reshape(B, T + 1).T  # [T+1,B]
+    x, y = ids[:-1], ids[1:]
+    layers = nn.Embedding(V, E, seed=0), nn.LSTM(E, H, seed=1), nn.Linear(H, V, seed=2)
+    model = nn.Sequential(*layers)
+    opt = optim.Adam(model, lr=cfg["lr"])
+
+    def ours():
+        opt.zero_grad()
+        logits, _ = model(x)
+        model.backward(losses.softmax_cross_entropy(logits, y)[1])
+        optim.clip_grad_norm(model, cfg["clip"])
+        opt.step()
+
+    shape = (T, B, E, H, V)
+    if torch is None:
+        return median_ms(ours, repeat), None, None, shape
+    emb, lstm, lin = torch.nn.Embedding(V, E), torch.nn.LSTM(E, H), torch.nn.Linear(H, V)
+    params = [*emb.parameters(), *lstm.parameters(), *lin.parameters()]
+    topt = torch.optim.Adam(params, lr=cfg["lr"])
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y).reshape(-1)
+
+    def theirs():
+        topt.zero_grad()
+        logits = lin(lstm(emb(xt))[0]).reshape(-1, V)
+        torch.nn.functional.cross_entropy(logits, yt).backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg["clip"])
+        topt.step()
+
+    times = [(median_ms(ours, repeat), median_ms(theirs, repeat)) for _ in range(rounds)]
+    ratio = statistics.median(o / t for o, t in times)
+    return (*(statistics.median(t[k] for t in times) for k in (0, 1)), ratio, shape)
+
+
 def time_float64(torch, rng, repeat):
     """(100,16,256,256) in float64: ours and torch's, fwd and fwd+bwd."""
     p = {k: v.astype(np.float64) for k, v in problem(rng, *FLOAT64_CASE).items()}
@@ -502,16 +546,24 @@ def main():
         threads, n = time_threads(rng, args.repeat)
         bf16 = time_bf16(ort, rng, args.repeat, args.threads)
         packed = time_packed(ort, rng, args.repeat, args.threads)
+        train_ms, train_torch_ms, train_ratio, train_shape = time_train_step(
+            torch, args.repeat, args.rounds
+        )
         key = lambda case: ",".join(map(str, case))  # noqa: E731
         extra = dict(step_us=step_us, lstmcell_us=cell_us, float64_case=FLOAT64_CASE,
                      float64_ms=o64, float64_torch_ms=t64, threads=n,
                      thread_rows={key(k): v for k, v in threads.items()},
                      workspace={key(c): workspace_bytes(rng, c) for c in CASES},
-                     bf16=bf16, packed=packed)  # fmt: skip
+                     bf16=bf16, packed=packed, train_step=dict(
+                         shape=train_shape, ms=train_ms, torch_ms=train_torch_ms,
+                         ratio=train_ratio))  # fmt: skip
         cell = f"{cell_us:.1f} µs, ratio {step_us / cell_us:.2f}" if cell_us else "-"
         print(f"\nstep, B=1, I=H=128: {step_us:.1f} µs; torch.nn.LSTMCell: {cell}")
         print(f"float64 {FLOAT64_CASE}: fwd {o64[0]:.2f} ms, fwd+bwd {o64[1]:.2f} ms; torch: "
               + (f"{t64[0]:.2f} / {t64[1]:.2f} ms" if t64[0] else "-"))  # fmt: skip
+        theirs = f"; torch {train_torch_ms:.1f} ms, ratio {train_ratio:.2f}" if train_ratio else ""
+        print("training step, the command line's text model (T,B,E,H,V) = "
+              f"{train_shape}: {train_ms:.1f} ms{theirs}")  # fmt: skip
         for case, (one, all_) in threads.items():
             print(f"fwd {case}: 1 thread {one:.2f} ms, {n} threads {all_:.2f} ms "
                   f"(speedup {one / all_:.2f})")  # fmt: skip

@@ -3,6 +3,7 @@
 // contiguous, allocates the outputs, releases the GIL and calls the core.
 // No math lives here.
 #include "bind_args.h"
+#include "lstm_ext/linear.h"
 #include "lstm_ext/model.h"
 #include "lstm_ext/runtime.h"
 
@@ -244,6 +245,105 @@ Config size_config(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P, bool r
   return c;
 }
 
+// ---- the fully connected layer (linear.h), for lstm_ext.nn.Linear ---------------
+
+// An array the call adds into: an ndarray of exactly S (native byte order),
+// the shape `want`, C-contiguous and writeable (a copy could not take the sums).
+template <typename S>
+void check_accumulator(const Arg& a, const std::vector<int64_t>& want, const char* letters) {
+  if (!py::isinstance<py::array>(a.original))
+    throw py::type_error(std::string(a.name) + ": expected a NumPy array to add into, got " +
+                         type_name(a.original));
+  check_dtype(a, int(sizeof(S)), "x");
+  check_shape(a, want, letters);
+  if (!py::isinstance<py::array_t<S, py::array::c_style>>(a.original) || !a.a.writeable())
+    throw py::value_error(std::string(a.name) + ": expected a C-contiguous, writeable array " +
+                          "in native byte order to add into");
+}
+
+// x [N,K], W [M,K], b [M] or None: checked, with N, K, M.
+struct LinearArgs {
+  Arg x, W, b;
+  int size;
+  int64_t N, K, M;
+};
+
+LinearArgs check_linear(const py::object& x_obj, const py::object& W_obj, const py::object& b_obj) {
+  LinearArgs l{arg("x", x_obj), arg("W", W_obj), opt_arg("b", b_obj), 0, 0, 0, 0};
+  l.size = float_size(l.x);
+  check_ndim(l.x, 2, "[N,K]");
+  check_dtype(l.W, l.size, "x");
+  check_ndim(l.W, 2, "[M,K]");
+  l.N = l.x.a.shape(0), l.K = l.x.a.shape(1), l.M = l.W.a.shape(0);
+  check_shape(l.W, {l.M, l.K}, "[M,K] (K from x)");
+  if (l.b.given()) {
+    check_dtype(l.b, l.size, "x");
+    check_shape(l.b, {l.M}, "[M] (M from W)");
+  }
+  return l;
+}
+
+template <typename S>
+py::array linear_forward_impl(const LinearArgs& l) {
+  const carray<S> x = contiguous<S>(l.x.a), W = contiguous<S>(l.W.a);
+  const opt_carray<S> b = opt_contiguous<S>(l.b);
+  carray<S> y = empty<S>({l.N, l.M});
+  {
+    S* py_ = y.mutable_data();
+    const S *px = x.data(), *pW = W.data(), *pb = ptr_or_null(b);
+    WithoutGil nogil;
+    lstm_ext::linear_forward(py_, px, pW, pb, l.N, l.K, l.M);
+  }
+  return y;
+}
+
+py::array linear_forward(const py::object& x, const py::object& W, const py::object& b) {
+  const LinearArgs l = check_linear(x, W, b);
+  return l.size == 4 ? linear_forward_impl<float>(l) : linear_forward_impl<double>(l);
+}
+
+template <typename S>
+py::object linear_backward_impl(const LinearArgs& l, const Arg& dy_arg, const Arg& dW_arg,
+                                const Arg& db_arg, bool with_dx) {
+  check_accumulator<S>(dW_arg, {l.M, l.K}, "[M,K] (W's)");
+  if (db_arg.given()) check_accumulator<S>(db_arg, {l.M}, "[M] (M from W)");
+  const carray<S> dy = contiguous<S>(dy_arg.a), x = contiguous<S>(l.x.a), W = contiguous<S>(l.W.a);
+  const auto dW = py::reinterpret_borrow<py::array_t<S>>(dW_arg.a);
+  std::optional<py::array_t<S>> db;
+  if (db_arg.given()) db = py::reinterpret_borrow<py::array_t<S>>(db_arg.a);
+  opt_carray<S> dx;
+  if (with_dx) dx = empty<S>({l.N, l.K});
+  {
+    S *pdx = mut_or_null(dx), *pdW = static_cast<S*>(dW.request().ptr),
+      *pdb = db ? static_cast<S*>(db->request().ptr) : nullptr;
+    const S *pdy = dy.data(), *px = x.data(), *pW = W.data();
+    WithoutGil nogil;
+    lstm_ext::linear_backward(pdx, pdW, pdb, pdy, px, pW, l.N, l.K, l.M);
+  }
+  return dx ? py::object(*dx) : py::object(py::none());
+}
+
+py::object linear_backward(const py::object& dy_obj, const py::object& x, const py::object& W,
+                           const py::object& dW_obj, const py::object& db_obj,
+                           const py::object& with_dx_) {
+  const bool with_dx = flag("with_dx", with_dx_);
+  const LinearArgs l = check_linear(x, W, py::none());
+  const Arg dy = arg("dy", dy_obj), dW = arg("dW", dW_obj), db = opt_arg("db", db_obj);
+  check_dtype(dy, l.size, "x");
+  check_shape(dy, {l.N, l.M}, "[N,M] (N from x, M from W)");
+  return l.size == 4 ? linear_backward_impl<float>(l, dy, dW, db, with_dx)
+                     : linear_backward_impl<double>(l, dy, dW, db, with_dx);
+}
+
+void def_linear(py::module_& m) {
+  m.def("linear_forward", &linear_forward, py::arg("x"), py::arg("W"), py::arg("b") = py::none(),
+        "y [N,M] = x [N,K] W^T + b on lstm_ext's threads (linear.h), for lstm_ext.nn.Linear.");
+  m.def("linear_backward", &linear_backward, py::arg("dy"), py::arg("x"), py::arg("W"),
+        py::arg("dW"), py::arg("db") = py::none(), py::kw_only(), py::arg("with_dx") = true,
+        "dW += dy^T x and db += dy's column sums in place; returns dx = dy W (None without "
+        "with_dx). For lstm_ext.nn.Linear.");
+}
+
 void def_sizes(py::module_& m) {
   m.def(
       "forward_workspace_size",
@@ -317,6 +417,7 @@ PYBIND11_MODULE(_core, m) {
         "An inference forward reading pack_weights' buffer for the same W and R; for "
         "lstm_ext.PackedLayer.");
   def_sizes(m);
+  def_linear(m);
   m.def("inference_chunk", &lstm_ext::inference_chunk, py::arg("B"),
         "Steps whose input projection inference keeps at once, for a batch of B.");
   m.def(

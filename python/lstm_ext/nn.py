@@ -25,7 +25,7 @@ import numpy as np
 
 import lstm_ext
 
-from . import _device
+from . import _core, _device
 from ._checks import check_bool, check_int, check_state_keys, is_real, same_dtype
 
 _BIAS_NAMES = ("bias_ih", "bias_hh")
@@ -164,10 +164,12 @@ class Linear(Module):
             raise ValueError(f"x: expected shape [..., {self.in_features}], got {x.shape}")
         keep = self.training if keep_cache is None else check_bool("keep_cache", keep_cache)
         self._x = x.copy() if keep else None  # private: later changes to x must not matter
-        y = x @ self.params["weight"].T
-        if self.bias:
-            y += self.params["bias"]
-        return y
+        # On lstm_ext's threads (linear.h), not NumPy's: a multithreaded BLAS
+        # keeps its threads spinning after a product, and they took the cores
+        # from the LSTM's next call, whose threads meet at every step.
+        x2 = x.reshape(-1, self.in_features)
+        y = _core.linear_forward(x2, self.params["weight"], self.params.get("bias"))
+        return y.reshape(*x.shape[:-1], self.out_features)
 
     def backward(self, dy):
         """dy [..., out_features] -> dx [..., in_features]; adds dW, db into grads."""
@@ -183,10 +185,9 @@ class Linear(Module):
             raise ValueError(f"dy: expected the shape of forward's output, {want}, got {dy.shape}")
         x2 = self._x.reshape(-1, self.in_features)
         dy2 = dy.reshape(-1, self.out_features)
-        self.grads["weight"] += dy2.T @ x2
-        if self.bias:
-            self.grads["bias"] += dy2.sum(axis=0)
-        return (dy2 @ self.params["weight"]).reshape(self._x.shape)
+        g = self.grads  # dW += dy^T x, db += dy's column sums, in place
+        dx = _core.linear_backward(dy2, x2, self.params["weight"], g["weight"], g.get("bias"))
+        return dx.reshape(self._x.shape)
 
 
 class Embedding(Module):
@@ -232,8 +233,17 @@ class Embedding(Module):
         want = (*self._idx.shape, self.embedding_dim)
         if dy.shape != want:
             raise ValueError(f"dy: expected the shape of forward's output, {want}, got {dy.shape}")
-        dy = dy.reshape(-1, self.embedding_dim)
-        np.add.at(self.grads["weight"], self._idx.reshape(-1), dy)
+        # Each token's rows of dy summed (in their order), then added to its
+        # row of the gradient once: np.add.at took 1.5 ms of a 50 ms training
+        # step of the command line's text model, this 0.4.
+        idx = self._idx.reshape(-1)
+        if idx.size == 0:
+            return
+        order = np.argsort(idx, kind="stable")
+        tokens = idx[order]
+        first = np.flatnonzero(np.concatenate(([True], tokens[1:] != tokens[:-1])))
+        sums = np.add.reduceat(dy.reshape(-1, self.embedding_dim)[order], first, axis=0)
+        self.grads["weight"][tokens[first]] += sums
 
 
 class LSTM(Module):

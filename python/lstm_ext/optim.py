@@ -391,7 +391,9 @@ def clip_grad_norm(model, max_norm: float) -> float:
     total = 0.0
     for g in grads:
         g64 = g.astype(np.float64).ravel()  # NumPy or CuPy, where g lives
-        total += float(g64 @ g64)
+        # einsum, not a dot: NumPy's BLAS threads a long dot and leaves its
+        # threads spinning, which slowed the LSTM's next call twofold (nn.Linear).
+        total += float(_device.array_module(g).einsum("i,i->", g64, g64))
     norm = math.sqrt(total)
     if not math.isfinite(norm):
         return norm

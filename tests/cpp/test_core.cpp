@@ -5,6 +5,7 @@
 // differences, errors throw, thread counts keep the bits, files are checked.
 #include <gtest/gtest.h>
 #include <lstm_ext/cell_math.h>
+#include <lstm_ext/linear.h>
 #include <lstm_ext/lstm.h>
 #include <lstm_ext/model.h>
 #include <lstm_ext/runtime.h>
@@ -221,6 +222,125 @@ TEST(Core, SameBitsAtAnyThreadCount) {
     }
   }
   lstm_ext::set_num_threads(before);
+}
+
+// ---- linear.h -------------------------------------------------------------
+
+// y = x W^T + b, dx = dy W, dW += dy^T x, db += column sums of dy, in double
+// by loops: the linear layer's results within rounding (a float product of K
+// terms errs by about K * 2^-24 of the terms' magnitudes; here K <= 300 and
+// terms of order 1, so 1e-4 absolute in float, 1e-12 in double), at sizes
+// the BLAS takes whole and sizes gemm cuts into blocks.
+template <typename S>
+void linear_matches_loops(double tol) {
+  std::mt19937 gen(5);
+  std::normal_distribution<double> normal;
+  for (auto [N, K, M] : {std::array<int64_t, 3>{7, 5, 3}, {1, 9, 4}, {300, 64, 130}}) {
+    auto draw = [&](int64_t n) {
+      std::vector<S> v(static_cast<size_t>(n));
+      for (S& e : v) e = S(normal(gen));
+      return v;
+    };
+    const std::vector<S> x = draw(N * K), W = draw(M * K), b = draw(M), dy = draw(N * M);
+    std::vector<S> y(size_t(N * M)), dx(size_t(N * K)), dW = draw(M * K), db = draw(M);
+    const std::vector<S> dW0 = dW, db0 = db;
+    lstm_ext::linear_forward(y.data(), x.data(), W.data(), b.data(), N, K, M);
+    lstm_ext::linear_backward(dx.data(), dW.data(), db.data(), dy.data(), x.data(), W.data(), N, K,
+                              M);
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t m = 0; m < M; ++m) {
+        double want = double(b[size_t(m)]);
+        for (int64_t k = 0; k < K; ++k) want += double(x[size_t(n * K + k)]) * W[size_t(m * K + k)];
+        EXPECT_NEAR(y[size_t(n * M + m)], want, tol) << N << " y " << n << "," << m;
+      }
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t k = 0; k < K; ++k) {
+        double want = 0;
+        for (int64_t m = 0; m < M; ++m)
+          want += double(dy[size_t(n * M + m)]) * W[size_t(m * K + k)];
+        EXPECT_NEAR(dx[size_t(n * K + k)], want, tol) << N << " dx " << n << "," << k;
+      }
+    for (int64_t m = 0; m < M; ++m) {
+      double want_b = double(db0[size_t(m)]);
+      for (int64_t n = 0; n < N; ++n) want_b += double(dy[size_t(n * M + m)]);
+      EXPECT_NEAR(db[size_t(m)], want_b, tol) << N << " db " << m;
+      for (int64_t k = 0; k < K; ++k) {
+        double want = double(dW0[size_t(m * K + k)]);
+        for (int64_t n = 0; n < N; ++n)
+          want += double(dy[size_t(n * M + m)]) * x[size_t(n * K + k)];
+        EXPECT_NEAR(dW[size_t(m * K + k)], want, tol) << N << " dW " << m << "," << k;
+      }
+    }
+  }
+}
+TEST(Linear, MatchesLoopsFloat) { linear_matches_loops<float>(1e-4); }
+TEST(Linear, MatchesLoopsDouble) { linear_matches_loops<double>(1e-12); }
+
+// No bias, no dx; and the same bits at 1, 2 and 3 threads where gemm cuts
+// the products into blocks.
+TEST(Linear, OptionalOutputsAndSameBitsAtAnyThreadCount) {
+  const int before = lstm_ext::get_num_threads();
+  const int64_t N = 2048, K = 96, M = 256;
+  std::vector<float> x(size_t(N * K)), W(size_t(M * K)), dy(size_t(N * M));
+  for (size_t i = 0; i < x.size(); ++i) x[i] = float(i % 13) / 7.0f - 0.8f;
+  for (size_t i = 0; i < W.size(); ++i) W[i] = float(i % 11) / 9.0f - 0.5f;
+  for (size_t i = 0; i < dy.size(); ++i) dy[i] = float(i % 7) / 5.0f - 0.6f;
+  auto run = [&] {
+    std::vector<float> y(static_cast<size_t>(N * M)), dx(static_cast<size_t>(N * K)), dW(W.size()),
+        dW2(W.size()), db(static_cast<size_t>(M));
+    lstm_ext::linear_forward<float>(y.data(), x.data(), W.data(), nullptr, N, K, M);
+    lstm_ext::linear_backward(dx.data(), dW.data(), db.data(), dy.data(), x.data(), W.data(), N, K,
+                              M);
+    lstm_ext::linear_backward<float>(nullptr, dW2.data(), nullptr, dy.data(), x.data(), nullptr, N,
+                                     K, M);
+    EXPECT_EQ(dW, dW2);  // dW alone: the same product
+    y.insert(y.end(), dx.begin(), dx.end());
+    y.insert(y.end(), dW.begin(), dW.end());
+    y.insert(y.end(), db.begin(), db.end());
+    return y;
+  };
+  lstm_ext::set_num_threads(1);
+  const std::vector<float> one = run();
+  for (int threads : {2, 3}) {
+    lstm_ext::set_num_threads(threads);
+    const std::vector<float> got = run();
+    EXPECT_EQ(std::memcmp(one.data(), got.data(), one.size() * sizeof(float)), 0) << threads;
+  }
+  lstm_ext::set_num_threads(before);
+}
+
+TEST(Linear, BadArgumentsThrowAndEmptySizesAreFine) {
+  std::vector<double> x(12), W(8), y(6), dx(12), dW(8), db(2), dy(6);
+  const double* none = nullptr;
+  EXPECT_THROW(lstm_ext::linear_forward(y.data(), x.data(), W.data(), none, -1, 4, 2),
+               std::invalid_argument);
+  EXPECT_THROW(lstm_ext::linear_forward<double>(nullptr, x.data(), W.data(), none, 3, 4, 2),
+               std::invalid_argument);
+  EXPECT_THROW(lstm_ext::linear_forward(y.data(), x.data(), none, none, 3, 4, 2),
+               std::invalid_argument);
+  EXPECT_THROW(lstm_ext::linear_forward(x.data() + 2, x.data(), W.data(), none, 3, 4, 2),
+               std::invalid_argument);  // y overlaps x
+  EXPECT_THROW(lstm_ext::linear_backward(dx.data(), dW.data(), db.data(), dy.data(), x.data(), none,
+                                         3, 4, 2),
+               std::invalid_argument);  // dx needs W
+  EXPECT_THROW(lstm_ext::linear_backward(dx.data(), dW.data(), dW.data() + 1, dy.data(), x.data(),
+                                         W.data(), 3, 4, 2),
+               std::invalid_argument);  // db inside dW
+  EXPECT_THROW(lstm_ext::linear_backward(dx.data(), x.data(), db.data(), dy.data(), x.data(),
+                                         W.data(), 3, 4, 2),
+               std::invalid_argument);  // dW is x
+  EXPECT_THROW(lstm_ext::linear_forward(y.data(), x.data(), W.data(), none, int64_t(1) << 40,
+                                        int64_t(1) << 40, 2),
+               std::length_error);
+  // Zero rows, features or outputs: nothing to read, y is b's rows, dW and db stay.
+  std::vector<double> b{1.5, -2}, y0(6, 7.0), dW0(8, 3.0), db0(2, 4.0);
+  lstm_ext::linear_forward(y0.data(), none, none, b.data(), 3, 0, 2);
+  EXPECT_EQ(y0, (std::vector<double>{1.5, -2, 1.5, -2, 1.5, -2}));
+  lstm_ext::linear_backward<double>(nullptr, dW0.data(), db0.data(), none, x.data(), W.data(), 0, 4,
+                                    2);
+  EXPECT_EQ(dW0, std::vector<double>(8, 3.0));
+  EXPECT_EQ(db0, std::vector<double>(2, 4.0));
+  lstm_ext::linear_forward<double>(nullptr, x.data(), none, none, 3, 4, 0);
 }
 
 // The cgroup CPU limit read from a made-up /proc and /sys under a temporary
