@@ -59,10 +59,11 @@ def test_linear_gradients_match_central_differences(rng):
 
 
 def test_linear_gives_the_same_bits_at_any_thread_count(rng):
-    """Rows enough that the products are cut into blocks (blas.cpp's cut)."""
-    lin = nn.Linear(96, 256, seed=2)
-    x = rng.standard_normal((2048, 96)).astype(np.float32)
-    dy = rng.standard_normal((2048, 256)).astype(np.float32)
+    """Sizes at which every product is cut into blocks (blas.cpp's cut: y, dx
+    and dW along their 2,100 rows) and db's columns are several tasks."""
+    lin = nn.Linear(40, 2100, seed=2)
+    x = rng.standard_normal((2100, 40)).astype(np.float32)
+    dy = rng.standard_normal((2100, 2100)).astype(np.float32)
     before = lstm_ext.get_num_threads()
     results = []
     try:
@@ -89,11 +90,27 @@ def test_linear_takes_views_and_other_byte_orders(rng):
     assert lin.backward(np.zeros((0, 2), np.float32)).shape == (0, 6)
 
 
+def test_linear_adds_into_gradients_of_any_layout_and_dtype(rng):
+    """Gradient arrays a caller swapped in that the core cannot add into (here
+    Fortran order, float64) take the sums as `+=` would."""
+    lin = nn.Linear(5, 3, seed=4)
+    x, dy = rng.standard_normal((4, 5)).astype(np.float32), np.ones((4, 3), np.float32)
+    lin.grads["weight"] = np.asfortranarray(np.ones((3, 5), np.float32))
+    lin.grads["bias"] = np.ones(3)
+    lin(x)
+    lin.backward(dy)
+    want = 1 + dy.T.astype(np.float64) @ x
+    np.testing.assert_allclose(lin.grads["weight"], want, rtol=0, atol=1e-5)
+    assert lin.grads["weight"].flags.f_contiguous and lin.grads["bias"].dtype == np.float64
+    np.testing.assert_allclose(lin.grads["bias"], 5.0, rtol=0, atol=0)
+
+
 def test_core_linear_names_bad_arguments():
     f32 = np.ones((3, 4), np.float32)
     W = np.ones((2, 4), np.float32)
     dy = np.ones((3, 2), np.float32)
     dW0, db3 = np.zeros((2, 4), np.float32), np.zeros(3, np.float32)
+    empty = lambda *shape: np.zeros(shape, np.float32)  # noqa: E731 (no memory at size 0)
     cases = [
         (lambda: _core.linear_forward(f32, np.ones((2, 3), np.float32)), ValueError,
          r"W: expected shape \[M,K\] \(K from x\) = \(2, 4\), got \(2, 3\)"),
@@ -111,9 +128,14 @@ def test_core_linear_names_bad_arguments():
         (lambda: _core.linear_backward(dy, f32, W, np.zeros((4, 2), np.float32)), ValueError,
          r"dW: expected shape \[M,K\] \(W's\) = \(2, 4\), got \(4, 2\)"),
         (lambda: _core.linear_backward(dy, f32, W, np.zeros((4, 2), np.float32).T), ValueError,
-         "dW: expected a C-contiguous, writeable array"),
+         "dW: expected a writeable, C-contiguous array in native byte order to add into, got "
+         "an array that is not C-contiguous"),
         (lambda: _core.linear_backward(dy, f32, W, np.zeros((2, 4), ">f4")), ValueError,
-         "dW: expected a C-contiguous, writeable array in native byte order"),
+         "dW: .* got an array in the other byte order"),
+        (lambda: _core.linear_forward(empty(2**31, 0), empty(2, 0)), ValueError,
+         "GEMM dimension N = 2147483648 exceeds the BLAS limit of 2147483647"),
+        (lambda: _core.linear_forward(empty(2**30, 0), empty(2**30, 0)), ValueError,
+         "size 1073741824 x 1073741824 overflows a 64-bit byte count"),
         (lambda: _core.linear_backward(dy, f32, W, dW0, db3), ValueError,
          r"db: expected shape \[M\] \(M from W\) = \(2,\), got \(3,\)"),
         (lambda: _core.linear_backward(dy.T, f32, W, np.zeros((2, 4), np.float32)), ValueError,
@@ -126,7 +148,7 @@ def test_core_linear_names_bad_arguments():
             call()
     readonly = np.zeros((2, 4), np.float32)
     readonly.flags.writeable = False
-    with pytest.raises(ValueError, match="dW: expected a C-contiguous, writeable array"):
+    with pytest.raises(ValueError, match=r"dW: .* to add into, got a read-only array"):
         _core.linear_backward(dy, f32, W, readonly)
     shared = np.zeros(10, np.float32)  # db inside dW: refused by the core
     with pytest.raises(ValueError, match="buffers db and dW overlap"):

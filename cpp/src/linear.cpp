@@ -3,6 +3,7 @@
 #include "lstm_ext/linear.h"
 
 #include <algorithm>
+#include <climits>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -21,19 +22,24 @@ using namespace detail;  // NOLINT: checked sizes, require
 // any cut, the cut only spreads the columns over the threads.
 constexpr int64_t kBiasColumns = 256;
 
-void check_sizes(int64_t N, int64_t K, int64_t M) {
+}  // namespace
+
+void check_linear_sizes(int64_t N, int64_t K, int64_t M) {
   if (N < 0 || K < 0 || M < 0)
     throw std::invalid_argument("lstm_ext: linear sizes must be >= 0, got N=" + std::to_string(N) +
                                 " K=" + std::to_string(K) + " M=" + std::to_string(M));
+  for (const auto& [v, name] : {std::pair{N, "N"}, {K, "K"}, {M, "M"}})
+    if (v > INT_MAX)  // each is a BLAS argument (a size or a leading dimension) somewhere
+      throw std::length_error(std::string("lstm_ext: GEMM dimension ") + name + " = " +
+                              std::to_string(v) + " exceeds the BLAS limit of " +
+                              std::to_string(INT_MAX));
   for (const auto& [a, b] : {std::pair{N, K}, {N, M}, {M, K}})
-    mul(a, b);  // each array's count fits
+    mul(a, b);  // each array's element count fits
 }
-
-}  // namespace
 
 template <typename S>
 void linear_forward(S* y, const S* x, const S* W, const S* b, int64_t N, int64_t K, int64_t M) {
-  check_sizes(N, K, M);
+  check_linear_sizes(N, K, M);
   require(y, "y", N * M);
   require(x, "x", N * K);
   require(W, "W", M * K);
@@ -49,7 +55,7 @@ void linear_forward(S* y, const S* x, const S* W, const S* b, int64_t N, int64_t
 template <typename S>
 void linear_backward(S* dx, S* dW, S* db, const S* dy, const S* x, const S* W, int64_t N, int64_t K,
                      int64_t M) {
-  check_sizes(N, K, M);
+  check_linear_sizes(N, K, M);
   require(dW, "dW", M * K);
   require(dy, "dy", N * M);
   require(x, "x", N * K);
@@ -61,7 +67,9 @@ void linear_backward(S* dx, S* dW, S* db, const S* dy, const S* x, const S* W, i
     require_apart(out, n, name, W, M * K, "W");
   };
   apart(dx, N * K, "dx"), apart(dW, M * K, "dW"), apart(db, M, "db");
-  if (db) require_apart(db, M, "db", dW, M * K, "dW");
+  if (db) require_apart(db, M, "db", dW, M * K, "dW");  // and apart from each other
+  if (dx) require_apart(dx, N * K, "dx", dW, M * K, "dW");
+  if (dx && db) require_apart(dx, N * K, "dx", db, M, "db");
   use_serial_blas();
   // dW [M,K] += dy^T x and dx [N,K] = dy W: independent, one parallel region
   // (each cut as gemms cuts it alone: dW's bits do not depend on dx's presence).

@@ -247,7 +247,7 @@ Config size_config(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P, bool r
 
 // ---- the fully connected layer (linear.h), for lstm_ext.nn.Linear ---------------
 
-// An array the call adds into: an ndarray of exactly S (native byte order),
+// An array the call adds into: an ndarray of exactly S in native byte order,
 // the shape `want`, C-contiguous and writeable (a copy could not take the sums).
 template <typename S>
 void check_accumulator(const Arg& a, const std::vector<int64_t>& want, const char* letters) {
@@ -256,9 +256,14 @@ void check_accumulator(const Arg& a, const std::vector<int64_t>& want, const cha
                          type_name(a.original));
   check_dtype(a, int(sizeof(S)), "x");
   check_shape(a, want, letters);
-  if (!py::isinstance<py::array_t<S, py::array::c_style>>(a.original) || !a.a.writeable())
-    throw py::value_error(std::string(a.name) + ": expected a C-contiguous, writeable array " +
-                          "in native byte order to add into");
+  const char* got = !a.a.writeable()                      ? "a read-only array"
+                    : !(a.a.flags() & py::array::c_style) ? "an array that is not C-contiguous"
+                    : !py::isinstance<py::array_t<S>>(a.original)
+                        ? "an array in the other byte order"
+                        : nullptr;
+  if (got)
+    throw py::value_error(std::string(a.name) + ": expected a writeable, C-contiguous array " +
+                          "in native byte order to add into, got " + got);
 }
 
 // x [N,K], W [M,K], b [M] or None: checked, with N, K, M.
@@ -276,6 +281,7 @@ LinearArgs check_linear(const py::object& x_obj, const py::object& W_obj, const 
   check_ndim(l.W, 2, "[M,K]");
   l.N = l.x.a.shape(0), l.K = l.x.a.shape(1), l.M = l.W.a.shape(0);
   check_shape(l.W, {l.M, l.K}, "[M,K] (K from x)");
+  lstm_ext::check_linear_sizes(l.N, l.K, l.M);  // before y [N,M] or dx [N,K] is allocated
   if (l.b.given()) {
     check_dtype(l.b, l.size, "x");
     check_shape(l.b, {l.M}, "[M] (M from W)");

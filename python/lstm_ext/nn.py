@@ -131,6 +131,17 @@ class Module:
         raise NotImplementedError
 
 
+def _core_can_add_into(a, dtype) -> bool:
+    """Whether _core.linear_backward can add into a in place."""
+    return (
+        isinstance(a, np.ndarray)
+        and a.dtype == dtype
+        and a.dtype.isnative
+        and a.flags.c_contiguous
+        and a.flags.writeable
+    )
+
+
 class Linear(Module):
     """y = x Wᵀ + b over the last axis: ``Linear(in_features, out_features,
     bias=True, *, dtype=np.float32, seed=None)``, PyTorch's initialisation
@@ -185,8 +196,16 @@ class Linear(Module):
             raise ValueError(f"dy: expected the shape of forward's output, {want}, got {dy.shape}")
         x2 = self._x.reshape(-1, self.in_features)
         dy2 = dy.reshape(-1, self.out_features)
-        g = self.grads  # dW += dy^T x, db += dy's column sums, in place
+        # dW += dy^T x and db += dy's column sums, by the core into the
+        # gradients themselves; into zeros first, then added by NumPy, where a
+        # caller put there an array the core cannot add into (another layout
+        # or dtype), as `+=` took any before.
+        g = {k: v if _core_can_add_into(v, self.dtype) else np.zeros(v.shape, self.dtype)
+             for k, v in self.grads.items()}  # fmt: skip
         dx = _core.linear_backward(dy2, x2, self.params["weight"], g["weight"], g.get("bias"))
+        for k, v in g.items():
+            if v is not self.grads[k]:
+                self.grads[k] += v
         return dx.reshape(self._x.shape)
 
 
@@ -234,8 +253,8 @@ class Embedding(Module):
         if dy.shape != want:
             raise ValueError(f"dy: expected the shape of forward's output, {want}, got {dy.shape}")
         # Each token's rows of dy summed (in their order), then added to its
-        # row of the gradient once: np.add.at took 1.5 ms of a 50 ms training
-        # step of the command line's text model, this 0.4.
+        # row of the gradient once: np.add.at took 1.8 ms of a 50 ms training
+        # step of the command line's text model, this 0.4-0.5.
         idx = self._idx.reshape(-1)
         if idx.size == 0:
             return

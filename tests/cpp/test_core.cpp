@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <climits>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -276,11 +277,12 @@ void linear_matches_loops(double tol) {
 TEST(Linear, MatchesLoopsFloat) { linear_matches_loops<float>(1e-4); }
 TEST(Linear, MatchesLoopsDouble) { linear_matches_loops<double>(1e-12); }
 
-// No bias, no dx; and the same bits at 1, 2 and 3 threads where gemm cuts
-// the products into blocks.
+// No bias, no dx; and the same bits at 1, 2 and 3 threads where every
+// product is cut into blocks (blas.cpp's cut: y, dx and dW along their 2,100
+// rows) and db's columns are several tasks.
 TEST(Linear, OptionalOutputsAndSameBitsAtAnyThreadCount) {
   const int before = lstm_ext::get_num_threads();
-  const int64_t N = 2048, K = 96, M = 256;
+  const int64_t N = 2100, K = 40, M = 2100;
   std::vector<float> x(size_t(N * K)), W(size_t(M * K)), dy(size_t(N * M));
   for (size_t i = 0; i < x.size(); ++i) x[i] = float(i % 13) / 7.0f - 0.8f;
   for (size_t i = 0; i < W.size(); ++i) W[i] = float(i % 11) / 9.0f - 0.5f;
@@ -329,9 +331,26 @@ TEST(Linear, BadArgumentsThrowAndEmptySizesAreFine) {
   EXPECT_THROW(lstm_ext::linear_backward(dx.data(), x.data(), db.data(), dy.data(), x.data(),
                                          W.data(), 3, 4, 2),
                std::invalid_argument);  // dW is x
-  EXPECT_THROW(lstm_ext::linear_forward(y.data(), x.data(), W.data(), none, int64_t(1) << 40,
-                                        int64_t(1) << 40, 2),
-               std::length_error);
+  EXPECT_THROW(lstm_ext::linear_backward(dx.data(), dx.data() + 4, db.data(), dy.data(), x.data(),
+                                         W.data(), 3, 4, 2),
+               std::invalid_argument);  // dW inside dx
+  EXPECT_THROW(lstm_ext::linear_backward(dx.data(), dW.data(), dx.data() + 5, dy.data(), x.data(),
+                                         W.data(), 3, 4, 2),
+               std::invalid_argument);  // db inside dx
+  // Past the 32-bit BLAS, or past 2^63 bytes: refused before anything is read.
+  const int64_t past_blas = int64_t(INT_MAX) + 1;
+  for (auto [N, K, M] : {std::array<int64_t, 3>{past_blas, 1, 1},
+                         {1, past_blas, 1},
+                         {1, 1, past_blas},
+                         {INT_MAX, INT_MAX, INT_MAX}}) {
+    EXPECT_THROW(lstm_ext::check_linear_sizes(N, K, M), std::length_error) << N << K << M;
+    EXPECT_THROW(lstm_ext::linear_forward(y.data(), x.data(), W.data(), none, N, K, M),
+                 std::length_error);
+    EXPECT_THROW(lstm_ext::linear_backward(dx.data(), dW.data(), db.data(), dy.data(), x.data(),
+                                           W.data(), N, K, M),
+                 std::length_error);
+  }
+  EXPECT_NO_THROW(lstm_ext::check_linear_sizes(INT_MAX, 1, 1));
   // Zero rows, features or outputs: nothing to read, y is b's rows, dW and db stay.
   std::vector<double> b{1.5, -2}, y0(6, 7.0), dW0(8, 3.0), db0(2, 4.0);
   lstm_ext::linear_forward(y0.data(), none, none, b.data(), 3, 0, 2);
