@@ -72,3 +72,19 @@ def test_the_products_alone_take_the_counted_flop():
     bench.median_ms = lambda fn, repeat: (flop.clear(), fn(), sum(flop))[2]
     fwd, fwd_bwd = bench.time_numpy_products(p, 1)
     assert (fwd, fwd_bwd) == (8 * T * B * H * (I + H), 3 * 8 * T * B * H * (I + H))
+
+
+def test_the_training_step_is_the_command_line_s_and_the_same_in_torch():
+    """time_train_step times lstm-ext train's text model (its TASKS defaults
+    and the text's 103 characters): ours, and torch's where torch is
+    installed, each timed call one whole step that runs."""
+    spec = importlib.util.spec_from_file_location("bench_lstm", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    calls = []
+    bench.median_ms = lambda fn, repeat: (calls.append(fn), fn(), 1.0)[2]
+    torch = bench.optional_import("torch")
+    ours_ms, torch_ms, ratio, shape = bench.time_train_step(torch, 1, 2)
+    assert shape == (64, 32, 48, 256, 103)
+    assert ours_ms == 1.0 and (torch_ms, ratio) == ((1.0, 1.0) if torch else (None, None))
+    assert len(calls) == (4 if torch else 1)  # rounds of ours and torch's in turns
