@@ -254,7 +254,11 @@ void check_accumulator(const Arg& a, const std::vector<int64_t>& want, const cha
   if (!py::isinstance<py::array>(a.original))
     throw py::type_error(std::string(a.name) + ": expected a NumPy array to add into, got " +
                          type_name(a.original));
-  check_dtype(a, int(sizeof(S)), "x");
+  const py::dtype dt = a.a.dtype();
+  if (dt.kind() != 'f' || dt.itemsize() != py::ssize_t(sizeof(S)))  // x's, and only x's
+    throw py::type_error(std::string(a.name) + ": expected dtype " +
+                         (sizeof(S) == 4 ? "float32" : "float64") + " to match x, got " +
+                         dtype_str(a.a));
   check_shape(a, want, letters);
   const char* got = !a.a.writeable()                      ? "a read-only array"
                     : !(a.a.flags() & py::array::c_style) ? "an array that is not C-contiguous"
