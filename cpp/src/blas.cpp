@@ -22,7 +22,6 @@
 #define LSTM_EXT_BLAS(name) LSTM_EXT_CAT(LSTM_EXT_BLAS_PREFIX, name)
 
 namespace lstm_ext {
-namespace {
 
 int to_blasint(int64_t v, const char* what) {
   if (v > INT_MAX)
@@ -31,6 +30,8 @@ int to_blasint(int64_t v, const char* what) {
                             std::to_string(INT_MAX));
   return static_cast<int>(v);
 }
+
+namespace {
 
 CBLAS_TRANSPOSE cblas_op(Op op) { return op == Op::N ? CblasNoTrans : CblasTrans; }
 

@@ -10,6 +10,10 @@ namespace lstm_ext {
 
 enum class Op { N, T };
 
+// v as the BLAS's 32-bit int, or std::length_error naming `what` ("GEMM
+// dimension K = ... exceeds the BLAS limit of 2147483647").
+int to_blasint(int64_t v, const char* what);
+
 void gemm(Op opA, Op opB, int64_t M, int64_t N, int64_t K,                        //
           float alpha, const float* A, int64_t lda, const float* B, int64_t ldb,  //
           float beta, float* C, int64_t ldc);

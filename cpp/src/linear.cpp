@@ -3,7 +3,6 @@
 #include "lstm_ext/linear.h"
 
 #include <algorithm>
-#include <climits>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -29,10 +28,7 @@ void check_linear_sizes(int64_t N, int64_t K, int64_t M) {
     throw std::invalid_argument("lstm_ext: linear sizes must be >= 0, got N=" + std::to_string(N) +
                                 " K=" + std::to_string(K) + " M=" + std::to_string(M));
   for (const auto& [v, name] : {std::pair{N, "N"}, {K, "K"}, {M, "M"}})
-    if (v > INT_MAX)  // each is a BLAS argument (a size or a leading dimension) somewhere
-      throw std::length_error(std::string("lstm_ext: GEMM dimension ") + name + " = " +
-                              std::to_string(v) + " exceeds the BLAS limit of " +
-                              std::to_string(INT_MAX));
+    to_blasint(v, name);  // each is a BLAS argument (a size or a leading dimension) somewhere
   for (const auto& [a, b] : {std::pair{N, K}, {N, M}, {M, K}})
     mul(a, b);  // each array's element count fits
 }
