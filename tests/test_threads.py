@@ -131,6 +131,49 @@ def test_default_threads_follow_a_real_cgroup_limit():
     assert out.stdout.split() == ["1", "1"]
 
 
+_ONE_CPU = """
+import os, sys
+import numpy as np
+import lstm_ext
+from lstm_ext import _core
+cpu = min(os.sched_getaffinity(0))
+os.sched_setaffinity(0, {cpu})  # this thread, and the pool's threads made below
+lstm_ext.set_num_threads(2)
+rng = np.random.default_rng(5)
+x = rng.standard_normal((100, 1, 128), dtype=np.float32)
+W = rng.standard_normal((512, 128), dtype=np.float32) * 0.1
+R = rng.standard_normal((512, 128), dtype=np.float32) * 0.1
+outs = [lstm_ext.forward(x, W, R, training=False).y for _ in range(30)]
+print(_core.team_backoffs(), int(all(np.array_equal(o, outs[0]) for o in outs)))
+np.save(sys.argv[1], outs[0])
+"""
+
+
+def test_calls_on_threads_sharing_one_cpu_back_off_with_the_same_bits(tmp_path):
+    """Two threads on one CPU, as when other processes' threads share the
+    cores: each step waits for a thread off its core, so after two such calls
+    the next run alone for a while (cpp/src/parallel.h, TeamBackoff). On two
+    cores shared by two processes, a B = 1 forward took 26 times its time
+    alone before, 1.4 times after (dev/perf-notes.md, 66). Results are the
+    same bits as on one thread."""
+    out = subprocess.run([sys.executable, "-c", _ONE_CPU, str(tmp_path / "y.npy")],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    backoffs, same = (int(v) for v in out.stdout.split())
+    assert backoffs >= 1 and same == 1
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((100, 1, 128), dtype=np.float32)
+    W = rng.standard_normal((512, 128), dtype=np.float32) * 0.1
+    R = rng.standard_normal((512, 128), dtype=np.float32) * 0.1
+    before = lstm_ext.get_num_threads()
+    try:
+        lstm_ext.set_num_threads(1)
+        y = lstm_ext.forward(x, W, R, training=False).y
+        np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), y)
+    finally:
+        lstm_ext.set_num_threads(before)
+
+
 def test_a_pool_the_system_caps_is_smaller():
     """In a cgroup that caps the process's tasks (pids.max, as a container's
     --pids-limit) below LSTM_EXT_NUM_THREADS, the pool starts the threads it

@@ -91,6 +91,7 @@ class Pool {
            since > std::chrono::nanoseconds(kSpinTime).count();
   }
   void call_ended() { last_end_ns_.store(now_ns(), std::memory_order_relaxed); }
+  TeamBackoff& backoff() { return backoff_; }
 
   void run(int64_t n, const std::function<void(int64_t)>& fn) {
     std::unique_lock<std::mutex> region(region_, std::try_to_lock);
@@ -190,6 +191,7 @@ class Pool {
   std::atomic<int64_t> last_end_ns_{0};  // now_ns() at the last region's end
   bool stop_ = false, once_ = false;
   std::exception_ptr error_;
+  TeamBackoff backoff_;
 };
 
 int default_threads() {
@@ -346,18 +348,28 @@ void parallel_for(int64_t n, const std::function<void(int64_t)>& fn) { pool()->r
 
 Barrier::Barrier(int n) : n_(n), counts_(new Count[size_t(std::max(n, 1))]) {}
 
-// Spins for a few microseconds (a step of a small LSTM is about that long)
+// Spins for up to kTeamSpinNs (a step of a small LSTM is a few microseconds)
 // until done(), then gives the core away between tries: on a busy machine a
-// spinning thread could keep the one it waits for off the core.
+// spinning thread could keep the one it waits for off the core. Returns the
+// time spent yielding. The clock is read only past the first 64 pauses (about
+// 2 us on Zen 3, where a pause takes ~27 ns): most waits end before.
 namespace {
 template <typename Pred>
-void team_wait(Pred done) {
-  for (int spins = 0; !done(); ++spins) {
-    if (spins < 4000)
-      cpu_relax();
-    else
-      std::this_thread::yield();
+int64_t team_wait(Pred done) {
+  for (int i = 0; i < 64; ++i) {
+    if (done()) return 0;
+    cpu_relax();
   }
+  const int64_t start = now_ns();
+  for (int i = 1; !done(); ++i) {
+    cpu_relax();
+    if (i % 64 == 0 && now_ns() - start > kTeamSpinNs) {
+      const int64_t yielding = now_ns();
+      while (!done()) std::this_thread::yield();
+      return now_ns() - yielding;
+    }
+  }
+  return 0;
 }
 }  // namespace
 
@@ -366,21 +378,64 @@ void Barrier::finished(int t, int64_t steps) {
 }
 
 void Barrier::wait_finished(int64_t steps) {
-  for (int t = 0; t < n_; ++t)
-    team_wait([&] { return counts_[size_t(t)].steps.load(std::memory_order_acquire) >= steps; });
+  for (int t = 0; t < n_; ++t) {
+    const int64_t yielded = team_wait(
+        [&] { return counts_[size_t(t)].steps.load(std::memory_order_acquire) >= steps; });
+    if (yielded > 0) waited_ns_.fetch_add(yielded, std::memory_order_relaxed);
+  }
+}
+
+int TeamBackoff::team(int want, int64_t now_ns) {
+  std::lock_guard<std::mutex> lk(m_);
+  if (cap_ > 0 && now_ns >= until_ns_) {
+    cap_ = 0;      // over: the next call is the whole team again,
+    strikes_ = 1;  // and backs off at once if it is contended too
+  }
+  return cap_ > 0 ? std::min(want, cap_) : want;
+}
+
+void TeamBackoff::record(int n, int64_t waited_ns, int64_t wall_ns, int64_t now_ns) {
+  std::lock_guard<std::mutex> lk(m_);
+  if (double(waited_ns) <= kContended * double(n) * double(wall_ns)) {
+    strikes_ = 0;
+    if (cap_ == 0) doublings_ = 0;
+    return;
+  }
+  // A call as long as a backoff is evidence enough alone: its waits are
+  // summed over many steps.
+  strikes_ += wall_ns >= kBackoffNs ? 2 : 1;
+  if (strikes_ < 2) return;
+  cap_ = std::max(1, n / 2);
+  ++backoffs_;
+  const int64_t longest = kBackoffNs << kMaxDoublings;
+  until_ns_ = now_ns + std::min(std::max(kBackoffNs << doublings_, 8 * wall_ns), longest);
+  doublings_ = std::min(doublings_ + 1, kMaxDoublings);
+  strikes_ = 1;  // a team of cap_ contended too halves at once
+}
+
+int64_t TeamBackoff::backoffs() {
+  std::lock_guard<std::mutex> lk(m_);
+  return backoffs_;
 }
 
 void parallel_team(int want, double work, const std::function<void(int, int, Barrier&)>& fn) {
   auto p = pool();
-  const int n = std::min(want, p->size());
+  const int n = p->backoff().team(std::min(want, p->size()), now_ns());
   if (n > 1 && !(work < kWakeWork && p->idle())) {
     Barrier barrier(n);
-    if (p->team(n, [&](int64_t t) { fn(int(t), n, barrier); })) return;
+    const int64_t start = now_ns();
+    if (p->team(n, [&](int64_t t) { fn(int(t), n, barrier); })) {
+      const int64_t end = now_ns();
+      p->backoff().record(n, barrier.waited_ns(), end - start, end);
+      return;
+    }
   }
   Barrier alone(1);
   fn(0, 1, alone);
   p->call_ended();
 }
+
+int64_t team_backoffs() { return pool()->backoff().backoffs(); }
 
 int get_num_threads() { return pool()->size(); }
 

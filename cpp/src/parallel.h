@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 
 namespace lstm_ext {
@@ -21,14 +22,18 @@ void parallel_for(int64_t n, const std::function<void(int64_t)>& fn);
 // Synchronisation for the threads of one team: each thread has a count of
 // finished steps. finished(t, k) publishes thread t's (what it wrote before
 // is visible to whoever sees the count), and wait_finished(k) returns once
-// every thread's count is at least k (spinning briefly, then yielding), so
-// that a thread waits only where it reads the others' part of a step, not at
-// the step's end. finished(t, 1) then wait_finished(1) is a plain barrier.
+// every thread's count is at least k (spinning for up to kTeamSpinNs, then
+// yielding the core between tries), so that a thread waits only where it
+// reads the others' part of a step, not at the step's end. finished(t, 1)
+// then wait_finished(1) is a plain barrier. waited_ns: the team's time spent
+// yielding, summed over its threads (TeamBackoff reads it).
+constexpr int64_t kTeamSpinNs = 10'000;
 class Barrier {
  public:
   explicit Barrier(int n);
   void finished(int t, int64_t steps);
   void wait_finished(int64_t steps);
+  int64_t waited_ns() const { return waited_ns_.load(std::memory_order_relaxed); }
 
  private:
   struct alignas(64) Count {  // a cache line each: the writer's alone
@@ -36,10 +41,43 @@ class Barrier {
   };
   const int n_;
   std::unique_ptr<Count[]> counts_;
+  alignas(64) std::atomic<int64_t> waited_ns_{0};  // added to past the spin only
+};
+
+// How large a team to run while other processes' threads share the cores.
+// A team's threads meet at every step, so a step waits for a member the
+// scheduler has taken off its core: two processes, each running a team of
+// two on a two-core machine, took 26 times as long a call as one alone
+// (dev/perf-notes.md, 66), where one thread each would have taken 1.7
+// times. After two team calls in a row whose threads spent over a quarter
+// of their time yielding (kContended), or one such call at least kBackoffNs
+// long, the team is halved for a while: kBackoffNs or 8 times that call,
+// whichever is longer, doubled each time the first call after it is
+// contended again, at most 64 kBackoffNs; a call below the threshold ends
+// the doubling. Team sizes never change results (parallel_team). Thread-safe.
+class TeamBackoff {
+ public:
+  static constexpr double kContended = 0.25;
+  static constexpr int64_t kBackoffNs = 20'000'000;
+  static constexpr int kMaxDoublings = 6;
+  // The team to run now for one that wants `want` threads.
+  int team(int want, int64_t now_ns);
+  // A team of n threads ran for wall_ns and waited waited_ns (Barrier).
+  void record(int n, int64_t waited_ns, int64_t wall_ns, int64_t now_ns);
+  // Backoffs begun so far.
+  int64_t backoffs();
+
+ private:
+  std::mutex m_;
+  int64_t backoffs_ = 0;
+  int strikes_ = 0;       // contended calls in a row
+  int cap_ = 0;           // the team's size during a backoff; 0: none
+  int64_t until_ns_ = 0;  // when it ends
+  int doublings_ = 0;
 };
 
 // Runs fn(t, n, barrier) on n threads at once, t = 0..n-1, n = min(want, the
-// pool's size), with a barrier for the n of them; n = 1 (on the calling
+// pool's size, the pool's TeamBackoff), with a barrier for the n of them; n = 1 (on the calling
 // thread) where the pool is busy with another caller, or where the work
 // (about `work` multiply-adds) is under kWakeWork and the workers have gone
 // to sleep since a call that ended over 100 us ago: waking them takes tens

@@ -9,6 +9,7 @@
 #include <lstm_ext/lstm.h>
 #include <lstm_ext/model.h>
 #include <lstm_ext/runtime.h>
+#include <sched.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -492,6 +493,92 @@ TEST(Threads, AForkedChildMakesAPoolOfItsOwn) {
   EXPECT_EQ(WEXITSTATUS(status), 0) << "the child's results or thread count differ";
   lstm_ext::set_num_threads(before);
 #endif
+}
+
+// TeamBackoff's rule on made-up times: two contended calls in a row (or one
+// as long as a backoff) halve the team for a while; the first call after
+// that is the whole team again, and if it is contended too the next backoff
+// is twice as long; a calm call ends the doubling.
+TEST(Threads, TeamBackoffHalvesContendedTeamsForAWhile) {
+  using lstm_ext::TeamBackoff;
+  constexpr int64_t ms = 1'000'000, wait = 1 * ms, calm = 0, busy = 1 * ms;  // a call of 2 ms
+  TeamBackoff b;
+  int64_t now = 0;
+  for (int i = 0; i < 5; ++i, now += 2 * ms) {  // a quarter is not over a quarter
+    EXPECT_EQ(b.team(2, now), 2);
+    b.record(2, wait, 2 * ms, now);
+  }
+  b.record(2, busy * 2, 2 * ms, now);  // one contended call: no backoff yet
+  b.record(2, calm, 2 * ms, now);
+  b.record(2, busy * 2, 2 * ms, now);
+  EXPECT_EQ(b.team(2, now), 2);
+  EXPECT_EQ(b.backoffs(), 0);
+  b.record(2, busy * 2, 2 * ms, now);  // two in a row
+  EXPECT_EQ(b.backoffs(), 1);
+  EXPECT_EQ(b.team(2, now), 1);
+  EXPECT_EQ(b.team(2, now + TeamBackoff::kBackoffNs - 1), 1);
+  now += TeamBackoff::kBackoffNs;
+  EXPECT_EQ(b.team(2, now), 2);        // over: the whole team again
+  b.record(2, busy * 2, 2 * ms, now);  // contended again: at once, twice as long
+  EXPECT_EQ(b.backoffs(), 2);
+  EXPECT_EQ(b.team(2, now + 2 * TeamBackoff::kBackoffNs - 1), 1);
+  now += 2 * TeamBackoff::kBackoffNs;
+  EXPECT_EQ(b.team(2, now), 2);
+  b.record(2, calm, 2 * ms, now);      // calm: the doubling ends
+  b.record(2, busy * 2, 2 * ms, now);  // one contended call is not enough again
+  EXPECT_EQ(b.team(2, now), 2);
+  b.record(2, busy * 2, 2 * ms, now);
+  EXPECT_EQ(b.team(2, now + TeamBackoff::kBackoffNs - 1), 1);
+  EXPECT_EQ(b.team(2, now + TeamBackoff::kBackoffNs), 2);
+
+  // One long contended call is enough, and backs off for 8 calls like it, at
+  // most 64 backoffs.
+  TeamBackoff c;
+  const int64_t call = 2 * TeamBackoff::kBackoffNs;
+  c.record(8, 8 * call, call, 0);
+  EXPECT_EQ(c.team(8, 8 * call - 1), 4);  // halved
+  EXPECT_EQ(c.team(3, 8 * call - 1), 3);  // never more than wanted
+  c.record(4, 4 * call, call, 0);         // the half contended too: halved again
+  EXPECT_EQ(c.team(8, 0), 2);
+  TeamBackoff d;
+  d.record(2, 2 * 1000 * ms, 1000 * ms, 0);
+  EXPECT_EQ(d.team(2, 64 * TeamBackoff::kBackoffNs - 1), 1);
+  EXPECT_EQ(d.team(2, 64 * TeamBackoff::kBackoffNs), 2);
+}
+
+// The same in a real pool: a team of two on one CPU waits for a member off
+// its core at every step, and calls after two of those run alone; the work
+// is done all the same.
+TEST(Threads, TeamsOnOneCpuBackOff) {
+  cpu_set_t before_set, one;
+  ASSERT_EQ(sched_getaffinity(0, sizeof(before_set), &before_set), 0);
+  int cpu = 0;
+  while (!CPU_ISSET(cpu, &before_set)) ++cpu;
+  CPU_ZERO(&one);
+  CPU_SET(cpu, &one);
+  ASSERT_EQ(sched_setaffinity(0, sizeof(one), &one), 0);  // this thread, and the pool's below
+  const int before = lstm_ext::get_num_threads();
+  lstm_ext::set_num_threads(2);  // a new pool, whose threads share the one CPU
+  std::vector<int> sizes;
+  std::atomic<int64_t> steps{0};
+  for (int call = 0; call < 30; ++call)
+    lstm_ext::parallel_team(2, 1e12, [&](int t, int n, lstm_ext::Barrier& barrier) {
+      if (t == 0) sizes.push_back(n);
+      for (int64_t s = 1; s <= 50; ++s) {
+        steps.fetch_add(1);
+        barrier.finished(t, s);
+        barrier.wait_finished(s);
+      }
+    });
+  const int64_t backoffs = lstm_ext::team_backoffs();
+  lstm_ext::set_num_threads(before);
+  ASSERT_EQ(sched_setaffinity(0, sizeof(before_set), &before_set), 0);
+  EXPECT_GE(backoffs, 1) << "two threads on one CPU never backed off in 30 calls";
+  EXPECT_EQ(sizes.front(), 2);
+  EXPECT_GE(std::count(sizes.begin(), sizes.end(), 1), 1);
+  int64_t want = 0;
+  for (int n : sizes) want += 50 * n;
+  EXPECT_EQ(steps, want);
 }
 
 // Where the training forward keeps W and R (training_keeps_weights), backward

@@ -1,6 +1,7 @@
 // What the library was built with and runs on.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 namespace lstm_ext {
@@ -24,6 +25,15 @@ int blas_num_threads();
 constexpr int kMaxThreads = 1024;
 int get_num_threads();
 void set_num_threads(int n);
+
+// The threads of a call meet at every step of the sequence. Where other
+// processes' threads share the cores, so that a call's threads spend over a
+// quarter of their time waiting for one the system has taken off its core,
+// later calls run on half as many threads for a while (20 ms to 1.28 s), then
+// try all of them again; the results are the same bits either way.
+// team_backoffs: how often that began since the last set_num_threads (or the
+// first call).
+int64_t team_backoffs();
 
 // The CPU time this process's cgroup (and its ancestors) may use, in cores
 // rounded up: 2 in a container run with --cpus=1.5 (Docker) or a CPU limit of
