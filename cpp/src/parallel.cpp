@@ -103,10 +103,12 @@ class Pool {
   }
 
   // fn(t) for t < n on n different threads at once; false (nothing run) if
-  // the pool is busy or too small.
-  bool team(int n, const std::function<void(int64_t)>& fn) {
+  // the pool is busy or too small. woke: whether a worker was asleep when it
+  // began (the team then waited for it to wake, not for a core).
+  bool team(int n, const std::function<void(int64_t)>& fn, bool& woke) {
     std::unique_lock<std::mutex> region(region_, std::try_to_lock);
     if (n > size() || n <= 1 || !region) return false;
+    woke = asleep_.load(std::memory_order_relaxed) > 0;
     region_run(n, fn, true);
     return true;
   }
@@ -424,9 +426,10 @@ void parallel_team(int want, double work, const std::function<void(int, int, Bar
   if (n > 1 && !(work < kWakeWork && p->idle())) {
     Barrier barrier(n);
     const int64_t start = now_ns();
-    if (p->team(n, [&](int64_t t) { fn(int(t), n, barrier); })) {
+    bool woke = false;
+    if (p->team(n, [&](int64_t t) { fn(int(t), n, barrier); }, woke)) {
       const int64_t end = now_ns();
-      p->backoff().record(n, barrier.waited_ns(), end - start, end);
+      if (!woke) p->backoff().record(n, barrier.waited_ns(), end - start, end);
       return;
     }
   }

@@ -50,7 +50,8 @@ class Barrier {
 // two on a two-core machine, took 26 times as long a call as one alone
 // (dev/perf-notes.md, 66), where one thread each would have taken 1.7
 // times. After two team calls in a row whose threads spent over a quarter
-// of their time yielding (kContended), or one such call at least kBackoffNs
+// of their time yielding (kContended; calls that woke a sleeping worker are
+// not counted: they waited for it to wake), or one such call at least kBackoffNs
 // long, the team is halved for a while: kBackoffNs or 8 times that call,
 // whichever is longer, doubled each time the first call after it is
 // contended again, at most 64 kBackoffNs; a call below the threshold ends
