@@ -88,3 +88,29 @@ def test_the_training_step_is_the_command_line_s_and_the_same_in_torch():
     assert shape == (64, 32, 48, 256, 103)
     assert ours_ms == 1.0 and (torch_ms, ratio) == ((1.0, 1.0) if torch else (None, None))
     assert len(calls) == (4 if torch else 1)  # rounds of ours and torch's in turns
+
+
+def test_the_contention_run_measures_every_setting(tmp_path):
+    """benchmarks/bench_contention.py: processes started together, each
+    loop's calls counted and timed, the torch rows where torch is installed.
+    No time is checked."""
+    out = tmp_path / "contention.json"
+    script = BENCH.parent / "bench_contention.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--case", "10,2,8,8", "--mode", "fwdbwd",
+         "--seconds", "0.1", "--json", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(out.read_text())["rows"]
+    settings = [(r["library"], r["procs"], r["threads"]) for r in rows]
+    want = [("lstm_ext", 1, "default"), ("lstm_ext", 2, "default"), ("lstm_ext", 2, 1)]
+    if installed("torch"):
+        want += [("torch", 1, "default"), ("torch", 2, "default")]
+    assert settings == want
+    for r in rows:
+        assert len(r["results"]) == r["procs"] == len(r["over_alone"])
+        for res in r["results"]:
+            assert res["calls"] >= 1 and res["ms"] > 0 and res["mean_ms"] > 0
+            assert res["backoffs"] >= 0
+    assert rows[0]["over_alone"] == [1.0]

@@ -47,15 +47,16 @@ class Barrier {
 // How large a team to run while other processes' threads share the cores.
 // A team's threads meet at every step, so a step waits for a member the
 // scheduler has taken off its core: two processes, each running a team of
-// two on a two-core machine, took 26 times as long a call as one alone
-// (dev/perf-notes.md, 66), where one thread each would have taken 1.7
-// times. After two team calls in a row whose threads spent over a quarter
-// of their time yielding (kContended; calls that woke a sleeping worker are
-// not counted: they waited for it to wake), or one such call at least kBackoffNs
-// long, the team is halved for a while: kBackoffNs or 8 times that call,
-// whichever is longer, doubled each time the first call after it is
-// contended again, at most 64 kBackoffNs; a call below the threshold ends
-// the doubling. Team sizes never change results (parallel_team). Thread-safe.
+// two on a two-core machine, took 28 to 34 times as long a B = 1 call as one
+// alone (in two runs of three; dev/perf-notes.md, 66), where one thread each
+// took 1.4 to 2.2 times. After two team calls in a row whose threads spent
+// over a quarter of their time yielding (kContended), or one such call at
+// least kBackoffNs long, the team is halved for a while: kBackoffNs or 8
+// times that call, whichever is longer, doubled each time the first call
+// after it is contended again, at most 64 kBackoffNs; a call below the
+// threshold ends the doubling. A call that woke a sleeping worker is not
+// counted (it waited for the wake-up). Team sizes never change results
+// (parallel_team). Thread-safe.
 class TeamBackoff {
  public:
   static constexpr double kContended = 0.25;
