@@ -2,6 +2,7 @@
 
 #include <pthread.h>
 #include <sched.h>
+#include <time.h>
 
 #include <algorithm>
 #include <atomic>
@@ -350,11 +351,22 @@ void parallel_for(int64_t n, const std::function<void(int64_t)>& fn) { pool()->r
 
 Barrier::Barrier(int n) : n_(n), counts_(new Count[size_t(std::max(n, 1))]) {}
 
+// The CPU time this thread has run (a system call; not in the vDSO).
+int64_t thread_cpu_ns() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return int64_t(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+}
+
 // Spins for up to kTeamSpinNs (a step of a small LSTM is a few microseconds)
 // until done(), then gives the core away between tries: on a busy machine a
 // spinning thread could keep the one it waits for off the core. Returns the
-// time spent yielding. The clock is read only past the first 64 pauses (about
-// 2 us on Zen 3, where a pause takes ~27 ns): most waits end before.
+// time this thread spent off its core meanwhile: a yield with nothing else
+// to run on the core returns at once, so a wait for a slower thread of the
+// team (shapes that split unevenly) counts nothing, one while other threads
+// took turns on the core counts those turns. The clocks are read only past
+// the first 64 pauses (about 2 us on Zen 3, where a pause takes ~27 ns) and
+// the CPU time only past the spin: most waits end before.
 namespace {
 template <typename Pred>
 int64_t team_wait(Pred done) {
@@ -366,13 +378,14 @@ int64_t team_wait(Pred done) {
   for (int i = 1; !done(); ++i) {
     cpu_relax();
     if (i % 64 == 0 && now_ns() - start > kTeamSpinNs) {
-      const int64_t yielding = now_ns();
+      const int64_t wall = now_ns(), cpu = thread_cpu_ns();
       while (!done()) std::this_thread::yield();
-      return now_ns() - yielding;
+      return std::max<int64_t>(0, (now_ns() - wall) - (thread_cpu_ns() - cpu));
     }
   }
   return 0;
 }
+
 }  // namespace
 
 void Barrier::finished(int t, int64_t steps) {
@@ -381,9 +394,9 @@ void Barrier::finished(int t, int64_t steps) {
 
 void Barrier::wait_finished(int64_t steps) {
   for (int t = 0; t < n_; ++t) {
-    const int64_t yielded = team_wait(
+    const int64_t off = team_wait(
         [&] { return counts_[size_t(t)].steps.load(std::memory_order_acquire) >= steps; });
-    if (yielded > 0) waited_ns_.fetch_add(yielded, std::memory_order_relaxed);
+    if (off > 0) off_core_ns_.fetch_add(off, std::memory_order_relaxed);
   }
 }
 
@@ -396,9 +409,9 @@ int TeamBackoff::team(int want, int64_t now_ns) {
   return cap_ > 0 ? std::min(want, cap_) : want;
 }
 
-void TeamBackoff::record(int n, int64_t waited_ns, int64_t wall_ns, int64_t now_ns) {
+void TeamBackoff::record(int n, int64_t off_core_ns, int64_t wall_ns, int64_t now_ns) {
   std::lock_guard<std::mutex> lk(m_);
-  if (double(waited_ns) <= kContended * double(n) * double(wall_ns)) {
+  if (double(off_core_ns) <= kContended * double(n) * double(wall_ns)) {
     strikes_ = 0;
     if (cap_ == 0) doublings_ = 0;
     return;
@@ -429,7 +442,7 @@ void parallel_team(int want, double work, const std::function<void(int, int, Bar
     bool woke = false;
     if (p->team(n, [&](int64_t t) { fn(int(t), n, barrier); }, woke)) {
       const int64_t end = now_ns();
-      if (!woke) p->backoff().record(n, barrier.waited_ns(), end - start, end);
+      if (!woke) p->backoff().record(n, barrier.off_core_ns(), end - start, end);
       return;
     }
   }

@@ -25,15 +25,16 @@ void parallel_for(int64_t n, const std::function<void(int64_t)>& fn);
 // every thread's count is at least k (spinning for up to kTeamSpinNs, then
 // yielding the core between tries), so that a thread waits only where it
 // reads the others' part of a step, not at the step's end. finished(t, 1)
-// then wait_finished(1) is a plain barrier. waited_ns: the team's time spent
-// yielding, summed over its threads (TeamBackoff reads it).
+// then wait_finished(1) is a plain barrier. off_core_ns: the time the team's
+// threads spent off their cores while they yielded, summed (other threads
+// ran there; TeamBackoff reads it).
 constexpr int64_t kTeamSpinNs = 10'000;
 class Barrier {
  public:
   explicit Barrier(int n);
   void finished(int t, int64_t steps);
   void wait_finished(int64_t steps);
-  int64_t waited_ns() const { return waited_ns_.load(std::memory_order_relaxed); }
+  int64_t off_core_ns() const { return off_core_ns_.load(std::memory_order_relaxed); }
 
  private:
   struct alignas(64) Count {  // a cache line each: the writer's alone
@@ -41,7 +42,7 @@ class Barrier {
   };
   const int n_;
   std::unique_ptr<Count[]> counts_;
-  alignas(64) std::atomic<int64_t> waited_ns_{0};  // added to past the spin only
+  alignas(64) std::atomic<int64_t> off_core_ns_{0};
 };
 
 // How large a team to run while other processes' threads share the cores.
@@ -50,22 +51,25 @@ class Barrier {
 // two on a two-core machine, took 28 to 34 times as long a B = 1 call as one
 // alone (in two runs of three; dev/perf-notes.md, 66), where one thread each
 // took 1.4 to 2.2 times. After two team calls in a row whose threads spent
-// over a quarter of their time yielding (kContended), or one such call at
-// least kBackoffNs long, the team is halved for a while: kBackoffNs or 8
-// times that call, whichever is longer, doubled each time the first call
-// after it is contended again, at most 64 kBackoffNs; a call below the
-// threshold ends the doubling. A call that woke a sleeping worker is not
+// over a fifth of their time off their cores while waiting (kContended), or
+// one such call at least kBackoffNs long, the team is halved for a while:
+// kBackoffNs or 8 times that call, whichever is longer, doubled each time
+// the first call after it is contended again, at most 64 kBackoffNs; a call
+// below the threshold ends the doubling. A wait for a slower member on a
+// core of its own (a shape that splits unevenly) yields and stays on its
+// core, so it counts nothing; a call that woke a sleeping worker is not
 // counted (it waited for the wake-up). Team sizes never change results
 // (parallel_team). Thread-safe.
 class TeamBackoff {
  public:
-  static constexpr double kContended = 0.25;
+  static constexpr double kContended = 0.2;
   static constexpr int64_t kBackoffNs = 20'000'000;
   static constexpr int kMaxDoublings = 6;
   // The team to run now for one that wants `want` threads.
   int team(int want, int64_t now_ns);
-  // A team of n threads ran for wall_ns and waited waited_ns (Barrier).
-  void record(int n, int64_t waited_ns, int64_t wall_ns, int64_t now_ns);
+  // A team of n threads ran for wall_ns, off_core_ns of it off their cores
+  // while waiting (Barrier::off_core_ns).
+  void record(int n, int64_t off_core_ns, int64_t wall_ns, int64_t now_ns);
   // Backoffs begun so far.
   int64_t backoffs();
 

@@ -501,12 +501,13 @@ TEST(Threads, AForkedChildMakesAPoolOfItsOwn) {
 // is twice as long; a calm call ends the doubling.
 TEST(Threads, TeamBackoffHalvesContendedTeamsForAWhile) {
   using lstm_ext::TeamBackoff;
-  constexpr int64_t ms = 1'000'000, wait = 1 * ms, calm = 0, busy = 1 * ms;  // a call of 2 ms
+  // Calls of 2 ms on two threads: 0.8 ms off their cores is a fifth.
+  constexpr int64_t ms = 1'000'000, fifth = 800'000, calm = 0, busy = 1 * ms;
   TeamBackoff b;
   int64_t now = 0;
-  for (int i = 0; i < 5; ++i, now += 2 * ms) {  // a quarter is not over a quarter
+  for (int i = 0; i < 5; ++i, now += 2 * ms) {  // a fifth is not over a fifth
     EXPECT_EQ(b.team(2, now), 2);
-    b.record(2, wait, 2 * ms, now);
+    b.record(2, fifth, 2 * ms, now);
   }
   b.record(2, busy * 2, 2 * ms, now);  // one contended call: no backoff yet
   b.record(2, calm, 2 * ms, now);

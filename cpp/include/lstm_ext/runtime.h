@@ -28,9 +28,9 @@ void set_num_threads(int n);
 
 // The threads of a call meet at every step of the sequence. Where other
 // processes' threads share the cores, so that a call's threads spend over a
-// quarter of their time waiting for one the system has taken off its core,
-// later calls run on half as many threads for a while (20 ms to 1.28 s), then
-// try all of them again; the results are the same bits either way.
+// fifth of their time off their cores while they wait for each other, later
+// calls run on half as many threads for a while (20 ms to 1.28 s), then try
+// all of them again; the results are the same bits either way.
 // team_backoffs: how often that began since the last set_num_threads (or the
 // first call).
 int64_t team_backoffs();
