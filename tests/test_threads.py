@@ -154,8 +154,8 @@ def test_calls_on_threads_sharing_one_cpu_back_off_with_the_same_bits(tmp_path):
     cores: each step waits for a thread off its core, so after two such calls
     the next run alone for a while (cpp/src/parallel.h, TeamBackoff). On two
     cores shared by two processes, a B = 1 forward took 28-34 times its time
-    alone before (two runs of three), 1.5-2.7 times after, one thread each
-    1.4-2.2 times (dev/perf-notes.md, 66). Results are the
+    alone before (two runs of three), 1.2-2.0 times after, one thread each
+    1.2-1.4 times (dev/perf-notes.md, 66). Results are the
     same bits as on one thread."""
     out = subprocess.run([sys.executable, "-c", _ONE_CPU, str(tmp_path / "y.npy")],
                          capture_output=True, text=True, timeout=120)  # fmt: skip
