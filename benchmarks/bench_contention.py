@@ -71,8 +71,8 @@ def worker(lib: str, case, mode: str, seconds: float) -> dict:
     call()
     print("ready", flush=True)
     sys.stdin.readline()
-    times, end = [], time.time() + seconds
-    while time.time() < end:
+    times, end = [], time.perf_counter() + seconds
+    while not times or time.perf_counter() < end:
         t0 = time.perf_counter()
         call()
         times.append(time.perf_counter() - t0)
@@ -81,23 +81,34 @@ def worker(lib: str, case, mode: str, seconds: float) -> dict:
 
 
 def run(lib: str, case, mode: str, procs: int, seconds: float, threads: int | None) -> list:
-    """procs processes at once (a fresh interpreter each); their results."""
+    """procs processes at once (a fresh interpreter each); their results.
+    Every child is killed on the way out, whatever happened."""
     env = dict(os.environ)
+    env.pop("LSTM_EXT_NUM_THREADS", None)
     if threads:
         env["LSTM_EXT_NUM_THREADS"] = str(threads)
     args = [sys.executable, os.path.abspath(__file__), "--worker", lib, "--case",
             ",".join(map(str, case)), "--mode", mode, "--seconds", str(seconds)]  # fmt: skip
-    children = [subprocess.Popen(args, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                 text=True) for _ in range(procs)]  # fmt: skip
-    for c in children:  # each has imported and made its first call
-        c.stdout.readline()
-    for c in children:
-        c.stdin.write("go\n")
-        c.stdin.flush()
-    out = [json.loads(c.communicate(timeout=seconds + 120)[0]) for c in children]
-    if any(c.returncode for c in children):
-        raise SystemExit("a worker failed")
-    return out
+    children = []
+    try:
+        for _ in range(procs):
+            children.append(subprocess.Popen(args, env=env, stdin=subprocess.PIPE,
+                                              stdout=subprocess.PIPE, text=True))  # fmt: skip
+        for c in children:  # each has imported and made its first call, or ended
+            if c.stdout.readline().strip() != "ready":
+                raise SystemExit(f"a {lib} worker failed before its loop (status {c.wait()})")
+        for c in children:
+            c.stdin.write("go\n")
+            c.stdin.flush()
+        outs = [c.communicate(timeout=seconds + 120)[0] for c in children]
+        if any(c.returncode for c in children):
+            raise SystemExit(f"a {lib} worker failed: status {[c.returncode for c in children]}")
+        return [json.loads(o) for o in outs]
+    finally:
+        for c in children:
+            if c.poll() is None:
+                c.kill()
+                c.wait()
 
 
 def main(argv=None) -> None:

@@ -104,12 +104,10 @@ class Pool {
   }
 
   // fn(t) for t < n on n different threads at once; false (nothing run) if
-  // the pool is busy or too small. woke: whether a worker was asleep when it
-  // began (the team then waited for it to wake, not for a core).
-  bool team(int n, const std::function<void(int64_t)>& fn, bool& woke) {
+  // the pool is busy or too small.
+  bool team(int n, const std::function<void(int64_t)>& fn) {
     std::unique_lock<std::mutex> region(region_, std::try_to_lock);
     if (n > size() || n <= 1 || !region) return false;
-    woke = asleep_.load(std::memory_order_relaxed) > 0;
     region_run(n, fn, true);
     return true;
   }
@@ -351,13 +349,6 @@ void parallel_for(int64_t n, const std::function<void(int64_t)>& fn) { pool()->r
 
 Barrier::Barrier(int n) : n_(n), counts_(new Count[size_t(std::max(n, 1))]) {}
 
-// The CPU time this thread has run (a system call; not in the vDSO).
-int64_t thread_cpu_ns() {
-  timespec ts{};
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-  return int64_t(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
-}
-
 // Spins for up to kTeamSpinNs (a step of a small LSTM is a few microseconds)
 // until done(), then gives the core away between tries: on a busy machine a
 // spinning thread could keep the one it waits for off the core. Returns the
@@ -368,6 +359,13 @@ int64_t thread_cpu_ns() {
 // the first 64 pauses (about 2 us on Zen 3, where a pause takes ~27 ns) and
 // the CPU time only past the spin: most waits end before.
 namespace {
+// The CPU time this thread has run (a system call; not in the vDSO), or -1.
+int64_t thread_cpu_ns() {
+  timespec ts{};
+  if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0) return -1;
+  return int64_t(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+}
+
 template <typename Pred>
 int64_t team_wait(Pred done) {
   for (int i = 0; i < 64; ++i) {
@@ -378,54 +376,64 @@ int64_t team_wait(Pred done) {
   for (int i = 1; !done(); ++i) {
     cpu_relax();
     if (i % 64 == 0 && now_ns() - start > kTeamSpinNs) {
-      const int64_t wall = now_ns(), cpu = thread_cpu_ns();
+      const int64_t wall0 = now_ns(), cpu0 = thread_cpu_ns();
       while (!done()) std::this_thread::yield();
-      return std::max<int64_t>(0, (now_ns() - wall) - (thread_cpu_ns() - cpu));
+      const int64_t wall1 = now_ns(), cpu1 = thread_cpu_ns();
+      if (cpu0 < 0 || cpu1 < 0) return 0;  // no CPU clock: nothing known
+      return std::max<int64_t>(0, (wall1 - wall0) - (cpu1 - cpu0));
     }
   }
   return 0;
 }
-
 }  // namespace
 
 void Barrier::finished(int t, int64_t steps) {
   counts_[size_t(t)].steps.store(steps, std::memory_order_release);
 }
 
+// A wait for a thread that has finished no step of this call yet may be a
+// wait for a worker to wake (placed on the waiter's core, it takes it): not
+// counted.
 void Barrier::wait_finished(int64_t steps) {
   for (int t = 0; t < n_; ++t) {
-    const int64_t off = team_wait(
-        [&] { return counts_[size_t(t)].steps.load(std::memory_order_acquire) >= steps; });
-    if (off > 0) off_core_ns_.fetch_add(off, std::memory_order_relaxed);
+    const std::atomic<int64_t>& count = counts_[size_t(t)].steps;
+    const bool started = count.load(std::memory_order_relaxed) > 0;
+    const int64_t off = team_wait([&] { return count.load(std::memory_order_acquire) >= steps; });
+    if (off > 0 && started) off_core_ns_.fetch_add(off, std::memory_order_relaxed);
   }
 }
 
 int TeamBackoff::team(int want, int64_t now_ns) {
   std::lock_guard<std::mutex> lk(m_);
-  if (cap_ > 0 && now_ns >= until_ns_) {
-    cap_ = 0;      // over: the next call is the whole team again,
-    strikes_ = 1;  // and backs off at once if it is contended too
+  if (halvings_ > 0 && now_ns >= until_ns_) {
+    halvings_ = 0;  // over: the next call is the whole team again,
+    strikes_ = 1;   // and backs off at once if it is contended too
   }
-  return cap_ > 0 ? std::min(want, cap_) : want;
+  if (halvings_ == 0 && until_ns_ > 0 && now_ns - until_ns_ > kBackoffNs << kMaxDoublings) {
+    strikes_ = 0;  // long past: contention then says nothing of now
+    doublings_ = 0;
+    until_ns_ = 0;
+  }
+  return int((int64_t(want) + (int64_t(1) << halvings_) - 1) >> halvings_);  // rounded up
 }
 
 void TeamBackoff::record(int n, int64_t off_core_ns, int64_t wall_ns, int64_t now_ns) {
   std::lock_guard<std::mutex> lk(m_);
   if (double(off_core_ns) <= kContended * double(n) * double(wall_ns)) {
     strikes_ = 0;
-    if (cap_ == 0) doublings_ = 0;
+    if (halvings_ == 0) doublings_ = 0;
     return;
   }
   // A call as long as a backoff is evidence enough alone: its waits are
   // summed over many steps.
   strikes_ += wall_ns >= kBackoffNs ? 2 : 1;
-  if (strikes_ < 2) return;
-  cap_ = std::max(1, n / 2);
+  if (strikes_ < 2 || n == 1) return;
+  halvings_ = std::min(halvings_ + 1, 30);  // a contended half halves again
   ++backoffs_;
   const int64_t longest = kBackoffNs << kMaxDoublings;
   until_ns_ = now_ns + std::min(std::max(kBackoffNs << doublings_, 8 * wall_ns), longest);
   doublings_ = std::min(doublings_ + 1, kMaxDoublings);
-  strikes_ = 1;  // a team of cap_ contended too halves at once
+  strikes_ = 1;  // a team of the half contended too halves at once
 }
 
 int64_t TeamBackoff::backoffs() {
@@ -439,10 +447,9 @@ void parallel_team(int want, double work, const std::function<void(int, int, Bar
   if (n > 1 && !(work < kWakeWork && p->idle())) {
     Barrier barrier(n);
     const int64_t start = now_ns();
-    bool woke = false;
-    if (p->team(n, [&](int64_t t) { fn(int(t), n, barrier); }, woke)) {
+    if (p->team(n, [&](int64_t t) { fn(int(t), n, barrier); })) {
       const int64_t end = now_ns();
-      if (!woke) p->backoff().record(n, barrier.off_core_ns(), end - start, end);
+      p->backoff().record(n, barrier.off_core_ns(), end - start, end);
       return;
     }
   }

@@ -49,17 +49,18 @@ class Barrier {
 // A team's threads meet at every step, so a step waits for a member the
 // scheduler has taken off its core: two processes, each running a team of
 // two on a two-core machine, took 28 to 34 times as long a B = 1 call as one
-// alone (in two runs of three; dev/perf-notes.md, 66), where one thread each
-// took 1.4 to 2.2 times. After two team calls in a row whose threads spent
-// over a fifth of their time off their cores while waiting (kContended), or
-// one such call at least kBackoffNs long, the team is halved for a while:
-// kBackoffNs or 8 times that call, whichever is longer, doubled each time
-// the first call after it is contended again, at most 64 kBackoffNs; a call
-// below the threshold ends the doubling. A wait for a slower member on a
-// core of its own (a shape that splits unevenly) yields and stays on its
-// core, so it counts nothing; a call that woke a sleeping worker is not
-// counted (it waited for the wake-up). Team sizes never change results
-// (parallel_team). Thread-safe.
+// alone (in two runs of three; dev/perf-notes.md, 66). After two team calls
+// in a row whose threads spent over a fifth of their time off their cores
+// while waiting for each other (kContended), or one such call at least
+// kBackoffNs long, the next calls get half the team they want (rounded up)
+// for a while: 8 times that call or kBackoffNs, whichever is longer, the
+// kBackoffNs doubled each time the first call after a backoff is contended
+// again, the while at most 64 kBackoffNs (1.28 s). A contended call during a
+// backoff halves again. A call below the threshold ends the doubling, and so
+// does a backoff 1.28 s past. A wait for a slower member on a core of its
+// own (a shape that splits unevenly) yields and stays on its core, so it
+// counts nothing; nor does a wait for a member's first step (a worker
+// waking). Team sizes never change results (parallel_team). Thread-safe.
 class TeamBackoff {
  public:
   static constexpr double kContended = 0.2;
@@ -77,8 +78,8 @@ class TeamBackoff {
   std::mutex m_;
   int64_t backoffs_ = 0;
   int strikes_ = 0;       // contended calls in a row
-  int cap_ = 0;           // the team's size during a backoff; 0: none
-  int64_t until_ns_ = 0;  // when it ends
+  int halvings_ = 0;      // during a backoff: teams are want / 2^halvings_
+  int64_t until_ns_ = 0;  // when the backoff ends (or ended)
   int doublings_ = 0;
 };
 

@@ -27,7 +27,9 @@ own threads (``set_num_threads``, or the environment variable
 LSTM_EXT_NUM_THREADS; default: the CPUs the process may run on, at most its
 cgroup's CPU limit rounded up, as in a container run with ``--cpus``) with the BLAS
 single-threaded inside its calls; results are bit-identical from run to run
-at any thread count.
+at any thread count. Where other processes' threads keep a call's threads
+off their cores, the next calls run on half as many for a while
+(``_core.team_backoffs()`` counts how often).
 
 Arrays of 128 KiB and more that lstm_ext hands out reuse the memory of such
 arrays freed before (up to LSTM_EXT_BUFFER_CACHE_MB megabytes, default 1024,

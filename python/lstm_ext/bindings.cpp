@@ -457,8 +457,8 @@ PYBIND11_MODULE(_core, m) {
         "Threads the BLAS uses: 1 once lstm_ext has run (it parallelises on its own).");
   m.def("get_num_threads", &lstm_ext::get_num_threads, "lstm_ext's threads.");
   m.def("team_backoffs", &lstm_ext::team_backoffs,
-        "How often calls ran on half the threads since set_num_threads: the cores were shared "
-        "with other processes' threads.");
+        "How often calls' threads were halved (or halved again) since set_num_threads: other "
+        "threads kept them off their cores.");
   m.def("cpu_quota_cores", &lstm_ext::cpu_quota_cores,
         "The process's cgroup CPU limit in cores rounded up; 0 where none is set.");
   m.def(

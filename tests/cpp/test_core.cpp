@@ -530,17 +530,27 @@ TEST(Threads, TeamBackoffHalvesContendedTeamsForAWhile) {
   EXPECT_EQ(b.team(2, now), 2);
   b.record(2, busy * 2, 2 * ms, now);
   EXPECT_EQ(b.team(2, now + TeamBackoff::kBackoffNs - 1), 1);
-  EXPECT_EQ(b.team(2, now + TeamBackoff::kBackoffNs), 2);
+  now += TeamBackoff::kBackoffNs;
+  EXPECT_EQ(b.team(2, now), 2);
+  // Long after a backoff, one contended call is not enough again.
+  now += 64 * TeamBackoff::kBackoffNs + 1;
+  EXPECT_EQ(b.team(2, now), 2);
+  b.record(2, busy * 2, 2 * ms, now);
+  EXPECT_EQ(b.team(2, now), 2);
+  EXPECT_EQ(b.backoffs(), 3);
 
-  // One long contended call is enough, and backs off for 8 calls like it, at
-  // most 64 backoffs.
+  // One long contended call is enough, and backs off for 8 calls like it;
+  // every call gets half the team it wants, rounded up.
   TeamBackoff c;
   const int64_t call = 2 * TeamBackoff::kBackoffNs;
   c.record(8, 8 * call, call, 0);
-  EXPECT_EQ(c.team(8, 8 * call - 1), 4);  // halved
-  EXPECT_EQ(c.team(3, 8 * call - 1), 3);  // never more than wanted
-  c.record(4, 4 * call, call, 0);         // the half contended too: halved again
+  EXPECT_EQ(c.team(8, 8 * call - 1), 4);
+  EXPECT_EQ(c.team(3, 8 * call - 1), 2);
+  EXPECT_EQ(c.team(1, 8 * call - 1), 1);
+  c.record(4, 4 * call, call, 0);  // the half contended too: halved again
   EXPECT_EQ(c.team(8, 0), 2);
+  EXPECT_EQ(c.team(3, 0), 1);
+  // At most 64 kBackoffNs (1.28 s), however long the call.
   TeamBackoff d;
   d.record(2, 2 * 1000 * ms, 1000 * ms, 0);
   EXPECT_EQ(d.team(2, 64 * TeamBackoff::kBackoffNs - 1), 1);
@@ -551,29 +561,43 @@ TEST(Threads, TeamBackoffHalvesContendedTeamsForAWhile) {
 // its core at every step, and calls after two of those run alone; the work
 // is done all the same.
 TEST(Threads, TeamsOnOneCpuBackOff) {
-  cpu_set_t before_set, one;
-  ASSERT_EQ(sched_getaffinity(0, sizeof(before_set), &before_set), 0);
-  int cpu = 0;
-  while (!CPU_ISSET(cpu, &before_set)) ++cpu;
-  CPU_ZERO(&one);
-  CPU_SET(cpu, &one);
-  ASSERT_EQ(sched_setaffinity(0, sizeof(one), &one), 0);  // this thread, and the pool's below
-  const int before = lstm_ext::get_num_threads();
-  lstm_ext::set_num_threads(2);  // a new pool, whose threads share the one CPU
+  // This thread on one CPU, and a new pool of two made here, whose threads
+  // inherit that; afterwards the CPUs back, then a pool of the old size
+  // (made after, so that its threads get them too), whatever the test did.
+  struct OneCpu {
+    cpu_set_t all{};
+    int threads = lstm_ext::get_num_threads();
+    OneCpu() {
+      if (sched_getaffinity(0, sizeof(all), &all) != 0) throw std::runtime_error("getaffinity");
+      cpu_set_t one;
+      CPU_ZERO(&one);
+      int cpu = 0;
+      while (!CPU_ISSET(cpu, &all)) ++cpu;
+      CPU_SET(cpu, &one);
+      if (sched_setaffinity(0, sizeof(one), &one) != 0) throw std::runtime_error("setaffinity");
+      lstm_ext::set_num_threads(2);
+    }
+    ~OneCpu() {
+      sched_setaffinity(0, sizeof(all), &all);
+      lstm_ext::set_num_threads(threads);
+    }
+  };
   std::vector<int> sizes;
   std::atomic<int64_t> steps{0};
-  for (int call = 0; call < 30; ++call)
-    lstm_ext::parallel_team(2, 1e12, [&](int t, int n, lstm_ext::Barrier& barrier) {
-      if (t == 0) sizes.push_back(n);
-      for (int64_t s = 1; s <= 50; ++s) {
-        steps.fetch_add(1);
-        barrier.finished(t, s);
-        barrier.wait_finished(s);
-      }
-    });
-  const int64_t backoffs = lstm_ext::team_backoffs();
-  lstm_ext::set_num_threads(before);
-  ASSERT_EQ(sched_setaffinity(0, sizeof(before_set), &before_set), 0);
+  int64_t backoffs = 0;
+  {
+    OneCpu pinned;
+    for (int call = 0; call < 30; ++call)
+      lstm_ext::parallel_team(2, 1e12, [&](int t, int n, lstm_ext::Barrier& barrier) {
+        if (t == 0) sizes.push_back(n);
+        for (int64_t s = 1; s <= 50; ++s) {
+          steps.fetch_add(1);
+          barrier.finished(t, s);
+          barrier.wait_finished(s);
+        }
+      });
+    backoffs = lstm_ext::team_backoffs();
+  }
   EXPECT_GE(backoffs, 1) << "two threads on one CPU never backed off in 30 calls";
   EXPECT_EQ(sizes.front(), 2);
   EXPECT_GE(std::count(sizes.begin(), sizes.end(), 1), 1);

@@ -27,12 +27,13 @@ int get_num_threads();
 void set_num_threads(int n);
 
 // The threads of a call meet at every step of the sequence. Where other
-// processes' threads share the cores, so that a call's threads spend over a
-// fifth of their time off their cores while they wait for each other, later
-// calls run on half as many threads for a while (20 ms to 1.28 s), then try
-// all of them again; the results are the same bits either way.
-// team_backoffs: how often that began since the last set_num_threads (or the
-// first call).
+// processes' threads share the cores, so that calls' threads spend over a
+// fifth of their time off their cores while they wait for each other (two
+// calls in a row, or one of 20 ms or more), later calls run on half as many
+// threads for a while (20 ms to 1.28 s), then try all of them again; the
+// results are the same bits either way. team_backoffs: how often the
+// threads were halved (or halved again) since the last set_num_threads (or
+// the first call).
 int64_t team_backoffs();
 
 // The CPU time this process's cgroup (and its ancestors) may use, in cores
