@@ -83,16 +83,17 @@ class TeamBackoff {
   int doublings_ = 0;
 };
 
-// Runs fn(t, n, barrier) on n threads at once, t = 0..n-1, n = min(want, the
-// pool's size, the pool's TeamBackoff), with a barrier for the n of them; n = 1 (on the calling
-// thread) where the pool is busy with another caller, or where the work
-// (about `work` multiply-adds) is under kWakeWork and the workers have gone
-// to sleep since a call that ended over 100 us ago: waking them takes tens
-// to hundreds of microseconds on a virtual machine, more than such a call
-// takes alone (calls spaced out, as when a model generates text between
-// them; in a loop of calls close together they stay awake, and a loop that
-// resumes after a pause wakes them on its second call). fn must not throw:
-// a thread that left early would leave the others waiting at the barrier.
+// Runs fn(t, n, barrier) on n threads at once, t = 0..n-1, n = the pool's
+// TeamBackoff::team of min(want, the pool's size), with a barrier for the n
+// of them; n = 1 (on the calling thread) where the pool is busy with
+// another caller, or where the work (about `work` multiply-adds) is under
+// kWakeWork and the workers have gone to sleep since a call that ended over
+// 100 us ago: waking them takes tens to hundreds of microseconds on a
+// virtual machine, more than such a call takes alone (calls spaced out, as
+// when a model generates text between them; in a loop of calls close
+// together they stay awake, and a loop that resumes after a pause wakes them
+// on its second call). fn must not throw: a thread that left early would
+// leave the others waiting at the barrier.
 constexpr double kWakeWork = 1 << 20;
 void parallel_team(int want, double work, const std::function<void(int, int, Barrier&)>& fn);
 
