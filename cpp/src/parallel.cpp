@@ -40,19 +40,26 @@ inline void cpu_relax() {
 #endif
 }
 
-// Spins until pred() holds or about 100 us have passed; says which. Workers
-// and callers spin before they sleep: waking a sleeping thread costs tens to
-// hundreds of microseconds on a virtual machine whose idle CPU has halted,
-// more than a whole step of a small LSTM.
+// Spins until pred() holds or about `limit` ns have passed (kSpinTime by
+// default); says which. Workers and callers spin before they sleep: waking a
+// sleeping thread costs tens to hundreds of microseconds on a virtual machine
+// whose idle CPU has halted, more than a whole step of a small LSTM. The
+// clock is read from the 64th pause on (about 2 us on Zen 3, where a pause
+// takes ~27 ns): most spins end before.
 constexpr std::chrono::microseconds kSpinTime(100);
 
 template <typename Pred>
-bool spin_until(Pred pred) {
-  const auto until = std::chrono::steady_clock::now() + kSpinTime;
+bool spin_until(Pred pred, int64_t limit = std::chrono::nanoseconds(kSpinTime).count()) {
+  int64_t start = 0;
   for (int i = 1;; ++i) {
     if (pred()) return true;
     cpu_relax();
-    if (i % 64 == 0 && std::chrono::steady_clock::now() > until) return false;
+    if (i % 64 == 0) {
+      if (start == 0)
+        start = now_ns();
+      else if (now_ns() - start > limit)
+        return false;
+    }
   }
 }
 
@@ -355,9 +362,8 @@ Barrier::Barrier(int n) : n_(n), counts_(new Count[size_t(std::max(n, 1))]) {}
 // time this thread spent off its core meanwhile: a yield with nothing else
 // to run on the core returns at once, so a wait for a slower thread of the
 // team (shapes that split unevenly) counts nothing, one while other threads
-// took turns on the core counts those turns. The clocks are read only past
-// the first 64 pauses (about 2 us on Zen 3, where a pause takes ~27 ns) and
-// the CPU time only past the spin: most waits end before.
+// took turns on the core counts those turns. The CPU time is read only past
+// the spin: most waits end before.
 namespace {
 // The CPU time this thread has run (a system call; not in the vDSO), or -1.
 int64_t thread_cpu_ns() {
@@ -368,22 +374,12 @@ int64_t thread_cpu_ns() {
 
 template <typename Pred>
 int64_t team_wait(Pred done) {
-  for (int i = 0; i < 64; ++i) {
-    if (done()) return 0;
-    cpu_relax();
-  }
-  const int64_t start = now_ns();
-  for (int i = 1; !done(); ++i) {
-    cpu_relax();
-    if (i % 64 == 0 && now_ns() - start > kTeamSpinNs) {
-      const int64_t wall0 = now_ns(), cpu0 = thread_cpu_ns();
-      while (!done()) std::this_thread::yield();
-      const int64_t wall1 = now_ns(), cpu1 = thread_cpu_ns();
-      if (cpu0 < 0 || cpu1 < 0) return 0;  // no CPU clock: nothing known
-      return std::max<int64_t>(0, (wall1 - wall0) - (cpu1 - cpu0));
-    }
-  }
-  return 0;
+  if (spin_until(done, kTeamSpinNs)) return 0;
+  const int64_t wall0 = now_ns(), cpu0 = thread_cpu_ns();
+  while (!done()) std::this_thread::yield();
+  const int64_t wall1 = now_ns(), cpu1 = thread_cpu_ns();
+  if (cpu0 < 0 || cpu1 < 0) return 0;  // no CPU clock: nothing known
+  return std::max<int64_t>(0, (wall1 - wall0) - (cpu1 - cpu0));
 }
 }  // namespace
 
@@ -409,7 +405,7 @@ int TeamBackoff::team(int want, int64_t now_ns) {
     halvings_ = 0;  // over: the next call is the whole team again,
     strikes_ = 1;   // and backs off at once if it is contended too
   }
-  if (halvings_ == 0 && until_ns_ > 0 && now_ns - until_ns_ > kBackoffNs << kMaxDoublings) {
+  if (halvings_ == 0 && until_ns_ > 0 && now_ns - until_ns_ > kLongestNs) {
     strikes_ = 0;  // long past: contention then says nothing of now
     doublings_ = 0;
     until_ns_ = 0;
@@ -430,8 +426,7 @@ void TeamBackoff::record(int n, int64_t off_core_ns, int64_t wall_ns, int64_t no
   if (strikes_ < 2 || n == 1) return;
   halvings_ = std::min(halvings_ + 1, 30);  // a contended half halves again
   ++backoffs_;
-  const int64_t longest = kBackoffNs << kMaxDoublings;
-  until_ns_ = now_ns + std::min(std::max(kBackoffNs << doublings_, 8 * wall_ns), longest);
+  until_ns_ = now_ns + std::min(std::max(kBackoffNs << doublings_, 8 * wall_ns), kLongestNs);
   doublings_ = std::min(doublings_ + 1, kMaxDoublings);
   strikes_ = 1;  // a team of the half contended too halves at once
 }

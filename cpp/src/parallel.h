@@ -66,6 +66,7 @@ class TeamBackoff {
   static constexpr double kContended = 0.2;
   static constexpr int64_t kBackoffNs = 20'000'000;
   static constexpr int kMaxDoublings = 6;
+  static constexpr int64_t kLongestNs = kBackoffNs << kMaxDoublings;  // 1.28 s
   // The team to run now for one that wants `want` threads.
   int team(int want, int64_t now_ns);
   // A team of n threads ran for wall_ns, off_core_ns of it off their cores
