@@ -64,18 +64,24 @@ bool spin_until(Pred pred, int64_t limit = std::chrono::nanoseconds(kSpinTime).c
 }
 
 // A fixed set of worker threads that join the caller on one region of tasks
-// at a time.
+// at a time. A region of n tasks wakes only the first n - 1 workers (each
+// has its own invitation, a cache line of its own): woken, a worker spins for
+// kSpinTime after its task before it sleeps, so waking all of them for a
+// team of two on a many-core machine kept every spare core busy spinning
+// while small calls followed each other (perf-notes, 68). The same workers
+// are asked first every time, so the ones a loop of calls uses stay awake.
 class Pool {
  public:
   // As many workers as the system lets the process start, up to threads - 1:
   // where it refuses one (a container's limit on processes, pids.max), the
   // pool is smaller and get_num_threads says so. (A constructor left by the
-  // exception would destroy wake_ under the waiting workers: a hang.)
-  explicit Pool(int threads) {
+  // exception would destroy the slots under the waiting workers: a hang.)
+  explicit Pool(int threads) : slots_(new Slot[size_t(std::max(threads - 1, 1))]) {
     workers_.reserve(size_t(std::max(threads - 1, 0)));  // no reallocation below
     for (int k = 1; k < threads; ++k) {
       try {
-        workers_.emplace_back([this] { worker(); });
+        Slot& slot = slots_[size_t(k - 1)];
+        workers_.emplace_back([this, &slot] { worker(slot); });
       } catch (const std::system_error&) {
         break;
       }
@@ -86,17 +92,20 @@ class Pool {
       std::lock_guard<std::mutex> lk(m_);
       stop_ = true;
     }
-    wake_.notify_all();
+    for (size_t k = 0; k < workers_.size(); ++k) slots_[k].wake.notify_one();
     for (auto& t : workers_) t.join();
   }
   int size() const { return int(workers_.size()) + 1; }
 
-  // Whether the workers have gone to sleep and the last region (or team call
-  // run without them: call_ended) ended over kSpinTime ago.
-  bool idle() const {
+  // Whether a worker a region of n tasks would wake has gone to sleep, and
+  // the last region (or team call run without them: call_ended) ended over
+  // kSpinTime ago.
+  bool idle(int64_t n) const {
     const int64_t since = now_ns() - last_end_ns_.load(std::memory_order_relaxed);
-    return asleep_.load(std::memory_order_relaxed) > 0 &&
-           since > std::chrono::nanoseconds(kSpinTime).count();
+    if (since <= std::chrono::nanoseconds(kSpinTime).count()) return false;
+    for (int64_t k = 0; k < invited(n); ++k)
+      if (slots_[size_t(k)].asleep.load(std::memory_order_relaxed)) return true;
+    return false;
   }
   void call_ended() { last_end_ns_.store(now_ns(), std::memory_order_relaxed); }
   TeamBackoff& backoff() { return backoff_; }
@@ -120,7 +129,17 @@ class Pool {
   }
 
  private:
+  struct alignas(64) Slot {
+    std::atomic<uint64_t> invite{0};  // the region this worker is asked to join
+    std::atomic<bool> asleep{false};
+    std::condition_variable wake;
+  };
+
+  // The workers a region of n tasks wakes: the caller takes a task too.
+  int64_t invited(int64_t n) const { return std::min<int64_t>(n - 1, int64_t(workers_.size())); }
+
   void region_run(int64_t n, const std::function<void(int64_t)>& fn, bool once) {
+    const int64_t k = invited(n);
     {
       std::lock_guard<std::mutex> lk(m_);
       fn_ = &fn;
@@ -129,9 +148,13 @@ class Pool {
       next_ = 0;
       done_ = 0;
       error_ = nullptr;
-      generation_.fetch_add(1, std::memory_order_release);
+      ++region_id_;
+      for (int64_t w = 0; w < k; ++w)
+        slots_[size_t(w)].invite.store(region_id_, std::memory_order_release);
     }
-    wake_.notify_all();
+    for (int64_t w = 0; w < k; ++w)
+      if (slots_[size_t(w)].asleep.load(std::memory_order_relaxed))
+        slots_[size_t(w)].wake.notify_one();
     work(fn, n, once);
     auto finished = [&] { return done_ == n && active_ == 0; };
     spin_until(finished);
@@ -157,23 +180,27 @@ class Pool {
     }
   }
 
-  void worker() {
+  // Joins each region it is invited to while that region runs (an invitation
+  // seen after its region ended is dropped).
+  void worker(Slot& slot) {
     uint64_t seen = 0;
     for (;;) {
       const std::function<void(int64_t)>* fn;
       int64_t n;
       bool once;
-      spin_until([&] { return generation_.load(std::memory_order_acquire) != seen; });
+      spin_until([&] { return slot.invite.load(std::memory_order_acquire) != seen; });
       {
         std::unique_lock<std::mutex> lk(m_);
-        const auto ready = [&] { return stop_ || (generation_ != seen && fn_ != nullptr); };
+        const auto ready = [&] {
+          return stop_ || (slot.invite != seen && slot.invite == region_id_ && fn_ != nullptr);
+        };
         if (!ready()) {
-          ++asleep_;
-          wake_.wait(lk, ready);
-          --asleep_;
+          slot.asleep = true;
+          slot.wake.wait(lk, ready);
+          slot.asleep = false;
         }
         if (stop_) return;
-        seen = generation_;
+        seen = region_id_;
         fn = fn_;
         n = n_;
         once = once_;
@@ -186,16 +213,16 @@ class Pool {
   }
 
   std::vector<std::thread> workers_;
-  std::mutex region_;  // one region at a time
+  std::unique_ptr<Slot[]> slots_;  // worker k's is slots_[k]
+  std::mutex region_;              // one region at a time
   std::mutex m_;
-  std::condition_variable wake_, finished_;
+  std::condition_variable finished_;
   const std::function<void(int64_t)>* fn_ = nullptr;
   int64_t n_ = 0;
   std::atomic<int64_t> done_{0};  // changed under m_, read while spinning
   std::atomic<int> active_{0};
   std::atomic<int64_t> next_{0};
-  std::atomic<uint64_t> generation_{0};
-  std::atomic<int> asleep_{0};           // workers waiting on wake_
+  uint64_t region_id_ = 0;               // under m_
   std::atomic<int64_t> last_end_ns_{0};  // now_ns() at the last region's end
   bool stop_ = false, once_ = false;
   std::exception_ptr error_;
@@ -439,7 +466,7 @@ int64_t TeamBackoff::backoffs() {
 void parallel_team(int want, double work, const std::function<void(int, int, Barrier&)>& fn) {
   auto p = pool();
   const int n = p->backoff().team(std::min(want, p->size()), now_ns());
-  if (n > 1 && !(work < kWakeWork && p->idle())) {
+  if (n > 1 && !(work < kWakeWork && p->idle(n))) {
     Barrier barrier(n);
     const int64_t start = now_ns();
     if (p->team(n, [&](int64_t t) { fn(int(t), n, barrier); })) {

@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <chrono>
 #include <climits>
 #include <cmath>
 #include <cstdint>
@@ -23,9 +24,11 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <map>
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <type_traits>
 #include <vector>
 
@@ -604,6 +607,90 @@ TEST(Threads, TeamsOnOneCpuBackOff) {
   int64_t want = 0;
   for (int n : sizes) want += 50 * n;
   EXPECT_EQ(steps, want);
+}
+
+// A pool of `threads` for one test, and the old size back afterwards.
+struct PoolOf {
+  int before = lstm_ext::get_num_threads();
+  explicit PoolOf(int threads) { lstm_ext::set_num_threads(threads); }
+  ~PoolOf() { lstm_ext::set_num_threads(before); }
+};
+
+// Nanoseconds each of this process's threads has run, by thread id, from
+// /proc/self/task/<tid>/schedstat (empty where it cannot be read).
+std::map<std::string, int64_t> threads_cpu_ns() {
+  std::map<std::string, int64_t> ns;
+  std::error_code err;
+  for (const auto& task : std::filesystem::directory_iterator("/proc/self/task", err)) {
+    std::ifstream f(task.path() / "schedstat");
+    int64_t run = 0;
+    if (f >> run) ns[task.path().filename().string()] = run;
+  }
+  return ns;
+}
+
+// Every region runs each of its tasks once, and every team has its size,
+// whatever the sizes of the regions before it (each invites its own workers)
+// and whether its workers were awake or asleep.
+TEST(Threads, RegionsOfEverySizeRunEachTaskOnce) {
+  PoolOf four(4);
+  for (int it = 0; it < 400; ++it) {
+    const int64_t n = 1 + it % 7;
+    std::vector<std::atomic<int>> runs(static_cast<size_t>(n));
+    lstm_ext::parallel_for(n, [&](int64_t i) { runs[size_t(i)].fetch_add(1); });
+    for (int64_t i = 0; i < n; ++i) ASSERT_EQ(runs[size_t(i)], 1) << "region of " << n;
+    const int want = int(std::min<int64_t>(n, lstm_ext::get_num_threads()));
+    std::vector<std::atomic<int>> members(static_cast<size_t>(want));
+    std::atomic<int> size{0};
+    lstm_ext::parallel_team(want, 1e12, [&](int t, int m, lstm_ext::Barrier& barrier) {
+      members[size_t(t)].fetch_add(1);
+      size = m;
+      barrier.finished(t, 1);
+      barrier.wait_finished(1);
+    });
+    for (int t = 0; t < size; ++t) ASSERT_EQ(members[size_t(t)], 1) << "team of " << size;
+    if (it % 50 == 49) std::this_thread::sleep_for(std::chrono::milliseconds(2));  // asleep
+  }
+}
+
+// A team of two in a pool of four wakes one worker: the other two stay
+// asleep while calls follow each other, instead of spinning between them on
+// cores the team or other programs need (perf-notes, 68). The pool's workers
+// (the threads that were not there before it) that ran for over a fiftieth
+// of the loop's time are counted: the team's one.
+TEST(Threads, ATeamWakesOnlyTheWorkersItNeeds) {
+  const auto before_pool = threads_cpu_ns();  // (OpenBLAS's server thread among them)
+  if (before_pool.empty()) GTEST_SKIP() << "no /proc/self/task/<tid>/schedstat to read";
+  PoolOf four(4);
+  if (lstm_ext::get_num_threads() < 4) GTEST_SKIP() << "the system refused the pool's threads";
+  lstm_ext::parallel_for(64, [](int64_t) {});  // every worker started
+  std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  const auto before = threads_cpu_ns();
+  const auto start = std::chrono::steady_clock::now();
+  std::atomic<int64_t> steps{0};
+  while (std::chrono::steady_clock::now() - start < std::chrono::milliseconds(300))
+    lstm_ext::parallel_team(2, 1e12, [&](int t, int, lstm_ext::Barrier& barrier) {
+      for (int64_t s = 1; s <= 20; ++s) {
+        steps.fetch_add(1, std::memory_order_relaxed);
+        barrier.finished(t, s);
+        barrier.wait_finished(s);
+      }
+    });
+  const int64_t wall =
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start)
+          .count();
+  std::string busy;
+  int workers = 0;
+  for (const auto& [tid, ns] : threads_cpu_ns()) {
+    const auto was = before.find(tid);
+    if (before_pool.count(tid) || was == before.end()) continue;
+    ++workers;
+    if (ns - was->second > wall / 50) busy += " " + tid + ": " + std::to_string(ns - was->second);
+  }
+  EXPECT_EQ(workers, 3);
+  EXPECT_GT(steps, 0);
+  EXPECT_LE(std::count(busy.begin(), busy.end(), ':'), 1)
+      << "workers that ran (ns) in a loop of " << wall << " ns of teams of two:" << busy;
 }
 
 // Where the training forward keeps W and R (training_keeps_weights), backward
