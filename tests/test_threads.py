@@ -69,17 +69,21 @@ def test_the_gil_is_released_while_the_core_computes():
     assert max(gaps) < 0.5 * duration, f"watcher stalled {max(gaps):.3f}s of a {duration:.3f}s call"
 
 
-def _default_threads(env_threads=None, cpus=None):
-    """get_num_threads() in a fresh process, on the CPUs `cpus` if given."""
+def _default_threads(env_threads=None, cpus=None, omp=None):
+    """get_num_threads() in a fresh process, on the CPUs `cpus` if given,
+    with LSTM_EXT_NUM_THREADS and OMP_NUM_THREADS as given (else unset)."""
     code = (
         "import os, sys\n"
         "if len(sys.argv) > 1: os.sched_setaffinity(0, [int(c) for c in sys.argv[1:]])\n"
         "import lstm_ext._core as c\n"
         "print(c.get_num_threads(), c.cpu_quota_cores(), len(os.sched_getaffinity(0)))\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "LSTM_EXT_NUM_THREADS"}
+    unset = ("LSTM_EXT_NUM_THREADS", "OMP_NUM_THREADS")
+    env = {k: v for k, v in os.environ.items() if k not in unset}
     if env_threads is not None:
         env["LSTM_EXT_NUM_THREADS"] = env_threads
+    if omp is not None:
+        env["OMP_NUM_THREADS"] = omp
     args = [sys.executable, "-c", code, *(str(c) for c in cpus or [])]
     out = subprocess.run(args, env=env, capture_output=True, text=True, check=True).stdout
     return tuple(int(v) for v in out.split())
@@ -96,6 +100,19 @@ def test_default_threads_are_the_cores_available():
     assert _default_threads(cpus=[cpu])[0] == 1  # affinity of one CPU: one thread
     assert _default_threads(env_threads="3", cpus=[cpu])[0] == 3  # the variable wins
     assert _default_threads(env_threads="0")[0] == threads  # out of range: ignored
+
+
+def test_omp_num_threads_caps_the_default():
+    """OMP_NUM_THREADS, which joblib's loky workers, Ray and Dask set in their
+    worker processes so that the processes' threads together fit the cores,
+    caps the default; LSTM_EXT_NUM_THREADS and set_num_threads still win.
+    Its forms are tested in tests/cpp (Threads.OmpNumThreadsIsReadAsOpenMPWritesIt)."""
+    threads = _default_threads()[0]
+    assert _default_threads(omp="1")[0] == 1
+    assert _default_threads(omp="1,1")[0] == 1  # OpenMP's nesting list: the first
+    assert _default_threads(omp=str(threads + 5))[0] == threads  # a cap, not a count
+    assert _default_threads(omp="none")[0] == threads  # not a count: no cap
+    assert _default_threads(env_threads="3", omp="1")[0] == 3
 
 
 def _in_v1_cgroup(controller: str, limits: dict, code: str, env: dict):
@@ -319,3 +336,64 @@ def test_calls_from_atexit_handlers_still_run():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert (out.returncode, out.stdout, out.stderr) == (0, "ran (50, 8, 32)\n", "")
+
+
+def test_threadpoolctl_sizes_lstm_exts_threads():
+    """threadpoolctl (in the test extra) lists lstm_ext's pool and sizes it
+    with the BLAS's and OpenMP's: `threadpool_limits(1)` puts a call on one
+    thread (the same bits), and the count comes back after the block.
+    lstm_ext registers its controller at import (python/lstm_ext/_threadpool.py)."""
+    threadpoolctl = pytest.importorskip(
+        "threadpoolctl", minversion="3.4", reason="threadpoolctl >= 3.4 is in the test extra"
+    )
+    from lstm_ext import _core
+
+    before = lstm_ext.get_num_threads()
+    ours = [i for i in threadpoolctl.threadpool_info() if i["internal_api"] == "lstm_ext"]
+    assert len(ours) == 1, ours
+    assert ours[0]["user_api"] == "lstm_ext" and ours[0]["num_threads"] == before
+    assert os.path.samefile(ours[0]["filepath"], _core.__file__)
+    assert ours[0]["version"] == lstm_ext.__version__
+
+    p = make_problem(np.random.default_rng(4), 20, 3, 16, 64, np.float32)
+    args = (p["x"], p["W"], p["R"], p["b"])
+    want = lstm_ext.forward(*args).y
+    try:
+        lstm_ext.set_num_threads(2)
+        with threadpoolctl.threadpool_limits(1):
+            assert lstm_ext.get_num_threads() == 1
+            assert np.array_equal(lstm_ext.forward(*args).y, want)
+        assert lstm_ext.get_num_threads() == 2
+        with threadpoolctl.threadpool_limits({"lstm_ext": 1}):  # by its user_api
+            assert lstm_ext.get_num_threads() == 1
+        with threadpoolctl.threadpool_limits(1, user_api="blas"):  # the BLAS only
+            assert lstm_ext.get_num_threads() == 2
+        # The C function threadpoolctl calls clamps what set_num_threads refuses.
+        import ctypes
+
+        core = ctypes.CDLL(_core.__file__)
+        assert core.lstm_ext_threadpool_set_num_threads(0) == 0
+        assert lstm_ext.get_num_threads() == 1
+        assert core.lstm_ext_threadpool_get_num_threads() == 1
+    finally:
+        lstm_ext.set_num_threads(before)
+
+
+def test_lstm_ext_imports_without_threadpoolctl_or_with_a_broken_one():
+    """Registering with threadpoolctl is optional: lstm_ext imports and runs
+    where threadpoolctl is missing (None in sys.modules makes its import
+    fail) or broken (a module without a spec), and registers nothing."""
+    code = (
+        "import sys, types\n"
+        "sys.modules['threadpoolctl'] = None if sys.argv[1] == 'missing' else "
+        "types.ModuleType('threadpoolctl')\n"
+        "import numpy as np, lstm_ext\n"
+        "from lstm_ext import _threadpool\n"
+        "x = np.ones((5, 2, 4), np.float32)\n"
+        "W, R = np.full((32, 4), 0.1, np.float32), np.full((32, 8), 0.1, np.float32)\n"
+        "print(_threadpool.register(), lstm_ext.forward(x, W, R).y.shape)\n"
+    )
+    for how in ("missing", "broken"):
+        out = subprocess.run([sys.executable, "-c", code, how],
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert (out.returncode, out.stdout, out.stderr) == (0, "False (5, 2, 8)\n", ""), how

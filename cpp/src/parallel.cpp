@@ -229,6 +229,23 @@ class Pool {
   TeamBackoff backoff_;
 };
 
+}  // namespace
+
+// OMP_NUM_THREADS caps the default: process pools (joblib's loky workers,
+// Ray, Dask) set it in their workers so that each one's threads and the
+// others' do not oversubscribe the cores. OpenMP's form: a positive
+// integer, or a list of them (one a level of nesting) whose first counts.
+int omp_num_threads(const char* value) {
+  if (value == nullptr) return 0;
+  char* end = nullptr;
+  const long v = std::strtol(value, &end, 10);
+  while (end != value && (*end == ' ' || *end == '\t')) ++end;
+  if (end == value || (*end != '\0' && *end != ',') || v < 1) return 0;
+  return int(std::min<long>(v, kMaxThreads));
+}
+
+namespace {
+
 int default_threads() {
   if (const char* env = std::getenv("LSTM_EXT_NUM_THREADS")) {
     char* end = nullptr;
@@ -241,6 +258,8 @@ int default_threads() {
                   : int(std::thread::hardware_concurrency());
   const int limit = cgroup_cpu_limit();
   if (limit > 0 && (cores <= 0 || limit < cores)) cores = limit;
+  const int omp = omp_num_threads(std::getenv("OMP_NUM_THREADS"));
+  if (omp > 0 && (cores <= 0 || omp < cores)) cores = omp;
   return std::max(1, cores);
 }
 

@@ -25,11 +25,13 @@ threads may share weights and caches (an ``nn.LSTM`` instance, which keeps
 a forward's caches, serves one thread at a time). lstm_ext computes on its
 own threads (``set_num_threads``, or the environment variable
 LSTM_EXT_NUM_THREADS; default: the CPUs the process may run on, at most its
-cgroup's CPU limit rounded up, as in a container run with ``--cpus``) with the BLAS
-single-threaded inside its calls; results are bit-identical from run to run
-at any thread count. Where other processes' threads keep a call's threads
-off their cores, the next calls run on half as many for a while
-(``_core.team_backoffs()`` counts how often).
+cgroup's CPU limit rounded up, as in a container run with ``--cpus``, and at
+most OMP_NUM_THREADS where set) with the BLAS single-threaded inside its
+calls; threadpoolctl's ``threadpool_limits`` sizes them too, where it is
+installed. Results are bit-identical from run to run at any thread count.
+Where other processes' threads keep a call's threads off their cores, the
+next calls run on half as many for a while (``_core.team_backoffs()``
+counts how often).
 
 Arrays of 128 KiB and more that lstm_ext hands out reuse the memory of such
 arrays freed before (up to LSTM_EXT_BUFFER_CACHE_MB megabytes, default 1024,
@@ -44,7 +46,7 @@ import numpy as np
 import scipy_openblas32  # loads libscipy_openblas before _core needs it
 from numpy.typing import ArrayLike
 
-from . import _checks, _core, convert, nn
+from . import _checks, _core, _threadpool, convert, nn
 from ._core import Cache, free_cached_buffers, get_num_threads, set_num_threads
 from ._device import (
     as_library,
@@ -61,6 +63,7 @@ from .onnx import onnx_lstm
 from .reference import round_bfloat16
 
 _checks.check_environment()  # before the core reads the variables, on first use
+_threadpool.register()  # threadpoolctl sizes lstm_ext's threads too, where installed
 
 # The training side loads on first use (lstm_ext.optim, ...), keeping import light.
 _LAZY = ("checkpoint", "data", "export", "losses", "optim", "train")

@@ -2,6 +2,8 @@
 // checks every argument (naming it in the message); this file makes inputs
 // contiguous, allocates the outputs, releases the GIL and calls the core.
 // No math lives here.
+#include <algorithm>
+
 #include "bind_args.h"
 #include "lstm_ext/linear.h"
 #include "lstm_ext/model.h"
@@ -384,6 +386,27 @@ void def_sizes(py::module_& m) {
 }
 
 }  // namespace
+
+// lstm_ext's threads for threadpoolctl (python/lstm_ext/_threadpool.py): it
+// finds the library that holds them by the first symbol in the files a
+// process has loaded, and calls these through ctypes, as it calls OpenBLAS's
+// own. Plain C, so nothing may throw out of them: the count is clamped to
+// [1, kMaxThreads], and a pool that cannot be made (no memory) stays as it
+// was, which the return value (0, else -1) says. threadpoolctl sets every
+// library's count as a block begins and again as it ends: a count the pool
+// has already keeps the pool (and its threads).
+extern "C" __attribute__((visibility("default"))) int lstm_ext_threadpool_get_num_threads() {
+  return lstm_ext::get_num_threads();
+}
+extern "C" __attribute__((visibility("default"))) int lstm_ext_threadpool_set_num_threads(int n) {
+  try {
+    n = std::clamp(n, 1, lstm_ext::kMaxThreads);
+    if (n != lstm_ext::get_num_threads()) lstm_ext::set_num_threads(n);
+    return 0;
+  } catch (...) {
+    return -1;
+  }
+}
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "lstm_ext's compiled core; use the functions re-exported by lstm_ext.";

@@ -594,9 +594,11 @@ def cmd_info(args) -> None:
     print(f"lstm_ext {__version__} ({Path(__file__).parent})")
     print(f"core: {_core.build_description()}")
     quota = _core.cpu_quota_cores()
+    omp = os.environ.get("OMP_NUM_THREADS", "")
     print(f"threads: {_core.get_num_threads()} (LSTM_EXT_NUM_THREADS or set_num_threads); "
           f"CPU cores available: {len(os.sched_getaffinity(0))}, cgroup CPU limit: "
-          f"{f'{quota} cores' if quota else 'none'}")  # fmt: skip
+          f"{f'{quota} cores' if quota else 'none'}, "
+          f"OMP_NUM_THREADS: {omp or 'unset'}")  # fmt: skip
     print(f"BLAS: {_core.blas_config()}; {blas} thread{'s' * (blas != 1)} now, 1 once lstm_ext "
           "has run (it parallelises on its own threads)")  # fmt: skip
     kernel = _core.packed_recurrent_kernel()

@@ -466,6 +466,18 @@ TEST(Threads, CgroupFilesMissingOrGarbledGiveNoLimit) {
 // fork() after the pool's threads started: the child makes a pool of its own
 // of the parent's size (parallel.cpp); before, its first region waited
 // forever for the parent's threads, which fork does not copy.
+// OMP_NUM_THREADS as the default thread count's cap: OpenMP's forms.
+TEST(Threads, OmpNumThreadsIsReadAsOpenMPWritesIt) {
+  using lstm_ext::omp_num_threads;
+  EXPECT_EQ(omp_num_threads(nullptr), 0);
+  EXPECT_EQ(omp_num_threads("1"), 1);
+  EXPECT_EQ(omp_num_threads(" 3 "), 3);
+  EXPECT_EQ(omp_num_threads("4,2"), 4);  // one count a level of nesting
+  EXPECT_EQ(omp_num_threads("100000"), lstm_ext::kMaxThreads);
+  for (const char* bad : {"", "0", "-2", "two", "2x", ",2", "1.5"})
+    EXPECT_EQ(omp_num_threads(bad), 0) << "'" << bad << "'";
+}
+
 TEST(Threads, AForkedChildMakesAPoolOfItsOwn) {
 #if defined(__SANITIZE_THREAD__)
   GTEST_SKIP() << "ThreadSanitizer does not support threads started in the child of a "

@@ -16,7 +16,9 @@ int blas_num_threads();
 
 // lstm_ext's threads. The default is the environment variable
 // LSTM_EXT_NUM_THREADS, else the cores this process may run on (its CPU
-// affinity), but no more than cpu_quota_cores() where that is set. Results
+// affinity), but no more than cpu_quota_cores() where that is set, nor than
+// OMP_NUM_THREADS (its first count) where that is set: process pools such
+// as joblib's loky workers, Ray and Dask set it in their workers. Results
 // are bit-identical whatever the count. set_num_threads throws
 // std::invalid_argument outside [1, kMaxThreads]. Where the system refuses a
 // thread (a container's limit on tasks), the pool keeps those it started and
