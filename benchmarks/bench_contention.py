@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
 import statistics
 import subprocess
 import sys
@@ -32,6 +33,7 @@ import time
 import numpy as np
 
 MODES = ("inf", "fwdbwd")
+READY_S = 300  # for a worker's imports and first call (torch's import: seconds)
 
 
 def worker(lib: str, case, mode: str, seconds: float) -> dict:
@@ -85,6 +87,7 @@ def run(lib: str, case, mode: str, procs: int, seconds: float, threads: int | No
     Every child is killed on the way out, whatever happened."""
     env = dict(os.environ)
     env.pop("LSTM_EXT_NUM_THREADS", None)
+    env.pop("OMP_NUM_THREADS", None)  # a cap on lstm_ext's threads and torch's: the settings'
     if threads:
         env["LSTM_EXT_NUM_THREADS"] = str(threads)
     args = [sys.executable, os.path.abspath(__file__), "--worker", lib, "--case",
@@ -94,7 +97,10 @@ def run(lib: str, case, mode: str, procs: int, seconds: float, threads: int | No
         for _ in range(procs):
             children.append(subprocess.Popen(args, env=env, stdin=subprocess.PIPE,
                                               stdout=subprocess.PIPE, text=True))  # fmt: skip
+        deadline = time.monotonic() + READY_S
         for c in children:  # each has imported and made its first call, or ended
+            if not select.select([c.stdout], [], [], max(deadline - time.monotonic(), 0))[0]:
+                raise SystemExit(f"a {lib} worker was not ready within {READY_S} s")
             if c.stdout.readline().strip() != "ready":
                 raise SystemExit(f"a {lib} worker failed before its loop (status {c.wait()})")
         for c in children:

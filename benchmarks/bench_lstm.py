@@ -472,6 +472,7 @@ def main():
         torch=torch and f"{torch.__version__}, {torch.get_num_threads()} threads",
         onnxruntime=ort and ort.__version__,
         OPENBLAS_NUM_THREADS=os.environ.get("OPENBLAS_NUM_THREADS"),
+        OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS"),  # caps lstm_ext's and torch's
     )
     for k, v in machine.items():
         print(f"# {k}: {v if v is not None else '-'}")
