@@ -101,8 +101,10 @@ def run(lib: str, case, mode: str, procs: int, seconds: float, threads: int | No
         for c in children:  # each has imported and made its first call, or ended
             if not select.select([c.stdout], [], [], max(deadline - time.monotonic(), 0))[0]:
                 raise SystemExit(f"a {lib} worker was not ready within {READY_S} s")
-            if c.stdout.readline().strip() != "ready":
-                raise SystemExit(f"a {lib} worker failed before its loop (status {c.wait()})")
+            line = c.stdout.readline().strip()
+            if line != "ready":  # it ended, or printed something else and waits for "go"
+                raise SystemExit(f"a {lib} worker failed before its loop (status {c.poll()}, "
+                                 f"said {line!r})")  # fmt: skip
         for c in children:
             c.stdin.write("go\n")
             c.stdin.flush()

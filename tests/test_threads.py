@@ -344,7 +344,7 @@ def test_threadpoolctl_sizes_lstm_exts_threads():
     thread (the same bits), and the count comes back after the block.
     lstm_ext registers its controller at import (python/lstm_ext/_threadpool.py)."""
     threadpoolctl = pytest.importorskip(
-        "threadpoolctl", minversion="3.4", reason="threadpoolctl >= 3.4 is in the test extra"
+        "threadpoolctl", minversion="3.3", reason="threadpoolctl >= 3.3 is in the test extra"
     )
     from lstm_ext import _core
 
@@ -377,6 +377,19 @@ def test_threadpoolctl_sizes_lstm_exts_threads():
         assert core.lstm_ext_threadpool_get_num_threads() == 1
     finally:
         lstm_ext.set_num_threads(before)
+
+    # Listing the pools (sklearn's show_versions does) starts none of lstm_ext's threads.
+    code = (
+        "import os, threadpoolctl, lstm_ext\n"
+        "tasks = lambda: len(os.listdir('/proc/self/task'))\n"
+        "n = tasks()\n"
+        "info = [i for i in threadpoolctl.threadpool_info() if i['user_api'] == 'lstm_ext']\n"
+        "print(info[0]['num_threads'], tasks() - n)\n"
+    )
+    env = dict(os.environ, LSTM_EXT_NUM_THREADS="4")
+    out = subprocess.run([sys.executable, "-c", code], env=env,
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert (out.returncode, out.stdout) == (0, "4 0\n"), out.stderr[-2000:]
 
 
 def test_lstm_ext_imports_without_threadpoolctl_or_with_a_broken_one():

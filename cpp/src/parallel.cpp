@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
+#include <cerrno>
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
@@ -233,15 +235,28 @@ class Pool {
 
 // OMP_NUM_THREADS caps the default: process pools (joblib's loky workers,
 // Ray, Dask) set it in their workers so that each one's threads and the
-// others' do not oversubscribe the cores. OpenMP's form: a positive
-// integer, or a list of them (one a level of nesting) whose first counts.
+// others' do not oversubscribe the cores. Read as GCC's OpenMP runtime
+// (libgomp) reads it: a comma-separated list of positive integers (one a
+// level of nesting), each with white space around it allowed, whose first
+// counts; anything else in any element (0, a minus, an empty element, a
+// number past a long) and the whole variable is ignored.
 int omp_num_threads(const char* value) {
   if (value == nullptr) return 0;
-  char* end = nullptr;
-  const long v = std::strtol(value, &end, 10);
-  while (end != value && (*end == ' ' || *end == '\t')) ++end;
-  if (end == value || (*end != '\0' && *end != ',') || v < 1) return 0;
-  return int(std::min<long>(v, kMaxThreads));
+  long first = 0;
+  for (const char* p = value;;) {
+    while (std::isspace(static_cast<unsigned char>(*p))) ++p;
+    const char* digits = *p == '+' ? p + 1 : p;  // strtoul's sign, as libgomp takes it
+    if (!std::isdigit(static_cast<unsigned char>(*digits))) return 0;
+    errno = 0;
+    char* end = nullptr;
+    const long v = std::strtol(p, &end, 10);
+    if (errno == ERANGE || v < 1) return 0;
+    if (first == 0) first = v;
+    for (p = end; std::isspace(static_cast<unsigned char>(*p));) ++p;
+    if (*p == '\0') break;
+    if (*p++ != ',') return 0;
+  }
+  return int(std::min<long>(first, kMaxThreads));
 }
 
 namespace {
@@ -502,6 +517,12 @@ void parallel_team(int want, double work, const std::function<void(int, int, Bar
 int64_t team_backoffs() { return pool()->backoff().backoffs(); }
 
 int get_num_threads() { return pool()->size(); }
+
+int planned_num_threads() {
+  std::lock_guard<std::mutex> lk(pool_m);
+  const auto& p = pool_slot();
+  return p ? p->size() : pool_threads > 0 ? pool_threads : default_threads();
+}
 
 int cpu_quota_cores() { return cgroup_cpu_limit(); }
 

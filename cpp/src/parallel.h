@@ -106,9 +106,10 @@ void parallel_team(int want, double work, const std::function<void(int, int, Bar
 // (tests).
 int cgroup_cpu_limit(const std::string& root = "");
 
-// OMP_NUM_THREADS's value as a cap on the default thread count: its first
-// count (OpenMP takes a list, one a level of nesting), at most kMaxThreads;
-// 0 where unset (null) or not a positive integer.
+// OMP_NUM_THREADS's value as a cap on the default thread count: the first
+// count of its list (one a level of nesting), at most kMaxThreads; 0 where
+// unset (null) or where libgomp would ignore it (any element not a positive
+// integer).
 int omp_num_threads(const char* value);
 
 // Sets the BLAS to one thread, if it is not: lstm_ext parallelises on its

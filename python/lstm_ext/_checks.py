@@ -88,9 +88,11 @@ def _integer_in(lo: int, hi: int):
     return lambda v: whole.fullmatch(v) is not None and lo <= int(v) <= hi
 
 
-# Each variable the core reads at run time: what it takes (as the C++ parses
-# it: parallel.cpp, buffers.h, recurrent.cpp, lstm_cuda.cu), and what it does
-# with anything else.
+# Each of lstm_ext's variables the core reads at run time: what it takes (as
+# the C++ parses it: parallel.cpp, buffers.h, recurrent.cpp, lstm_cuda.cu),
+# and what it does with anything else. (It reads OMP_NUM_THREADS too, a cap
+# on the default thread count, but that one is OpenMP's and other libraries'
+# to check: what they take, lstm_ext takes.)
 _ENVIRONMENT = {
     "LSTM_EXT_NUM_THREADS": (
         _integer_in(1, 1024),

@@ -27,6 +27,10 @@ int blas_num_threads();
 constexpr int kMaxThreads = 1024;
 int get_num_threads();
 void set_num_threads(int n);
+// get_num_threads without starting the threads: the pool's size where it has
+// started, else the size it will try for (threads the system will refuse are
+// not known yet). For tools that only report the count (threadpoolctl).
+int planned_num_threads();
 
 // The threads of a call meet at every step of the sequence. Where other
 // processes' threads share the cores, so that calls' threads spend over a
