@@ -83,6 +83,11 @@ class Optimizer:
     def _buffer_names(self) -> tuple[str, ...]:
         return ()
 
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_scratch", None)  # working memory (Adam's), made again on use
+        return state
+
     # ---- hyper-parameters ----------------------------------------------------
 
     def _hyper(self) -> dict[str, float | bool]:
@@ -304,13 +309,36 @@ class Adam(Optimizer):
         elif self.weight_decay:
             g = g + self.weight_decay * p
         m, v = self.state["exp_avg"][name], self.state["exp_avg_sq"][name]
-        m += (1 - b1) * (g - m)  # torch's lerp
+        # One scratch array for every intermediate, in the order of the formulas
+        # above: the bits of the expressions written out (0.75x their time at
+        # the command line's model, 345k parameters: 1.11 against 1.47 ms).
+        xp, t = _device.array_module(p), self._scratch_like(name, p)
+        xp.subtract(g, m, out=t)
+        t *= 1 - b1
+        m += t  # torch's lerp
         v *= b2
-        v += (1 - b2) * (g * g)
-        denom = _device.array_module(v).sqrt(v)
-        denom /= self._bc2_sqrt
-        denom += self.eps
-        p -= (lr / self._bc1) * (m / denom)
+        xp.multiply(g, g, out=t)
+        t *= 1 - b2
+        v += t
+        xp.sqrt(v, out=t)  # the denominator
+        t /= self._bc2_sqrt
+        t += self.eps
+        xp.divide(m, t, out=t)
+        t *= lr / self._bc1
+        p -= t
+
+    def _scratch_like(self, name, p):
+        """An array like p for one update's intermediates, kept between steps
+        (not in ``state``: never saved, made again after a copy or a load)."""
+        scratch = self.__dict__.setdefault("_scratch", {})
+        t = scratch.get(name)
+        if (
+            t is None
+            or (t.shape, t.dtype, type(t)) != (p.shape, p.dtype, type(p))
+            or getattr(t, "device", None) != getattr(p, "device", None)
+        ):
+            t = scratch[name] = _device.array_module(p).empty_like(p)
+        return t
 
 
 class AdamW(Adam):
