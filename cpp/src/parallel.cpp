@@ -281,6 +281,9 @@ int default_threads() {
 std::mutex pool_m;
 int pool_threads = 0;  // the size of the pool to make; 0: default_threads()
 
+// The size of the pool to make (under pool_m).
+int threads_to_make() { return pool_threads > 0 ? pool_threads : default_threads(); }
+
 // The pool, made on first use. Never destroyed: at exit a thread (a Python
 // daemon thread) may still be inside a region, whose pool the static
 // destructors would take apart under it; the workers end with the process.
@@ -314,7 +317,7 @@ std::shared_ptr<Pool> pool() {
   (void)at_fork;  // registered once, before the first pool (fails only without memory)
   std::lock_guard<std::mutex> lk(pool_m);
   auto& p = pool_slot();
-  if (!p) p = std::make_shared<Pool>(pool_threads > 0 ? pool_threads : default_threads());
+  if (!p) p = std::make_shared<Pool>(threads_to_make());
   return p;
 }
 
@@ -521,7 +524,7 @@ int get_num_threads() { return pool()->size(); }
 int planned_num_threads() {
   std::lock_guard<std::mutex> lk(pool_m);
   const auto& p = pool_slot();
-  return p ? p->size() : pool_threads > 0 ? pool_threads : default_threads();
+  return p ? p->size() : threads_to_make();
 }
 
 int cpu_quota_cores() { return cgroup_cpu_limit(); }

@@ -38,7 +38,7 @@ def register() -> bool:
         import threadpoolctl
 
         major, minor = (int(p) for p in threadpoolctl.__version__.split(".")[:2])
-        if (major, minor) < (3, 3) or not hasattr(threadpoolctl, "register"):
+        if (major, minor) < (3, 3):  # (a shadowed module without register: the except)
             return False
 
         class LstmExtController(threadpoolctl.LibController):

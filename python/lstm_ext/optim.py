@@ -83,11 +83,6 @@ class Optimizer:
     def _buffer_names(self) -> tuple[str, ...]:
         return ()
 
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state.pop("_scratch", None)  # working memory (Adam's), made again on use
-        return state
-
     # ---- hyper-parameters ----------------------------------------------------
 
     def _hyper(self) -> dict[str, float | bool]:
@@ -326,6 +321,11 @@ class Adam(Optimizer):
         xp.divide(m, t, out=t)
         t *= lr / self._bc1
         p -= t
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_scratch", None)  # working memory, made again on use
+        return state
 
     def _scratch_like(self, name, p):
         """An array like p for one update's intermediates, kept between steps
