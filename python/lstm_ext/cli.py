@@ -4,7 +4,8 @@
 language model of the documentation text every Python ships
 (``pydoc_data.topics``). ``--task adding`` is Hochreiter & Schmidhuber's
 adding problem, ``--task forecast`` a time-series forecast. Every run with
-the same ``--seed`` repeats exactly.
+the same ``--seed`` repeats exactly on the same Python (the text task trains
+on that Python's own text).
 
 Training saves its checkpoint at every evaluation (atomically: a file is
 either the old one or the new one, whole). Ctrl-C (SIGINT) stops it after

@@ -2,7 +2,8 @@
 nothing is downloaded.
 
 - ``pydoc_text()``: the documentation text CPython ships in
-  ``pydoc_data.topics`` (about 465,000 characters), and a character vocabulary.
+  ``pydoc_data.topics`` (460,000 to 510,000 characters, by Python version),
+  and a character vocabulary.
 - ``adding_batch()``: the adding problem of Hochreiter & Schmidhuber (1997).
 - ``forecast_series()``: a noisy sum of seasonal sines with a slow trend.
 """
