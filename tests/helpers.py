@@ -1,5 +1,8 @@
 """Random LSTM problems, the tolerance check every test uses, and threads started together."""
 
+import shutil
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -86,3 +89,13 @@ def run_in_threads(fns):
     if errors:
         raise errors[0]
     return results
+
+
+def exported_cpp_symbols(path):
+    """The defined dynamic symbols of a shared object, demangled (``nm -D``);
+    None where that cannot be listed (not Linux, or no nm)."""
+    if not sys.platform.startswith("linux") or shutil.which("nm") is None:
+        return None
+    out = subprocess.run(["nm", "-D", "--defined-only", "-C", str(path)],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    return [line.split(maxsplit=2)[2] for line in out.splitlines() if line.count(" ") >= 2]

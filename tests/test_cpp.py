@@ -138,6 +138,8 @@ def test_readme_example_against_a_plain_cmake_install(tools, tmp_path):
     run("cmake", "--build", str(build), "-j2")
     run("cmake", "--install", str(build), "--prefix", str(prefix))
     assert (prefix / "include" / "lstm_ext" / "lstm.h").is_file()
+    licence = prefix / "share" / "doc" / "lstm_ext" / "LICENSE"
+    assert licence.read_text() == (ROOT / "LICENSE").read_text()
     printed = build_readme_example(tmp_path / "app", f"-DCMAKE_PREFIX_PATH={prefix}")
     assert abs(printed - python_h00()) < 1e-6
 

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import exported_cpp_symbols
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -57,3 +59,9 @@ def test_cuda_sources_compile(tmp_path):
     r = run("cmake", "--build", str(tmp_path), "-j2", "--target", *targets)
     assert r.returncode == 0, r.stdout[-5000:] + r.stderr[-5000:]
     assert "warning" not in r.stdout.lower(), r.stdout[-5000:]
+    if "_cuda" in targets:  # it exports its entry point, not the core's symbols (test_exports)
+        (module,) = tmp_path.glob("_cuda*.so")
+        names = exported_cpp_symbols(module)
+        if names is not None:
+            assert "PyInit__cuda" in names
+            assert [n for n in names if "lstm_ext::" in n] == []

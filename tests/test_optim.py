@@ -420,6 +420,27 @@ def test_model_changed_under_the_optimiser(rng):
         opt.step()
 
 
+@pytest.mark.parametrize("make", [lambda m: SGD(m, 0.1, momentum=0.5), Adam, AdamW])
+def test_a_gradient_or_parameter_of_another_dtype_is_refused(rng, make):
+    """As torch's optimisers: no update that would round a float64 gradient to
+    a float32 parameter's buffers, or cast a complex one; nothing changes."""
+    model = Stub(rng, np.float32)
+    opt = make(model)
+    before = {k: v.copy() for k, v in model.params.items()}
+    for bad in (np.float64, np.complex64):
+        model.grads["0.bias"] = np.ones(3, bad)
+        expected = rf"model.grads\['0.bias'\]: expected dtype float32 .*, got {np.dtype(bad)}"
+        with pytest.raises(TypeError, match=expected):
+            opt.step()
+    model.grads["0.bias"] = np.ones(3, np.float32)
+    model.params["0.weight"] = model.params["0.weight"].astype(np.float64)
+    with pytest.raises(TypeError, match=r"model.params\['0.weight'\]: .*got float64"):
+        opt.step()
+    assert opt.steps == 0 and all(
+        np.array_equal(before[k], p.astype(np.float32)) for k, p in model.params.items()
+    )
+
+
 def test_public_names():
     assert set(optim.__all__) >= {"SGD", "Adam", "AdamW", "clip_grad_norm"}
 

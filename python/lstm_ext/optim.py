@@ -3,11 +3,12 @@
 ``clip_grad_norm``.
 
 A model is any object with ``params`` and ``grads``: dicts with the same keys
-mapping names to arrays of the same shapes (``nn.LSTM``, or a container that
+mapping names to arrays of the same shapes and dtypes (``nn.LSTM``, or a container that
 merges its layers' dicts under prefixed names). The optimiser looks the arrays
 up by name at every step and updates them in place, so every reference to a
 parameter array sees the change. Buffers (momentum, Adam's moments) have each
-parameter's shape and dtype.
+parameter's shape and dtype; a gradient of another dtype than its parameter
+is a ``TypeError``, as in torch's optimisers.
 
 Each update uses ``lr = base_lr * schedule(step)``, step counting updates from
 0 (``schedule=None``: factor 1). ``state_dict()`` holds only NumPy arrays
@@ -115,11 +116,20 @@ class Optimizer:
                 "model: its parameter names changed since the optimiser was made; "
                 f"expected {list(self._shapes)}"
             )
-        for name, (shape, _) in self._shapes.items():
+        for name, (shape, dtype) in self._shapes.items():
             for what, a in (("params", params[name]), ("grads", grads[name])):
                 if np.shape(a) != shape:
                     raise ValueError(
                         f"model.{what}[{name!r}]: expected shape {shape}, got {np.shape(a)}"
+                    )
+                # As torch's optimisers: the update and its buffers are in the
+                # parameter's dtype, so a gradient of another one would be
+                # rounded to it (or not fit it) without a word.
+                got = getattr(a, "dtype", type(a).__name__)
+                if got != dtype:
+                    raise TypeError(
+                        f"model.{what}[{name!r}]: expected dtype {dtype} (the parameter's "
+                        f"when the optimiser was made), got {got}"
                     )
         return [(name, params[name], grads[name]) for name in self._shapes]
 
