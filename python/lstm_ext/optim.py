@@ -3,12 +3,14 @@
 ``clip_grad_norm``.
 
 A model is any object with ``params`` and ``grads``: dicts with the same keys
-mapping names to arrays of the same shapes and dtypes (``nn.LSTM``, or a container that
+mapping names to arrays of the same shapes (``nn.LSTM``, or a container that
 merges its layers' dicts under prefixed names). The optimiser looks the arrays
 up by name at every step and updates them in place, so every reference to a
 parameter array sees the change. Buffers (momentum, Adam's moments) have each
-parameter's shape and dtype; a gradient of another dtype than its parameter
-is a ``TypeError``, as in torch's optimisers.
+parameter's shape and dtype, and each update computes in it: a gradient
+of another real dtype is used in the parameter's (as ``+=`` would), one of
+no real dtype (complex, bool) is a ``TypeError``, and so is a parameter
+whose dtype changed since the optimiser was made.
 
 Each update uses ``lr = base_lr * schedule(step)``, step counting updates from
 0 (``schedule=None``: factor 1). ``state_dict()`` holds only NumPy arrays
@@ -26,7 +28,7 @@ from collections.abc import Callable
 import numpy as np
 
 from . import _device
-from ._checks import check_int, check_state_keys
+from ._checks import check_int, check_state_keys, same_dtype
 
 __all__ = ["SGD", "Adam", "AdamW", "Optimizer", "clip_grad_norm", "step_decay", "warmup_cosine"]
 
@@ -117,20 +119,27 @@ class Optimizer:
                 f"expected {list(self._shapes)}"
             )
         for name, (shape, dtype) in self._shapes.items():
-            for what, a in (("params", params[name]), ("grads", grads[name])):
+            p, g = params[name], grads[name]
+            for what, a in (("params", p), ("grads", g)):
                 if np.shape(a) != shape:
                     raise ValueError(
                         f"model.{what}[{name!r}]: expected shape {shape}, got {np.shape(a)}"
                     )
-                # As torch's optimisers: the update and its buffers are in the
-                # parameter's dtype, so a gradient of another one would be
-                # rounded to it (or not fit it) without a word.
-                got = getattr(a, "dtype", type(a).__name__)
-                if got != dtype:
-                    raise TypeError(
-                        f"model.{what}[{name!r}]: expected dtype {dtype} (the parameter's "
-                        f"when the optimiser was made), got {got}"
-                    )
+            # The buffers were made in the parameter's dtype; a gradient of
+            # another real dtype is used in it (as `+=` would), one of no real
+            # dtype (complex, bool, object) is refused before any update.
+            got = getattr(p, "dtype", None)
+            if got is None or not same_dtype(got, dtype):
+                raise TypeError(
+                    f"model.params[{name!r}]: expected dtype {dtype} (its buffers', from "
+                    f"when the optimiser was made), got {type(p).__name__ if got is None else got}"
+                )
+            got = g.dtype if hasattr(g, "dtype") else np.asarray(g).dtype
+            if got.kind not in "fiu":
+                raise TypeError(
+                    f"model.grads[{name!r}]: expected a real (float or integer) gradient, "
+                    f"got dtype {got}"
+                )
         return [(name, params[name], grads[name]) for name in self._shapes]
 
     def step(self) -> None:
