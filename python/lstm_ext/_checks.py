@@ -26,7 +26,7 @@ def check_state_keys(state: dict, shapes: dict, what: str = "state", real: bool 
     wrong += [
         f"{k}: expected real numbers, got dtype {dt}"
         for k in shapes
-        if real and k in state and (dt := _dtype_of(state[k])).kind not in "fiu"
+        if real and k in state and (dt := dtype_of(state[k])).kind not in "fiu"
     ]
     if missing or extra or wrong:
         parts = [f"missing keys {missing}"] if missing else []
@@ -34,7 +34,7 @@ def check_state_keys(state: dict, shapes: dict, what: str = "state", real: bool 
         raise ValueError(f"{what}: " + "; ".join(parts + wrong))
 
 
-def _dtype_of(value) -> np.dtype:
+def dtype_of(value) -> np.dtype:
     """The dtype of an array (NumPy's, or CuPy's, which is NumPy's too) or of
     what NumPy makes of anything else."""
     dt = getattr(value, "dtype", None)

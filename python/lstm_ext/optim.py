@@ -28,7 +28,7 @@ from collections.abc import Callable
 import numpy as np
 
 from . import _device
-from ._checks import check_int, check_state_keys, same_dtype
+from ._checks import check_int, check_state_keys, dtype_of, same_dtype
 
 __all__ = ["SGD", "Adam", "AdamW", "Optimizer", "clip_grad_norm", "step_decay", "warmup_cosine"]
 
@@ -134,7 +134,7 @@ class Optimizer:
                     f"model.params[{name!r}]: expected dtype {dtype} (its buffers', from "
                     f"when the optimiser was made), got {type(p).__name__ if got is None else got}"
                 )
-            got = g.dtype if hasattr(g, "dtype") else np.asarray(g).dtype
+            got = dtype_of(g)
             if got.kind not in "fiu":
                 raise TypeError(
                     f"model.grads[{name!r}]: expected a real (float or integer) gradient, "
