@@ -86,6 +86,19 @@ def test_forward_float32_x_with_float64_weights():
         call_forward(x=good()["x"].astype(np.float32))
 
 
+def test_a_dtype_mismatch_names_where_the_dtype_came_from():
+    # A list x is float64: the message had blamed the float32 weights alone.
+    w = {k: v.astype(np.float32) for k, v in good().items()}
+    why = r"W: expected dtype float64 to match x \(a list, read as float64\), got float32"
+    with pytest.raises(TypeError, match=why):
+        lstm_ext.forward(w["x"].tolist(), w["W"], w["R"])
+    with pytest.raises(TypeError, match=why):
+        lstm_ext.step(w["x"][0].tolist(), None, None, w["W"], w["R"])
+    # PackedLayer has no x: its weights' dtype is W's
+    with pytest.raises(TypeError, match=r"R: expected dtype float32 to match W, got float64"):
+        lstm_ext.PackedLayer(w["W"], good()["R"])
+
+
 def test_forward_batch_first_shape_letters():
     with pytest.raises(ValueError, match=r"x: expected 3 dimensions \[B,T,I\]"):
         lstm_ext.forward(np.zeros((2, 2)), np.zeros((4, 2)), np.zeros((4, 1)), batch_first=True)

@@ -192,6 +192,10 @@ def test_round_bfloat16(rng):
     nan = np.array([np.nan, -np.nan], np.float32)
     nan.view(np.uint32)[1] |= 0x1  # a payload only in the bits that are cut
     assert np.isnan(lstm_ext.round_bfloat16(nan)).all()
+    # any shape and layout kept: a scalar had come back with shape (1,)
+    one = lstm_ext.round_bfloat16(np.float32(1.00390625))
+    assert one.shape == () and one == 1.0
+    np.testing.assert_array_equal(lstm_ext.round_bfloat16(a.reshape(2, -1).T), got.reshape(2, -1).T)
 
 
 def test_nan_and_inf_weights(rng):

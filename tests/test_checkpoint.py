@@ -3,6 +3,7 @@ training, atomic writes, and clear errors for every kind of bad file."""
 
 import json
 import os
+import re
 import zipfile
 
 import numpy as np
@@ -77,6 +78,17 @@ def test_resumed_training_equals_uninterrupted(tmp_path, dropout):
         np.testing.assert_array_equal(ck.model.params[k], v, err_msg=k)
 
 
+def test_a_checkpoint_prints_short(tmp_path):
+    model = make_model()
+    opt = optim.Adam(model, 1e-3)
+    train(model, opt, 1)
+    checkpoint.save(tmp_path / "c.npz", model, opt, {"vocab": "x" * 10_000, "step": 1})
+    text = repr(checkpoint.load(tmp_path / "c.npz"))
+    assert text.startswith("Checkpoint(model=Sequential(\n  (0): Embedding(9, 4)\n")
+    assert "optimizer_state=<" in text and "meta=<keys ['step', 'vocab']>" in text
+    assert len(text) < 400, text
+
+
 def test_no_pickle_on_load(tmp_path):
     path = tmp_path / "evil.npz"
     np.savez(path, __meta__=np.array([{"format": checkpoint.FORMAT}], dtype=object))
@@ -113,6 +125,24 @@ def test_corrupt_files_are_rejected(tmp_path):
         checkpoint.load(tmp_path)  # had been "no such file"
     with pytest.raises(CheckpointError, match="not a regular file"):
         checkpoint.load("/dev/null")
+
+
+def test_a_member_named_twice_is_refused(tmp_path):
+    # zipfile reads a name's last member: a read by name would skip the checks
+    # made on the first (here a compressed 1 GiB of zeros behind a checked
+    # parameter, a 1 MB file that NumPy would have inflated in full)
+    path, _ = saved(tmp_path)
+    for method, data in [(zipfile.ZIP_DEFLATED, np.zeros(2**27)), (zipfile.ZIP_STORED, np.ones(3))]:
+        bad = tmp_path / f"twice{method}.npz"
+        bad.write_bytes(path.read_bytes())
+        with (
+            pytest.warns(UserWarning, match="Duplicate name"),
+            zipfile.ZipFile(bad, "a", method) as z,
+        ):
+            with z.open("param/2.bias.npy", "w") as f:
+                np.save(f, data)
+        with pytest.raises(CheckpointError, match=re.escape("'param/2.bias.npy' appears twice")):
+            checkpoint.load(bad)
 
 
 def rewrite(tmp_path, path, change):

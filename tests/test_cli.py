@@ -73,8 +73,14 @@ def test_a_fixed_seed_repeats_exactly(capsys, tmp_path):
         (["train", "--lr", "-1"], 2, "--lr: expected a positive finite number"),
         (["train", "--dtype", "float16"], 2, "--dtype: invalid choice"),
         (["frobnicate"], 2, "invalid choice: 'frobnicate'"),
-        ([], 2, "the following arguments are required: {train,sample,info}"),
-        (["sample", "--checkpoint", "/nonexistent/x.npz"], 1, "no such file"),
+        ([], 2, "required: {train,sample,info} ('lstm-ext --help' says more)"),
+        (["train", "--steps", "0"], 2, "got '0' ('lstm-ext train --help' says more)"),
+        (
+            ["sample", "--checkpoint", "/nonexistent/x.npz"],
+            1,
+            "no such file ('lstm-ext train --task text' writes one there)",
+        ),
+        (["train", "--out", "/dev/null", *SMALL], 1, "--out /dev/null: a file, not a folder"),
         (["sample", "--checkpoint", "/"], 1, "checkpoint /: a directory, not a checkpoint file"),
         (["train", "--out", "/proc/lstm-ext-cannot-write", *SMALL], 1, "cannot write there"),
         (["train", "--lr", "inf"], 2, "--lr: expected a positive finite number, got 'inf'"),
@@ -177,7 +183,12 @@ def test_sample_refuses_checkpoints_it_cannot_sample_in_one_line(capsys, tmp_pat
         return nn.Sequential(nn.Embedding(3, 2), nn.LSTM(2, 4, dtype=lstm_dtype), nn.Linear(4, 3))
 
     cases = [
-        (model(), [1, 2], "not a character model (task None)"),
+        (model(), [1, 2], "its meta has no vocabulary"),
+        (
+            model(),
+            {"task": "adding", "vocab": "abc"},
+            "not a character model (written by 'train --task adding')",
+        ),
         (model(), {"task": "text"}, "its meta has no vocabulary"),
         (model(), {"task": "text", "vocab": 7}, "its meta has no vocabulary"),
         (
@@ -193,6 +204,11 @@ def test_sample_refuses_checkpoints_it_cannot_sample_in_one_line(capsys, tmp_pat
         checkpoint.save(path, m, None, meta)
         rc, _, err = run(capsys, "sample", "--checkpoint", str(path), "--prime", "a")
         assert rc == 1 and words in err and err.count("\n") == 1, (k, err)
+    # the README's checkpoint.save(..., meta={"vocab": ...}) names no task: sampled
+    path = tmp_path / "api.npz"
+    checkpoint.save(path, model(), None, {"vocab": "abc"})
+    rc, out, err = run(capsys, "sample", "--checkpoint", str(path), "--prime", "a", "--length", "5")
+    assert rc == 0 and len(out) == len("a") + 5 + 1 and set(out[:-1]) <= set("abc"), (out, err)
 
 
 def help_of(capsys, *argv):

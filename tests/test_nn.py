@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from helpers import central_difference
-from lstm_ext.nn import LSTM
+from lstm_ext.nn import LSTM, from_config
 
 TOL = {np.float64: (1e-10, 1e-12), np.float32: (1e-4, 1e-5)}
 
@@ -197,6 +197,30 @@ def test_gradients_match_central_differences(rng, dropout):
             k = np.unravel_index(f, a.shape)
             num = central_difference(loss, a, k)  # error ~1e-10: 1e-7 leaves margin
             assert abs(g[k] - num) <= 1e-7 * max(1.0, abs(num)), (name, k, g[k], num)
+
+
+def test_backward_of_a_loss_on_the_state_alone(rng):
+    # dy=None is zeros, as lstm_ext.backward takes it (had been "dy: expected
+    # the shape of out, (5, 2, 4), got ()")
+    lstm = LSTM(3, 4, 2, bidirectional=True, dtype=np.float64, seed=0)
+    x = rng.standard_normal((5, 2, 3))
+    state = (rng.standard_normal((4, 2, 4)), rng.standard_normal((4, 2, 4)))
+    dh = rng.standard_normal((4, 2, 4))
+    grads = []
+    for dy in (None, np.zeros((5, 2, 8))):
+        lstm.zero_grad()
+        lstm(x, state)
+        dx, (dh0, dc0) = lstm.backward(dy, (dh, None))
+        grads.append([dx, dh0, dc0, *(g.copy() for g in lstm.grads.values())])
+    for a, b in zip(*grads, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert np.abs(grads[0][0]).max() > 0
+
+
+def test_dropout_with_one_layer_warns_as_torch():
+    with pytest.warns(UserWarning, match=r"dropout=0.5 with num_layers=1 does nothing"):
+        lstm = LSTM(3, 4, dropout=0.5)
+    from_config(lstm.config())  # a checkpoint's model: no warning (errors under pytest)
 
 
 def test_shapes_and_modes(rng):

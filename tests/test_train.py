@@ -78,6 +78,47 @@ def test_sequential_chains_forward_and_backward(rng):
         nn.Sequential(nn.LSTM(2, 2), nn.LSTM(2, 2))
 
 
+def test_sequential_refuses_what_it_cannot_chain():
+    lin = nn.Linear(3, 3)
+    for modules, error, words in [
+        # one Linear twice kept the second call's input for both backwards:
+        # the wrong weight gradient, and its parameters listed twice
+        ((lin, lin), ValueError, "modules[1]: the same module object as modules[0]"),
+        # an inner Sequential returned (y, state) to the next module as its x
+        ((nn.Sequential(lin),), TypeError, "modules[0]: a Sequential inside a Sequential"),
+        ((nn.LSTM(3, 4), nn.Linear(5, 2)), ValueError,
+         "modules[1]: expected 4 input features (what modules[0] gives), got a Linear taking 5"),
+        ((nn.Embedding(5, 3), nn.LSTM(3, 4, bidirectional=True), nn.Linear(4, 2)), ValueError,
+         "modules[2]: expected 8 input features"),
+        ((lin, nn.Embedding(3, 3)), ValueError, "modules[1]: an Embedding takes token indices"),
+    ]:  # fmt: skip
+        with pytest.raises(error, match=re.escape(words)):
+            nn.Sequential(*modules)
+    inner = {"type": "Sequential", "modules": [nn.Linear(2, 2).config()]}
+    nested = {"type": "Sequential", "modules": [inner]}
+    with pytest.raises(TypeError, match="a Sequential inside a Sequential"):
+        nn.from_config(nested)
+
+
+def test_modules_print_as_pytorch_s():
+    model = nn.Sequential(
+        nn.Embedding(103, 32),
+        nn.LSTM(32, 128, 2, bidirectional=True, dtype=np.float64),
+        nn.Linear(256, 103, bias=False),
+    )
+    assert repr(model) == (
+        "Sequential(\n"
+        "  (0): Embedding(103, 32)\n"
+        "  (1): LSTM(32, 128, num_layers=2, bidirectional=True, dtype='float64')\n"
+        "  (2): Linear(256, 103, bias=False)\n"
+        ")"
+    )
+    assert (
+        repr(nn.LSTM(3, 4, batch_first=True, proj_size=2))
+        == "LSTM(3, 4, batch_first=True, proj_size=2)"
+    )
+
+
 def test_truncated_bptt_equals_a_full_run_on_each_chunk(rng):
     """TBPTT on chunk k = forward/backward on that chunk alone, started from
     the state the previous chunks left: no gradient crosses the boundary."""

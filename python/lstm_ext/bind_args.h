@@ -204,11 +204,20 @@ inline int float_size(const Arg& x) {
                        dtype_str(x.a));
 }
 
-inline void check_dtype(const Arg& a, int size, const char* of_what) {
+inline void check_dtype(const Arg& a, int size, const std::string& of_what) {
   if (float_size(a) != size)
     throw py::type_error(std::string(a.name) + ": expected dtype " +
                          (size == 4 ? "float32" : "float64") + " to match " + of_what + ", got " +
                          dtype_str(a.a));
+}
+
+// The array whose dtype the others must have, for messages: its name, and
+// how it got its dtype where it was not a NumPy array (a list of Python
+// floats becomes float64, and then float32 weights were blamed).
+inline std::string dtype_source(const Arg& a) {
+  if (py::isinstance<py::array>(a.original)) return a.name;
+  return std::string(a.name) + " (a " + type_name(a.original) + ", read as " + dtype_str(a.a) +
+         ")";
 }
 
 inline void check_shape(const Arg& a, const std::vector<int64_t>& want,
@@ -227,7 +236,7 @@ inline void check_ndim(const Arg& a, int ndim, const char* letters) {
 
 // An optional [B,width] state: dtype and shape.
 inline void check_state(const Arg& s, int size, int64_t B, int64_t width, const char* letters,
-                        const char* of_what) {
+                        const std::string& of_what) {
   if (!s.given()) return;
   check_dtype(s, size, of_what);
   check_shape(s, {B, width}, letters);
@@ -308,19 +317,20 @@ struct LayerArgs {
 // product of sizes (std::length_error, a ValueError here).
 inline LayerArgs check_layer(const py::object& W, const py::object& R, const py::object& b,
                              const py::object& W_hr, const py::object& peephole,
-                             const py::object& clip, bool input_forget, int size, int64_t I) {
+                             const py::object& clip, bool input_forget, int size, int64_t I,
+                             const std::string& of_what) {
   LayerArgs l{arg("W", W),
               arg("R", R),
               opt_arg("b", b),
               opt_arg("W_hr", W_hr),
               opt_arg("peephole", peephole),
               Config{}};
-  check_dtype(l.W, size, "x");
-  check_dtype(l.R, size, "x");
+  check_dtype(l.W, size, of_what);
+  check_dtype(l.R, size, of_what);
   check_ndim(l.R, 2, l.W_hr.given() ? "[4H,P]" : "[4H,H]");
   int64_t H = l.R.a.shape(1), P = 0;
   if (l.W_hr.given()) {
-    check_dtype(l.W_hr, size, "x");
+    check_dtype(l.W_hr, size, of_what);
     check_ndim(l.W_hr, 2, "[P,H]");
     P = l.W_hr.a.shape(0);
     H = l.W_hr.a.shape(1);
@@ -334,11 +344,11 @@ inline LayerArgs check_layer(const py::object& W, const py::object& R, const py:
   check_ndim(l.W, 2, "[4H,I]");
   check_shape(l.W, {4 * H, I}, "[4H,I]");
   if (l.b.given()) {
-    check_dtype(l.b, size, "x");
+    check_dtype(l.b, size, of_what);
     check_shape(l.b, {4 * H}, "[4H]");
   }
   if (l.peephole.given()) {
-    check_dtype(l.peephole, size, "x");
+    check_dtype(l.peephole, size, of_what);
     check_shape(l.peephole, {3 * H}, "[3H] (i, o, f)");
   }
   l.cfg.I = I;
@@ -451,7 +461,9 @@ inline ForwardArgs check_forward(const py::object& x_obj, const py::object& W, c
   Arg x = arg("x", x_obj);
   const int size = float_size(x);
   check_ndim(x, 3, batch_first ? "[B,T,I]" : "[T,B,I]");
-  LayerArgs l = check_layer(W, R, b, W_hr, peephole, clip, input_forget, size, x.a.shape(2));
+  const std::string of_x = dtype_source(x);
+  LayerArgs l =
+      check_layer(W, R, b, W_hr, peephole, clip, input_forget, size, x.a.shape(2), of_x);
   Arg h0 = opt_arg("h0", h0_obj), c0 = opt_arg("c0", c0_obj);
   py::array x_tb = batch_first ? swap01(x.a) : x.a;
   Config cfg = l.cfg;
@@ -459,8 +471,8 @@ inline ForwardArgs check_forward(const py::object& x_obj, const py::object& W, c
   cfg.B = x_tb.shape(1);
   cfg.reverse = reverse;
   cfg.bf16_weights = check_weight_dtype(weight_dtype, size);
-  check_state(h0, size, cfg.B, cfg.O(), cfg.P ? "[B,P]" : "[B,H]", "x");
-  check_state(c0, size, cfg.B, cfg.H, "[B,H]", "x");
+  check_state(h0, size, cfg.B, cfg.O(), cfg.P ? "[B,P]" : "[B,H]", of_x);
+  check_state(c0, size, cfg.B, cfg.H, "[B,H]", of_x);
   auto lens = check_lengths(lengths, cfg.B, cfg.T);
   return {x, x_tb, l, h0, c0, cfg, std::move(lens), size};
 }
@@ -510,13 +522,15 @@ inline StepArgs check_step(const py::object& x_obj, const py::object& h_obj,
   Arg x = arg("x", x_obj);
   const int size = float_size(x);
   check_ndim(x, 2, "[B,I]");
-  LayerArgs l = check_layer(W, R, b, W_hr, peephole, clip, input_forget, size, x.a.shape(1));
+  const std::string of_x = dtype_source(x);
+  LayerArgs l =
+      check_layer(W, R, b, W_hr, peephole, clip, input_forget, size, x.a.shape(1), of_x);
   Config cfg = l.cfg;
   cfg.T = 1;
   cfg.B = x.a.shape(0);
   Arg h = opt_arg("h", h_obj), c = opt_arg("c", c_obj);
-  check_state(h, size, cfg.B, cfg.O(), cfg.P ? "[B,P]" : "[B,H]", "x");
-  check_state(c, size, cfg.B, cfg.H, "[B,H]", "x");
+  check_state(h, size, cfg.B, cfg.O(), cfg.P ? "[B,P]" : "[B,H]", of_x);
+  check_state(c, size, cfg.B, cfg.H, "[B,H]", of_x);
   return {x, l, h, c, cfg, size};
 }
 

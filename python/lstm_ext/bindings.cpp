@@ -101,7 +101,8 @@ LayerArgs check_packed_layer(const py::object& W, const py::object& R, const py:
   const Arg w = arg("W", W);
   const int size = float_size(w);
   check_ndim(w, 2, "[4H,I]");
-  LayerArgs l = check_layer(W, R, b, W_hr, peephole, clip, input_forget, size, w.a.shape(1));
+  LayerArgs l =
+      check_layer(W, R, b, W_hr, peephole, clip, input_forget, size, w.a.shape(1), dtype_source(w));
   l.cfg.bf16_weights = check_weight_dtype(weight_dtype, size);
   return l;
 }
@@ -143,7 +144,7 @@ py::tuple forward_packed(const py::object& packed, const py::object& x, const py
       check_forward(x, W, R, b, h0, c0, batch_first, flag("reverse", reverse), lengths, W_hr,
                     peephole, clip, flag("input_forget", input_forget), weight_dtype);
   const Arg p = arg("packed", packed);
-  check_dtype(p, f.size, "x");
+  check_dtype(p, f.size, dtype_source(f.x));
   check_shape(p, {lstm_ext::packed_weights_size(f.cfg)}, "[packed_weights_size]");
   if (f.size == 4) {
     const carray<float> pf = contiguous<float>(p.a);
@@ -283,13 +284,13 @@ LinearArgs check_linear(const py::object& x_obj, const py::object& W_obj, const 
   LinearArgs l{arg("x", x_obj), arg("W", W_obj), opt_arg("b", b_obj), 0, 0, 0, 0};
   l.size = float_size(l.x);
   check_ndim(l.x, 2, "[N,K]");
-  check_dtype(l.W, l.size, "x");
+  check_dtype(l.W, l.size, dtype_source(l.x));
   check_ndim(l.W, 2, "[M,K]");
   l.N = l.x.a.shape(0), l.K = l.x.a.shape(1), l.M = l.W.a.shape(0);
   check_shape(l.W, {l.M, l.K}, "[M,K] (K from x)");
   lstm_ext::check_linear_sizes(l.N, l.K, l.M);  // before y [N,M] or dx [N,K] is allocated
   if (l.b.given()) {
-    check_dtype(l.b, l.size, "x");
+    check_dtype(l.b, l.size, dtype_source(l.x));
     check_shape(l.b, {l.M}, "[M] (M from W)");
   }
   return l;
@@ -341,7 +342,7 @@ py::object linear_backward(const py::object& dy_obj, const py::object& x, const 
   const bool with_dx = flag("with_dx", with_dx_);
   const LinearArgs l = check_linear(x, W, py::none());
   const Arg dy = arg("dy", dy_obj), dW = arg("dW", dW_obj), db = opt_arg("db", db_obj);
-  check_dtype(dy, l.size, "x");
+  check_dtype(dy, l.size, dtype_source(l.x));
   check_shape(dy, {l.N, l.M}, "[N,M] (N from x, M from W)");
   return l.size == 4 ? linear_backward_impl<float>(l, dy, dW, db, with_dx)
                      : linear_backward_impl<double>(l, dy, dW, db, with_dx);

@@ -42,19 +42,29 @@ from ._version import __version__
 
 FORMAT = "lstm_ext.checkpoint/1"
 _SPARE_PARAMETERS = 4096  # declared beyond twice what the file holds: refused
-_MAX_NESTING = 8  # Sequentials within Sequentials in a model config
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit what was asked for."""
 
 
-@dataclass
+@dataclass(repr=False)
 class Checkpoint:
     model: nn.Module
     optimizer_state: dict = field(default_factory=dict)  # for optimizer.load_state_dict
     meta: dict = field(default_factory=dict)  # what the caller saved
     version: str = ""  # lstm_ext version that wrote it
+
+    def __repr__(self) -> str:
+        """The model, and the sizes of the rest (the optimiser's moments and a
+        vocabulary in full ran to tens of thousands of characters)."""
+        values = sum(np.size(v) for v in self.optimizer_state.values())
+        meta = self.meta  # a JSON value: a dict as save writes it, or anything
+        meta = f"keys {sorted(meta)}" if isinstance(meta, dict) else type(meta).__name__
+        return (
+            f"Checkpoint(model={self.model!r}, optimizer_state=<{len(self.optimizer_state)} "
+            f"arrays, {values} values>, meta=<{meta}>, version={self.version!r})"
+        )
 
 
 def _rng_states(model: nn.Module) -> dict:
@@ -124,12 +134,16 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
         if f.read(4) not in (b"PK\x03\x04", b"PK\x05\x06"):  # what np.load takes for a zip
             raise CheckpointError("not a .npz (zip) file")
         f.seek(0)
-        with np.load(f, allow_pickle=False) as z:
+        with zipfile.ZipFile(f) as zf:
             arrays = {}
-            for info in z.zip.infolist():
+            for info in zf.infolist():
                 try:
-                    _check_member(z.zip, info, file_size)
-                    arrays[info.filename[: -len(".npy")]] = z[info.filename]  # CRC-checked
+                    name = info.filename[: -len(".npy")]
+                    if name in arrays:  # a read by name would take another member than the checked
+                        raise CheckpointError(f"member {info.filename!r} appears twice")
+                    _check_member(zf, info, file_size)
+                    with zf.open(info) as member:  # the member checked, CRC-checked as read
+                        arrays[name] = np.lib.format.read_array(member, allow_pickle=False)
                 except (CheckpointError, MemoryError):
                     raise
                 except Exception as e:  # what and why: see load
@@ -145,8 +159,8 @@ def _declared_parameters(config, depth: int = 0) -> int:
     if not isinstance(config, dict):
         return 0
     if config.get("type") == "Sequential":
-        if depth == _MAX_NESTING:
-            raise CheckpointError(f"model config: Sequentials nested over {_MAX_NESTING} deep")
+        if depth:  # as nn.Sequential refuses
+            raise CheckpointError("model config: a Sequential inside a Sequential")
         mods = config.get("modules")
         mods = mods if isinstance(mods, list) else []
         return sum(_declared_parameters(m, depth + 1) for m in mods)

@@ -47,8 +47,8 @@ class UsageError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, no usage dump
-        raise UsageError(message)
+    def error(self, message):  # one line, no usage dump, where to read more
+        raise UsageError(f"{message} ('{self.prog} --help' says more)")
 
 
 def int_in(lo: int, hi: int | None = None):
@@ -171,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint",
         type=Path,
         default=Path("lstm-ext-runs/text.npz"),
-        help="a checkpoint written by 'train --task text' (default ./lstm-ext-runs/text.npz)",
+        help="a character model's checkpoint, as 'train --task text' writes it (or "
+        "checkpoint.save with meta={'vocab': the characters}; default ./lstm-ext-runs/text.npz)",
     )
     s.add_argument("--length", type=positive_int, default=400,
                    help="characters to generate (default 400)")  # fmt: skip
@@ -204,6 +205,8 @@ def settings(args) -> dict:
 
 
 def out_dir(path: Path) -> Path:
+    if path.exists() and not path.is_dir():  # mkdir's own word was "File exists"
+        raise OSError(f"--out {path}: a file, not a folder (--out names the run's folder)")
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".lstm-ext-write-test"
@@ -553,16 +556,22 @@ def cmd_sample(args) -> None:
         inside = args.checkpoint / "text.npz"
         hint = f" (did you mean {inside}?)" if inside.is_file() else ""
         raise checkpoint.CheckpointError(f"{where}: a directory, not a checkpoint file{hint}")
+    if not args.checkpoint.exists():
+        raise checkpoint.CheckpointError(
+            f"{where}: no such file ('lstm-ext train --task text' writes one there)"
+        )
     ck = checkpoint.load(args.checkpoint)
     meta = ck.meta if isinstance(ck.meta, dict) else {}
-    if meta.get("task") != "text":
+    if meta.get("task", "text") != "text":  # one saved by the API may name no task
         raise checkpoint.CheckpointError(
-            f"{where}: not a character model (task {meta.get('task')!r})"
+            f"{where}: not a character model (written by 'train --task {meta['task']}')"
         )
     chars = meta.get("vocab")
     if not isinstance(chars, str) or not chars:
         raise checkpoint.CheckpointError(
-            f"{where}: its meta has no vocabulary (a string of the characters), got {chars!r:.60}"
+            f"{where}: its meta has no vocabulary (a string of the characters, as 'train "
+            f"--task text' and checkpoint.save(..., meta={{'vocab': vocab.chars}}) write), "
+            f"got {chars!r:.60}"
         )
     vocab = data.Vocab(chars)
     try:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import inspect
 import threading
+import warnings
 from collections.abc import Iterator
 
 import numpy as np
@@ -129,6 +130,21 @@ class Module:
         """The constructor's arguments, JSON-serialisable: ``from_config``
         rebuilds the module (with fresh parameters) from it."""
         raise NotImplementedError
+
+    def __repr__(self) -> str:
+        """As PyTorch prints a module: ``LSTM(32, 128, num_layers=2)``, the
+        required arguments, then those that differ from their defaults."""
+        config = self.config()
+        kind = config.pop("type")
+        taken = inspect.signature(type(self)).parameters
+        args = []
+        for name, value in config.items():
+            default = taken[name].default if name in taken else None
+            if default is inspect.Parameter.empty:
+                args.append(repr(value))
+            elif value != (np.dtype(default).name if name == "dtype" else default):
+                args.append(f"{name}={value!r}")
+        return f"{kind}({', '.join(args)})"
 
 
 def _core_can_add_into(a, dtype) -> bool:
@@ -290,7 +306,8 @@ class LSTM(Module):
     as PyTorch takes it; then out is [T,D*O] and the state [L*D,O], [L*D,H].
 
     ``dx = lstm.backward(dy, dstate=None)`` after a forward call: dy shaped as
-    out, dstate = (dh_n, dc_n) (either may be None). Adds the parameter
+    out (None: zeros, for a loss on the final state alone), dstate = (dh_n,
+    dc_n) (either may be None). Adds the parameter
     gradients into ``grads`` and returns dx, or ``(dx, (dh0, dc0))`` when the
     forward call was given a state.
 
@@ -350,6 +367,13 @@ class LSTM(Module):
             raise ValueError(f"proj_size: expected < hidden_size = {hidden_size}, got {proj_size}")
         if not is_real(dropout) or not 0 <= dropout <= 1:
             raise ValueError(f"dropout: expected a probability in [0, 1], got {dropout!r}")
+        if dropout and num_layers == 1:  # as torch.nn.LSTM warns
+            warnings.warn(
+                f"dropout={dropout!r} with num_layers=1 does nothing: dropout applies between "
+                "layers, after every layer but the last",
+                UserWarning,
+                stacklevel=2,
+            )
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.dropout = check_bool("bias", bias), float(dropout)
         self.batch_first = check_bool("batch_first", batch_first)
@@ -569,11 +593,13 @@ class LSTM(Module):
         L, D, H, O = self.num_layers, self.num_directions, self.hidden_size, self.output_size
         T, B = caches[0][0].T, caches[0][0].B
         xp = self._xp
-        dy = xp.asarray(dy)
         if unbatched:
             want = (T, D * O)
         else:
             want = (B, T, D * O) if self.batch_first else (T, B, D * O)
+        dy = (
+            xp.zeros(want, self.dtype) if dy is None else xp.asarray(dy)
+        )  # a loss on the state only
         if dy.shape != want:
             raise ValueError(f"dy: expected the shape of out, {want}, got {dy.shape}")
         if unbatched:
@@ -734,6 +760,41 @@ class PackedLSTM(LSTM):
                 f"layers={self.num_layers} D={self.num_directions} {self.dtype}>")  # fmt: skip
 
 
+def _features(m: Module) -> tuple:
+    """(features m takes, features it gives) on the last axis; "tokens" for
+    an Embedding's input, None where m does not say (a module of the user's)."""
+    if isinstance(m, LSTM):
+        return m.input_size, m.num_directions * m.output_size
+    if isinstance(m, Embedding):
+        return "tokens", m.embedding_dim
+    return getattr(m, "in_features", None), getattr(m, "out_features", None)
+
+
+def _check_chain(modules) -> None:
+    """A Sequential's modules: each one once, none a Sequential, each taking
+    the features the one before it gives."""
+    for k, m in enumerate(modules):
+        if isinstance(m, Sequential):
+            raise TypeError(
+                f"modules[{k}]: a Sequential inside a Sequential is not supported; "
+                "give its modules in order instead"
+            )
+        if (j := next((j for j in range(k) if modules[j] is m), None)) is not None:
+            raise ValueError(
+                f"modules[{k}]: the same module object as modules[{j}]; a module keeps its "
+                "last forward's input for backward, so each place needs its own"
+            )
+        takes = _features(m)[0]
+        if k and takes == "tokens":
+            raise ValueError(f"modules[{k}]: an Embedding takes token indices, so it must be first")
+        gives = _features(modules[k - 1])[1] if k else None
+        if None not in (takes, gives) and takes != gives:
+            raise ValueError(
+                f"modules[{k}]: expected {gives} input features (what modules[{k - 1}] "
+                f"gives), got a {type(m).__name__} taking {takes}"
+            )
+
+
 class Sequential(Module):
     """Modules applied in order, and backward in reverse::
 
@@ -755,6 +816,7 @@ class Sequential(Module):
             raise TypeError("modules: expected one or more lstm_ext.nn modules")
         if sum(isinstance(m, LSTM) for m in modules) > 1:
             raise ValueError("modules: at most one LSTM (give it num_layers for a stack)")
+        _check_chain(modules)
         self.modules = list(modules)
         self._collect()
         self._had_state = False
@@ -784,6 +846,10 @@ class Sequential(Module):
 
     def config(self) -> dict:
         return dict(type="Sequential", modules=[m.config() for m in self.modules])
+
+    def __repr__(self) -> str:
+        rows = "".join(f"\n  ({k}): {m!r}" for k, m in enumerate(self.modules))
+        return f"Sequential({rows}\n)"
 
     def train(self, mode: bool = True):
         for m in self.modules:
@@ -846,4 +912,6 @@ def from_config(config: dict) -> Module:
     taken = inspect.signature(MODULES[kind]).parameters
     if unknown := sorted(set(kw) - set(taken)):
         raise ValueError(f"config: {kind} takes no {', '.join(unknown)}")
-    return MODULES[kind](**kw)
+    with warnings.catch_warnings():  # the constructor's warnings were for the model's maker
+        warnings.simplefilter("ignore", UserWarning)
+        return MODULES[kind](**kw)

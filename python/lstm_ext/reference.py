@@ -64,7 +64,7 @@ def round_bfloat16(a):
     past bfloat16's largest round to ±inf. This is ``weight_dtype="bfloat16"``'s
     rounding, bit for bit.
     """
-    a = np.ascontiguousarray(a, dtype=np.float32)
+    a = np.asarray(a, dtype=np.float32)  # ascontiguousarray made a 0-d array 1-d
     b = a.view(np.uint32).astype(np.uint64)  # room for the carry
     r = (b + 0x7FFF + ((b >> 16) & 1)) & 0xFFFF0000
     r = np.where(np.isnan(a), (b | 0x00400000) & 0xFFFF0000, r)
