@@ -257,6 +257,32 @@ def test_bad_arguments(change, match):
         onnx_lstm(**{**node_inputs(), **change})
 
 
+@pytest.mark.parametrize(
+    "change, error, match",
+    [
+        # Each had named lstm_ext.forward's argument (b, peephole, h0, c0, lengths, x)
+        (dict(B=np.zeros((1, 32))), TypeError, "B: expected dtype float32 to match X, got float64"),
+        (dict(P=np.zeros((1, 12))), TypeError, "P: expected dtype float32 to match X, got float64"),
+        (dict(initial_h=np.zeros((1, 3, 4))), TypeError, "initial_h: expected dtype float32 to"),
+        (dict(initial_c=np.zeros((1, 3, 4))), TypeError, "initial_c: expected dtype float32 to"),
+        (dict(W=np.zeros((1, 16, 5))), TypeError, "W: expected dtype float32 to match X, got"),
+        (dict(R=np.zeros((1, 16, 4))), TypeError, "R: expected dtype float32 to match X, got"),
+        (dict(B=np.full((1, 32), "a")), TypeError, "B: expected dtype float32 to match X, got <U1"),
+        (dict(X=np.zeros((6, 3, 5), np.int32)), TypeError, "X: expected dtype float32 or float64"),
+        (dict(X=np.zeros((6, 3, 5)).tolist()), TypeError,
+         r"W: expected dtype float64 to match X \(a list, read as float64\), got float32"),
+        (dict(sequence_lens=np.array([6.0, 0, 2])), TypeError,
+         "sequence_lens: expected an integer array, got dtype float64"),
+        (dict(sequence_lens=np.array([6, 0, 7])), ValueError,
+         r"sequence_lens: expected integers in \[0, 6\], got 7 at \[2\]"),
+        (dict(sequence_lens=np.array([-1, 0, 2])), ValueError, r"sequence_lens: .*got -1 at \[0\]"),
+    ],
+)  # fmt: skip
+def test_errors_name_the_onnx_inputs(change, error, match):
+    with pytest.raises(error, match=match):
+        onnx_lstm(**{**node_inputs(), **change})
+
+
 def test_bad_arguments_bidirectional():
     f = node_inputs(1)  # D = 1 arrays
     with pytest.raises(ValueError, match=r"R: expected .*D = 2, got \(1, 16, 4\)"):

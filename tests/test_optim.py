@@ -311,13 +311,41 @@ def test_load_state_dict_errors(rng):
         opt.load_state_dict({**good, "optimizer": np.array("Adam")})
     with pytest.raises(ValueError, match="steps"):
         opt.load_state_dict({**good, "steps": np.array(-1)})
-    with pytest.raises(ValueError, match="momentum: expected >= 0"):
+    with pytest.raises(ValueError, match="momentum: expected a finite number >= 0"):
         opt.load_state_dict({**good, "lr": np.array(0.5), "momentum": np.array(-1.0)})
     assert (opt.base_lr, opt.momentum) == (0.1, 0.9)  # all or nothing
     with pytest.raises(ValueError, match="missing keys"):
         Adam(model).load_state_dict(good)
     with pytest.raises(ValueError, match=r"unexpected keys \['momentum_buffer/"):
         SGD(model, 0.1).load_state_dict(good)  # no momentum, so no buffers
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "error", "match"),
+    [
+        # bool() had taken each of these as True
+        ("nesterov", np.array("no"), TypeError, "nesterov: expected a bool, got str"),
+        ("nesterov", np.array(2.5), TypeError, "nesterov: expected a bool, got float"),
+        ("nesterov", np.array(2), TypeError, "nesterov: expected a bool, got 2"),
+        ("lr", np.array("0.1"), TypeError, "lr: expected a number"),
+        ("momentum", np.array(np.inf), ValueError, "momentum: expected a finite number >= 0"),
+        # complex had loaded with a ComplexWarning, its imaginary part dropped;
+        # a string had raised NumPy's "could not convert", naming no key
+        ("momentum_buffer/0.bias", np.full(3, 1j), ValueError,
+         "momentum_buffer/0.bias: expected real numbers, got dtype complex128"),
+        ("momentum_buffer/0.weight", np.full((3, 2), "a"), ValueError,
+         "momentum_buffer/0.weight: expected real numbers, got dtype <U1"),
+    ],
+)  # fmt: skip
+def test_load_state_dict_checks_values(rng, key, value, error, match):
+    opt = SGD(Stub(rng), 0.1, momentum=0.9)
+    good = opt.state_dict()
+    with pytest.raises(error, match=match):
+        opt.load_state_dict({**good, "lr": np.array(0.5), key: value})
+    assert (opt.base_lr, opt.nesterov) == (0.1, False)  # all or nothing
+    assert not opt.state["momentum_buffer"]["0.bias"].any()
+    opt.load_state_dict({**good, "nesterov": np.array(1)})  # a flag: bool, 0 or 1
+    assert opt.nesterov is True
 
 
 def test_sgd_without_momentum_keeps_no_buffers(rng):
@@ -378,22 +406,59 @@ def test_clip_grad_norm_non_finite(rng, bad):
 @pytest.mark.parametrize(
     ("make", "match"),
     [
-        (lambda m: SGD(m, 0.0), "lr: expected lr > 0"),
-        (lambda m: SGD(m, -1.0), "lr: expected lr > 0"),
-        (lambda m: SGD(m, float("nan")), "lr: expected lr > 0"),
-        (lambda m: SGD(m, 0.1, momentum=-0.1), "momentum: expected >= 0"),
-        (lambda m: SGD(m, 0.1, weight_decay=-1), "weight_decay: expected >= 0"),
+        (lambda m: SGD(m, 0.0), "lr: expected a finite number > 0"),
+        (lambda m: SGD(m, -1.0), "lr: expected a finite number > 0"),
+        (lambda m: SGD(m, float("nan")), "lr: expected a finite number > 0"),
+        (lambda m: SGD(m, 0.1, momentum=-0.1), "momentum: expected a finite number >= 0"),
+        (lambda m: SGD(m, 0.1, weight_decay=-1), "weight_decay: expected a finite number >= 0"),
         (lambda m: SGD(m, 0.1, nesterov=True), "nesterov: needs momentum > 0"),
         (lambda m: Adam(m, betas=(1.0, 0.9)), r"betas\[0\]: expected a value in \[0, 1\)"),
         (lambda m: Adam(m, betas=(0.9, -0.1)), r"betas\[1\]"),
         (lambda m: Adam(m, betas=(0.9,)), "betas: expected a pair"),
-        (lambda m: Adam(m, eps=0.0), "eps: expected eps > 0"),
-        (lambda m: AdamW(m, weight_decay=-0.1), "weight_decay: expected >= 0"),
+        (lambda m: Adam(m, eps=0.0), "eps: expected a finite number > 0"),
+        (lambda m: AdamW(m, weight_decay=-0.1), "weight_decay: expected a finite number >= 0"),
     ],
 )
 def test_argument_errors(rng, make, match):
     with pytest.raises(ValueError, match=match):
         make(Stub(rng))
+
+
+BEYOND_FLOAT = 10**400  # float() of it is an OverflowError
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda m: SGD(m, BEYOND_FLOAT), "lr: expected a finite number > 0, got an integer beyond"),
+        (lambda m: SGD(m, 10**5000), "lr: expected a finite"),  # repr() of it fails too
+        (lambda m: SGD(m, np.inf), "lr: expected a finite number > 0, got inf"),
+        (lambda m: SGD(m, 0.1, momentum=BEYOND_FLOAT), "momentum: expected a finite"),
+        (lambda m: SGD(m, 0.1, weight_decay=-BEYOND_FLOAT), "weight_decay: expected a finite"),
+        (lambda m: Adam(m, betas=(BEYOND_FLOAT, 0.9)), r"betas\[0\]: expected a value in"),
+        (lambda m: Adam(m, eps=BEYOND_FLOAT), "eps: expected a finite"),
+        (lambda m: clip_grad_norm(m, BEYOND_FLOAT), "max_norm: expected a finite"),
+        (lambda m: warmup_cosine(10, final=BEYOND_FLOAT), "final: expected a finite"),
+        (lambda m: step_decay(1, BEYOND_FLOAT), "gamma: expected a finite"),
+    ],
+)
+def test_numbers_beyond_float(rng, make, match):
+    with pytest.raises(ValueError, match=match):
+        make(Stub(rng))
+
+
+@pytest.mark.parametrize(
+    ("schedule", "steps"),
+    [(lambda s: BEYOND_FLOAT, 0), (step_decay(1, 1e10), 40)],  # 1e10**40: beyond float
+)
+def test_schedule_beyond_float(rng, schedule, steps):
+    opt = SGD(Stub(rng), 0.1, schedule=schedule)
+    opt.steps = steps
+    with pytest.raises(
+        ValueError, match=f"schedule: expected a finite factor >= 0 at step {steps}"
+    ):
+        opt.step()
+    assert opt.steps == steps
 
 
 def test_type_errors(rng):

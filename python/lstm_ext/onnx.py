@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike
 
-from ._checks import is_int
+from ._checks import is_int, same_dtype
 from .convert import reorder_gates
 
 __all__ = ["onnx_lstm"]
@@ -25,6 +25,36 @@ def _shaped(name, a, shape, letters):
     a = np.asarray(a)
     if a.shape != shape:
         raise ValueError(f"{name}: expected shape {letters} = {shape}, got {a.shape}")
+    return a
+
+
+def _typed(inputs: dict) -> dict:
+    """The inputs of ONNX's type T (X, W, R, B, initial_h, initial_c, P) as
+    arrays, None kept, each of X's dtype, float32 or float64; else a TypeError
+    naming the input as ONNX does (lstm_ext.forward's checks say b, h0, ...)."""
+    arrays = {k: None if a is None else np.asarray(a) for k, a in inputs.items()}
+    T = arrays["X"].dtype
+    if not (same_dtype(T, np.float32) or same_dtype(T, np.float64)):
+        raise TypeError(f"X: expected dtype float32 or float64, got {T}")
+    X = inputs["X"]  # a list has no dtype: say what NumPy read it as
+    of_X = "X" if isinstance(X, np.ndarray) else f"X (a {type(X).__name__}, read as {T})"
+    for k, a in arrays.items():
+        if a is not None and not same_dtype(a.dtype, T):
+            raise TypeError(f"{k}: expected dtype {T} to match {of_X}, got {a.dtype}")
+    return arrays
+
+
+def _lengths(a, Bn: int, T: int) -> np.ndarray:
+    """sequence_lens as an array of Bn integers in [0, T]; else an error by its ONNX name."""
+    a = _shaped("sequence_lens", a, (Bn,), "[B]")
+    if a.size == 0:  # B = 0: [] of any dtype, as lstm_ext.forward takes it
+        return a
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"sequence_lens: expected an integer array, got dtype {a.dtype}")
+    bad = np.flatnonzero((a < 0) | (a > T))
+    if bad.size:
+        i = bad[0]
+        raise ValueError(f"sequence_lens: expected integers in [0, {T}], got {a[i]} at [{i}]")
     return a
 
 
@@ -71,8 +101,9 @@ def onnx_lstm(
     The node runs through ``lstm_ext.forward``, once per direction, with
     b = Wb + Rb; arrays share X's dtype (float32 or float64) as there.
     Raises NotImplementedError for activations other than the defaults or
-    for activation_alpha/activation_beta, ValueError for a bad attribute or
-    shapes that disagree, and what ``lstm_ext.forward`` raises.
+    for activation_alpha/activation_beta, ValueError for a bad attribute,
+    shapes that disagree or sequence_lens outside [0,T], TypeError for an
+    input of another dtype than X's, and what ``lstm_ext.forward`` raises.
     """
     from . import forward  # the package imports this module: import at call time
 
@@ -100,12 +131,13 @@ def onnx_lstm(
             "activation_alpha, activation_beta: not supported (the default activations take none)"
         )
 
-    X = np.asarray(X)
+    X, W, R, B, initial_h, initial_c, P = _typed(
+        dict(X=X, W=W, R=R, B=B, initial_h=initial_h, initial_c=initial_c, P=P)
+    ).values()
     if X.ndim != 3:
         letters = "[B,T,I]" if layout else "[T,B,I]"
         raise ValueError(f"X: expected shape {letters}, got {X.shape}")
     Bn, I = X.shape[0 if layout else 1], X.shape[2]
-    R = np.asarray(R)
     if R.ndim != 3 or R.shape[0] != D or R.shape[1] != 4 * R.shape[2]:
         raise ValueError(f"R: expected shape [D,4H,H] with D = {D}, got {R.shape}")
     H = R.shape[2]
@@ -117,7 +149,7 @@ def onnx_lstm(
     if P is not None:
         P = _shaped("P", P, (D, 3 * H), "[D,3H]")
     if sequence_lens is not None:
-        sequence_lens = _shaped("sequence_lens", sequence_lens, (Bn,), "[B]")
+        sequence_lens = _lengths(sequence_lens, Bn, X.shape[1 if layout else 0])
     state = ((Bn, D, H), "[B,D,H]") if layout else ((D, Bn, H), "[D,B,H]")
     if initial_h is not None:
         initial_h = _shaped("initial_h", initial_h, *state)

@@ -28,22 +28,36 @@ from collections.abc import Callable
 import numpy as np
 
 from . import _device
-from ._checks import check_int, check_state_keys, dtype_of, same_dtype
+from ._checks import check_bool, check_int, check_state_keys, dtype_of, is_real, same_dtype
 
 __all__ = ["SGD", "Adam", "AdamW", "Optimizer", "clip_grad_norm", "step_decay", "warmup_cosine"]
 
 Schedule = Callable[[int], float]
 
+_POSITIVE, _NON_NEGATIVE = "a finite number > 0", "a finite number >= 0"
+
 
 def _check(name: str, value, ok: Callable[[float], bool], want: str) -> float:
-    """``value`` as a float, if it is a finite real number for which ``ok`` holds."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(
-        value, (int, float, np.integer, np.floating)
-    ):
+    """``value`` as a float, if it is a finite real number for which ``ok``
+    holds; else a TypeError or ValueError naming it. The one place where
+    hyper-parameters (and schedule factors) become floats."""
+    if not is_real(value):
         raise TypeError(f"{name}: expected a number, got {value!r}")
-    if not (math.isfinite(value) and ok(value)):
+    try:
+        x = float(value)
+    except OverflowError:  # an integer such as 10**400 (its repr may fail too)
+        raise ValueError(f"{name}: expected {want}, got an integer beyond float's range") from None
+    if not (math.isfinite(x) and ok(x)):
         raise ValueError(f"{name}: expected {want}, got {value!r}")
-    return float(value)
+    return x
+
+
+def _scalar(value):
+    """A state dict's 0-d array as the Python scalar it holds, for the
+    hyper-parameters' own checks; an object array (``None`` in it would pass
+    for False) as the array, which they refuse."""
+    a = np.asarray(value)
+    return a if a.dtype.kind == "O" else a.item()
 
 
 class Optimizer:
@@ -92,21 +106,15 @@ class Optimizer:
         return {"lr": self.base_lr}
 
     def _set_hyper(self, h: dict) -> None:
-        self.base_lr = _check("lr", h["lr"], lambda x: x > 0, "lr > 0")
+        self.base_lr = _check("lr", h["lr"], lambda x: x > 0, _POSITIVE)
 
     @property
     def lr(self) -> float:
         """The learning rate of the next update: base_lr * schedule(steps)."""
         if self.schedule is None:
             return self.base_lr
-        f = self.schedule(self.steps)
-        if not isinstance(f, (int, float, np.integer, np.floating)) or not (
-            math.isfinite(f) and f >= 0
-        ):
-            raise ValueError(
-                f"schedule: expected a finite factor >= 0, got {f!r} at step {self.steps}"
-            )
-        return self.base_lr * float(f)
+        want = f"a finite factor >= 0 at step {self.steps}"
+        return self.base_lr * _check("schedule", self.schedule(self.steps), lambda x: x >= 0, want)
 
     # ---- steps -----------------------------------------------------------------
 
@@ -167,34 +175,37 @@ class Optimizer:
         """Copies of everything ``load_state_dict`` restores, all NumPy arrays."""
         d = {"optimizer": np.array(type(self).__name__), "steps": np.array(self.steps, np.int64)}
         d.update({k: np.array(v) for k, v in self._hyper().items()})
-        for b, bufs in self.state.items():
-            d.update({f"{b}/{name}": np.array(_device.host(a)) for name, a in bufs.items()})
+        d.update({k: np.array(_device.host(a)) for k, a in self._buffers().items()})
         return d
+
+    def _buffers(self) -> dict[str, np.ndarray]:
+        """Every buffer by its key in the state dict, ``"<buffer>/<param name>"``."""
+        return {f"{b}/{name}": a for b, bufs in self.state.items() for name, a in bufs.items()}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a ``state_dict()`` of the same optimiser class over parameters
-        of the same names and shapes (buffers are cast to each parameter's dtype)."""
+        of the same names and shapes (buffers, of real numbers, are cast to each
+        parameter's dtype). Hyper-parameters pass the constructor's checks."""
         want = self.state_dict()
         check_state_keys(state, {k: v.shape for k, v in want.items()})
+        buffers = {k: a.shape for k, a in self._buffers().items()}
+        check_state_keys({k: state[k] for k in buffers}, buffers, real=True)
         kind = str(np.asarray(state["optimizer"]).item())
         if kind != type(self).__name__:
             raise ValueError(f"state: holds a {kind} optimiser, not a {type(self).__name__}")
         steps = np.asarray(state["steps"])
         if not np.issubdtype(steps.dtype, np.integer) or steps < 0:
             raise ValueError(f"state: steps must be an integer >= 0, got {steps!r}")
-        hyper = {}
-        for k, v in self._hyper().items():
-            x = np.asarray(state[k]).item()
-            hyper[k] = bool(x) if isinstance(v, bool) else x
         old = self._hyper()
+        hyper = {k: _scalar(state[k]) for k in old}
+        hyper.update({k: check_bool(k, hyper[k]) for k, v in old.items() if isinstance(v, bool)})
         try:
             self._set_hyper(hyper)  # validates
         except (TypeError, ValueError):
             self._set_hyper(old)  # all or nothing
             raise
-        for b, bufs in self.state.items():
-            for name, a in bufs.items():
-                _device.assign(a, state[f"{b}/{name}"])
+        for k, a in self._buffers().items():
+            _device.assign(a, state[k])
         self.steps = int(steps)
 
 
@@ -238,8 +249,10 @@ class SGD(Optimizer):
 
     def _set_hyper(self, h):
         super()._set_hyper(h)
-        self.momentum = _check("momentum", h["momentum"], lambda x: x >= 0, ">= 0")
-        self.weight_decay = _check("weight_decay", h["weight_decay"], lambda x: x >= 0, ">= 0")
+        self.momentum = _check("momentum", h["momentum"], lambda x: x >= 0, _NON_NEGATIVE)
+        self.weight_decay = _check(
+            "weight_decay", h["weight_decay"], lambda x: x >= 0, _NON_NEGATIVE
+        )
         if not isinstance(h["nesterov"], (bool, np.bool_)):
             raise TypeError(f"nesterov: expected a bool, got {h['nesterov']!r}")
         if h["nesterov"] and self.momentum == 0:
@@ -307,8 +320,10 @@ class Adam(Optimizer):
             _check(f"betas[{i}]", h[k], lambda x: 0 <= x < 1, "a value in [0, 1)")
             for i, k in enumerate(("beta1", "beta2"))
         )
-        self.eps = _check("eps", h["eps"], lambda x: x > 0, "eps > 0")
-        self.weight_decay = _check("weight_decay", h["weight_decay"], lambda x: x >= 0, ">= 0")
+        self.eps = _check("eps", h["eps"], lambda x: x > 0, _POSITIVE)
+        self.weight_decay = _check(
+            "weight_decay", h["weight_decay"], lambda x: x >= 0, _NON_NEGATIVE
+        )
 
     def step(self) -> None:
         t = self.steps + 1
@@ -396,7 +411,7 @@ def warmup_cosine(total_steps: int, warmup: int = 0, final: float = 0.0) -> Sche
     warmup = check_int("warmup", warmup, 0)
     if warmup >= total_steps:
         raise ValueError(f"warmup: expected < total_steps = {total_steps}, got {warmup}")
-    final = _check("final", final, lambda x: x >= 0, "a factor >= 0")
+    final = _check("final", final, lambda x: x >= 0, "a finite factor >= 0")
 
     def factor(step: int) -> float:
         if step < 0:
@@ -412,10 +427,13 @@ def warmup_cosine(total_steps: int, warmup: int = 0, final: float = 0.0) -> Sche
 def step_decay(every: int, gamma: float) -> Schedule:
     """``factor(s) = gamma ** (s // every)``, as ``torch.optim.lr_scheduler.StepLR``."""
     every = check_int("every", every, 1)
-    gamma = _check("gamma", gamma, lambda x: x > 0, "gamma > 0")
+    gamma = _check("gamma", gamma, lambda x: x > 0, _POSITIVE)
 
     def factor(step: int) -> float:
-        return gamma ** (step // every)
+        try:
+            return gamma ** (step // every)
+        except OverflowError:  # beyond float's range: the optimiser refuses it by name
+            return math.inf
 
     return factor
 
@@ -433,7 +451,7 @@ def clip_grad_norm(model, max_norm: float) -> float:
     Returns the norm before clipping. A non-finite norm leaves the gradients
     as they are (and is returned, for the caller to skip the step).
     """
-    max_norm = _check("max_norm", max_norm, lambda x: x > 0, "max_norm > 0")
+    max_norm = _check("max_norm", max_norm, lambda x: x > 0, _POSITIVE)
     grads = list(model.grads.values())
     total = 0.0
     for g in grads:
