@@ -118,6 +118,11 @@ def test_modules_print_as_pytorch_s():
         == "LSTM(3, 4, batch_first=True, proj_size=2)"
     )
 
+    class Mine(nn.Module):  # no config(): Python's own repr, not an error
+        pass
+
+    assert repr(Mine()).startswith("<")
+
 
 def test_truncated_bptt_equals_a_full_run_on_each_chunk(rng):
     """TBPTT on chunk k = forward/backward on that chunk alone, started from

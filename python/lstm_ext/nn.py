@@ -134,7 +134,10 @@ class Module:
     def __repr__(self) -> str:
         """As PyTorch prints a module: ``LSTM(32, 128, num_layers=2)``, the
         required arguments, then those that differ from their defaults."""
-        config = self.config()
+        try:
+            config = self.config()
+        except NotImplementedError:  # a module of the user's without one
+            return object.__repr__(self)
         kind = config.pop("type")
         taken = inspect.signature(type(self)).parameters
         args = []
