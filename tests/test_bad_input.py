@@ -370,6 +370,22 @@ def test_gemm_dimensions_past_32_bits_are_refused_before_writing():
         lstm_ext.forward(x, W, R, training=False)
 
 
+def test_a_copy_too_large_for_memory_is_a_memory_error():
+    """A view whose contiguous copy cannot be allocated (a pebibyte, past any
+    address space): NumPy's MemoryError. Before, the failed copy came back as
+    no array, and reading it crashed the interpreter."""
+    x = np.broadcast_to(np.float32(0), (2**10, 2**10, 2**28))
+    W = np.broadcast_to(np.float32(0), (4, 2**28))
+    R, h = np.zeros((4, 1), np.float32), np.zeros((2**10, 1), np.float32)
+    for call in (
+        lambda: lstm_ext.forward(x, W, R, training=False),
+        lambda: lstm_ext.forward(x, W, R),
+        lambda: lstm_ext.step(x[0], h, h, W, R),
+    ):
+        with pytest.raises(MemoryError, match="Unable to allocate"):
+            call()
+
+
 @pytest.mark.parametrize(
     "n, error, match",
     [

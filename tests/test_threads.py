@@ -309,8 +309,8 @@ def test_daemon_threads_inside_calls_when_python_exits():
     without an active exception": Python ended each thread taking the GIL
     back with pthread_exit, whose unwinding cannot pass the GIL guard's
     destructor) or crashed in OpenBLAS, whose buffers the exit freed under a
-    call. lstm_ext's atexit handler now lets the calls in flight finish and
-    parks the threads (bind_args.h, WithoutGil)."""
+    call. Now a thread that Python ends inside lstm_ext parks there, and the
+    teardown waits for the calls still computing (bind_args.h, ExitGuard)."""
     for _ in range(6):
         out = subprocess.run([sys.executable, "-c", _DAEMONS_AT_EXIT],
                              capture_output=True, text=True, timeout=120)  # fmt: skip
@@ -318,9 +318,8 @@ def test_daemon_threads_inside_calls_when_python_exits():
 
 
 def test_calls_from_atexit_handlers_still_run():
-    """An atexit handler that Python runs after lstm_ext's own (registered
-    before lstm_ext was imported) may still call it: the thread that exits
-    is never parked."""
+    """An atexit handler that Python runs late (registered before lstm_ext
+    was imported) may still call it."""
     code = (
         "import atexit\n"
         "import numpy as np\n"
@@ -336,6 +335,46 @@ def test_calls_from_atexit_handlers_still_run():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert (out.returncode, out.stdout, out.stderr) == (0, "ran (50, 8, 32)\n", "")
+
+
+_LOCK_AT_EXIT = """
+import atexit, threading, time
+import numpy as np
+
+lock = threading.Lock()
+
+def last():  # registered before lstm_ext: Python runs it after lstm_ext's handler
+    with lock:
+        print("took the lock")
+
+atexit.register(last)
+import lstm_ext
+
+x = np.ones((100, 16, 64), np.float32)
+W, R = np.full((256, 64), 0.01, np.float32), np.full((256, 64), 0.01, np.float32)
+
+def worker():
+    while True:
+        with lock:
+            lstm_ext.forward(x, W, R)
+        time.sleep(0.0005)
+
+threading.Thread(target=worker, daemon=True).start()
+time.sleep(0.2)
+"""
+
+
+def test_a_daemon_thread_holding_a_lock_lets_it_go_at_exit():
+    """A daemon thread that calls lstm_ext while holding a lock, and an atexit
+    handler that Python runs after lstm_ext's (registered before lstm_ext
+    was imported) and takes that lock: the process ends. Before, lstm_ext's
+    atexit handler parked every thread that entered a call after it, lock and
+    all, and the exit hung in 2 runs of 3."""
+    for _ in range(6):
+        out = subprocess.run([sys.executable, "-c", _LOCK_AT_EXIT],
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+        got = (out.returncode, out.stdout, out.stderr)
+        assert got == (0, "took the lock\n", ""), out.stderr[-2000:]
 
 
 def test_threadpoolctl_sizes_lstm_exts_threads():

@@ -6,6 +6,10 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#if defined(__GLIBCXX__)
+#include <cxxabi.h>  // abi::__forced_unwind
+#endif
+
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -15,6 +19,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "buffers.h"
@@ -27,69 +32,80 @@ namespace lstm_ext_bind {
 
 // ---- the GIL ---------------------------------------------------------------
 
-// Releases the GIL for its scope, as py::gil_scoped_release does, but keeps
-// lstm_ext's calls out of the interpreter's exit, where a daemon thread may
-// still be inside one. Python before 3.14 ends a thread that takes the GIL
-// once finalizing has begun (also one that was waiting for it then) with
-// pthread_exit, whose unwinding through this destructor (noexcept) aborts
-// the process: "terminate called without an active exception" (pybind11
-// issue 2215); and the exit's teardown (OpenBLAS frees its buffers) would
-// pull memory from under a call still computing. So each module's atexit
-// handler (guard_exit; Python runs those before it finalizes) raises
-// `exiting` and, the GIL released, waits until no thread is inside a call or
-// taking the GIL back (at most kExitWait); from then on any other thread than
-// the exiting one (whose later atexit handlers may still call lstm_ext) parks
-// here instead, holding nothing, until the process ends (as Python 3.14
-// parks such threads itself).
+// A thread that Python ends: Python before 3.14 ends a daemon thread that
+// takes the GIL once the interpreter finalizes (also one that was waiting for
+// it then) with pthread_exit, which unwinds the thread's stack. Unwinding
+// lstm_ext's frames would destroy their Python objects without the GIL, in a
+// finalizing interpreter (a crash), and unwinding a destructor (noexcept)
+// aborts the process: "terminate called without an active exception"
+// (pybind11 issue 2215). So where lstm_ext's code takes the GIL back, or calls
+// NumPy code that releases it (a copy), the unwinding is caught and the
+// thread parks instead, holding nothing, until the process ends (as Python
+// 3.14 parks such threads itself). `f` runs once; what it returns is returned.
+[[noreturn]] inline void park_forever() {
+  for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
+}
+
+template <typename F>
+auto parked_if_ended(F&& f) -> decltype(f()) {
+#if defined(__GLIBCXX__) && !defined(_WIN32)
+  try {
+    return f();
+  } catch (abi::__forced_unwind&) {
+    park_forever();  // never leaves the handler: leaving it without rethrowing aborts
+  }
+#else
+  return f();  // only glibc's pthread_exit unwinds
+#endif
+}
+
+// Calls computing without the GIL, counted so that the process's teardown
+// (after Python's finalization; OpenBLAS frees its buffers there) waits for
+// them (at most kExitWait: guard_exit's drain, which Py_AtExit runs). A call
+// that ends after the drain parks at once instead of taking the GIL back; one
+// that ends during it takes the GIL back as CPython lets any daemon thread
+// (parked_if_ended). Nothing parks earlier: a daemon thread's call during the
+// atexit handlers runs and returns (it may hold a lock that a handler takes).
 struct ExitGuard {
-  std::atomic<bool> exiting{false};
-  std::atomic<std::thread::id> exit_thread{};  // the thread that runs the handler
-  std::atomic<int> busy{0};  // threads inside a call without the GIL, or taking it back
-  bool must_park() const { return exiting && std::this_thread::get_id() != exit_thread; }
+  std::atomic<int> busy{0};
+  std::atomic<bool> finalized{false};
 };
 inline ExitGuard& exit_guard() {
-  static ExitGuard guard;  // one a module: each registers its own handler
+  static ExitGuard guard;  // one a module: each registers its own drain
   return guard;
 }
 constexpr std::chrono::seconds kExitWait(10);
 
-[[noreturn]] inline void park_forever(ExitGuard& g) {
-  --g.busy;
-  for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
-}
-
+// Releases the GIL for its scope, as py::gil_scoped_release does (see
+// ExitGuard and parked_if_ended for what differs at exit).
 class WithoutGil {
  public:
-  WithoutGil() {
-    ExitGuard& g = exit_guard();
-    ++g.busy;  // counted before the check: the handler waits, or this thread parks
-    state_ = PyEval_SaveThread();
-    if (g.must_park()) park_forever(g);
-  }
+  WithoutGil() : state_((++exit_guard().busy, PyEval_SaveThread())) {}
   WithoutGil(const WithoutGil&) = delete;
   WithoutGil& operator=(const WithoutGil&) = delete;
   ~WithoutGil() {
     ExitGuard& g = exit_guard();
-    if (g.must_park()) park_forever(g);
-    PyEval_RestoreThread(state_);  // the handler, if waiting, has released the GIL
-    --g.busy;
+    --g.busy;  // no longer computing
+    if (g.finalized) park_forever();  // Python is gone
+    parked_if_ended([&] { PyEval_RestoreThread(state_); });
   }
 
  private:
   PyThreadState* state_;
 };
 
-// Registers the module's atexit handler (see WithoutGil).
+// Registers the module's drain (see ExitGuard), at import.
 inline void guard_exit() {
-  py::module_::import("atexit").attr("register")(py::cpp_function([] {
+  static void (*const drain)() = [] {
     ExitGuard& g = exit_guard();
-    g.exit_thread = std::this_thread::get_id();
-    g.exiting = true;
-    py::gil_scoped_release release;
+    g.finalized = true;
     const auto until = std::chrono::steady_clock::now() + kExitWait;
     while (g.busy > 0 && std::chrono::steady_clock::now() < until)
       std::this_thread::sleep_for(std::chrono::microseconds(100));
-  }));
+  };
+  exit_guard().finalized = false;  // an embedding program may initialize Python again
+  if (Py_AtExit(drain) != 0)       // its 32 places taken: drain in Python's atexit instead
+    py::module_::import("atexit").attr("register")(py::cpp_function(drain));
 }
 
 // ---- describing arrays in messages ----------------------------------------
@@ -250,10 +266,20 @@ using carray = py::array_t<S, py::array::c_style | py::array::forcecast>;
 template <typename S>
 using opt_carray = std::optional<carray<S>>;
 
-// C-contiguous, native byte order; a copy only where needed.
+// C-contiguous, native byte order; a copy only where needed. NumPy copies
+// without the GIL (parked_if_ended). A copy too large for memory is NumPy's
+// MemoryError (py::array_t::ensure cleared it and returned no array).
 template <typename S>
-carray<S> contiguous(const py::array& a) {
-  return carray<S>::ensure(a);
+carray<S> contiguous(const py::handle& a) {
+  auto& api = py::detail::npy_api::get();
+  PyObject* c = parked_if_ended([&] {
+    return api.PyArray_FromAny_(a.ptr(), py::dtype::of<S>().release().ptr(), 0, 0,
+                                py::detail::npy_api::NPY_ARRAY_ENSUREARRAY_ | py::array::c_style |
+                                    py::array::forcecast,
+                                nullptr);
+  });
+  if (c == nullptr) throw py::error_already_set();
+  return py::reinterpret_steal<carray<S>>(c);
 }
 
 template <typename S>
@@ -374,8 +400,10 @@ inline LayerArgs check_layer(const py::object& W, const py::object& R, const py:
   return l;
 }
 
-// lengths: integers [B] in [0,T], as a private int64 array. Checked here, in
-// the argument's own dtype, so that the message shows the value given.
+// lengths: integers [B] in [0,T], as a private int64 array. Checked in C++
+// on the values as given (int64 holds any signed one, uint64 any unsigned),
+// so that the message shows the value given and no Python code runs inside
+// the call (parked_if_ended).
 inline std::optional<py::array_t<int64_t>> check_lengths(const py::object& obj, int64_t B,
                                                          int64_t T) {
   if (obj.is_none()) return std::nullopt;
@@ -384,17 +412,27 @@ inline std::optional<py::array_t<int64_t>> check_lengths(const py::object& obj, 
   if (a.a.size() > 0 && kind != 'i' && kind != 'u')
     throw py::type_error("lengths: expected an integer array, got dtype " + dtype_str(a.a));
   check_shape(a, {B}, "[B]");
-  if (a.a.size() == 0) return py::array_t<int64_t>(0);  // B = 0: [] of any dtype
-  const py::object np = py::module_::import("numpy");
-  const py::array bad = np.attr("flatnonzero")(
-      np.attr("logical_or")(np.attr("less")(a.a, 0), np.attr("greater")(a.a, T)));
-  if (bad.size() > 0) {
-    const py::object b = bad.attr("__getitem__")(0);
-    throw py::value_error("lengths[" + py::str(b).cast<std::string>() +
-                          "] = " + py::str(a.a.attr("__getitem__")(b)).cast<std::string>() +
-                          " is outside [0, " + std::to_string(T) + "]");
-  }
-  return py::array_t<int64_t>(np.attr("array")(a.a, "int64"));
+  py::array_t<int64_t> out(B);
+  const auto checked = [&](const auto& given) {
+    for (int64_t i = 0; i < B; ++i) {
+      const auto v = given.data()[i];
+      bool outside;
+      if constexpr (std::is_signed_v<decltype(v)>)
+        outside = v < 0 || v > T;
+      else
+        outside = v > uint64_t(T);
+      if (outside)
+        throw py::value_error("lengths[" + std::to_string(i) + "] = " + std::to_string(v) +
+                              " is outside [0, " + std::to_string(T) + "]");
+      out.mutable_data()[i] = int64_t(v);
+    }
+  };
+  if (B == 0) return out;  // [] of any dtype
+  if (kind == 'i')
+    checked(contiguous<int64_t>(a.a));
+  else
+    checked(contiguous<uint64_t>(a.a));
+  return out;
 }
 
 // What a layer needs from its checked arguments as contiguous arrays.

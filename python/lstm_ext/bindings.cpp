@@ -164,7 +164,7 @@ py::tuple backward_impl(const Cache& cache, const Arg& dy_arg, const Arg& dh_arg
   if (dy_arg.given()) dy = contiguous<S>(cache.batch_first ? swap01(dy_arg.a) : dy_arg.a);
   const opt_carray<S> dh = opt_contiguous<S>(dh_arg), dc = opt_contiguous<S>(dc_arg);
   auto get = [](const py::object& a) {
-    return a.is_none() ? opt_carray<S>() : opt_carray<S>(carray<S>::ensure(a));
+    return a.is_none() ? opt_carray<S>() : opt_carray<S>(contiguous<S>(a));
   };
   const opt_carray<S> x = get(cache.x), W = get(cache.W), R = get(cache.R), b = get(cache.b),
                       W_hr = get(cache.W_hr), peep = get(cache.peephole), ws = get(cache.workspace);
@@ -417,7 +417,7 @@ extern "C" __attribute__((visibility("default"))) int lstm_ext_threadpool_set_nu
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "lstm_ext's compiled core; use the functions re-exported by lstm_ext.";
-  guard_exit();  // no thread takes the GIL back at exit (WithoutGil)
+  guard_exit();  // the teardown waits for calls in flight (ExitGuard)
 
   // module_local: two builds of _core in one process (dev/ab.py) register their
   // own Cache; where the C++ runtime compares types by name (Clang with

@@ -448,7 +448,7 @@ std::vector<double> bench(int64_t T, int64_t B, int64_t I, int64_t H, const std:
 
 PYBIND11_MODULE(_cuda, m) {
   m.doc() = "lstm_ext's CUDA path; use lstm_ext.forward(..., device='cuda') and friends.";
-  guard_exit();  // no thread takes the GIL back at exit (WithoutGil)
+  guard_exit();  // the teardown waits for calls in flight (ExitGuard)
   const py::module_ core = py::module_::import("lstm_ext._core");
   def_buffer_cache(m, &core);  // one cache of freed buffers with _core's
 
