@@ -3,10 +3,10 @@
 The promise (lstm.h, Config::bf16_weights): the result is the float32 one
 with the weights rounded first, bit for bit. It holds because each product
 of a float32 activation and a bfloat16 weight is exact in float32, so the
-kernel that reads bfloat16 panels (AVX-512F) does the same fused
+kernel that reads bfloat16 panels (AVX-512F or AVX2) does the same fused
 multiply-adds, in the same order, as the float32 kernel on the rounded
-weights (which the AVX2 kernel reads; test_packed.py checks that with the
-AVX2 kernel too); the input projection (by the same kernel where
+weights (test_packed.py checks that with both kernels on a CPU that has
+AVX-512F); the input projection (by the same kernel where
 4H(I+H) <= 2^21, else a float32 GEMM) and the projection W_hr read rounded
 copies. So
 the main tests compare with np.array_equal, on both recurrent paths (the

@@ -158,8 +158,8 @@ def test_backward_on_the_other_path(rng, I, H):
 
 
 # The AVX-512F and AVX2 kernels promise the same bits (recurrent.h), and
-# bfloat16 weights the float32 result on rounded weights with either (the
-# AVX2 kernel reads float copies). LSTM_EXT_PACKED_KERNEL=avx2 runs the AVX2
+# bfloat16 weights the float32 result on rounded weights with either (each
+# reads bfloat16 panels of its own layout). LSTM_EXT_PACKED_KERNEL=avx2 runs the AVX2
 # kernel on a CPU with AVX-512F, in a process of its own (it is read once).
 KERNEL_SCRIPT = r"""
 import hashlib

@@ -341,6 +341,20 @@ struct Vec2<double> {
   }
 };
 
+// One k-row of a panel's half, two vectors of S: as stored, or from bfloat16
+// (recurrent.h: 32-bit lane i holds unit i of the half in its low half and
+// unit 8 + i in its high half, so each vector is one shift or one mask away).
+template <typename S>
+LSTM_EXT_AVX2 void panel_row2(const S* p, typename Vec2<S>::V& b0, typename Vec2<S>::V& b1) {
+  b0 = Vec2<S>::load(p);
+  b1 = Vec2<S>::load(p + Vec2<S>::kLanes);
+}
+LSTM_EXT_AVX2 void panel_row2(const uint16_t* p, __m256& b0, __m256& b1) {
+  const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  b0 = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+  b1 = _mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32(int(0xFFFF0000u))));
+}
+
 // Each vector's lanes in z: stored, and read as the accumulators' start
 // (none where the product overwrites z: a masked load of no lanes gives 0).
 struct StripMasks {
@@ -352,15 +366,16 @@ struct StripMasks {
 // halves of two vectors (recurrent.h, packed_row): vectors v and v + 1 (v
 // even) are half (v%4)/2 of panel v/4, their K rows 2L apart from
 // bp + (v/4)*ps + ((v%4)/2)*ps/2. A strip of two vectors then reads K
-// consecutive 64-byte lines, spread over all of L1's sets.
-template <typename S, int NR, int NV>
+// consecutive 64-byte lines (32-byte ones of bfloat16), spread over all of
+// L1's sets. bp's elements: S, or bfloat16 (B = uint16_t, S = float).
+template <typename S, typename B, int NR, int NV>
 LSTM_EXT_AVX2_FN void strip_rows(S* z, int64_t ldz, int64_t zs, const S* a, int64_t lda,
-                                 const S* bp, int64_t ps, int64_t K, int v0, const StripMasks& m) {
+                                 const B* bp, int64_t ps, int64_t K, int v0, const StripMasks& m) {
   using X = Vec2<S>;
   constexpr int64_t L = X::kLanes, Q = 2 * L;
   constexpr int NH = NV / 2;  // halves of panels read
   S* zp[NH];
-  const S* bq[NH];
+  const B* bq[NH];
   for (int h = 0; h < NH; ++h) {
     const int64_t v = v0 + 2 * h;
     zp[h] = z + (v / 4) * zs + (v % 4) * L;
@@ -377,9 +392,7 @@ LSTM_EXT_AVX2_FN void strip_rows(S* z, int64_t ldz, int64_t zs, const S* a, int6
   for (int64_t k = 0; k < K; ++k) {
     typename X::V b[NH][2];
 #pragma GCC unroll 4
-    for (int h = 0; h < NH; ++h)
-#pragma GCC unroll 2
-      for (int j = 0; j < 2; ++j) b[h][j] = X::load(bq[h] + k * Q + j * L);
+    for (int h = 0; h < NH; ++h) panel_row2(bq[h] + k * Q, b[h][0], b[h][1]);
 #pragma GCC unroll 8
     for (int r = 0; r < NR; ++r) {
       const typename X::V ak = X::bcast(a[r * lda + k]);
@@ -410,19 +423,19 @@ LSTM_EXT_AVX2_FN void strip_rows(S* z, int64_t ldz, int64_t zs, const S* a, int6
 
 // NR rows over all 4*ng vectors: strips of 8 vectors for one row, 4 for two,
 // 2 for three to six (8, 8 and 6 to 12 accumulators).
-template <typename S, int NR>
-LSTM_EXT_AVX2_FN void strips(S* z, int64_t ldz, int64_t zs, const S* a, int64_t lda, const S* bp,
+template <typename S, typename B, int NR>
+LSTM_EXT_AVX2_FN void strips(S* z, int64_t ldz, int64_t zs, const S* a, int64_t lda, const B* bp,
                              int64_t ps, int64_t K, int ng, const StripMasks& m) {
   constexpr int NV = NR == 1 ? 8 : NR == 2 ? 4 : 2;
   int v = 0;
-  for (; v + NV <= 4 * ng; v += NV) strip_rows<S, NR, NV>(z, ldz, zs, a, lda, bp, ps, K, v, m);
+  for (; v + NV <= 4 * ng; v += NV) strip_rows<S, B, NR, NV>(z, ldz, zs, a, lda, bp, ps, K, v, m);
   if constexpr (NV == 8)  // ng odd: the last panel
-    if (v < 4 * ng) strip_rows<S, NR, 4>(z, ldz, zs, a, lda, bp, ps, K, v, m);
+    if (v < 4 * ng) strip_rows<S, B, NR, 4>(z, ldz, zs, a, lda, bp, ps, K, v, m);
 }
 
-template <typename S>
+template <typename S, typename B = S>
 LSTM_EXT_AVX2_FN void panels_avx2(S* z, int64_t ldz, int64_t zs, const S* a, int64_t lda,
-                                  const S* bp, int64_t ps, int64_t nb, int64_t K, int ng,
+                                  const B* bp, int64_t ps, int64_t nb, int64_t K, int ng,
                                   const int64_t* width, bool overwrite) {
   using X = Vec2<S>;
   constexpr int64_t L = X::kLanes;
@@ -431,24 +444,22 @@ LSTM_EXT_AVX2_FN void panels_avx2(S* z, int64_t ldz, int64_t zs, const S* a, int
     m.store[v] = X::lanes(width[v / 4] - (v % 4) * L);
     m.load[v] = overwrite ? X::lanes(0) : m.store[v];
   }
-  using Fn = void (*)(S*, int64_t, int64_t, const S*, int64_t, const S*, int64_t, int64_t, int,
+  using Fn = void (*)(S*, int64_t, int64_t, const S*, int64_t, const B*, int64_t, int64_t, int,
                       const StripMasks&);
   if (nb < 3) {  // one group, wider strips
-    static constexpr Fn kRows[] = {nullptr, strips<S, 1>, strips<S, 2>};
+    static constexpr Fn kRows[] = {nullptr, strips<S, B, 1>, strips<S, B, 2>};
     return kRows[nb](z, ldz, zs, a, lda, bp, ps, K, ng, m);
   }
   // Groups of 3 to 6 rows (as even as possible), strips of two vectors. Strip
   // outer: its slice of the panels (K*64 bytes) stays in L1 while the groups
   // pass over it, and only the groups' rows of a come from L2 again.
-  using StripFn = void (*)(S*, int64_t, int64_t, const S*, int64_t, const S*, int64_t, int64_t, int,
-                           const StripMasks&);
-  static constexpr StripFn kStrip[] = {nullptr,
-                                       nullptr,
-                                       nullptr,
-                                       strip_rows<S, 3, 2>,
-                                       strip_rows<S, 4, 2>,
-                                       strip_rows<S, 5, 2>,
-                                       strip_rows<S, 6, 2>};
+  static constexpr Fn kStrip[] = {nullptr,
+                                  nullptr,
+                                  nullptr,
+                                  strip_rows<S, B, 3, 2>,
+                                  strip_rows<S, B, 4, 2>,
+                                  strip_rows<S, B, 5, 2>,
+                                  strip_rows<S, B, 6, 2>};
   // Each call fetches the next one's rows of z (the next group's, or the next
   // strip's first group's).
   const int64_t groups = (nb + 5) / 6;
@@ -561,6 +572,46 @@ LSTM_EXT_AVX512_FN void round_avx512(float* dst, const float* src, int64_t n) {
     const __mmask16 m = n - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - i)) - 1);
     const __m512i r = bf16_high(_mm512_maskz_loadu_ps(m, src + i));
     _mm512_mask_storeu_ps(dst + i, m, _mm512_castsi512_ps(r));
+  }
+}
+
+// bf16_high with 256-bit vectors.
+LSTM_EXT_AVX2 __m256i bf16_high8(__m256 v) {
+  const __m256i b = _mm256_castps_si256(v), one = _mm256_set1_epi32(1);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(b, 16), one);
+  const __m256i r = _mm256_add_epi32(b, _mm256_add_epi32(_mm256_set1_epi32(0x7FFF), lsb));
+  const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  const __m256i q = _mm256_or_si256(b, _mm256_set1_epi32(0x00400000));  // NaN: quiet
+  return _mm256_and_si256(_mm256_blendv_epi8(r, q, nan), _mm256_set1_epi32(int(0xFFFF0000u)));
+}
+
+// pack_bf16_rows for the AVX2 kernel: rows [k0, k0 + m) (m <= 8) of both
+// halves of block u's panel for gate g, each half [O,16] with units c and
+// 8 + c in lane c; w units in the block.
+LSTM_EXT_AVX2_FN void pack_bf16_rows8(uint16_t* panel, const float* R, int64_t O, int64_t w,
+                                      int64_t k0, int64_t m) {
+  alignas(32) float tile[8 * 16];  // [k,16 units of a half]
+  for (int64_t c0 = 0; c0 < 32; c0 += 16) {
+    for (int64_t t = 0; t < 16; t += 8) {
+      const int64_t n = std::clamp<int64_t>(w - c0 - t, 0, 8);
+      transpose_tile8(tile + t, 16, n > 0 ? R + (c0 + t) * O + k0 : nullptr, O, n, m);
+    }
+    uint16_t* rows = panel + (c0 / 16) * O * 16;
+    for (int64_t k = 0; k < m; ++k) {
+      const __m256i lo = bf16_high8(_mm256_load_ps(tile + k * 16)),
+                    hi = bf16_high8(_mm256_load_ps(tile + k * 16 + 8));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(rows + (k0 + k) * 16),
+                          _mm256_or_si256(_mm256_srli_epi32(lo, 16), hi));
+    }
+  }
+}
+
+// round_avx512 with 256-bit vectors.
+LSTM_EXT_AVX2_FN void round_avx2(float* dst, const float* src, int64_t n) {
+  for (int64_t i = 0; i < n; i += 8) {
+    const __m256i m = Vec2<float>::lanes(n - i);
+    const __m256i r = bf16_high8(_mm256_maskload_ps(src + i, m));
+    _mm256_maskstore_ps(dst + i, m, _mm256_castsi256_ps(r));
   }
 }
 
@@ -680,11 +731,9 @@ void panel_product(S* z, int64_t ldz, int64_t zs, const S* a, int64_t lda, const
     if (isa == Isa::kAvx512)
       panels_avx512(z, ldz, zs, a + c, lda, Bp + c * P, K * P, nb, kc, ng, width, fetch_ahead,
                     fetch_ahead && c + kc < k1 ? Bp + (c + kc) * P : nullptr);
-    else if constexpr (std::is_same_v<B, S>)
+    else
       panels_avx2(z, ldz, zs, a + c, lda, Bp + c * (P / 2), K * P, nb, kc, ng, width,
                   overwrite && c == k0);
-    else
-      throw std::logic_error("lstm_ext: bfloat16 panels need the AVX-512F kernel");
   }
 #else
   (void)z, (void)ldz, (void)zs, (void)a, (void)lda, (void)Bp, (void)nb, (void)K, (void)k0, (void)k1,
@@ -730,6 +779,7 @@ uint16_t to_bf16(float v) {
 void round_to_bf16(float* dst, const float* src, int64_t n) {
 #ifdef LSTM_EXT_HAVE_X86_KERNELS
   if (cpu_isa() == Isa::kAvx512) return round_avx512(dst, src, n);
+  if (cpu_isa() == Isa::kAvx2) return round_avx2(dst, src, n);
 #endif
   for (int64_t i = 0; i < n; ++i) {
     const uint32_t b = uint32_t(to_bf16(src[i])) << 16;
@@ -737,16 +787,7 @@ void round_to_bf16(float* dst, const float* src, int64_t n) {
   }
 }
 
-bool packed_bf16_enabled() { return packed_on().load() && cpu_isa() == Isa::kAvx512; }
-
-namespace {
-// The bfloat16 kernel is AVX-512's: thrown where the CPU lacks it (never on
-// packed_on(), which another thread may turn off while a call runs).
-void need_avx512() {
-  if (cpu_isa() != Isa::kAvx512)
-    throw std::logic_error("lstm_ext: bfloat16 panels need the AVX-512F kernel");
-}
-}  // namespace
+bool packed_bf16_enabled() { return packed_on().load(); }
 
 int64_t packed_recurrent_bf16_size(int64_t H, int64_t O) {
   return packed_recurrent_size<float>(H, O);  // uint16_t elements: the float layout's count
@@ -755,12 +796,21 @@ int64_t packed_recurrent_bf16_size(int64_t H, int64_t O) {
 void pack_recurrent_block_bf16(uint16_t* Rq, const float* R, int64_t H, int64_t O, int64_t u) {
 #ifdef LSTM_EXT_HAVE_X86_KERNELS
   constexpr int64_t P = kPanel<float>;
-  need_avx512();
+  const Isa isa = cpu_isa();
+  if (isa == Isa::kNone)
+    throw std::logic_error("lstm_ext: this CPU has no packed recurrent kernel (AVX2 and FMA)");
   const int64_t w = std::min(P, H - u * P);  // units of this block
+  const int64_t side = isa == Isa::kAvx512 ? 16 : 8;
   for (int64_t g = 0; g < 4; ++g)
-    for (int64_t k0 = 0; k0 < O; k0 += 16)
-      pack_bf16_rows(Rq + (u * 4 + g) * O * P, R + (g * H + u * P) * O, O, w, k0,
-                     std::min<int64_t>(16, O - k0));
+    for (int64_t k0 = 0; k0 < O; k0 += side) {
+      uint16_t* panel = Rq + (u * 4 + g) * O * P;
+      const float* rows = R + (g * H + u * P) * O;
+      const int64_t m = std::min(side, O - k0);
+      if (isa == Isa::kAvx512)
+        pack_bf16_rows(panel, rows, O, w, k0, m);
+      else
+        pack_bf16_rows8(panel, rows, O, w, k0, m);
+    }
 #else
   (void)Rq, (void)R, (void)H, (void)O, (void)u;
   throw std::logic_error("lstm_ext: the packed recurrent kernel is not compiled in");

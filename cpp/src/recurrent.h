@@ -90,13 +90,15 @@ void column_product(S* z, int64_t ldz, const S* a, int64_t lda, const S* Bp, int
 void round_to_bf16(float* dst, const float* src, int64_t n);
 
 // R packed as Rp is for float, each k-row of a panel's 32 units as 32
-// bfloat16 (64 bytes) in the order the kernel widens them: 32-bit word c
-// holds unit c in its low half and unit 16 + c in its high half.
+// bfloat16 (64 bytes) in the order the AVX-512 kernel widens them: 32-bit
+// word c holds unit c in its low half and unit 16 + c in its high half. For
+// the AVX2 kernel each half of a panel (packed_row) is [O,16] the same way:
+// word c holds units c and 8 + c of the half (32 bytes a k-row).
 //   Rq [blocks,4,O,32] of uint16_t
 // recurrent_block_bf16 is recurrent_block on Rq: each product of an element
 // of h and a (bfloat16) weight is exact in float, so z gets the bits
 // recurrent_block gives on R rounded to bfloat16. Both need
-// packed_bf16_enabled() (the AVX-512F kernel, on): std::logic_error otherwise.
+// packed_bf16_enabled() (a packed kernel, on): std::logic_error otherwise.
 bool packed_bf16_enabled();
 int64_t packed_recurrent_bf16_size(int64_t H, int64_t O);  // uint16_t elements
 void pack_recurrent_block_bf16(uint16_t* Rq, const float* R, int64_t H, int64_t O, int64_t u);

@@ -615,9 +615,9 @@ def cmd_info(args) -> None:
     path = "R packed, hand-written kernel" if _core.packed_recurrent_enabled() else "BLAS per step"
     print(f"recurrent product: {path}; this CPU's kernel: {kernel} "
           "(LSTM_EXT_PACKED_RECURRENT=0: BLAS per step)")  # fmt: skip
-    fast = kernel == "avx512f" and _core.packed_recurrent_enabled()
+    fast = kernel != "none" and _core.packed_recurrent_enabled()
     bf16 = "R read as bfloat16 panels" if fast else "float32 products on the rounded weights"
-    print(f"weight_dtype='bfloat16': {bf16} (the fast path needs the avx512f kernel)")
+    print(f"weight_dtype='bfloat16': {bf16} (the fast path needs the packed kernel)")
     print(f"CUDA path compiled: {'yes' if _device.cuda_compiled() else 'no'}; "
           f"device='cuda' {'available' if _device.cuda_available() else 'unavailable'}: "
           f"{_device.cuda_status()}")  # fmt: skip

@@ -55,8 +55,8 @@ struct Config {
   const int64_t* lengths = nullptr;  // [B], each in [0,T]; nullptr: all T
   // Inference with W, R and W_hr rounded to bfloat16 (to nearest, ties to
   // even), float32 only: the products read R as bfloat16 (half the bytes a
-  // step; with the AVX-512F kernel, else float32 copies of the rounded
-  // weights) and accumulate in float32; bias, peepholes, inputs and states stay
+  // step; with the packed kernel, AVX-512F or AVX2, else float32 copies of
+  // the rounded weights) and accumulate in float32; bias, peepholes, inputs and states stay
   // float32. The results are those of the same call in float32 with the
   // weights rounded first, bit for bit. forward_workspace_size and
   // lstm_forward refuse it with training = true, lstm_forward with double.
