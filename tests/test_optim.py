@@ -205,6 +205,20 @@ def test_schedule_bad_factor(rng):
         SGD(Stub(rng), 0.1, schedule=0.5)
 
 
+def test_schedule_that_takes_lr_past_float_is_refused(rng):
+    """Each finite, the product not: the update would have made the weights
+    inf and NaN without a word."""
+    model = Stub(rng)
+    before = {k: v.copy() for k, v in model.params.items()}
+    opt = SGD(model, 1e300, schedule=lambda s: 1e10 + 1)
+    with pytest.raises(
+        ValueError, match=r"schedule: the factor 10000000001.0 at step 0 takes lr 1e\+300"
+    ):
+        opt.step()
+    assert opt.steps == 0
+    assert all(np.array_equal(before[k], v) for k, v in model.params.items())
+
+
 def test_warmup_cosine_values():
     f = warmup_cosine(10, warmup=2, final=0.1)
     assert [f(0), f(1), f(2)] == [0.5, 1.0, 1.0]

@@ -114,7 +114,12 @@ class Optimizer:
         if self.schedule is None:
             return self.base_lr
         want = f"a finite factor >= 0 at step {self.steps}"
-        return self.base_lr * _check("schedule", self.schedule(self.steps), lambda x: x >= 0, want)
+        factor = _check("schedule", self.schedule(self.steps), lambda x: x >= 0, want)
+        lr = self.base_lr * factor
+        if not math.isfinite(lr):  # both finite, the product past float's range
+            raise ValueError(f"schedule: the factor {factor!r} at step {self.steps} takes lr "
+                             f"{self.base_lr!r} past float's range")  # fmt: skip
+        return lr
 
     # ---- steps -----------------------------------------------------------------
 
