@@ -193,10 +193,15 @@ inline Arg arg(const char* name, const py::object& obj) {
   // Anything else as numpy.asarray converts it (py::array::ensure would clear
   // the error: a KeyboardInterrupt or MemoryError inside the conversion became
   // this TypeError, and the reason, a tensor that requires grad say, was lost).
+  // Called through the C API, in parked_if_ended: the conversion may run
+  // Python code (an __array__ method) or copy without the GIL.
   static const py::handle asarray =
       py::object(py::module_::import("numpy").attr("asarray")).release();
+  PyObject* converted =
+      parked_if_ended([&] { return PyObject_CallOneArg(asarray.ptr(), obj.ptr()); });
   try {
-    return {name, obj, py::reinterpret_borrow<py::array>(asarray(obj))};
+    if (converted == nullptr) throw py::error_already_set();
+    return {name, obj, py::reinterpret_steal<py::array>(converted)};
   } catch (py::error_already_set& e) {
     if (!conversion_error(e)) throw;
     // The cause's type and message (what() adds Python's traceback lines).
