@@ -6,10 +6,6 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
-#if defined(__GLIBCXX__)
-#include <cxxabi.h>  // abi::__forced_unwind
-#endif
-
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -42,6 +38,9 @@ namespace lstm_ext_bind {
 // NumPy code that releases it (a copy), the unwinding is caught and the
 // thread parks instead, holding nothing, until the process ends (as Python
 // 3.14 parks such threads itself). `f` runs once; what it returns is returned.
+// f calls C code only, so the one exception that can leave it is that
+// unwinding (abi::__forced_unwind, or none on other C libraries): caught by
+// `...`, as a typed handler would bind a reference to no object (UBSan).
 [[noreturn]] inline void park_forever() {
   for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
 }
@@ -51,7 +50,7 @@ auto parked_if_ended(F&& f) -> decltype(f()) {
 #if defined(__GLIBCXX__) && !defined(_WIN32)
   try {
     return f();
-  } catch (abi::__forced_unwind&) {
+  } catch (...) {
     park_forever();  // never leaves the handler: leaving it without rethrowing aborts
   }
 #else
