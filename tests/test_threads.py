@@ -377,6 +377,38 @@ def test_a_daemon_thread_holding_a_lock_lets_it_go_at_exit():
         assert got == (0, "took the lock\n", ""), out.stderr[-2000:]
 
 
+_FORK_DURING_A_CALL = """
+import os, sys, threading, time
+import numpy as np
+import lstm_ext
+
+x = np.ones((400, 32, 128), np.float32)
+W = R = np.full((512, 128), 0.01, np.float32)
+
+def work():
+    while True:
+        lstm_ext.forward(x, W, R, training=False)
+
+threading.Thread(target=work, daemon=True).start()
+time.sleep(0.3)
+t = time.monotonic()
+if os.fork() == 0:
+    sys.exit(0)
+os.wait()
+print(round(time.monotonic() - t))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no os.fork on this platform")
+def test_a_child_forked_during_a_call_exits_at_once():
+    """A child forked while another thread of the parent is inside a call has
+    no call in flight: its exit does not wait for one. Before, it kept the
+    parent's count and its exit waited 10 s (bind_args.h, ExitGuard)."""
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", _FORK_DURING_A_CALL],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert (out.returncode, out.stdout, out.stderr) == (0, "0\n", ""), out.stderr[-2000:]
+
+
 def test_threadpoolctl_sizes_lstm_exts_threads():
     """threadpoolctl (in the test extra) lists lstm_ext's pool and sizes it
     with the BLAS's and OpenMP's: `threadpool_limits(1)` puts a call on one

@@ -6,10 +6,15 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#if !defined(_WIN32)
+#include <pthread.h>
+#endif
+
 #include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <limits>
 #include <optional>
@@ -60,11 +65,14 @@ auto parked_if_ended(F&& f) -> decltype(f()) {
 
 // Calls computing without the GIL, counted so that the process's teardown
 // (after Python's finalization; OpenBLAS frees its buffers there) waits for
-// them (at most kExitWait: guard_exit's drain, which Py_AtExit runs). A call
-// that ends after the drain parks at once instead of taking the GIL back; one
-// that ends during it takes the GIL back as CPython lets any daemon thread
-// (parked_if_ended). Nothing parks earlier: a daemon thread's call during the
-// atexit handlers runs and returns (it may hold a lock that a handler takes).
+// them to finish, as it waits for a NumPy product in a daemon thread
+// (guard_exit's drain, which Py_AtExit runs; it says so on stderr after
+// kExitNote: a 10-s limit had let a longer call crash in the teardown). A
+// call that ends after the drain parks at once instead of taking the GIL
+// back; one that ends during it takes the GIL back as CPython lets any daemon
+// thread (parked_if_ended). Nothing parks earlier: a daemon thread's call
+// during the atexit handlers runs and returns (it may hold a lock that a
+// handler takes). A forked child starts with no call in flight.
 struct ExitGuard {
   std::atomic<int> busy{0};
   std::atomic<bool> finalized{false};
@@ -73,7 +81,7 @@ inline ExitGuard& exit_guard() {
   static ExitGuard guard;  // one a module: each registers its own drain
   return guard;
 }
-constexpr std::chrono::seconds kExitWait(10);
+constexpr std::chrono::seconds kExitNote(10);
 
 // Releases the GIL for its scope, as py::gil_scoped_release does (see
 // ExitGuard and parked_if_ended for what differs at exit).
@@ -98,10 +106,20 @@ inline void guard_exit() {
   static void (*const drain)() = [] {
     ExitGuard& g = exit_guard();
     g.finalized = true;
-    const auto until = std::chrono::steady_clock::now() + kExitWait;
-    while (g.busy > 0 && std::chrono::steady_clock::now() < until)
-      std::this_thread::sleep_for(std::chrono::microseconds(100));
+    const auto note = std::chrono::steady_clock::now() + kExitNote;
+    for (bool said = false; g.busy > 0; std::this_thread::sleep_for(std::chrono::microseconds(100)))
+      if (!said && std::chrono::steady_clock::now() > note) {
+        std::fprintf(stderr, "lstm_ext: the process exits once the lstm_ext calls still "
+                             "running in other threads finish\n");
+        said = true;
+      }
   };
+#if !defined(_WIN32)
+  static const bool at_fork = [] {  // the child has only the forking thread, outside any call
+    return pthread_atfork(nullptr, nullptr, [] { exit_guard().busy = 0; }) == 0;
+  }();
+  (void)at_fork;
+#endif
   exit_guard().finalized = false;  // an embedding program may initialize Python again
   if (Py_AtExit(drain) != 0)       // its 32 places taken: drain in Python's atexit instead
     py::module_::import("atexit").attr("register")(py::cpp_function(drain));
