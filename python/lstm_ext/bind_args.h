@@ -103,16 +103,19 @@ class WithoutGil {
 
 // Registers the module's drain (see ExitGuard), at import.
 inline void guard_exit() {
-  static void (*const drain)() = [] {
-    ExitGuard& g = exit_guard();
-    g.finalized = true;
+  static void (*const wait)() = [] {
     const auto note = std::chrono::steady_clock::now() + kExitNote;
-    for (bool said = false; g.busy > 0; std::this_thread::sleep_for(std::chrono::microseconds(100)))
+    for (bool said = false; exit_guard().busy > 0;
+         std::this_thread::sleep_for(std::chrono::microseconds(100)))
       if (!said && std::chrono::steady_clock::now() > note) {
         std::fprintf(stderr, "lstm_ext: the process exits once the lstm_ext calls still "
                              "running in other threads finish\n");
         said = true;
       }
+  };
+  static void (*const drain)() = [] {
+    exit_guard().finalized = true;
+    wait();
   };
 #if !defined(_WIN32)
   static const bool at_fork = [] {  // the child has only the forking thread, outside any call
@@ -121,8 +124,8 @@ inline void guard_exit() {
   (void)at_fork;
 #endif
   exit_guard().finalized = false;  // an embedding program may initialize Python again
-  if (Py_AtExit(drain) != 0)       // its 32 places taken: drain in Python's atexit instead
-    py::module_::import("atexit").attr("register")(py::cpp_function(drain));
+  if (Py_AtExit(drain) != 0)  // its 32 places taken: wait in Python's atexit, Python still alive
+    py::module_::import("atexit").attr("register")(py::cpp_function(wait));
 }
 
 // ---- describing arrays in messages ----------------------------------------
