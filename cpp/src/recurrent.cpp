@@ -45,6 +45,15 @@ Isa cpu_isa() {
 #endif
 }
 
+// cpu_isa() where a packed kernel must run: std::logic_error where none can
+// (never on packed_on(), which another thread may turn off while a call runs).
+[[maybe_unused]] Isa need_kernel() {  // unused where the kernels are not compiled in
+  const Isa isa = cpu_isa();
+  if (isa == Isa::kNone)
+    throw std::logic_error("lstm_ext: this CPU has no packed recurrent kernel (AVX2 and FMA)");
+  return isa;
+}
+
 // On where the CPU can, unless LSTM_EXT_PACKED_RECURRENT=0.
 std::atomic<bool>& packed_on() {
   static std::atomic<bool> on{[] {
@@ -720,9 +729,7 @@ void panel_product(S* z, int64_t ldz, int64_t zs, const S* a, int64_t lda, const
   // chunk's accumulators at 0 instead of reading z; the AVX-512 kernel's z
   // is zeroed first: the same bits either way.
   constexpr int64_t P = kPanel<S>, kChunk = 512;
-  const Isa isa = cpu_isa();
-  if (isa == Isa::kNone)
-    throw std::logic_error("lstm_ext: this CPU has no packed recurrent kernel (AVX2 and FMA)");
+  const Isa isa = need_kernel();
   if (overwrite && (isa == Isa::kAvx512 || k0 == k1))
     for (int64_t r = 0; r < nb; ++r)
       for (int g = 0; g < ng; ++g) std::fill_n(z + r * ldz + g * zs, width[g], S(0));
@@ -796,21 +803,20 @@ int64_t packed_recurrent_bf16_size(int64_t H, int64_t O) {
 void pack_recurrent_block_bf16(uint16_t* Rq, const float* R, int64_t H, int64_t O, int64_t u) {
 #ifdef LSTM_EXT_HAVE_X86_KERNELS
   constexpr int64_t P = kPanel<float>;
-  const Isa isa = cpu_isa();
-  if (isa == Isa::kNone)
-    throw std::logic_error("lstm_ext: this CPU has no packed recurrent kernel (AVX2 and FMA)");
+  const Isa isa = need_kernel();
   const int64_t w = std::min(P, H - u * P);  // units of this block
   const int64_t side = isa == Isa::kAvx512 ? 16 : 8;
-  for (int64_t g = 0; g < 4; ++g)
+  for (int64_t g = 0; g < 4; ++g) {
+    uint16_t* panel = Rq + (u * 4 + g) * O * P;
+    const float* rows = R + (g * H + u * P) * O;  // gate g's rows of the block's units
     for (int64_t k0 = 0; k0 < O; k0 += side) {
-      uint16_t* panel = Rq + (u * 4 + g) * O * P;
-      const float* rows = R + (g * H + u * P) * O;
       const int64_t m = std::min(side, O - k0);
       if (isa == Isa::kAvx512)
         pack_bf16_rows(panel, rows, O, w, k0, m);
       else
         pack_bf16_rows8(panel, rows, O, w, k0, m);
     }
+  }
 #else
   (void)Rq, (void)R, (void)H, (void)O, (void)u;
   throw std::logic_error("lstm_ext: the packed recurrent kernel is not compiled in");

@@ -438,6 +438,7 @@ inline std::optional<py::array_t<int64_t>> check_lengths(const py::object& obj, 
     throw py::type_error("lengths: expected an integer array, got dtype " + dtype_str(a.a));
   check_shape(a, {B}, "[B]");
   py::array_t<int64_t> out(B);
+  int64_t* o = out.mutable_data();
   const auto checked = [&](const auto& given) {
     for (int64_t i = 0; i < B; ++i) {
       const auto v = given.data()[i];
@@ -449,7 +450,7 @@ inline std::optional<py::array_t<int64_t>> check_lengths(const py::object& obj, 
       if (outside)
         throw py::value_error("lengths[" + std::to_string(i) + "] = " + std::to_string(v) +
                               " is outside [0, " + std::to_string(T) + "]");
-      out.mutable_data()[i] = int64_t(v);
+      o[i] = int64_t(v);
     }
   };
   if (B == 0) return out;  // [] of any dtype
