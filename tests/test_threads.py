@@ -115,6 +115,35 @@ def test_omp_num_threads_caps_the_default():
     assert _default_threads(env_threads="3", omp="1")[0] == 3
 
 
+_THREADS_AT_IMPORT = """
+import os
+import numpy
+before = len(os.listdir("/proc/self/task"))
+import lstm_ext
+print(before, len(os.listdir("/proc/self/task")), os.environ.get("OPENBLAS_NUM_THREADS"))
+"""
+
+
+_CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="no /proc/self/task to read")
+@pytest.mark.skipif(_CPUS < 2, reason="under two CPUs: OpenBLAS would start no worker threads")
+@pytest.mark.parametrize("variable", [None, "3"])
+def test_importing_lstm_ext_starts_no_thread(variable):
+    """lstm_ext's OpenBLAS loads on one thread: its workers, one a core less
+    one, used to start as `_core` was imported and spin about 0.1 s, taking a
+    core from a script's first calls (dev/perf-notes.md, 73). The variable
+    OPENBLAS_NUM_THREADS is set to 1 for that import alone: as it was after."""
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    if variable is not None:
+        env["OPENBLAS_NUM_THREADS"] = variable
+    out = subprocess.run([sys.executable, "-c", _THREADS_AT_IMPORT], env=env,
+                         capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
+    assert out[0] == out[1], f"threads before and after importing lstm_ext: {out[:2]}"
+    assert out[2] == str(variable), f"OPENBLAS_NUM_THREADS after the import: {out[2]}"
+
+
 def _in_v1_cgroup(controller: str, limits: dict, code: str, env: dict):
     """`code` run by a fresh interpreter in a cgroup of its own (v1, made for
     the test where this user may, with `limits` written to its files), and

@@ -43,10 +43,15 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-import scipy_openblas32  # loads libscipy_openblas before _core needs it
 from numpy.typing import ArrayLike
 
-from . import _checks, _core, _threadpool, convert, nn
+from . import _threadpool
+
+with _threadpool.blas_loads_on_one_thread():  # no spinning BLAS threads at import
+    import scipy_openblas32  # loads libscipy_openblas, which _core links
+
+    from . import _core
+from . import _checks, convert, nn
 from ._core import Cache, free_cached_buffers, get_num_threads, set_num_threads
 from ._device import (
     as_library,

@@ -1,4 +1,4 @@
-"""lstm_ext's threads under threadpoolctl.
+"""lstm_ext's threads under threadpoolctl, and its OpenBLAS's at import.
 
 threadpoolctl (scikit-learn's, joblib's) sizes the thread pools of the native
 libraries a process has loaded: ``threadpool_limits(1)`` puts every one of
@@ -12,15 +12,46 @@ whose file names start alike). The controller calls two C functions of
 starts no thread; a block with another count makes a new pool as it begins
 and as it ends (0.24 ms a block from two threads to one and back, 0.32 from
 four, on the two-core development VM).
+
+Also here: ``blas_loads_on_one_thread``, around the import that loads
+lstm_ext's OpenBLAS, so that it starts no threads of its own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import os
+from collections.abc import Iterator
 
 from ._version import __version__
 
 _registered = False
+
+
+@contextlib.contextmanager
+def blas_loads_on_one_thread() -> Iterator[None]:
+    """OPENBLAS_NUM_THREADS=1 while lstm_ext's OpenBLAS loads (the
+    ``scipy_openblas32`` package's, which ``_core`` links; its import loads
+    it), then the variable as it was. OpenBLAS starts its worker threads
+    as it loads (one a core, less one), and they spin about 0.1 s before they
+    sleep; the core sets that OpenBLAS to one thread on its first call, but
+    the spinning workers had by then taken a core from the first calls of a
+    script that computes right after the import: their threads, which meet at
+    every step, waited, and their teams halved (`parallel.h`'s backoff) for
+    up to a second (dev/perf-notes.md, 73). Only that OpenBLAS loads inside:
+    NumPy's, imported before, keeps its threads, and one another package
+    loaded before lstm_ext keeps them too."""
+    name = "OPENBLAS_NUM_THREADS"
+    before = os.environ.get(name)
+    os.environ[name] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 def register() -> bool:
