@@ -243,6 +243,45 @@ def test_conversion_errors_keep_their_cause_and_interrupts_pass():
             lstm_ext.forward(a["x"], Raises(), a["R"])
 
 
+RAGGED = [[1.0, 2.0], [3.0]]  # NumPy makes no array of it
+
+
+def _ragged_calls():
+    """(call, name): the Python functions that make arrays of their
+    arguments themselves, each given one ragged argument."""
+    from lstm_ext import convert, losses, nn, train
+
+    f = np.zeros((2, 2), np.float32)
+    lin, emb, lstm = nn.Linear(2, 2), nn.Embedding(3, 2), nn.LSTM(2, 2)
+    W, R = np.zeros((1, 8, 2), np.float32), np.zeros((1, 8, 2), np.float32)
+    return [
+        (lambda: lin(RAGGED), "x"),
+        (lambda: emb(RAGGED), "idx"),
+        (lambda: lstm(RAGGED), "x"),
+        (lambda: lstm(np.zeros((1, 1, 2), np.float32), (RAGGED, RAGGED)), "state[0]"),
+        (lambda: losses.mse(RAGGED, f), "pred"),
+        (lambda: losses.mse(f, RAGGED), "target"),
+        (lambda: losses.mse(f, f, mask=RAGGED), "mask"),
+        (lambda: losses.softmax_cross_entropy(f, RAGGED), "targets"),
+        (lambda: lstm_ext.onnx_lstm(RAGGED, W, R), "X"),
+        (lambda: lstm_ext.onnx_lstm(np.zeros((1, 1, 2), np.float32), W, R, RAGGED), "B"),
+        (lambda: convert.reorder_gates(RAGGED, "ifgo", "iofg"), "a"),
+        (lambda: convert.torch_to_onnx(RAGGED, R[0]), "W"),
+        (lambda: train.stream_chunks(RAGGED, 1, 1), "tokens"),
+    ]
+
+
+def test_a_ragged_list_is_named_by_the_python_functions_too():
+    """Where Python code (nn, losses, onnx_lstm, convert, train) makes the
+    array, a failed conversion names the argument and keeps NumPy's reason,
+    as the compiled functions' do; NumPy's own ValueError named nothing."""
+    for call, name in _ragged_calls():
+        with pytest.raises(TypeError) as e:
+            call()
+        assert str(e.value).startswith(f"{name}: expected a NumPy array, got list (ValueError: ")
+        assert isinstance(e.value.__cause__, ValueError)
+
+
 def test_cache_does_not_share_memory_with_array_likes():
     """An object whose __array__ hands out its own buffer: forward must copy it."""
 

@@ -1,4 +1,5 @@
-"""What the compiled modules export to the process's dynamic symbol table.
+"""What the compiled modules export to the process's dynamic symbol table,
+and what the package lists as its names.
 
 Their entry points (PyInit_*, and _core's two C functions threadpoolctl
 calls) and no lstm_ext:: C++ symbol: the core's stay inside each module (the
@@ -13,6 +14,7 @@ import ctypes
 
 import pytest
 
+import lstm_ext
 from helpers import exported_cpp_symbols
 from lstm_ext import _core
 
@@ -33,3 +35,14 @@ def test_the_threadpoolctl_entry_points_are_exported():
     # A core function by its mangled name (lstm_ext::team_backoffs()) is not.
     with pytest.raises(AttributeError):
         lib._ZN8lstm_ext13team_backoffsEv  # noqa: B018
+
+
+def test_dir_lists_the_public_names_and_each_resolves():
+    """dir(lstm_ext) (and tab completion) is ``__all__``, not the imports
+    (np, NamedTuple, scipy_openblas32); the lazily loaded modules are in it,
+    and every name in it resolves, those modules loaded on first use."""
+    assert dir(lstm_ext) == sorted(lstm_ext.__all__)
+    assert {"np", "NamedTuple", "scipy_openblas32", "annotations"}.isdisjoint(dir(lstm_ext))
+    assert {"optim", "losses", "reference", "nn"} <= set(dir(lstm_ext))
+    for name in lstm_ext.__all__:
+        assert getattr(lstm_ext, name) is not None, name

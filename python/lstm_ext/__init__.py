@@ -74,6 +74,12 @@ _threadpool.register()  # threadpoolctl sizes lstm_ext's threads too, where inst
 _LAZY = ("checkpoint", "data", "export", "losses", "optim", "train")
 
 
+def __dir__() -> list[str]:
+    """The public names, ``__all__`` (dir() and tab completion had listed
+    the imports too: np, NamedTuple, scipy_openblas32, ...)."""
+    return sorted(__all__)
+
+
 def __getattr__(name: str):
     if name in _LAZY:
         import importlib
@@ -108,6 +114,7 @@ __all__ = [
     "nn",
     "onnx_lstm",
     "optim",
+    "reference",
     "round_bfloat16",
     "set_num_threads",
     "step",

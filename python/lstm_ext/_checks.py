@@ -34,6 +34,23 @@ def check_state_keys(state: dict, shapes: dict, what: str = "state", real: bool 
         raise ValueError(f"{what}: " + "; ".join(parts + wrong))
 
 
+def as_array(name: str, value, xp=np):
+    """``xp.asarray(value)`` (NumPy's, or CuPy's), or a TypeError naming the
+    argument and the cause where it makes no array of it (a ragged list, an
+    ``__array__`` that raises), as the compiled functions' arguments say it
+    (bind_args.h, ``arg``); NumPy's own message names no argument. A
+    MemoryError, or an interrupt, passes as it is."""
+    try:
+        return xp.asarray(value)
+    except MemoryError:
+        raise
+    except Exception as e:
+        what = "a NumPy array" if xp is np else "an array"
+        raise TypeError(
+            f"{name}: expected {what}, got {type(value).__name__} ({type(e).__name__}: {e})"
+        ) from e
+
+
 def dtype_of(value) -> np.dtype:
     """The dtype of an array (NumPy's, or CuPy's, which is NumPy's too) or of
     what NumPy makes of anything else."""

@@ -29,7 +29,7 @@ target has two and the source one, the second is zeros.
 
 import numpy as np
 
-from ._checks import is_int
+from ._checks import as_array, is_int
 
 __all__ = [
     "keras_to_onnx",
@@ -60,7 +60,7 @@ def reorder_gates(a, src, dst, axis=0):
     orders such as "ifgo" (ours, PyTorch, Keras) or "iofg" (ONNX); "c" may
     stand for "g". Returns a new array of a's dtype.
     """
-    a = np.asarray(a)
+    a = as_array("a", a)
     src, dst = _gate_order(src, "src"), _gate_order(dst, "dst")
     if not is_int(axis) or not -a.ndim <= axis < a.ndim:
         raise ValueError(f"axis: expected an axis of a's {a.ndim}, got {axis!r}")
@@ -71,9 +71,9 @@ def reorder_gates(a, src, dst, axis=0):
 
 
 def _check(name, a, shape, layout):
-    """np.asarray(a), or ValueError unless its shape is `shape`, which `layout`
+    """a as an array, or ValueError unless its shape is `shape`, which `layout`
     spells in letters."""
-    a = np.asarray(a)
+    a = as_array(name, a)
     if a.shape != shape:
         raise ValueError(f"{name}: expected shape {layout} = {shape}, got {a.shape}")
     return a
@@ -81,7 +81,7 @@ def _check(name, a, shape, layout):
 
 def _hidden(name, a, axis, layout):
     """H from the gate axis of a 2-D a, or ValueError if it is not a multiple of 4."""
-    a = np.asarray(a)
+    a = as_array(name, a)
     if a.ndim != 2 or a.shape[axis] % 4:
         raise ValueError(
             f"{name}: expected shape {layout} with a gate axis of 4H entries, got {a.shape}"

@@ -21,7 +21,7 @@ import math
 import numpy as np
 from numpy.typing import ArrayLike
 
-from ._checks import same_dtype
+from ._checks import as_array, same_dtype
 
 __all__ = ["LN2", "bits", "mse", "softmax_cross_entropy"]
 
@@ -36,7 +36,7 @@ def bits(nats: float) -> float:
 def _float_array(name: str, a: ArrayLike) -> np.ndarray:
     """a as float32 or float64, the dtypes lstm_ext computes in (float16's
     counts and sums overflow past 65,504: a loss of inf or NaN)."""
-    a = np.asarray(a)
+    a = as_array(name, a)
     if not (same_dtype(a.dtype, np.float32) or same_dtype(a.dtype, np.float64)):
         raise TypeError(f"{name}: expected a float32 or float64 array, got dtype {a.dtype}")
     return a
@@ -51,7 +51,7 @@ def _mask(mask: ArrayLike | None, shape: tuple[int, ...], what: str) -> np.ndarr
         if math.prod(shape) == 0:
             raise ValueError(f"mask: counts no {what} (the input is empty)")
         return None
-    m = np.asarray(mask)
+    m = as_array("mask", mask)
     if m.dtype != np.bool_:
         if not (np.issubdtype(m.dtype, np.number) and np.all((m == 0) | (m == 1))):
             raise ValueError(f"mask: expected booleans or 0/1 values, got dtype {m.dtype}")
@@ -75,7 +75,7 @@ def mse(pred: ArrayLike, target: ArrayLike, mask: ArrayLike | None = None):
     dtype (target is cast to it). Returns ``(loss, dpred)``.
     """
     pred = _float_array("pred", pred)
-    target = np.asarray(target)
+    target = as_array("target", target)
     if target.shape != pred.shape:
         raise ValueError(f"target: expected the shape of pred {pred.shape}, got {target.shape}")
     if not np.issubdtype(target.dtype, np.number) or np.iscomplexobj(target):
@@ -106,7 +106,7 @@ def softmax_cross_entropy(logits: ArrayLike, targets: ArrayLike, mask: ArrayLike
     logits = _float_array("logits", logits)
     if logits.ndim < 1 or logits.shape[-1] < 1:
         raise ValueError(f"logits: expected shape [...,C] with C >= 1, got {logits.shape}")
-    targets = np.asarray(targets)
+    targets = as_array("targets", targets)
     if targets.shape != logits.shape[:-1]:
         raise ValueError(
             f"targets: expected class indices of shape logits.shape[:-1] = "

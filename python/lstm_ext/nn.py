@@ -27,7 +27,7 @@ import numpy as np
 import lstm_ext
 
 from . import _core, _device
-from ._checks import check_bool, check_int, check_state_keys, is_real, same_dtype
+from ._checks import as_array, check_bool, check_int, check_state_keys, is_real, same_dtype
 
 _BIAS_NAMES = ("bias_ih", "bias_hh")
 
@@ -187,7 +187,7 @@ class Linear(Module):
     def forward(self, x, *, keep_cache=None):
         """x [..., in_features] -> [..., out_features]. Keeps a copy of x for
         backward in training mode (or with keep_cache=True)."""
-        x = np.asarray(x)
+        x = as_array("x", x)
         if not same_dtype(x.dtype, self.dtype):
             raise TypeError(f"x: expected dtype {self.dtype} (the Linear's), got {x.dtype}")
         if x.ndim < 1 or x.shape[-1] != self.in_features:
@@ -207,7 +207,7 @@ class Linear(Module):
             raise RuntimeError(
                 "backward: call forward first (in training mode, or with keep_cache=True)"
             )
-        dy = np.asarray(dy)
+        dy = as_array("dy", dy)
         if not same_dtype(dy.dtype, self.dtype):
             raise TypeError(f"dy: expected dtype {self.dtype} (the Linear's), got {dy.dtype}")
         if dy.shape != (*self._x.shape[:-1], self.out_features):
@@ -250,7 +250,7 @@ class Embedding(Module):
 
     def forward(self, idx, *, keep_cache=None):
         """idx: integers in [0, num_embeddings), any shape -> [*idx.shape, dim]."""
-        idx = np.asarray(idx)
+        idx = as_array("idx", idx)
         if idx.dtype.kind not in "iu":
             raise TypeError(f"idx: expected integer tokens, got dtype {idx.dtype}")
         if idx.size and (idx.min() < 0 or idx.max() >= self.num_embeddings):
@@ -265,7 +265,7 @@ class Embedding(Module):
             raise RuntimeError(
                 "backward: call forward first (in training mode, or with keep_cache=True)"
             )
-        dy = np.asarray(dy)
+        dy = as_array("dy", dy)
         if not same_dtype(dy.dtype, self.dtype):
             raise TypeError(f"dy: expected dtype {self.dtype} (the Embedding's), got {dy.dtype}")
         want = (*self._idx.shape, self.embedding_dim)
@@ -502,7 +502,7 @@ class LSTM(Module):
                 f"x: a GPU array ({type(x).__module__}.{type(x).__name__}); nn.LSTM takes "
                 "those with device='cuda' and CuPy installed, else NumPy arrays"
             )
-        x = xp.asarray(x)  # the batch crosses the bus here, once
+        x = as_array("x", x, xp)  # the batch crosses the bus here, once
         if x.ndim not in (2, 3):
             raise ValueError(
                 f"x: expected 3 dimensions {'[B,T,I]' if self.batch_first else '[T,B,I]'} "
@@ -521,7 +521,7 @@ class LSTM(Module):
         L, D, H, O = self.num_layers, self.num_directions, self.hidden_size, self.output_size
         h0 = c0 = None
         if state is not None:
-            h0, c0 = (xp.asarray(s) for s in _pair("state", state))
+            h0, c0 = (as_array(f"state[{i}]", s, xp) for i, s in enumerate(_pair("state", state)))
             for name, s, width in (("state[0] (h0)", h0, O), ("state[1] (c0)", c0, H)):
                 want = (L * D, width) if unbatched else (L * D, B, width)
                 if s.shape != want:
@@ -601,7 +601,7 @@ class LSTM(Module):
         else:
             want = (B, T, D * O) if self.batch_first else (T, B, D * O)
         dy = (
-            xp.zeros(want, self.dtype) if dy is None else xp.asarray(dy)
+            xp.zeros(want, self.dtype) if dy is None else as_array("dy", dy, xp)
         )  # a loss on the state only
         if dy.shape != want:
             raise ValueError(f"dy: expected the shape of out, {want}, got {dy.shape}")
@@ -610,8 +610,8 @@ class LSTM(Module):
         elif self.batch_first:
             dy = dy.swapaxes(0, 1)
         dh_n, dc_n = _pair("dstate", dstate) if dstate is not None else (None, None)
-        dh_n = None if dh_n is None else xp.asarray(dh_n)
-        dc_n = None if dc_n is None else xp.asarray(dc_n)
+        dh_n = None if dh_n is None else as_array("dstate[0]", dh_n, xp)
+        dc_n = None if dc_n is None else as_array("dstate[1]", dc_n, xp)
         for name, s, width in (("dstate[0]", dh_n, O), ("dstate[1]", dc_n, H)):
             want = (L * D, width) if unbatched else (L * D, B, width)
             if s is not None and s.shape != want:

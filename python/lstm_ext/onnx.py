@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike
 
-from ._checks import is_int, same_dtype
+from ._checks import as_array, is_int, same_dtype
 from .convert import reorder_gates
 
 __all__ = ["onnx_lstm"]
@@ -21,8 +21,8 @@ DEFAULT_ACTIVATIONS = ["sigmoid", "tanh", "tanh"]
 
 
 def _shaped(name, a, shape, letters):
-    """np.asarray(a), or ValueError unless its shape is `shape` (spelled `letters`)."""
-    a = np.asarray(a)
+    """a as an array, or ValueError unless its shape is `shape` (spelled `letters`)."""
+    a = as_array(name, a)
     if a.shape != shape:
         raise ValueError(f"{name}: expected shape {letters} = {shape}, got {a.shape}")
     return a
@@ -32,7 +32,7 @@ def _typed(inputs: dict) -> dict:
     """The inputs of ONNX's type T (X, W, R, B, initial_h, initial_c, P) as
     arrays, None kept, each of X's dtype, float32 or float64; else a TypeError
     naming the input as ONNX does (lstm_ext.forward's checks say b, h0, ...)."""
-    arrays = {k: None if a is None else np.asarray(a) for k, a in inputs.items()}
+    arrays = {k: None if a is None else as_array(k, a) for k, a in inputs.items()}
     T = arrays["X"].dtype
     if not (same_dtype(T, np.float32) or same_dtype(T, np.float64)):
         raise TypeError(f"X: expected dtype float32 or float64, got {T}")

@@ -26,7 +26,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import losses, nn
-from ._checks import check_int, is_real
+from ._checks import as_array, check_int, is_real
 from .optim import clip_grad_norm
 
 
@@ -166,7 +166,7 @@ def stream_chunks(tokens: np.ndarray, batch: int, seq_len: int):
     the chunks, epoch after epoch; ``len(batches)`` is the chunks per epoch.
     """
     batch, seq_len = check_int("batch", batch, 1), check_int("seq_len", seq_len, 1)
-    tokens = np.asarray(tokens)
+    tokens = as_array("tokens", tokens)
     L = len(tokens) // batch
     n = (L - 1) // seq_len
     if n < 1:
