@@ -39,12 +39,15 @@ def as_array(name: str, value, xp=np):
     argument and the cause where it makes no array of it (a ragged list, an
     ``__array__`` that raises), as the compiled functions' arguments say it
     (bind_args.h, ``arg``); NumPy's own message names no argument. A
-    MemoryError, or an interrupt, passes as it is."""
+    MemoryError, an interrupt, and CuPy's errors other than ValueError and
+    TypeError (the device's) pass as they are."""
     try:
         return xp.asarray(value)
     except MemoryError:
         raise
     except Exception as e:
+        if xp is not np and not isinstance(e, (ValueError, TypeError)):
+            raise
         what = "a NumPy array" if xp is np else "an array"
         raise TypeError(
             f"{name}: expected {what}, got {type(value).__name__} ({type(e).__name__}: {e})"
