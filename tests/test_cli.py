@@ -165,6 +165,74 @@ def test_a_failed_run_removes_only_the_folders_it_made(capsys, tmp_path):
         assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "full"], out
 
 
+RUN = ["--steps", "8", "--eval-every", "4", "--hidden", "8", "--batch", "4", "--seq-len", "12",
+       "--no-progress"]  # fmt: skip
+
+
+@pytest.mark.parametrize("task", ["adding", "forecast"])
+def test_a_resumed_run_ends_with_the_uninterrupted_runs_weights(capsys, tmp_path, monkeypatch,
+                                                                task):  # fmt: skip
+    """The checkpoint written at step 4 of 8, resumed, gives the weights of
+    the run that went on, bit for bit (the same batches by step, the
+    optimiser's moments and schedule restored), and the whole history."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    b.mkdir()
+    save = checkpoint.save
+
+    def save_and_keep_step_4(path, model, optimizer=None, meta=None):
+        save(path, model, optimizer, meta)
+        if meta.get("steps_done") == 4:
+            save(b / path.name, model, optimizer, meta)
+
+    monkeypatch.setattr(checkpoint, "save", save_and_keep_step_4)
+    assert run(capsys, "train", "--task", task, "--out", str(a), *RUN)[0] == 0
+    monkeypatch.setattr(checkpoint, "save", save)
+    rc, out, err = run(capsys, "train", "--task", task, "--out", str(b), *RUN, "--resume")
+    assert rc == 0, err
+    assert f"resuming from {b / f'{task}.npz'}: step 4 of 8" in out
+    ck_a, ck_b = (checkpoint.load(d / f"{task}.npz") for d in (a, b))
+    for k, v in ck_a.model.params.items():
+        np.testing.assert_array_equal(ck_b.model.params[k], v, err_msg=k)
+    assert ck_b.meta["history"]["steps"] == list(range(8)) == ck_a.meta["history"]["steps"]
+    assert ck_b.meta["history"]["loss"] == ck_a.meta["history"]["loss"]
+
+
+def test_resume_refuses_what_it_cannot_continue(capsys, tmp_path):
+    out = ["--task", "adding", "--out", str(tmp_path)]
+    rc, _, err = run(capsys, "train", *out, *RUN, "--resume")
+    assert rc == 2 and f"--resume: no checkpoint {tmp_path / 'adding.npz'} to continue" in err
+    assert run(capsys, "train", *out, *RUN)[0] == 0
+    rc, _, err = run(capsys, "train", *out, *RUN, "--resume")
+    assert rc == 2 and "holds all 8 steps of its run already" in err, err
+    rc, _, err = run(capsys, "train", *out, *RUN, "--resume", "--hidden", "9", "--lr", "0.1")
+    assert rc == 2 and err.count("\n") == 1, err
+    assert "is of a run with --hidden 8 --lr 0.01; this one has --hidden 9 --lr 0.1" in err
+    # A checkpoint that records no run (saved by checkpoint.save alone): exit status 1
+    ck = checkpoint.load(tmp_path / "adding.npz")
+    checkpoint.save(tmp_path / "adding.npz", ck.model, None, {"steps_done": 4})
+    rc, _, err = run(capsys, "train", *out, *RUN, "--resume")
+    assert rc == 1 and "records no run to resume" in err, err
+
+
+def test_the_text_task_resumes_from_zero_state(capsys, tmp_path, monkeypatch):
+    """The text task resumes too (the state it carries between chunks starts
+    from zeros there, so its weights are not the uninterrupted run's)."""
+    save = checkpoint.save
+
+    def save_until_step_4(path, model, optimizer=None, meta=None):
+        if meta.get("steps_done") <= 4:
+            save(path, model, optimizer, meta)
+
+    monkeypatch.setattr(checkpoint, "save", save_until_step_4)
+    out = ["--out", str(tmp_path), *RUN]
+    assert run(capsys, "train", *out)[0] == 0
+    monkeypatch.setattr(checkpoint, "save", save)
+    assert checkpoint.load(tmp_path / "text.npz").meta["steps_done"] == 4
+    rc, stdout, err = run(capsys, "train", *out, "--resume")
+    assert rc == 0 and "step 4 of 8" in stdout, err
+    assert checkpoint.load(tmp_path / "text.npz").meta["steps_done"] == 8
+
+
 def test_sample_refuses_other_checkpoints(capsys, tmp_path):
     assert run(capsys, "train", "--task", "adding", "--out", str(tmp_path), *SMALL)[0] == 0
     rc, _, err = run(capsys, "sample", "--checkpoint", str(tmp_path / "adding.npz"))

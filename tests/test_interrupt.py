@@ -88,7 +88,8 @@ def test_one_ctrl_c_stops_between_steps(tmp_path):
     assert last.startswith("lstm-ext: interrupted: stopped after step "), last
     assert "adding.npz holds step " in last, last
     ck = check_directory(out)
-    held = int(last.rsplit("holds step ", 1)[1])
+    held = int(last.rsplit("holds step ", 1)[1].split()[0])
+    assert last.endswith(f"holds step {held} (--resume continues from it)"), last
     assert ck.meta["steps_done"] == held and held % 20 == 0  # an evaluation's checkpoint
     assert "wrote" not in stdout  # the run did not go on to its final outputs
 
@@ -114,7 +115,8 @@ def test_a_flood_of_ctrl_c_during_saves_leaves_a_whole_checkpoint(tmp_path):
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("lstm-ext: interrupted: stopped "), stderr
     ck = check_directory(out)
-    assert last.endswith(f"adding.npz holds step {ck.meta['steps_done']}"), last
+    held = f"adding.npz holds step {ck.meta['steps_done']} (--resume continues from it)"
+    assert last.endswith(held), last
 
 
 # ---- in-process: the save ---------------------------------------------------------

@@ -82,6 +82,12 @@ def _set_rng_states(model: nn.Module, states: dict) -> None:
         mods[int(k)]._rng.bit_generator.state = state
 
 
+def copy_rng_states(dst: nn.Module, src: nn.Module) -> None:
+    """dst's modules that draw (dropout) continue from src's generator
+    states (a loaded checkpoint's model into one of the same config)."""
+    _set_rng_states(dst, _rng_states(src))
+
+
 def save(path, model: nn.Module, optimizer=None, meta: dict | None = None) -> None:
     """Write model (+ optimizer state, + JSON-serialisable meta) to path, atomically."""
     header = dict(

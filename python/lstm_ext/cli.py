@@ -8,16 +8,21 @@ the same ``--seed`` repeats exactly on the same Python (the text task trains
 on that Python's own text).
 
 Training saves its checkpoint at every evaluation (atomically: a file is
-either the old one or the new one, whole). Ctrl-C (SIGINT) stops it after
-the step under way, saves nothing more and exits with status 130; the
-checkpoint on disk is the last one completed. A second Ctrl-C stops at once,
-except during a save, which it lets finish first.
+either the old one or the new one, whole), with the optimiser's state, the
+run's settings and its history. Ctrl-C (SIGINT) stops it after the step
+under way, saves nothing more and exits with status 130; the checkpoint on
+disk is the last one completed. A second Ctrl-C stops at once, except during
+a save, which it lets finish first. ``--resume`` continues the run from that
+checkpoint: the same settings and batches, so an adding or forecast run
+resumed ends with the weights an uninterrupted one has, bit for bit (the
+text task's state carried from chunk to chunk starts from zeros there).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import math
 import os
 import signal
@@ -30,7 +35,7 @@ import numpy as np
 from . import checkpoint, data, losses, nn, optim
 from ._checks import check_int
 from ._version import __version__
-from .train import Interrupted, TruncatedBPTT, fit, generate, stream_chunks
+from .train import History, Interrupted, TruncatedBPTT, fit, generate, stream_chunks
 
 TASKS = {  # defaults per task; the command line overrides any of them
     "text": dict(hidden=256, layers=1, steps=600, batch=32, seq_len=64, lr=3e-3,
@@ -165,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
                    f"({task_defaults('eval_every')})")  # fmt: skip
     t.add_argument("--no-progress", action="store_true",
                    help="no progress bar (default: one on stderr)")  # fmt: skip
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run whose checkpoint is in --out (TASK.npz) from the "
+                   "step it holds; give the same options (default: a new run)")  # fmt: skip
 
     s = sub.add_parser("sample", help="generate text from a trained character model")
     s.add_argument(
@@ -343,28 +351,87 @@ class _Sigint:
             raise KeyboardInterrupt
 
 
-def fit_and_save(args, cfg, model, ckpt: Path, meta, *fit_args, **fit_kwargs):
-    """``fit(model, *fit_args, **fit_kwargs)`` saving a checkpoint to ``ckpt``
-    after every evaluation, with ``meta(eval_loss)`` and the steps done as its
-    metadata, and stopping cleanly on Ctrl-C (see the module docstring)."""
-    sigint, saved = _Sigint(), [0]
+def run_settings(args, cfg) -> dict:
+    """What makes a run's steps what they are, as a checkpoint records it
+    for ``--resume``: the task, dtype, seed and the task's settings (all but
+    eval_every, which changes only when checkpoints are written)."""
+    keep = {k: v for k, v in cfg.items() if k != "eval_every"}
+    return dict(task=args.task, dtype=args.dtype, seed=args.seed, **keep)
+
+
+def resumed(ckpt: Path, model, optimizer, settings: dict) -> tuple[int, History]:
+    """Loads the run's checkpoint into ``model`` and ``optimizer`` for
+    ``--resume``: returns the steps it holds and its history. UsageError where
+    it is of another run, or holds every step; CheckpointError where it is
+    not one ``--resume`` can continue."""
+    if not ckpt.exists():
+        raise UsageError(f"--resume: no checkpoint {ckpt} to continue (--out names the run's "
+                         "folder)")  # fmt: skip
+    ck = checkpoint.load(ckpt)
+    meta = ck.meta if isinstance(ck.meta, dict) else {}
+    saved = meta.get("settings")
+    if not isinstance(saved, dict) or "history" not in meta:
+        raise checkpoint.CheckpointError(f"checkpoint {ckpt}: records no run to resume (written "
+                                         "before lstm-ext train had --resume?)")  # fmt: skip
+    differ = sorted(k for k in settings.keys() | saved.keys() if saved.get(k) != settings.get(k))
+    if differ:  # as options, --hidden 8 (clip and embed go with --task)
+        shown = [k for k in differ if k not in ("clip", "embed")]
+        theirs, ours = (" ".join(f"--{k.replace('_', '-')} {d.get(k)}" for k in shown)
+                        for d in (saved, settings))  # fmt: skip
+        raise UsageError(f"--resume: {ckpt} is of a run with {theirs}; this one has {ours} "
+                         "(give the options that run had)")  # fmt: skip
+    done, steps = meta.get("steps_done"), settings["steps"]
+    if not isinstance(done, int) or not 0 < done <= steps:
+        raise checkpoint.CheckpointError(f"checkpoint {ckpt}: steps_done {done!r} is not a "
+                                         f"step of this run's {steps}")  # fmt: skip
+    if done == steps:
+        raise UsageError(f"--resume: {ckpt} holds all {steps} steps of its run already")
+    if not ck.optimizer_state:
+        raise checkpoint.CheckpointError(f"checkpoint {ckpt}: holds no optimiser state")
+    try:
+        model.load_state_dict(ck.model.params)
+        checkpoint.copy_rng_states(model, ck.model)
+        optimizer.load_state_dict(ck.optimizer_state)
+        history = History(**meta["history"])
+    except (ValueError, TypeError, KeyError) as e:
+        why = f"checkpoint {ckpt}: cannot resume from it ({e})"
+        raise checkpoint.CheckpointError(why) from None
+    print(f"resuming from {ckpt}: step {done} of {steps}")
+    return done, history
+
+
+def fit_and_save(args, cfg, model, ckpt: Path, meta, optimizer, batches, step_fn, **fit_kwargs):
+    """``fit`` of ``cfg["steps"]`` steps (from the checkpoint's with
+    ``--resume``), saving a checkpoint to ``ckpt`` after every evaluation,
+    with ``meta(eval_loss)``, the steps done, the run's settings and history
+    as its metadata, and the optimiser's state; stopping cleanly on Ctrl-C
+    (see the module docstring)."""
+    settings = run_settings(args, cfg)
+    start, history = 0, History()
+    if args.resume:
+        start, history = resumed(ckpt, model, optimizer, settings)
+    sigint, saved = _Sigint(), [start]
 
     def after_eval(done, loss):
         if not math.isfinite(loss):  # keep the last good checkpoint
             return
         with sigint.uninterrupted():
-            checkpoint.save(ckpt, model, None, dict(meta(loss), steps_done=done))
-            saved[0] = done
+            checkpoint.save(ckpt, model, optimizer,
+                            dict(meta(loss), steps_done=start + done, settings=settings,
+                                 history=dataclasses.asdict(history)))  # fmt: skip
+            saved[0] = start + done
 
     with sigint:
         try:
-            return fit(model, *fit_args, eval_every=cfg["eval_every"], clip=cfg["clip"],
+            return fit(model, optimizer, batches, step_fn, cfg["steps"] - start, start=start,
+                       eval_every=cfg["eval_every"], clip=cfg["clip"], history=history,
                        progress=not args.no_progress, after_eval=after_eval, stop=sigint,
                        **fit_kwargs)  # fmt: skip
         except KeyboardInterrupt as e:  # Interrupted: between steps; else a second Ctrl-C
-            when = (f"after step {e.steps_done} of {cfg['steps']}" if isinstance(e, Interrupted)
-                    else "in the middle of a step")  # fmt: skip
-            last = f"{ckpt} holds step {saved[0]}" if saved[0] else "no checkpoint saved yet"
+            when = (f"after step {start + e.steps_done} of {cfg['steps']}"
+                    if isinstance(e, Interrupted) else "in the middle of a step")  # fmt: skip
+            last = (f"{ckpt} holds step {saved[0]} (--resume continues from it)" if saved[0]
+                    else "no checkpoint saved yet")  # fmt: skip
             raise KeyboardInterrupt(f"stopped {when}; {last}") from None
 
 
@@ -421,7 +488,7 @@ def train_text(args, cfg) -> None:
 
     history = fit_and_save(
         args, cfg, model, ckpt, meta, adam(model, cfg),
-        stream_chunks(train_ids, cfg["batch"], cfg["seq_len"]), TruncatedBPTT(), cfg["steps"],
+        stream_chunks(train_ids, cfg["batch"], cfg["seq_len"]), TruncatedBPTT(),
         eval_fn=evaluate, unit="char", scale=1 / np.log(2),
     )  # fmt: skip
     final, last = history.eval_loss[-1], history.loss[-20:]  # fewer than 20 after a short run
@@ -469,7 +536,7 @@ def train_adding(args, cfg) -> None:
     ckpt, png = args.out / "adding.npz", args.out / "adding-loss.png"
     history = fit_and_save(args, cfg, model, ckpt,
                            lambda mse: dict(task="adding", seq_len=T, test_mse=mse),
-                           adam(model, cfg), batches, step_fn, cfg["steps"], eval_fn=evaluate,
+                           adam(model, cfg), batches, step_fn, eval_fn=evaluate,
                            unit="seq")  # fmt: skip
     final = history.eval_loss[-1]
     verdict = "solved (< 0.01)" if final < 0.01 else "not solved yet (>= 0.01): try more --steps"
@@ -513,10 +580,10 @@ def train_forecast(args, cfg) -> None:
 
     batches = lambda step: windows(np.random.default_rng([args.seed, step]), cfg["batch"], 0, split)  # noqa: E731
     ckpt, png = args.out / "forecast.npz", args.out / "forecast.png"
-    fit_and_save(args, cfg, model, ckpt,
-                 lambda mse: dict(task="forecast", mean=mean, std=std, window_mse=mse),
-                 adam(model, cfg), batches, step_fn, cfg["steps"], eval_fn=evaluate,
-                 unit="pt")  # fmt: skip
+    history = fit_and_save(args, cfg, model, ckpt,
+                           lambda mse: dict(task="forecast", mean=mean, std=std, window_mse=mse),
+                           adam(model, cfg), batches, step_fn, eval_fn=evaluate,
+                           unit="pt")  # fmt: skip
 
     # Forecast: read the last window of the training part, then feed back predictions.
     model.eval()
@@ -530,8 +597,12 @@ def train_forecast(args, cfg) -> None:
     mse = float(np.mean((forecast - truth) ** 2))
     naive = float(np.mean((series[split - 1] - truth) ** 2))
     print(f"forecast MSE over {horizon} steps: {mse:.4f} (repeating the last value: {naive:.4f})")
-    checkpoint.save(ckpt, model, None, dict(task="forecast", mean=mean, std=std, mse=mse,
-                                            steps_done=cfg["steps"]))  # fmt: skip
+    done = dict(
+        steps_done=cfg["steps"],
+        settings=run_settings(args, cfg),
+        history=dataclasses.asdict(history),
+    )  # as fit_and_save's, less the optimiser
+    checkpoint.save(ckpt, model, None, dict(task="forecast", mean=mean, std=std, mse=mse, **done))
     plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(8, 3.5), dpi=110)
