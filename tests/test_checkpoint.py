@@ -60,6 +60,22 @@ def test_round_trip(tmp_path):
         checkpoint.load(path, expect_config=other.config())
 
 
+def test_the_callers_arrays_round_trip(tmp_path):
+    """save's ``arrays``: numbers of any shape and dtype back as saved, by
+    name; Python objects refused (load never unpickles)."""
+    model, path = make_model(), tmp_path / "a.npz"
+    arrays = {"history.loss": np.array([2.5, 1.25]), "steps": np.arange(3, dtype=np.int32)}
+    checkpoint.save(path, model, None, {"k": 1}, arrays)
+    ck = checkpoint.load(path)
+    assert sorted(ck.arrays) == sorted(arrays) and ck.meta == {"k": 1}
+    for k, v in arrays.items():
+        np.testing.assert_array_equal(ck.arrays[k], v)
+        assert ck.arrays[k].dtype == v.dtype
+    assert checkpoint.load(saved(tmp_path)[0]).arrays == {}  # none saved: none loaded
+    with pytest.raises(TypeError, match=r"arrays\['x'\]: expected numbers, got dtype object"):
+        checkpoint.save(path, model, None, None, {"x": np.array([None])})
+
+
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
 def test_resumed_training_equals_uninterrupted(tmp_path, dropout):
     a = make_model(dropout)

@@ -179,10 +179,10 @@ def test_a_resumed_run_ends_with_the_uninterrupted_runs_weights(capsys, tmp_path
     b.mkdir()
     save = checkpoint.save
 
-    def save_and_keep_step_4(path, model, optimizer=None, meta=None):
-        save(path, model, optimizer, meta)
+    def save_and_keep_step_4(path, model, optimizer=None, meta=None, arrays=None):
+        save(path, model, optimizer, meta, arrays)
         if meta.get("steps_done") == 4:
-            save(b / path.name, model, optimizer, meta)
+            save(b / path.name, model, optimizer, meta, arrays)
 
     monkeypatch.setattr(checkpoint, "save", save_and_keep_step_4)
     assert run(capsys, "train", "--task", task, "--out", str(a), *RUN)[0] == 0
@@ -193,8 +193,9 @@ def test_a_resumed_run_ends_with_the_uninterrupted_runs_weights(capsys, tmp_path
     ck_a, ck_b = (checkpoint.load(d / f"{task}.npz") for d in (a, b))
     for k, v in ck_a.model.params.items():
         np.testing.assert_array_equal(ck_b.model.params[k], v, err_msg=k)
-    assert ck_b.meta["history"]["steps"] == list(range(8)) == ck_a.meta["history"]["steps"]
-    assert ck_b.meta["history"]["loss"] == ck_a.meta["history"]["loss"]
+    steps_a, steps_b = (ck.arrays["history.steps"] for ck in (ck_a, ck_b))
+    assert steps_b.tolist() == list(range(8)) == steps_a.tolist()
+    np.testing.assert_array_equal(ck_b.arrays["history.loss"], ck_a.arrays["history.loss"])
 
 
 def test_resume_refuses_what_it_cannot_continue(capsys, tmp_path):
@@ -202,16 +203,52 @@ def test_resume_refuses_what_it_cannot_continue(capsys, tmp_path):
     rc, _, err = run(capsys, "train", *out, *RUN, "--resume")
     assert rc == 2 and f"--resume: no checkpoint {tmp_path / 'adding.npz'} to continue" in err
     assert run(capsys, "train", *out, *RUN)[0] == 0
-    rc, _, err = run(capsys, "train", *out, *RUN, "--resume")
-    assert rc == 2 and "holds all 8 steps of its run already" in err, err
+    (tmp_path / "adding-loss.png").unlink()
+    rc, stdout, err = run(capsys, "train", *out, *RUN, "--resume")  # finished: the outputs again
+    assert rc == 0 and "all 8 steps done" in stdout and "test MSE" in stdout, err
+    assert (tmp_path / "adding-loss.png").exists()
     rc, _, err = run(capsys, "train", *out, *RUN, "--resume", "--hidden", "9", "--lr", "0.1")
     assert rc == 2 and err.count("\n") == 1, err
     assert "is of a run with --hidden 8 --lr 0.01; this one has --hidden 9 --lr 0.1" in err
-    # A checkpoint that records no run (saved by checkpoint.save alone): exit status 1
-    ck = checkpoint.load(tmp_path / "adding.npz")
-    checkpoint.save(tmp_path / "adding.npz", ck.model, None, {"steps_done": 4})
+    # Checkpoints it cannot continue: one line, exit status 1. One that records
+    # no run (saved by checkpoint.save alone); one whose records disagree.
+    path = tmp_path / "adding.npz"
+    ck = checkpoint.load(path)
+    good = dict(meta=ck.meta, arrays=ck.arrays, opt=ck.optimizer_state)
+    checkpoint.save(path, ck.model, None, {"steps_done": 4})
     rc, _, err = run(capsys, "train", *out, *RUN, "--resume")
-    assert rc == 1 and "records no run to resume" in err, err
+    assert rc == 1 and err.count("\n") == 1 and "records no run to resume" in err, err
+
+    class Opt:  # an optimiser's state_dict, as given
+        def __init__(self, state):
+            self.state = state
+
+        def state_dict(self):
+            return self.state
+
+    half = dict(good["meta"], steps_done=4)
+    history = {k: v[:4] if k in ("history.steps", "history.loss", "history.items_per_s")
+               else v[:0] for k, v in good["arrays"].items()}  # fmt: skip
+    for meta, arrays, opt, words in [
+        (dict(good["meta"], steps_done=True), good["arrays"], good["opt"], "steps_done True"),
+        (half, good["arrays"], good["opt"], "history does not match its 4 steps"),
+        (half, history, good["opt"], "optimiser state has taken 8 steps, not 4"),
+        (half, {}, good["opt"], "history is missing"),
+    ]:
+        checkpoint.save(path, ck.model, Opt(opt), meta, arrays)
+        rc, _, err = run(capsys, "train", *out, *RUN, "--resume")
+        assert rc == 1 and err.count("\n") == 1 and words in err, (words, err)
+    checkpoint.save(path, ck.model, Opt(dict(opt, steps=np.array(4))), half, history)
+    rc, stdout, err = run(capsys, "train", *out, *RUN, "--resume")  # consistent: it goes on
+    assert rc == 0 and "step 4 of 8" in stdout, err
+
+
+def test_a_run_that_diverges_says_so_in_one_line(capsys, tmp_path):
+    argv = ["train", "--task", "adding", "--out", str(tmp_path), *SMALL, "--lr", "1e30"]
+    rc, _, err = run(capsys, *argv)
+    assert rc == 1 and err.count("\n") == 1, err
+    assert "training loss is " in err and "the run diverged (a smaller --lr may help);" in err
+    assert "no checkpoint saved" in err or "adding.npz holds step " in err
 
 
 def test_the_text_task_resumes_from_zero_state(capsys, tmp_path, monkeypatch):
@@ -219,9 +256,9 @@ def test_the_text_task_resumes_from_zero_state(capsys, tmp_path, monkeypatch):
     from zeros there, so its weights are not the uninterrupted run's)."""
     save = checkpoint.save
 
-    def save_until_step_4(path, model, optimizer=None, meta=None):
+    def save_until_step_4(path, model, optimizer=None, meta=None, arrays=None):
         if meta.get("steps_done") <= 4:
-            save(path, model, optimizer, meta)
+            save(path, model, optimizer, meta, arrays)
 
     monkeypatch.setattr(checkpoint, "save", save_until_step_4)
     out = ["--out", str(tmp_path), *RUN]

@@ -1,7 +1,9 @@
 """Bit-identical results from run to run and at any thread count.
 
 Each setting runs in its own process (lstm_ext reads LSTM_EXT_NUM_THREADS
-and OpenBLAS reads OPENBLAS_NUM_THREADS when they load), computes forward and
+as it loads; its OpenBLAS, loaded first here as by a user's import of
+scipy_openblas32, OPENBLAS_NUM_THREADS, which lstm_ext's own import would
+set to 1 for that load), computes forward and
 backward for several shapes, features and both dtypes, and prints a hash of
 every byte of every result (and of a few streaming steps); the hashes must
 agree. The shapes include the
@@ -20,6 +22,7 @@ import pytest
 SCRIPT = r"""
 import hashlib
 import numpy as np
+import scipy_openblas32  # lstm_ext's OpenBLAS, on OPENBLAS_NUM_THREADS threads
 import lstm_ext
 from lstm_ext.nn import LSTM
 

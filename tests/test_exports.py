@@ -38,10 +38,14 @@ def test_the_threadpoolctl_entry_points_are_exported():
 
 
 def test_dir_lists_the_public_names_and_each_resolves():
-    """dir(lstm_ext) (and tab completion) is ``__all__``, not the imports
-    (np, NamedTuple, scipy_openblas32); the lazily loaded modules are in it,
+    """dir(lstm_ext) (and tab completion) is ``__all__`` and the module's
+    own dunder names, not the imports (np, NamedTuple, scipy_openblas32);
+    the lazily loaded modules are in it,
     and every name in it resolves, those modules loaded on first use."""
-    assert dir(lstm_ext) == sorted(lstm_ext.__all__)
+    names = dir(lstm_ext)
+    assert names == sorted(names) and set(lstm_ext.__all__) <= set(names)
+    assert {"__file__", "__path__", "__doc__"} <= set(names)
+    assert not [n for n in names if not n.startswith("__") and n not in lstm_ext.__all__], names
     assert {"np", "NamedTuple", "scipy_openblas32", "annotations"}.isdisjoint(dir(lstm_ext))
     assert {"optim", "losses", "reference", "nn"} <= set(dir(lstm_ext))
     for name in lstm_ext.__all__:

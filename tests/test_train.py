@@ -239,6 +239,10 @@ def test_generate_leaves_the_model_in_its_mode():
     [
         (lambda: stream_chunks(np.arange(100), 0, 4), r"^batch: expected an integer >= 1, got 0$"),
         (
+            lambda: stream_chunks(np.array(5), 1, 1),  # had been len()'s "unsized object"
+            r"^tokens: expected one stream, 1-D, got shape \(\)$",
+        ),
+        (
             lambda: stream_chunks(np.arange(100), 2, 0),
             r"^seq_len: expected an integer >= 1, got 0$",
         ),

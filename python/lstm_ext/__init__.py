@@ -75,9 +75,11 @@ _LAZY = ("checkpoint", "data", "export", "losses", "optim", "train")
 
 
 def __dir__() -> list[str]:
-    """The public names, ``__all__`` (dir() and tab completion had listed
-    the imports too: np, NamedTuple, scipy_openblas32, ...)."""
-    return sorted(__all__)
+    """The public names, ``__all__``, and the module's own (``__file__``,
+    ...): dir() and tab completion had listed the imports too (np,
+    NamedTuple, scipy_openblas32, ...)."""
+    own = {k for k in globals() if k.startswith("__") and k.endswith("__")}
+    return sorted(set(__all__) | own)
 
 
 def __getattr__(name: str):

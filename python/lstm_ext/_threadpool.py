@@ -41,7 +41,8 @@ def blas_loads_on_one_thread() -> Iterator[None]:
     every step, waited, and their teams halved (`parallel.h`'s backoff) for
     up to a second (dev/perf-notes.md, 73). Only that OpenBLAS loads inside:
     NumPy's, imported before, keeps its threads, and one another package
-    loaded before lstm_ext keeps them too."""
+    loaded before lstm_ext keeps them too. The variable is the process's:
+    another thread, or a process it starts, sees the 1 during that import."""
     name = "OPENBLAS_NUM_THREADS"
     before = os.environ.get(name)
     os.environ[name] = "1"

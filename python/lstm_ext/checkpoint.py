@@ -6,6 +6,8 @@ is safe to open. It holds
 
 - ``param/<name>``: every parameter, by the model's names;
 - ``optim/<key>``: the optimiser's ``state_dict()`` (arrays only);
+- ``extra/<name>``: the caller's arrays (``save``'s ``arrays``: say, a
+  training history, which would grow the JSON with every step);
 - ``__meta__``: UTF-8 JSON as a uint8 array: the format tag, the lstm_ext
   version, the model's ``config()`` (its layer sizes and dtype), the random
   generator states of modules that draw (dropout), and the caller's metadata.
@@ -54,6 +56,7 @@ class Checkpoint:
     optimizer_state: dict = field(default_factory=dict)  # for optimizer.load_state_dict
     meta: dict = field(default_factory=dict)  # what the caller saved
     version: str = ""  # lstm_ext version that wrote it
+    arrays: dict = field(default_factory=dict)  # the caller's arrays, by name
 
     def __repr__(self) -> str:
         """The model, and the sizes of the rest (the optimiser's moments and a
@@ -88,8 +91,11 @@ def copy_rng_states(dst: nn.Module, src: nn.Module) -> None:
     _set_rng_states(dst, _rng_states(src))
 
 
-def save(path, model: nn.Module, optimizer=None, meta: dict | None = None) -> None:
-    """Write model (+ optimizer state, + JSON-serialisable meta) to path, atomically."""
+def save(
+    path, model: nn.Module, optimizer=None, meta: dict | None = None, arrays: dict | None = None
+) -> None:
+    """Write model (+ optimizer state, + JSON-serialisable meta, + the
+    caller's arrays by name, no Python objects) to path, atomically."""
     header = dict(
         format=FORMAT,
         lstm_ext_version=__version__,
@@ -97,9 +103,14 @@ def save(path, model: nn.Module, optimizer=None, meta: dict | None = None) -> No
         rng=_rng_states(model),
         meta=meta or {},
     )
+    extra = {f"extra/{k}": np.asarray(v) for k, v in (arrays or {}).items()}
+    for k, v in extra.items():  # np.savez would pickle them, and load refuses those
+        if v.dtype.hasobject:
+            raise TypeError(f"arrays[{k[len('extra/') :]!r}]: expected numbers, got dtype object")
     arrays = {f"param/{k}": _device.host(v) for k, v in model.params.items()}
     if optimizer is not None:
         arrays.update({f"optim/{k}": np.asarray(v) for k, v in optimizer.state_dict().items()})
+    arrays.update(extra)
     arrays["__meta__"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
     write_atomically(path, lambda f: np.savez(f, **arrays))
 
@@ -241,4 +252,6 @@ def load(path, *, expect_config: dict | None = None) -> Checkpoint:
     except (ValueError, TypeError, KeyError, IndexError, OverflowError, RuntimeError) as e:
         raise CheckpointError(f"checkpoint {path}: does not fit its model ({e})") from None
     optim = {k[len("optim/") :]: v for k, v in arrays.items() if k.startswith("optim/")}
-    return Checkpoint(model, optim, header.get("meta", {}), header.get("lstm_ext_version", ""))
+    extra = {k[len("extra/") :]: v for k, v in arrays.items() if k.startswith("extra/")}
+    version = header.get("lstm_ext_version", "")
+    return Checkpoint(model, optim, header.get("meta", {}), version, extra)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import hashlib
 import math
 import os
 import signal
@@ -351,65 +352,102 @@ class _Sigint:
             raise KeyboardInterrupt
 
 
-def run_settings(args, cfg) -> dict:
+def run_settings(args, cfg, data: str | None = None) -> dict:
     """What makes a run's steps what they are, as a checkpoint records it
     for ``--resume``: the task, dtype, seed and the task's settings (all but
-    eval_every, which changes only when checkpoints are written)."""
+    eval_every, which changes only when checkpoints are written), and a
+    digest of data that does not come from the seed (the text task's)."""
     keep = {k: v for k, v in cfg.items() if k != "eval_every"}
-    return dict(task=args.task, dtype=args.dtype, seed=args.seed, **keep)
+    return dict(task=args.task, dtype=args.dtype, seed=args.seed, data=data, **keep)
+
+
+def text_digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+_HISTORY = tuple(f.name for f in dataclasses.fields(History))
+
+
+def history_arrays(history: History) -> dict:
+    """A checkpoint's arrays for the history (arrays: the JSON metadata would
+    grow with every step, and each save with it)."""
+    return {f"history.{k}": np.asarray(getattr(history, k), np.float64) for k in _HISTORY}
+
+
+def history_of(ck, done: int) -> History:
+    """The history saved with ``history_arrays``, checked against the
+    ``done`` steps the checkpoint holds; CheckpointError otherwise."""
+    a = {k: ck.arrays.get(f"history.{k}") for k in _HISTORY}
+    if any(v is None or v.ndim != 1 or v.dtype.kind not in "iuf" for v in a.values()):
+        raise ValueError("its history is missing or not 1-D numbers")
+    steps, evals = a["steps"], a["eval_steps"]
+    if not (np.array_equal(steps, np.arange(done)) and len(a["loss"]) == len(a["items_per_s"])
+            == done and len(evals) == len(a["eval_loss"]) and np.all((0 <= evals) & (evals < done))
+            and np.all(evals == np.round(evals))):  # fmt: skip
+        raise ValueError(f"its history does not match its {done} steps")
+    ints = ("steps", "eval_steps")
+    return History(**{k: [int(x) if k in ints else float(x) for x in v] for k, v in a.items()})
 
 
 def resumed(ckpt: Path, model, optimizer, settings: dict) -> tuple[int, History]:
     """Loads the run's checkpoint into ``model`` and ``optimizer`` for
     ``--resume``: returns the steps it holds and its history. UsageError where
-    it is of another run, or holds every step; CheckpointError where it is
-    not one ``--resume`` can continue."""
+    it is of another run; CheckpointError where it is not one ``--resume``
+    can continue. A finished run's: its model, and nothing left to train
+    (the outputs are written again)."""
     if not ckpt.exists():
         raise UsageError(f"--resume: no checkpoint {ckpt} to continue (--out names the run's "
                          "folder)")  # fmt: skip
     ck = checkpoint.load(ckpt)
     meta = ck.meta if isinstance(ck.meta, dict) else {}
     saved = meta.get("settings")
-    if not isinstance(saved, dict) or "history" not in meta:
+    if not isinstance(saved, dict):
         raise checkpoint.CheckpointError(f"checkpoint {ckpt}: records no run to resume (written "
                                          "before lstm-ext train had --resume?)")  # fmt: skip
+    if saved.get("task") == settings["task"] and saved.get("data") != settings["data"]:
+        raise UsageError(f"--resume: {ckpt} was trained on other data (another Python's "
+                         "pydoc_data.topics)")  # fmt: skip
     differ = sorted(k for k in settings.keys() | saved.keys() if saved.get(k) != settings.get(k))
-    if differ:  # as options, --hidden 8 (clip and embed go with --task)
-        shown = [k for k in differ if k not in ("clip", "embed")]
-        theirs, ours = (" ".join(f"--{k.replace('_', '-')} {d.get(k)}" for k in shown)
+    if differ:  # as options (--hidden 8) where they are options (not clip, embed)
+        options = ("task", "dtype", "seed", "hidden", "layers", "steps", "batch", "seq_len", "lr")
+        theirs, ours = (" ".join(f"--{k.replace('_', '-')} {d.get(k)}" if k in options
+                                 else f"{k}={d.get(k)}" for k in differ)
                         for d in (saved, settings))  # fmt: skip
         raise UsageError(f"--resume: {ckpt} is of a run with {theirs}; this one has {ours} "
                          "(give the options that run had)")  # fmt: skip
     done, steps = meta.get("steps_done"), settings["steps"]
-    if not isinstance(done, int) or not 0 < done <= steps:
-        raise checkpoint.CheckpointError(f"checkpoint {ckpt}: steps_done {done!r} is not a "
-                                         f"step of this run's {steps}")  # fmt: skip
-    if done == steps:
-        raise UsageError(f"--resume: {ckpt} holds all {steps} steps of its run already")
-    if not ck.optimizer_state:
-        raise checkpoint.CheckpointError(f"checkpoint {ckpt}: holds no optimiser state")
     try:
+        if type(done) is not int or not 0 < done <= steps:
+            raise ValueError(f"steps_done {done!r} is not a step of this run's {steps}")
+        history = history_of(ck, done)
         model.load_state_dict(ck.model.params)
         checkpoint.copy_rng_states(model, ck.model)
-        optimizer.load_state_dict(ck.optimizer_state)
-        history = History(**meta["history"])
+        if done < steps:
+            taken = ck.optimizer_state.get("steps")
+            if taken is None or np.ndim(taken) != 0 or int(taken) != done:
+                raise ValueError(f"its optimiser state has taken {taken} steps, not {done}")
+            optimizer.load_state_dict(ck.optimizer_state)
     except (ValueError, TypeError, KeyError) as e:
         why = f"checkpoint {ckpt}: cannot resume from it ({e})"
         raise checkpoint.CheckpointError(why) from None
-    print(f"resuming from {ckpt}: step {done} of {steps}")
+    left = f"step {done} of {steps}" if done < steps else f"all {steps} steps done"
+    print(f"resuming from {ckpt}: {left}")
     return done, history
 
 
-def fit_and_save(args, cfg, model, ckpt: Path, meta, optimizer, batches, step_fn, **fit_kwargs):
+def fit_and_save(args, cfg, model, ckpt: Path, meta, optimizer, batches, step_fn, data=None,
+                 **fit_kwargs):  # fmt: skip
     """``fit`` of ``cfg["steps"]`` steps (from the checkpoint's with
     ``--resume``), saving a checkpoint to ``ckpt`` after every evaluation,
-    with ``meta(eval_loss)``, the steps done, the run's settings and history
-    as its metadata, and the optimiser's state; stopping cleanly on Ctrl-C
-    (see the module docstring)."""
-    settings = run_settings(args, cfg)
+    with ``meta(eval_loss)``, the steps done and the run's settings (``data``:
+    run_settings') as its metadata, the optimiser's state and the history;
+    stopping cleanly on Ctrl-C (see the module docstring)."""
+    settings = run_settings(args, cfg, data)
     start, history = 0, History()
     if args.resume:
         start, history = resumed(ckpt, model, optimizer, settings)
+        if start == cfg["steps"]:
+            return history
     sigint, saved = _Sigint(), [start]
 
     def after_eval(done, loss):
@@ -417,8 +455,8 @@ def fit_and_save(args, cfg, model, ckpt: Path, meta, optimizer, batches, step_fn
             return
         with sigint.uninterrupted():
             checkpoint.save(ckpt, model, optimizer,
-                            dict(meta(loss), steps_done=start + done, settings=settings,
-                                 history=dataclasses.asdict(history)))  # fmt: skip
+                            dict(meta(loss), steps_done=start + done, settings=settings),
+                            history_arrays(history))  # fmt: skip
             saved[0] = start + done
 
     with sigint:
@@ -433,6 +471,10 @@ def fit_and_save(args, cfg, model, ckpt: Path, meta, optimizer, batches, step_fn
             last = (f"{ckpt} holds step {saved[0]} (--resume continues from it)" if saved[0]
                     else "no checkpoint saved yet")  # fmt: skip
             raise KeyboardInterrupt(f"stopped {when}; {last}") from None
+        except FloatingPointError as e:  # fit's: the training loss became inf or NaN
+            last = f"{ckpt} holds step {saved[0]}" if saved[0] else "no checkpoint saved"
+            raise FloatingPointError(f"{e}: the run diverged (a smaller --lr may help); "
+                                     f"{last}") from None  # fmt: skip
 
 
 # ---- the tasks -----------------------------------------------------------------
@@ -489,7 +531,7 @@ def train_text(args, cfg) -> None:
     history = fit_and_save(
         args, cfg, model, ckpt, meta, adam(model, cfg),
         stream_chunks(train_ids, cfg["batch"], cfg["seq_len"]), TruncatedBPTT(),
-        eval_fn=evaluate, unit="char", scale=1 / np.log(2),
+        data=text_digest(text), eval_fn=evaluate, unit="char", scale=1 / np.log(2),
     )  # fmt: skip
     final, last = history.eval_loss[-1], history.loss[-20:]  # fewer than 20 after a short run
     steps = f"{len(last)} step{'s' * (len(last) != 1)}"
@@ -597,12 +639,10 @@ def train_forecast(args, cfg) -> None:
     mse = float(np.mean((forecast - truth) ** 2))
     naive = float(np.mean((series[split - 1] - truth) ** 2))
     print(f"forecast MSE over {horizon} steps: {mse:.4f} (repeating the last value: {naive:.4f})")
-    done = dict(
-        steps_done=cfg["steps"],
-        settings=run_settings(args, cfg),
-        history=dataclasses.asdict(history),
-    )  # as fit_and_save's, less the optimiser
-    checkpoint.save(ckpt, model, None, dict(task="forecast", mean=mean, std=std, mse=mse, **done))
+    # as fit_and_save's, less the optimiser
+    meta = dict(task="forecast", mean=mean, std=std, mse=mse, steps_done=cfg["steps"],
+                settings=run_settings(args, cfg))  # fmt: skip
+    checkpoint.save(ckpt, model, None, meta, history_arrays(history))
     plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(8, 3.5), dpi=110)
@@ -680,8 +720,8 @@ def cmd_info(args) -> None:
           f"CPU cores available: {len(os.sched_getaffinity(0))}, cgroup CPU limit: "
           f"{f'{quota} cores' if quota else 'none'}, "
           f"OMP_NUM_THREADS: {omp or 'unset'}")  # fmt: skip
-    print(f"BLAS: {_core.blas_config()}; {blas} thread{'s' * (blas != 1)} now, 1 once lstm_ext "
-          "has run (it parallelises on its own threads)")  # fmt: skip
+    print(f"BLAS: {_core.blas_config()}; {blas} thread{'s' * (blas != 1)} (lstm_ext "
+          "parallelises on its own threads, its BLAS on one)")  # fmt: skip
     kernel = _core.packed_recurrent_kernel()
     path = "R packed, hand-written kernel" if _core.packed_recurrent_enabled() else "BLAS per step"
     print(f"recurrent product: {path}; this CPU's kernel: {kernel} "
@@ -698,8 +738,10 @@ def cmd_train(args) -> None:
     cfg = settings(args)
     task = {"text": train_text, "adding": train_adding, "forecast": train_forecast}[args.task]
     args.out = Path(os.path.normpath(args.out))  # "b/../c" is c: mkdir would make b too
-    with removed_if_left_empty(args.out):  # a failed run leaves no empty --out behind
-        args.out = out_dir(args.out)
+    # A run that diverges says so once, as fit's FloatingPointError (main's
+    # one line), not also in NumPy's warnings of the overflows on the way.
+    with removed_if_left_empty(args.out), np.errstate(over="ignore", invalid="ignore"):
+        args.out = out_dir(args.out)  # a failed run leaves no empty --out behind
         task(args, cfg)
 
 
@@ -723,6 +765,9 @@ def main(argv=None) -> int:
         print(f"lstm-ext: error: {e}", file=sys.stderr)
         return 2
     except (OSError, ValueError) as e:  # checkpoint errors are ValueErrors
+        print(f"lstm-ext: error: {e}", file=sys.stderr)
+        return 1
+    except FloatingPointError as e:  # a run that diverged (fit_and_save says where)
         print(f"lstm-ext: error: {e}", file=sys.stderr)
         return 1
     except MemoryError as e:  # a model or batch too large for this machine

@@ -92,7 +92,8 @@ def fit(
     steps, start = check_int("steps", steps, 0), check_int("start", start, 0)
     eval_every = check_int("eval_every", eval_every, 1)
     history = history or History()
-    bar = tqdm(total=steps, disable=not progress, unit="step", dynamic_ncols=True)
+    bar = tqdm(total=start + steps, initial=start, disable=not progress, unit="step",
+               dynamic_ncols=True)  # fmt: skip
     postfix = {}
     try:
         for step in range(start, start + steps):
@@ -167,6 +168,8 @@ def stream_chunks(tokens: np.ndarray, batch: int, seq_len: int):
     """
     batch, seq_len = check_int("batch", batch, 1), check_int("seq_len", seq_len, 1)
     tokens = as_array("tokens", tokens)
+    if tokens.ndim != 1:
+        raise ValueError(f"tokens: expected one stream, 1-D, got shape {tokens.shape}")
     L = len(tokens) // batch
     n = (L - 1) // seq_len
     if n < 1:
