@@ -74,6 +74,10 @@ def test_the_callers_arrays_round_trip(tmp_path):
     assert checkpoint.load(saved(tmp_path)[0]).arrays == {}  # none saved: none loaded
     with pytest.raises(TypeError, match=r"arrays\['x'\]: expected numbers, got dtype object"):
         checkpoint.save(path, model, None, None, {"x": np.array([None])})
+    for name in ("", "a\0b", 1, "x" * 201):  # zip member names load could not read back
+        with pytest.raises(ValueError, match="arrays: expected names of 1 to 200 characters"):
+            checkpoint.save(path, model, None, None, {name: np.ones(2)})
+    assert sorted(checkpoint.load(path).arrays) == sorted(arrays)  # the file as it was
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.3])

@@ -210,6 +210,8 @@ def test_resume_refuses_what_it_cannot_continue(capsys, tmp_path):
     rc, _, err = run(capsys, "train", *out, *RUN, "--resume", "--hidden", "9", "--lr", "0.1")
     assert rc == 2 and err.count("\n") == 1, err
     assert "is of a run with --hidden 8 --lr 0.01; this one has --hidden 9 --lr 0.1" in err
+    rc, _, err = run(capsys, "train", "--out", str(tmp_path), *RUN, "--resume")  # --task text
+    assert rc == 2 and "text.npz to continue" in err and "it holds adding.npz: --task?" in err
     # Checkpoints it cannot continue: one line, exit status 1. One that records
     # no run (saved by checkpoint.save alone); one whose records disagree.
     path = tmp_path / "adding.npz"
@@ -227,18 +229,26 @@ def test_resume_refuses_what_it_cannot_continue(capsys, tmp_path):
             return self.state
 
     half = dict(good["meta"], steps_done=4)
+    first = good["arrays"]["history.eval_steps"] < 4  # the evaluation at step 3
     history = {k: v[:4] if k in ("history.steps", "history.loss", "history.items_per_s")
-               else v[:0] for k, v in good["arrays"].items()}  # fmt: skip
+               else v[first] for k, v in good["arrays"].items()}  # fmt: skip
+    no_eval = {k: v[:0] if "eval" in k else v for k, v in history.items()}
     for meta, arrays, opt, words in [
         (dict(good["meta"], steps_done=True), good["arrays"], good["opt"], "steps_done True"),
         (half, good["arrays"], good["opt"], "history does not match its 4 steps"),
+        (half, no_eval, good["opt"], "history does not match its 4 steps"),
         (half, history, good["opt"], "optimiser state has taken 8 steps, not 4"),
+        (half, history, dict(good["opt"], steps=np.array(np.inf)), "has taken inf steps"),
         (half, {}, good["opt"], "history is missing"),
     ]:
         checkpoint.save(path, ck.model, Opt(opt), meta, arrays)
         rc, _, err = run(capsys, "train", *out, *RUN, "--resume")
         assert rc == 1 and err.count("\n") == 1 and words in err, (words, err)
-    checkpoint.save(path, ck.model, Opt(dict(opt, steps=np.array(4))), half, history)
+    odd = dict(good["meta"]["settings"], clip="1\nfake line")  # shown on one line
+    checkpoint.save(path, ck.model, Opt(good["opt"]), dict(half, settings=odd), history)
+    rc, _, err = run(capsys, "train", *out, *RUN, "--resume")
+    assert rc == 2 and err.count("\n") == 1 and "clip='1\\nfake line'" in err, err
+    checkpoint.save(path, ck.model, Opt(dict(good["opt"], steps=np.array(4))), half, history)
     rc, stdout, err = run(capsys, "train", *out, *RUN, "--resume")  # consistent: it goes on
     assert rc == 0 and "step 4 of 8" in stdout, err
 

@@ -66,7 +66,8 @@ class Checkpoint:
         meta = f"keys {sorted(meta)}" if isinstance(meta, dict) else type(meta).__name__
         return (
             f"Checkpoint(model={self.model!r}, optimizer_state=<{len(self.optimizer_state)} "
-            f"arrays, {values} values>, meta=<{meta}>, version={self.version!r})"
+            f"arrays, {values} values>, meta=<{meta}>, version={self.version!r}, "
+            f"arrays=<{len(self.arrays)}>)"
         )
 
 
@@ -103,7 +104,11 @@ def save(
         rng=_rng_states(model),
         meta=meta or {},
     )
-    extra = {f"extra/{k}": np.asarray(v) for k, v in (arrays or {}).items()}
+    for k in arrays or {}:  # a zip member's name: load reads back what save wrote
+        if not isinstance(k, str) or not 0 < len(k) <= 200 or "\0" in k:
+            why = f"expected names of 1 to 200 characters, no NUL, got {k!r:.60}"
+            raise ValueError(f"arrays: {why}")
+    extra = {f"extra/{k}": np.asarray(_device.host(v)) for k, v in (arrays or {}).items()}
     for k, v in extra.items():  # np.savez would pickle them, and load refuses those
         if v.dtype.hasobject:
             raise TypeError(f"arrays[{k[len('extra/') :]!r}]: expected numbers, got dtype object")

@@ -381,12 +381,20 @@ def history_of(ck, done: int) -> History:
     if any(v is None or v.ndim != 1 or v.dtype.kind not in "iuf" for v in a.values()):
         raise ValueError("its history is missing or not 1-D numbers")
     steps, evals = a["steps"], a["eval_steps"]
+    # A checkpoint is written right after an evaluation: the last at step done - 1.
     if not (np.array_equal(steps, np.arange(done)) and len(a["loss"]) == len(a["items_per_s"])
-            == done and len(evals) == len(a["eval_loss"]) and np.all((0 <= evals) & (evals < done))
+            == done and len(evals) == len(a["eval_loss"]) and len(evals) > 0
+            and np.all(np.diff(evals) > 0) and evals[0] >= 0 and evals[-1] == done - 1
             and np.all(evals == np.round(evals))):  # fmt: skip
         raise ValueError(f"its history does not match its {done} steps")
     ints = ("steps", "eval_steps")
     return History(**{k: [int(x) if k in ints else float(x) for x in v] for k, v in a.items()})
+
+
+def _brief(v) -> str:
+    """A setting's value from a file for a one-line message."""
+    text = str(v) if isinstance(v, (int, float, str)) else repr(v)
+    return text if text.isprintable() and len(text) <= 40 else repr(text[:40]) + "..."
 
 
 def resumed(ckpt: Path, model, optimizer, settings: dict) -> tuple[int, History]:
@@ -396,22 +404,24 @@ def resumed(ckpt: Path, model, optimizer, settings: dict) -> tuple[int, History]
     can continue. A finished run's: its model, and nothing left to train
     (the outputs are written again)."""
     if not ckpt.exists():
+        others = sorted(f"{t}.npz" for t in TASKS if (ckpt.parent / f"{t}.npz").exists())
+        hint = f"; it holds {', '.join(others)}: --task?" if others else ""
         raise UsageError(f"--resume: no checkpoint {ckpt} to continue (--out names the run's "
-                         "folder)")  # fmt: skip
+                         f"folder{hint})")  # fmt: skip
     ck = checkpoint.load(ckpt)
     meta = ck.meta if isinstance(ck.meta, dict) else {}
     saved = meta.get("settings")
     if not isinstance(saved, dict):
         raise checkpoint.CheckpointError(f"checkpoint {ckpt}: records no run to resume (written "
                                          "before lstm-ext train had --resume?)")  # fmt: skip
-    if saved.get("task") == settings["task"] and saved.get("data") != settings["data"]:
-        raise UsageError(f"--resume: {ckpt} was trained on other data (another Python's "
+    if settings["task"] == "text" == saved.get("task") and saved.get("data") != settings["data"]:
+        raise UsageError(f"--resume: {ckpt} was trained on another text (another Python's "
                          "pydoc_data.topics)")  # fmt: skip
     differ = sorted(k for k in settings.keys() | saved.keys() if saved.get(k) != settings.get(k))
     if differ:  # as options (--hidden 8) where they are options (not clip, embed)
         options = ("task", "dtype", "seed", "hidden", "layers", "steps", "batch", "seq_len", "lr")
-        theirs, ours = (" ".join(f"--{k.replace('_', '-')} {d.get(k)}" if k in options
-                                 else f"{k}={d.get(k)}" for k in differ)
+        theirs, ours = (" ".join(f"--{k.replace('_', '-')} {_brief(d.get(k))}" if k in options
+                                 else f"{k}={_brief(d.get(k))}" for k in differ)
                         for d in (saved, settings))  # fmt: skip
         raise UsageError(f"--resume: {ckpt} is of a run with {theirs}; this one has {ours} "
                          "(give the options that run had)")  # fmt: skip
@@ -423,11 +433,12 @@ def resumed(ckpt: Path, model, optimizer, settings: dict) -> tuple[int, History]
         model.load_state_dict(ck.model.params)
         checkpoint.copy_rng_states(model, ck.model)
         if done < steps:
-            taken = ck.optimizer_state.get("steps")
-            if taken is None or np.ndim(taken) != 0 or int(taken) != done:
-                raise ValueError(f"its optimiser state has taken {taken} steps, not {done}")
+            taken = np.asarray(ck.optimizer_state.get("steps", np.nan))
+            if taken.ndim != 0 or taken.dtype.kind not in "iu" or int(taken) != done:
+                took = _brief(taken.item() if taken.ndim == 0 else taken)
+                raise ValueError(f"its optimiser state has taken {took} steps, not {done}")
             optimizer.load_state_dict(ck.optimizer_state)
-    except (ValueError, TypeError, KeyError) as e:
+    except (ValueError, TypeError, KeyError, OverflowError) as e:
         why = f"checkpoint {ckpt}: cannot resume from it ({e})"
         raise checkpoint.CheckpointError(why) from None
     left = f"step {done} of {steps}" if done < steps else f"all {steps} steps done"
