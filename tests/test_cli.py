@@ -203,6 +203,8 @@ def test_resume_refuses_what_it_cannot_continue(capsys, tmp_path):
     rc, _, err = run(capsys, "train", *out, *RUN, "--resume")
     assert rc == 2 and f"--resume: no checkpoint {tmp_path / 'adding.npz'} to continue" in err
     assert run(capsys, "train", *out, *RUN)[0] == 0
+    rc, stdout, _ = run(capsys, "train", *out, *RUN)  # a new run over it: said at the start
+    assert rc == 0 and f"note: this new run replaces {tmp_path / 'adding.npz'}" in stdout
     (tmp_path / "adding-loss.png").unlink()
     rc, stdout, err = run(capsys, "train", *out, *RUN, "--resume")  # finished: the outputs again
     assert rc == 0 and "all 8 steps done" in stdout and "test MSE" in stdout, err

@@ -459,6 +459,9 @@ def fit_and_save(args, cfg, model, ckpt: Path, meta, optimizer, batches, step_fn
         start, history = resumed(ckpt, model, optimizer, settings)
         if start == cfg["steps"]:
             return history
+    elif ckpt.exists():
+        print(f"note: this new run replaces {ckpt} at its first evaluation (--resume would "
+              "continue the run it holds)")  # fmt: skip
     sigint, saved = _Sigint(), [start]
 
     def after_eval(done, loss):
