@@ -397,9 +397,10 @@ def _brief(v) -> str:
     return text if text.isprintable() and len(text) <= 40 else repr(text[:40]) + "..."
 
 
-def resumed(ckpt: Path, model, optimizer, settings: dict) -> tuple[int, History]:
+def resumed(ckpt: Path, model, optimizer, settings: dict, options) -> tuple[int, History]:
     """Loads the run's checkpoint into ``model`` and ``optimizer`` for
-    ``--resume``: returns the steps it holds and its history. UsageError where
+    ``--resume``: returns the steps it holds and its history (``options``:
+    the settings given as options, named so). UsageError where
     it is of another run; CheckpointError where it is not one ``--resume``
     can continue. A finished run's: its model, and nothing left to train
     (the outputs are written again)."""
@@ -419,7 +420,6 @@ def resumed(ckpt: Path, model, optimizer, settings: dict) -> tuple[int, History]
                          "pydoc_data.topics)")  # fmt: skip
     differ = sorted(k for k in settings.keys() | saved.keys() if saved.get(k) != settings.get(k))
     if differ:  # as options (--hidden 8) where they are options (not clip, embed)
-        options = ("task", "dtype", "seed", "hidden", "layers", "steps", "batch", "seq_len", "lr")
         theirs, ours = (" ".join(f"--{k.replace('_', '-')} {_brief(d.get(k))}" if k in options
                                  else f"{k}={_brief(d.get(k))}" for k in differ)
                         for d in (saved, settings))  # fmt: skip
@@ -456,7 +456,7 @@ def fit_and_save(args, cfg, model, ckpt: Path, meta, optimizer, batches, step_fn
     settings = run_settings(args, cfg, data)
     start, history = 0, History()
     if args.resume:
-        start, history = resumed(ckpt, model, optimizer, settings)
+        start, history = resumed(ckpt, model, optimizer, settings, vars(args))
         if start == cfg["steps"]:
             return history
     elif ckpt.exists():
