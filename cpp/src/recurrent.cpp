@@ -133,6 +133,8 @@ LSTM_EXT_AVX512 void panel_row(const uint16_t* p, __m512& b0, __m512& b1) {
 // NR rows of z, NG panels at once, each panel two vectors wide:
 //   z[r][g*zs + c] += sum_k a[r][k] * bp[g*ps + k*P + c]     (c where panel g's mask is set)
 // (ps: the panels' stride, k < K: one chunk of their rows).
+// l0, l1: the lanes read as the accumulators' start (m0, m1; none where the
+// product overwrites z: a masked load of no lanes gives 0, and z is not read).
 // NR*NG*2 accumulators, each an independent chain over k. Few rows take
 // several panels at once, so that enough chains hide the FMA latency.
 // bp's elements: S, or bfloat16 (B = uint16_t, S = float).
@@ -142,6 +144,7 @@ template <typename S, int NR, int NG, typename B, bool kFetch = false>
 LSTM_EXT_AVX512_FN void panel_rows(S* z, int64_t ldz, int64_t zs, const S* a, int64_t lda,
                                    const B* bp, int64_t ps, int64_t K,
                                    const typename Vec<S>::Mask* m0, const typename Vec<S>::Mask* m1,
+                                   const typename Vec<S>::Mask* l0, const typename Vec<S>::Mask* l1,
                                    const char* fetch = nullptr, int64_t fetch_lines = 0) {
   using X = Vec<S>;
   constexpr int64_t L = X::kLanes, P = 2 * L;
@@ -152,8 +155,8 @@ LSTM_EXT_AVX512_FN void panel_rows(S* z, int64_t ldz, int64_t zs, const S* a, in
   for (int r = 0; r < NR; ++r)
 #pragma GCC unroll 4
     for (int g = 0; g < NG; ++g) {
-      acc[r][g][0] = X::load(m0[g], z + r * ldz + g * zs);
-      acc[r][g][1] = X::load(m1[g], z + r * ldz + g * zs + L);
+      acc[r][g][0] = X::load(l0[g], z + r * ldz + g * zs);
+      acc[r][g][1] = X::load(l1[g], z + r * ldz + g * zs + L);
     }
   for (int64_t k = 0, next = 0; k < K; ++k) {
     if constexpr (kFetch)
@@ -184,22 +187,24 @@ LSTM_EXT_AVX512_FN void panel_rows(S* z, int64_t ldz, int64_t zs, const S* a, in
 
 template <typename S, typename B>
 using RowsFn = void (*)(S*, int64_t, int64_t, const S*, int64_t, const B*, int64_t, int64_t, int,
+                        const typename Vec<S>::Mask*, const typename Vec<S>::Mask*,
                         const typename Vec<S>::Mask*, const typename Vec<S>::Mask*);
 
 // Fewer than 4 rows: all ng panels at once.
 template <typename S, int NR, typename B>
 LSTM_EXT_AVX512_FN void few_rows(S* z, int64_t ldz, int64_t zs, const S* a, int64_t lda,
                                  const B* bp, int64_t ps, int64_t K, int ng,
-                                 const typename Vec<S>::Mask* m0, const typename Vec<S>::Mask* m1) {
+                                 const typename Vec<S>::Mask* m0, const typename Vec<S>::Mask* m1,
+                                 const typename Vec<S>::Mask* l0, const typename Vec<S>::Mask* l1) {
   switch (ng) {
     case 1:
-      return panel_rows<S, NR, 1, B>(z, ldz, zs, a, lda, bp, ps, K, m0, m1);
+      return panel_rows<S, NR, 1, B>(z, ldz, zs, a, lda, bp, ps, K, m0, m1, l0, l1);
     case 2:
-      return panel_rows<S, NR, 2, B>(z, ldz, zs, a, lda, bp, ps, K, m0, m1);
+      return panel_rows<S, NR, 2, B>(z, ldz, zs, a, lda, bp, ps, K, m0, m1, l0, l1);
     case 3:
-      return panel_rows<S, NR, 3, B>(z, ldz, zs, a, lda, bp, ps, K, m0, m1);
+      return panel_rows<S, NR, 3, B>(z, ldz, zs, a, lda, bp, ps, K, m0, m1, l0, l1);
     default:
-      return panel_rows<S, NR, 4, B>(z, ldz, zs, a, lda, bp, ps, K, m0, m1);
+      return panel_rows<S, NR, 4, B>(z, ldz, zs, a, lda, bp, ps, K, m0, m1, l0, l1);
   }
 }
 
@@ -208,10 +213,13 @@ template <typename S, int NR, typename B>
 LSTM_EXT_AVX512_FN void many_rows(S* z, int64_t ldz, int64_t zs, const S* a, int64_t lda,
                                   const B* bp, int64_t ps, int64_t K, int ng,
                                   const typename Vec<S>::Mask* m0,
-                                  const typename Vec<S>::Mask* m1) {
+                                  const typename Vec<S>::Mask* m1,
+                                  const typename Vec<S>::Mask* l0,
+                                  const typename Vec<S>::Mask* l1) {
   for (int g = 0; g < ng; ++g) {
     if (g + 1 < ng) prefetch_rows(z + (g + 1) * zs, ldz, NR, 2 * Vec<S>::kLanes * sizeof(S));
-    panel_rows<S, NR, 1, B>(z + g * zs, ldz, zs, a, lda, bp + g * ps, ps, K, m0 + g, m1 + g);
+    panel_rows<S, NR, 1, B>(z + g * zs, ldz, zs, a, lda, bp + g * ps, ps, K, m0 + g, m1 + g, l0 + g,
+                            l1 + g);
   }
 }
 
@@ -230,10 +238,12 @@ template <typename S, typename B>
 LSTM_EXT_AVX512_FN void panels_fetching(S* z, int64_t ldz, int64_t zs, const S* a, int64_t lda,
                                         const B* bp, int64_t ps, int64_t nb, int64_t K, int ng,
                                         const typename Vec<S>::Mask* m0,
-                                        const typename Vec<S>::Mask* m1, const B* next) {
+                                        const typename Vec<S>::Mask* m1,
+                                        const typename Vec<S>::Mask* l0,
+                                        const typename Vec<S>::Mask* l1, const B* next) {
   using Mask = typename Vec<S>::Mask;
   using Fn = void (*)(S*, int64_t, int64_t, const S*, int64_t, const B*, int64_t, int64_t,
-                      const Mask*, const Mask*, const char*, int64_t);
+                      const Mask*, const Mask*, const Mask*, const Mask*, const char*, int64_t);
   static constexpr Fn kRows[] = {nullptr,
                                  nullptr,
                                  nullptr,
@@ -261,7 +271,7 @@ LSTM_EXT_AVX512_FN void panels_fetching(S* z, int64_t ldz, int64_t zs, const S* 
         prefetch_rows(z + (g + 1) * zs, ldz, group_rows(nb, groups, 0), zbytes);
       const int64_t own = fetch ? std::max<int64_t>(0, std::min(share, lines - q * share)) : 0;
       kRows[nr](z + g * zs + n0 * ldz, ldz, zs, a + n0 * lda, lda, bp + g * ps, ps, K, m0 + g,
-                m1 + g, own > 0 ? fetch + q * share * 64 : nullptr, own);
+                m1 + g, l0 + g, l1 + g, own > 0 ? fetch + q * share * 64 : nullptr, own);
       n0 += nr;
     }
   }
@@ -270,21 +280,26 @@ LSTM_EXT_AVX512_FN void panels_fetching(S* z, int64_t ldz, int64_t zs, const S* 
 // fetch_ahead: 4 rows or more go panel by panel, fetching each next one
 // (panels_fetching; next as there). Otherwise group by group, each over all
 // ng panels, fetching the next group's rows of z: where the panels stay in
-// L2, fetching them costs 2-3 % (dev/perf-notes.md, 38).
+// L2, fetching them costs 2-3 % (dev/perf-notes.md, 38). overwrite: the
+// accumulators start from 0, z's entry values unread.
 template <typename S, typename B = S>
 LSTM_EXT_AVX512_FN void panels_avx512(S* z, int64_t ldz, int64_t zs, const S* a, int64_t lda,
                                       const B* bp, int64_t ps, int64_t nb, int64_t K, int ng,
-                                      const int64_t* width, bool fetch_ahead, const B* next) {
+                                      const int64_t* width, bool fetch_ahead, const B* next,
+                                      bool overwrite) {
   using X = Vec<S>;
   using Mask = typename X::Mask;
   constexpr int64_t L = X::kLanes;
   const auto lanes = [](int64_t n) {
     return n >= L ? Mask(~Mask(0)) : n <= 0 ? Mask(0) : Mask((Mask(1) << n) - 1);
   };
-  Mask m0[4], m1[4];
-  for (int g = 0; g < ng; ++g) m0[g] = lanes(width[g]), m1[g] = lanes(width[g] - L);
+  Mask m0[4], m1[4], l0[4], l1[4];
+  for (int g = 0; g < ng; ++g) {
+    m0[g] = lanes(width[g]), m1[g] = lanes(width[g] - L);
+    l0[g] = overwrite ? Mask(0) : m0[g], l1[g] = overwrite ? Mask(0) : m1[g];
+  }
   if (fetch_ahead && nb >= 4)
-    return panels_fetching(z, ldz, zs, a, lda, bp, ps, nb, K, ng, m0, m1, next);
+    return panels_fetching(z, ldz, zs, a, lda, bp, ps, nb, K, ng, m0, m1, l0, l1, next);
   static constexpr RowsFn<S, B> kRows[] = {nullptr,
                                            few_rows<S, 1, B>,
                                            few_rows<S, 2, B>,
@@ -303,7 +318,7 @@ LSTM_EXT_AVX512_FN void panels_avx512(S* z, int64_t ldz, int64_t zs, const S* a,
     const int64_t nr = group_rows(nb, groups, q);
     if (q + 1 < groups)
       prefetch_rows(z + (n0 + nr) * ldz, ldz, group_rows(nb, groups, q + 1), 2 * L * sizeof(S));
-    kRows[nr](z + n0 * ldz, ldz, zs, a + n0 * lda, lda, bp, ps, K, ng, m0, m1);
+    kRows[nr](z + n0 * ldz, ldz, zs, a + n0 * lda, lda, bp, ps, K, ng, m0, m1, l0, l1);
     n0 += nr;
   }
 }
@@ -725,19 +740,20 @@ void panel_product(S* z, int64_t ldz, int64_t zs, const S* a, int64_t lda, const
   // In chunks of kChunk along k, so that the chunk of the panels (256 KiB,
   // half of a Zen 3 core's L2) stays in L2 while every group of rows passes
   // over it. Each chunk adds to z what the one before left there: the same
-  // FMAs in the same order. Overwriting, the AVX2 kernel starts the first
-  // chunk's accumulators at 0 instead of reading z; the AVX-512 kernel's z
-  // is zeroed first: the same bits either way.
+  // FMAs in the same order. Overwriting, both kernels start the first
+  // chunk's accumulators at 0 instead of reading z (the AVX-512 kernel had
+  // zeroed z first, a pass over it: 3-4 % of a B = 16 or 64 forward on an
+  // Intel AVX-512 core, dev/perf-notes.md 75): the same bits either way.
   constexpr int64_t P = kPanel<S>, kChunk = 512;
   const Isa isa = need_kernel();
-  if (overwrite && (isa == Isa::kAvx512 || k0 == k1))
+  if (overwrite && k0 == k1)
     for (int64_t r = 0; r < nb; ++r)
       for (int g = 0; g < ng; ++g) std::fill_n(z + r * ldz + g * zs, width[g], S(0));
   for (int64_t c = k0; c < k1; c += kChunk) {
     const int64_t kc = std::min(kChunk, k1 - c);
     if (isa == Isa::kAvx512)
       panels_avx512(z, ldz, zs, a + c, lda, Bp + c * P, K * P, nb, kc, ng, width, fetch_ahead,
-                    fetch_ahead && c + kc < k1 ? Bp + (c + kc) * P : nullptr);
+                    fetch_ahead && c + kc < k1 ? Bp + (c + kc) * P : nullptr, overwrite && c == k0);
     else
       panels_avx2(z, ldz, zs, a + c, lda, Bp + c * (P / 2), K * P, nb, kc, ng, width,
                   overwrite && c == k0);
