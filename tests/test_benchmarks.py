@@ -117,3 +117,35 @@ def test_the_contention_run_measures_every_setting(tmp_path):
             assert res["calls"] >= 1 and res["ms"] > 0 and res["mean_ms"] > 0
             assert res["backoffs"] >= 0
     assert rows[0]["over_alone"] == [1.0]
+
+
+def test_the_sweep_compares_each_case_with_the_installed_peers(tmp_path):
+    """benchmarks/bench_sweep.py: every case timed, each ratio present exactly
+    where its peer is installed, and a case marked behind exactly where a
+    ratio is above 1. Without either peer it stops with a message that says
+    so. No time is checked."""
+    out = tmp_path / "sweep.json"
+    script = BENCH.parent / "bench_sweep.py"
+    bad = subprocess.run([sys.executable, str(script), "--cases", "1,2,3"],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert bad.returncode == 2, bad.stderr
+    assert "expected T,B,I,H, four positive integers, got '1,2,3'" in bad.stderr
+    cases = ["2,1,3,4", "1,2,5,3"]
+    done = subprocess.run(
+        [sys.executable, str(script), "--cases", *cases, "--rounds", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    has_torch = installed("torch")
+    has_ort = installed("onnxruntime") and installed("onnx")
+    if not (has_torch or has_ort):
+        assert done.returncode != 0 and "nothing to compare with" in done.stderr
+        return
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [",".join(map(str, r["case"])) for r in rows] == cases
+    for r in rows:
+        assert r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0 and len(r["rounds"]) == 1
+        assert (r["fwd_torch"] is not None) == (r["fwd_bwd_torch"] is not None) == has_torch
+        assert (r["fwd_ort"] is not None) == has_ort
+        ratios = [v for v in (r["fwd_torch"], r["fwd_ort"], r["fwd_bwd_torch"]) if v is not None]
+        assert r["behind"] == (max(ratios) > 1)
