@@ -117,6 +117,33 @@ def test_inference_matches_training_on_both_paths(rng, path, B, I, H):
         np.testing.assert_array_equal(u, v)
 
 
+@pytest.mark.parametrize("I, H", [(5, 17), (33, 40), (64, 64), (520, 520)])
+@pytest.mark.parametrize("B", [1, 2, 3, 4, 7, 12, 13])
+def test_one_step_inference_gives_the_bits_of_training_and_packed_layer(rng, B, I, H):
+    # A forward of one step in inference, of up to 12 rows, takes W and R as
+    # they are where the CPU has AVX-512F (recurrent_block_unpacked: each tile
+    # transposed in registers, not packed first); the same FMAs in the same
+    # order, so the bits of training's forward (which packs) and of a
+    # PackedLayer's. Row counts below and past the bound, rotated ones (B < 4),
+    # blocks and tiles cut short (H = 17, 40), weights past 2^21 elements
+    # (520: x W^T by the BLAS, R unpacked), ragged rows (length 0) and the
+    # options the gate pass reads.
+    for options in ({}, {"lengths": rng.integers(0, 2, B)}, {"clip": 0.5, "input_forget": True}):
+        peephole = "clip" in options
+        p, kw = features_problem(rng, 1, B, I, H, np.float32, peephole=peephole, **options)
+        args = [p[k] for k in ("x", "W", "R", "b", "h0", "c0")]
+        a = lstm_ext.forward(*args, training=False, return_cell_states=True, **kw)
+        b = lstm_ext.forward(*args, training=True, return_cell_states=True, **kw)
+        layer_kw = {k: v for k, v in kw.items() if k != "lengths"}
+        layer = lstm_ext.PackedLayer(p["W"], p["R"], p["b"], **layer_kw)
+        c = layer.forward(p["x"], p["h0"], p["c0"], lengths=kw.get("lengths"),
+                          return_cell_states=True)  # fmt: skip
+        for name in ("y", "h", "c", "cell_states"):
+            u, v, w = (getattr(r, name) for r in (a, b, c))
+            np.testing.assert_array_equal(u, v, err_msg=f"{name}: inference against training")
+            np.testing.assert_array_equal(u, w, err_msg=f"{name}: inference against PackedLayer")
+
+
 def test_paths_agree(rng):
     if not HAS_PACKED:
         pytest.skip("this CPU has neither AVX-512F nor AVX2+FMA: only the BLAS path runs here")

@@ -76,6 +76,13 @@ constexpr int64_t kTeamInputRows = 64, kTeamDxRows = 16, kTeamWeights = int64_t(
 // products cost what the wait did (+2 % at B = 16): they sum in column order
 // after the wait (dev/perf-notes.md, 42).
 constexpr int64_t kRotateRows = 4;
+// A forward of one step, in inference, of at most kUnpackedRows rows reads W
+// and R as they are, each tile transposed in registers, instead of packing
+// them first: one group of the kernel's rows, so each tile is transposed once.
+// On an Intel AVX-512 core, (1,B,512,512): B = 1 0.49 -> 0.17 ms, B = 12 0.36
+// (onnxruntime 0.17 and 0.49); past 12 rows each group transposes the tiles
+// again, and from about 24 rows packing once is faster (dev/perf-notes.md 75).
+constexpr int64_t kUnpackedRows = 12;
 // Elements of W and R together: 4H(I+O).
 int64_t weight_elements(const Config& c) { return mul(mul(4, c.H), add(c.I, c.O())); }
 bool large_weights(const Config& c) { return weight_elements(c) > kTeamWeights; }
@@ -561,7 +568,14 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
   // Where the products read R and W packed: w.packed's panels (only ever
   // given where the packing is this call's: packed_panels), or the
   // workspace's, which the team fills in its first chunk.
-  const bool pack = packed && !prepacked;
+  // A forward of one step in inference reads R and W once: for up to
+  // kUnpackedRows rows the products take them as they are
+  // (recurrent_block_unpacked, the same bits), not packed first.
+  bool unpacked = false;
+  if constexpr (std::is_same_v<S, float>)
+    unpacked = packed && !prepacked && !training && !bf16 && T == 1 && B <= kUnpackedRows &&
+               unpacked_product_enabled();
+  const bool pack = packed && !prepacked && !unpacked;
   const S* Rp = prepacked ? prepacked : ws + L.rp;
   const S* Wp = prepacked ? prepacked + packed_size(cfg) : ws + L.wp;
   const bool far = large_weights(cfg);  // the kernel's fetch_ahead
@@ -593,9 +607,12 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
   auto block_product = [&](S* z, const S* a, int64_t nb, int64_t u, int64_t c0, int64_t c1,
                            bool input = false) {
     const int64_t K = input ? I : O;
-    if constexpr (std::is_same_v<S, float>)
+    if constexpr (std::is_same_v<S, float>) {
+      if (unpacked)
+        return recurrent_block_unpacked(z, G, a, K, input ? w.W : w.R, nb, H, K, u, c0, c1, input);
       if (bf16_panels)
         return recurrent_block_bf16(z, G, a, K, input ? Wq : Rq, nb, H, K, u, c0, c1, far, input);
+    }
     recurrent_block(z, G, a, K, input ? Wp : Rp, nb, H, K, u, c0, c1, far, input);
   };
 

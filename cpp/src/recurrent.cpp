@@ -501,13 +501,14 @@ LSTM_EXT_AVX2_FN void panels_avx2(S* z, int64_t ldz, int64_t zs, const S* a, int
     }
 }
 
-// Transposes a tile of n <= 16 rows and m <= 16 columns of src (rows ld
-// apart) into dst, whose row k gets src's column k (rows P apart): the rows
-// of src past n read as zeros (with n = 0, src is not read, nor needed).
-LSTM_EXT_AVX512_FN void transpose_tile(float* dst, int64_t P, const float* src, int64_t ld,
-                                       int64_t n, int64_t m) {
+// A tile of n <= 16 rows and m <= 16 columns of src (rows ld apart),
+// transposed in registers: r[q] holds the tile's column kCol[q], its rows in
+// order, the rows past n (and columns past m) zeros (with n = 0, src is not
+// read, nor needed).
+constexpr int kCol[16] = {0, 2, 1, 3, 4, 6, 5, 7, 8, 10, 9, 11, 12, 14, 13, 15};
+LSTM_EXT_AVX512 void transpose16(__m512 (&r)[16], const float* src, int64_t ld, int64_t n,
+                                 int64_t m) {
   const __mmask16 cols = m >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << m) - 1);
-  __m512 r[16];
   for (int i = 0; i < 16; ++i)
     r[i] = i < n ? _mm512_maskz_loadu_ps(cols, src + i * ld) : _mm512_setzero_ps();
   // Four rounds of pairwise interleaving (32-bit, 64-bit, 128-bit, 256-bit).
@@ -531,10 +532,47 @@ LSTM_EXT_AVX512_FN void transpose_tile(float* dst, int64_t P, const float* src, 
     r[j] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0x88);
     r[j + 8] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0xDD);
   }
-  // r[q] now holds column kCol[q] of the tile, its rows in order.
-  static constexpr int kCol[16] = {0, 2, 1, 3, 4, 6, 5, 7, 8, 10, 9, 11, 12, 14, 13, 15};
+}
+
+// Transposes such a tile into dst, whose row k gets src's column k (rows P
+// apart).
+LSTM_EXT_AVX512_FN void transpose_tile(float* dst, int64_t P, const float* src, int64_t ld,
+                                       int64_t n, int64_t m) {
+  __m512 r[16];
+  transpose16(r, src, ld, n, m);
   for (int q = 0; q < 16; ++q)
     if (kCol[q] < m) _mm512_storeu_ps(dst + kCol[q] * P, r[q]);
+}
+
+// z[r][c] += sum_{k0 <= k < k1} a[r][k] M[c][k] for r < NR and the w <= 16
+// rows c of M (ldm apart), in k's order, from 0 with overwrite: what
+// panel_rows computes on these rows packed, lane by lane (each lane the same
+// chain of FMAs), so the same bits, with each tile of M transposed in
+// registers instead of packed to memory first. For a product that reads M
+// once (a forward of one step: recurrent_block_unpacked).
+template <int NR>
+LSTM_EXT_AVX512_FN void rows_unpacked(float* z, int64_t ldz, const float* a, int64_t lda,
+                                      const float* M, int64_t ldm, int64_t w, int64_t k0,
+                                      int64_t k1, bool overwrite) {
+  const __mmask16 lanes = w >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << w) - 1);
+  __m512 acc[NR];
+#pragma GCC unroll 16
+  for (int r = 0; r < NR; ++r) acc[r] = _mm512_maskz_loadu_ps(overwrite ? 0 : lanes, z + r * ldz);
+  for (int64_t kt = k0; kt < k1; kt += 16) {
+    const int64_t m = std::min<int64_t>(16, k1 - kt);
+    __m512 col[16];
+    transpose16(col, M + kt, ldm, w, m);
+#pragma GCC unroll 16
+    for (int k = 0; k < 16; ++k) {
+      if (k >= m) break;
+      const __m512 b = col[kCol[k]];  // kCol is its own inverse
+#pragma GCC unroll 16
+      for (int r = 0; r < NR; ++r)
+        acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(a[r * lda + kt + k]), b, acc[r]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < NR; ++r) _mm512_mask_storeu_ps(z + r * ldz, lanes, acc[r]);
 }
 
 // transpose_tile with 256-bit vectors: n <= 8 rows and m <= 8 columns.
@@ -846,6 +884,46 @@ void recurrent_block_bf16(float* z, int64_t ldz, const float* h, int64_t ldh, co
   const int64_t w = std::min(P, H - u * P), width[4] = {w, w, w, w};
   panel_product(z + u * P, ldz, H, h, ldh, Rq + u * 4 * O * P, nb, O, k0, k1, 4, width, fetch_ahead,
                 overwrite);
+}
+
+bool unpacked_product_enabled() {
+#ifdef LSTM_EXT_HAVE_X86_KERNELS
+  return packed_on().load(std::memory_order_relaxed) && cpu_isa() == Isa::kAvx512;
+#else
+  return false;
+#endif
+}
+
+void recurrent_block_unpacked(float* z, int64_t ldz, const float* h, int64_t ldh, const float* R,
+                              int64_t nb, int64_t H, int64_t O, int64_t u, int64_t k0, int64_t k1,
+                              bool overwrite) {
+#ifdef LSTM_EXT_HAVE_X86_KERNELS
+  if (!unpacked_product_enabled())
+    throw std::logic_error("lstm_ext: recurrent_block_unpacked needs the AVX-512F kernel");
+  using Fn = void (*)(float*, int64_t, const float*, int64_t, const float*, int64_t, int64_t,
+                      int64_t, int64_t, bool);
+  static constexpr Fn kRows[] = {nullptr,           rows_unpacked<1>,  rows_unpacked<2>,
+                                 rows_unpacked<3>,  rows_unpacked<4>,  rows_unpacked<5>,
+                                 rows_unpacked<6>,  rows_unpacked<7>,  rows_unpacked<8>,
+                                 rows_unpacked<9>,  rows_unpacked<10>, rows_unpacked<11>,
+                                 rows_unpacked<12>};
+  constexpr int64_t P = kPanel<float>;
+  const int64_t w = std::min(P, H - u * P), groups = (nb + 11) / 12;
+  for (int64_t g = 0; g < 4; ++g)
+    for (int64_t c = 0; c < w; c += 16) {  // the block's two halves, 16 units (rows of R) each
+      const int64_t j = g * H + u * P + c;
+      for (int64_t q = 0, n0 = 0; q < groups; ++q) {
+        const int64_t nr = group_rows(nb, groups, q);
+        kRows[nr](z + n0 * ldz + j, ldz, h + n0 * ldh, ldh, R + j * O, O,
+                  std::min<int64_t>(16, w - c), k0, k1, overwrite);
+        n0 += nr;
+      }
+    }
+#else
+  (void)z, (void)ldz, (void)h, (void)ldh, (void)R, (void)nb, (void)H, (void)O, (void)u, (void)k0,
+      (void)k1, (void)overwrite;
+  throw std::logic_error("lstm_ext: the packed recurrent kernel is not compiled in");
+#endif
 }
 
 #define LSTM_EXT_INSTANTIATE(S)                                                                \

@@ -66,6 +66,19 @@ void recurrent_block(S* z, int64_t ldz, const S* h, int64_t ldh, const S* Rp, in
                      int64_t O, int64_t u, int64_t k0, int64_t k1, bool fetch_ahead,
                      bool overwrite);
 
+// recurrent_block on R as it is ([4H,O], not packed): the same FMAs in the
+// same order, so the same bits, each 16x16 tile of R transposed in registers
+// where recurrent_block reads it packed (once for each group of up to 12 rows
+// of h). Where R is read once by few rows (a forward of one step) this saves
+// packing it, which took most of such a call (I = H = 512, B = 1: 0.49 ms
+// against onnxruntime's 0.17; dev/perf-notes.md 75). float only; needs
+// unpacked_product_enabled() (the AVX-512F kernel, on), std::logic_error
+// otherwise.
+bool unpacked_product_enabled();
+void recurrent_block_unpacked(float* z, int64_t ldz, const float* h, int64_t ldh, const float* R,
+                              int64_t nb, int64_t H, int64_t O, int64_t u, int64_t k0, int64_t k1,
+                              bool overwrite);
+
 // The same kernel for a product with a long inner dimension, as backward's
 // dL/dh = dz R ([nb,4H] x [4H,O]): B [K,N] packed in panels of kPanel columns,
 // in parts of Q = packed_row<S>() as Rp's,

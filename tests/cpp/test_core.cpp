@@ -1006,6 +1006,48 @@ void overwrite_is_zeroing_first() {
 TEST(Packing, OverwriteIsZeroingFirstFloat) { overwrite_is_zeroing_first<float>(); }
 TEST(Packing, OverwriteIsZeroingFirstDouble) { overwrite_is_zeroing_first<double>(); }
 
+// recurrent_block_unpacked, on R as it is, gives recurrent_block's bits on R
+// packed, adding to z and overwriting it, and leaves the rest of z alone:
+// every row count of one group and of two, partial blocks and tiles (H not a
+// multiple of 16, ranges of k that are not of 16), k ranges that start past 0
+// and that are empty (overwriting, zeros).
+TEST(Packing, UnpackedProductGivesThePackedBits) {
+  using namespace lstm_ext::detail;
+  if (!unpacked_product_enabled())
+    GTEST_SKIP() << "this CPU has no AVX-512F kernel, which the unpacked product needs";
+  std::mt19937 gen(11);
+  std::uniform_real_distribution<float> dist(-1, 1);
+  const auto random = [&](int64_t n) {
+    std::vector<float> v(static_cast<size_t>(n));
+    for (float& e : v) e = dist(gen);
+    return v;
+  };
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  for (int64_t nb : {1, 2, 3, 4, 5, 11, 12, 13, 25})
+    for (int64_t H : {5, 16, 40, 64})
+      for (int64_t O : {1, 17, 64, 530}) {
+        const int64_t G = 4 * H, blocks = recurrent_blocks<float>(H);
+        const std::vector<float> R = random(G * O), h = random(nb * (O + 2)), z0 = random(nb * G);
+        std::vector<float> Rp(size_t(packed_recurrent_size<float>(H, O)));
+        for (int64_t u = 0; u < blocks; ++u) pack_recurrent_block(Rp.data(), R.data(), H, O, u);
+        for (const int64_t k0 : {int64_t(0), O / 3, O})
+          for (const bool overwrite : {false, true}) {
+            std::vector<float> want = z0, got = z0;
+            if (overwrite) std::fill(got.begin(), got.end(), nan);
+            for (int64_t u = 0; u < blocks; ++u) {
+              // h's rows O + 2 apart: a leading dimension past the columns read.
+              recurrent_block(want.data(), G, h.data(), O + 2, Rp.data(), nb, H, O, u, k0, O, false,
+                              overwrite);
+              recurrent_block_unpacked(got.data(), G, h.data(), O + 2, R.data(), nb, H, O, u, k0, O,
+                                       overwrite);
+            }
+            ASSERT_EQ(0, std::memcmp(want.data(), got.data(), want.size() * sizeof(float)))
+                << "nb " << nb << " H " << H << " O " << O << " k0 " << k0 << " overwrite "
+                << overwrite;
+          }
+      }
+}
+
 TEST(Sizes, WorkspaceSizesPast2To31AreExact) {
   const int64_t T = int64_t(1) << 16, B = 1024, I = 8, H = 1024, P = 256;
   const Config c = sizes(T, B, I, H), next = sizes(T + 1, B, I, H);  // T*B*H = 2^36
