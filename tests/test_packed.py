@@ -17,15 +17,18 @@ Tolerances as in test_features (RTOL 1e-12 float64, 1e-5 float32): both
 paths add the same O(H) products per step, in a different order.
 """
 
+import itertools
 import os
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
 from test_features import check, features_problem, run_both
 
 import lstm_ext
+from helpers import assert_close
 from lstm_ext import _core
 
 _before = _core.set_packed_recurrent(True)
@@ -126,22 +129,59 @@ def test_one_step_inference_gives_the_bits_of_training_and_packed_layer(rng, B, 
     # order, so the bits of training's forward (which packs) and of a
     # PackedLayer's. Row counts below and past the bound, rotated ones (B < 4),
     # blocks and tiles cut short (H = 17, 40), weights past 2^21 elements
-    # (520: x W^T by the BLAS, R unpacked), ragged rows (length 0) and the
-    # options the gate pass reads.
-    for options in ({}, {"lengths": rng.integers(0, 2, B)}, {"clip": 0.5, "input_forget": True}):
-        peephole = "clip" in options
-        p, kw = features_problem(rng, 1, B, I, H, np.float32, peephole=peephole, **options)
-        args = [p[k] for k in ("x", "W", "R", "b", "h0", "c0")]
-        a = lstm_ext.forward(*args, training=False, return_cell_states=True, **kw)
-        b = lstm_ext.forward(*args, training=True, return_cell_states=True, **kw)
-        layer_kw = {k: v for k, v in kw.items() if k != "lengths"}
-        layer = lstm_ext.PackedLayer(p["W"], p["R"], p["b"], **layer_kw)
-        c = layer.forward(p["x"], p["h0"], p["c0"], lengths=kw.get("lengths"),
-                          return_cell_states=True)  # fmt: skip
-        for name in ("y", "h", "c", "cell_states"):
-            u, v, w = (getattr(r, name) for r in (a, b, c))
-            np.testing.assert_array_equal(u, v, err_msg=f"{name}: inference against training")
-            np.testing.assert_array_equal(u, w, err_msg=f"{name}: inference against PackedLayer")
+    # (520: x W^T by the BLAS, R unpacked), ragged rows (length 0), reverse,
+    # the options the gate pass reads, and 1 to 3 threads (the rotated rows
+    # split over a team).
+    optionss = ({}, {"lengths": rng.integers(0, 2, B), "reverse": True},
+                {"clip": 0.5, "input_forget": True})  # fmt: skip
+    threads = lstm_ext.get_num_threads()
+    try:
+        for n, options in itertools.product((1, 2, 3), optionss):
+            lstm_ext.set_num_threads(n)
+            peephole = "clip" in options
+            p, kw = features_problem(rng, 1, B, I, H, np.float32, peephole=peephole, **options)
+            args = [p[k] for k in ("x", "W", "R", "b", "h0", "c0")]
+            a = lstm_ext.forward(*args, training=False, return_cell_states=True, **kw)
+            b = lstm_ext.forward(*args, training=True, return_cell_states=True, **kw)
+            layer_kw = {k: v for k, v in kw.items() if k not in ("lengths", "reverse")}
+            layer = lstm_ext.PackedLayer(p["W"], p["R"], p["b"], **layer_kw)
+            order = {k: kw[k] for k in ("lengths", "reverse") if k in kw}
+            c = layer.forward(p["x"], p["h0"], p["c0"], return_cell_states=True, **order)
+            for name in ("y", "h", "c", "cell_states"):
+                u, v, w = (getattr(r, name) for r in (a, b, c))
+                where = f"{name}, {n} threads, {sorted(options)}"
+                np.testing.assert_array_equal(u, v, err_msg=f"{where}: inference against training")
+                np.testing.assert_array_equal(u, w, err_msg=f"{where}: against PackedLayer")
+    finally:
+        lstm_ext.set_num_threads(threads)
+
+
+def test_one_step_inference_runs_while_another_thread_turns_the_kernel_off(rng):
+    # A call decides on its products once; set_packed_recurrent from another
+    # thread meanwhile must not make a product it chose refuse to run (the
+    # one-step product had checked the switch itself: a RuntimeError in most
+    # calls here). The result is either path's, which agree to rounding (the
+    # module's float32 tolerance).
+    p, _ = features_problem(rng, 1, 3, 30, 70, np.float32)
+    args = [p[k] for k in ("x", "W", "R", "b", "h0", "c0")]
+    want = lstm_ext.forward(*args, training=False).y
+    stop = threading.Event()
+
+    def flip():
+        while not stop.is_set():
+            _core.set_packed_recurrent(False)
+            _core.set_packed_recurrent(True)
+
+    before = _core.set_packed_recurrent(True)
+    flipper = threading.Thread(target=flip)
+    flipper.start()
+    try:
+        for _ in range(300):
+            assert_close("y", lstm_ext.forward(*args, training=False).y, want, 1e-5)
+    finally:
+        stop.set()
+        flipper.join()
+        _core.set_packed_recurrent(before)
 
 
 def test_paths_agree(rng):

@@ -898,7 +898,9 @@ void recurrent_block_unpacked(float* z, int64_t ldz, const float* h, int64_t ldh
                               int64_t nb, int64_t H, int64_t O, int64_t u, int64_t k0, int64_t k1,
                               bool overwrite) {
 #ifdef LSTM_EXT_HAVE_X86_KERNELS
-  if (!unpacked_product_enabled())
+  // The CPU, not the on switch: another thread may turn it off while a call
+  // that chose this product runs (as need_kernel).
+  if (cpu_isa() != Isa::kAvx512)
     throw std::logic_error("lstm_ext: recurrent_block_unpacked needs the AVX-512F kernel");
   using Fn = void (*)(float*, int64_t, const float*, int64_t, const float*, int64_t, int64_t,
                       int64_t, int64_t, bool);

@@ -71,9 +71,10 @@ void recurrent_block(S* z, int64_t ldz, const S* h, int64_t ldh, const S* Rp, in
 // where recurrent_block reads it packed (once for each group of up to 12 rows
 // of h). Where R is read once by few rows (a forward of one step) this saves
 // packing it, which took most of such a call (I = H = 512, B = 1: 0.49 ms
-// against onnxruntime's 0.17; dev/perf-notes.md 75). float only; needs
-// unpacked_product_enabled() (the AVX-512F kernel, on), std::logic_error
-// otherwise.
+// against onnxruntime's 0.17; dev/perf-notes.md 75). float only. A caller
+// chooses it where unpacked_product_enabled() (the AVX-512F kernel, on); the
+// call itself needs an AVX-512F CPU only (std::logic_error otherwise), so a
+// call that chose it runs on while another thread turns the kernels off.
 bool unpacked_product_enabled();
 void recurrent_block_unpacked(float* z, int64_t ldz, const float* h, int64_t ldh, const float* R,
                               int64_t nb, int64_t H, int64_t O, int64_t u, int64_t k0, int64_t k1,

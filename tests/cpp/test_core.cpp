@@ -1009,8 +1009,10 @@ TEST(Packing, OverwriteIsZeroingFirstDouble) { overwrite_is_zeroing_first<double
 // recurrent_block_unpacked, on R as it is, gives recurrent_block's bits on R
 // packed, adding to z and overwriting it, and leaves the rest of z alone:
 // every row count of one group and of two, partial blocks and tiles (H not a
-// multiple of 16, ranges of k that are not of 16), k ranges that start past 0
-// and that are empty (overwriting, zeros).
+// multiple of 16, a block's second tile short, ranges of k that are not of
+// 16), k ranges that start past 0, end before O (the rotated calls' [a, j1)
+// and [0, a)) or are empty (overwriting, zeros), O = 0, h's rows O apart (as
+// lstm_forward passes them) and further.
 TEST(Packing, UnpackedProductGivesThePackedBits) {
   using namespace lstm_ext::detail;
   if (!unpacked_product_enabled())
@@ -1024,27 +1026,29 @@ TEST(Packing, UnpackedProductGivesThePackedBits) {
   };
   const float nan = std::numeric_limits<float>::quiet_NaN();
   for (int64_t nb : {1, 2, 3, 4, 5, 11, 12, 13, 25})
-    for (int64_t H : {5, 16, 40, 64})
-      for (int64_t O : {1, 17, 64, 530}) {
-        const int64_t G = 4 * H, blocks = recurrent_blocks<float>(H);
-        const std::vector<float> R = random(G * O), h = random(nb * (O + 2)), z0 = random(nb * G);
+    for (int64_t H : {5, 16, 18, 40, 50, 64})
+      for (int64_t O : {0, 1, 16, 17, 64, 530}) {
+        const int64_t G = 4 * H, blocks = recurrent_blocks<float>(H), ld = O + 2;
+        const std::vector<float> R = random(G * O), h = random(nb * ld), z0 = random(nb * G);
         std::vector<float> Rp(size_t(packed_recurrent_size<float>(H, O)));
         for (int64_t u = 0; u < blocks; ++u) pack_recurrent_block(Rp.data(), R.data(), H, O, u);
-        for (const int64_t k0 : {int64_t(0), O / 3, O})
-          for (const bool overwrite : {false, true}) {
-            std::vector<float> want = z0, got = z0;
-            if (overwrite) std::fill(got.begin(), got.end(), nan);
-            for (int64_t u = 0; u < blocks; ++u) {
-              // h's rows O + 2 apart: a leading dimension past the columns read.
-              recurrent_block(want.data(), G, h.data(), O + 2, Rp.data(), nb, H, O, u, k0, O, false,
-                              overwrite);
-              recurrent_block_unpacked(got.data(), G, h.data(), O + 2, R.data(), nb, H, O, u, k0, O,
-                                       overwrite);
+        const int64_t ranges[][2] = {{0, O}, {O / 3, O}, {O, O}, {0, O / 2}, {O / 3, 2 * O / 3}};
+        for (const auto& range : ranges)
+          for (const int64_t ldh : {O, ld})
+            for (const bool overwrite : {false, true}) {
+              const int64_t k0 = range[0], k1 = range[1];
+              std::vector<float> want = z0, got = z0;
+              if (overwrite) std::fill(got.begin(), got.end(), nan);
+              for (int64_t u = 0; u < blocks; ++u) {
+                recurrent_block(want.data(), G, h.data(), ldh, Rp.data(), nb, H, O, u, k0, k1,
+                                false, overwrite);
+                recurrent_block_unpacked(got.data(), G, h.data(), ldh, R.data(), nb, H, O, u, k0,
+                                         k1, overwrite);
+              }
+              ASSERT_EQ(0, std::memcmp(want.data(), got.data(), want.size() * sizeof(float)))
+                  << "nb " << nb << " H " << H << " O " << O << " k " << k0 << ".." << k1
+                  << " ldh " << ldh << " overwrite " << overwrite;
             }
-            ASSERT_EQ(0, std::memcmp(want.data(), got.data(), want.size() * sizeof(float)))
-                << "nb " << nb << " H " << H << " O " << O << " k0 " << k0 << " overwrite "
-                << overwrite;
-          }
       }
 }
 
