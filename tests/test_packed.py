@@ -121,9 +121,10 @@ def test_inference_matches_training_on_both_paths(rng, path, B, I, H):
 
 
 @pytest.mark.parametrize("I, H", [(5, 17), (33, 40), (64, 64), (520, 520)])
-@pytest.mark.parametrize("B", [1, 2, 3, 4, 7, 12, 13])
+@pytest.mark.parametrize("B", [1, 2, 3, 4, 7, 12, 13, 24, 25])
 def test_one_step_inference_gives_the_bits_of_training_and_packed_layer(rng, B, I, H):
-    # A forward of one step in inference, of up to 12 rows, takes W and R as
+    # A forward of one step in inference, of up to 12 rows (24 where W and R
+    # hold 2^18 elements or more: 520 here), takes W and R as
     # they are where the CPU has AVX-512F (recurrent_block_unpacked: each tile
     # transposed in registers, not packed first); the same FMAs in the same
     # order, so the bits of training's forward (which packs) and of a

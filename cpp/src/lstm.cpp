@@ -80,9 +80,12 @@ constexpr int64_t kRotateRows = 4;
 // and R as they are, each tile transposed in registers, instead of packing
 // them first: one group of the kernel's rows, so each tile is transposed once.
 // On an Intel AVX-512 core, (1,B,512,512): B = 1 0.49 -> 0.17 ms, B = 12 0.36
-// (onnxruntime 0.17 and 0.49); past 12 rows each group transposes the tiles
-// again, and from about 24 rows packing once is faster (dev/perf-notes.md 75).
-constexpr int64_t kUnpackedRows = 12;
+// (onnxruntime 0.17 and 0.49). Past 12 rows each group transposes the tiles
+// again: for two groups that still beats packing where W and R hold at least
+// kUnpackedWeights elements (B = 16 and 24: 0.70 and 0.86 of packing's time
+// at I = H = 512, 0.80 and 0.86 at 256), not below (1.00-1.07 at 64 and 128),
+// and from about 32 rows packing once is faster (dev/perf-notes.md 75).
+constexpr int64_t kUnpackedRows = 12, kUnpackedWeights = int64_t(1) << 18;
 // Elements of W and R together: 4H(I+O).
 int64_t weight_elements(const Config& c) { return mul(mul(4, c.H), add(c.I, c.O())); }
 bool large_weights(const Config& c) { return weight_elements(c) > kTeamWeights; }
@@ -568,12 +571,14 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
   // Where the products read R and W packed: w.packed's panels (only ever
   // given where the packing is this call's: packed_panels), or the
   // workspace's, which the team fills in its first chunk.
-  // A forward of one step in inference reads R and W once: for up to
-  // kUnpackedRows rows the products take them as they are
+  // A forward of one step in inference reads R and W once: for few rows
+  // (kUnpackedRows) the products take them as they are
   // (recurrent_block_unpacked, the same bits), not packed first.
   bool unpacked = false;
   if constexpr (std::is_same_v<S, float>)
-    unpacked = packed && !prepacked && !training && !bf16 && T == 1 && B <= kUnpackedRows &&
+    unpacked = packed && !prepacked && !training && !bf16 && T == 1 &&
+               (B <= kUnpackedRows ||
+                (B <= 2 * kUnpackedRows && weight_elements(cfg) >= kUnpackedWeights)) &&
                unpacked_product_enabled();
   const bool pack = packed && !prepacked && !unpacked;
   const S* Rp = prepacked ? prepacked : ws + L.rp;
