@@ -506,9 +506,13 @@ LSTM_EXT_AVX2_FN void panels_avx2(S* z, int64_t ldz, int64_t zs, const S* a, int
 // order, the rows past n (and columns past m) zeros (with n = 0, src is not
 // read, nor needed).
 constexpr int kCol[16] = {0, 2, 1, 3, 4, 6, 5, 7, 8, 10, 9, 11, 12, 14, 13, 15};
+// The first n of 16 lanes (0 <= n; all from 16 on).
+inline __mmask16 first_lanes(int64_t n) {
+  return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
+}
 LSTM_EXT_AVX512 void transpose16(__m512 (&r)[16], const float* src, int64_t ld, int64_t n,
                                  int64_t m) {
-  const __mmask16 cols = m >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << m) - 1);
+  const __mmask16 cols = first_lanes(m);
   for (int i = 0; i < 16; ++i)
     r[i] = i < n ? _mm512_maskz_loadu_ps(cols, src + i * ld) : _mm512_setzero_ps();
   // Four rounds of pairwise interleaving (32-bit, 64-bit, 128-bit, 256-bit).
@@ -554,7 +558,7 @@ template <int NR>
 LSTM_EXT_AVX512_FN void rows_unpacked(float* z, int64_t ldz, const float* a, int64_t lda,
                                       const float* M, int64_t ldm, int64_t w, int64_t k0,
                                       int64_t k1, bool overwrite) {
-  const __mmask16 lanes = w >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << w) - 1);
+  const __mmask16 lanes = first_lanes(w);
   __m512 acc[NR];
 #pragma GCC unroll 16
   for (int r = 0; r < NR; ++r) acc[r] = _mm512_maskz_loadu_ps(overwrite ? 0 : lanes, z + r * ldz);
@@ -631,7 +635,7 @@ LSTM_EXT_AVX512_FN void pack_bf16_rows(uint16_t* rows, const float* R, int64_t O
 // dst[i] = src[i] rounded to bfloat16, i < n.
 LSTM_EXT_AVX512_FN void round_avx512(float* dst, const float* src, int64_t n) {
   for (int64_t i = 0; i < n; i += 16) {
-    const __mmask16 m = n - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - i)) - 1);
+    const __mmask16 m = first_lanes(n - i);
     const __m512i r = bf16_high(_mm512_maskz_loadu_ps(m, src + i));
     _mm512_mask_storeu_ps(dst + i, m, _mm512_castsi512_ps(r));
   }
