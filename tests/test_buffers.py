@@ -166,3 +166,73 @@ def test_threads_share_the_cache():
     alone = [digest(all_cases(s)) for s in range(4)]
     together = run_in_threads([lambda s=s: digest(all_cases(s)) for s in range(4)] * 2)
     assert together == alone * 2
+
+
+def address(a):
+    return a.__array_interface__["data"][0]
+
+
+HUGE = 2 << 20  # buffers.h's kHuge: a huge page
+
+
+def test_large_buffers_start_on_a_huge_page_and_are_reused_whole():
+    # From 2 MiB a buffer is 2 MiB-aligned and a whole number of huge pages
+    # (so that the kernel can back it with huge pages: fewer TLB misses in
+    # the BLAS's copies), and a request just past a multiple of 2 MiB gets
+    # the rounded-up buffer back from the cache.
+    n = HUGE // 4 + 1  # float32 elements: 2 MiB and 4 bytes
+    a = _core.cached_empty((n,), np.dtype(np.float32))
+    where = address(a)
+    assert where % HUGE == 0
+    del a
+    gc.collect()
+    b = _core.cached_empty((n,), np.dtype(np.float32))
+    assert address(b) == where
+    small = _core.cached_empty((HUGE // 8,), np.dtype(np.float32))  # 1 MiB
+    assert address(small) % 64 == 0 and small.nbytes == HUGE // 2
+
+
+def test_cached_empty_gives_the_array_asked_for_and_checks_its_arguments():
+    for shape, dtype in [((3, 4), np.float32), ((), np.float64), ((0, 5), np.float32),
+                         ((300, 400), np.float64)]:  # fmt: skip
+        a = _core.cached_empty(shape, np.dtype(dtype))
+        assert a.shape == shape and a.dtype == dtype
+        assert a.flags.c_contiguous and a.flags.writeable
+    with pytest.raises(ValueError, match="shape: expected sizes >= 0, got -1"):
+        _core.cached_empty((2, -1), np.dtype(np.float32))
+    with pytest.raises(TypeError, match="dtype: expected float32 or float64, got int64"):
+        _core.cached_empty((2,), np.dtype(np.int64))
+    with pytest.raises(
+        MemoryError,
+        match=r"allocate an array with shape \(1099511627776, 1099511627776\) and data type "
+        r"float32: over 2\^64 bytes",
+    ):
+        _core.cached_empty((2**40, 2**40), np.dtype(np.float32))
+    with pytest.raises(
+        MemoryError,
+        match=r"Unable to allocate 4503599627370496 bytes for an array with shape "
+        r"\(562949953421312,\) and data type float64",
+    ):
+        _core.cached_empty((2**49,), np.dtype(np.float64))
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_a_strided_view_is_copied_privately(training):
+    # A view that is not C-contiguous (the slices of a bidirectional layer's
+    # dy, a strided x) is copied into a buffer of the cache: the same results
+    # as from its contiguous copy, and in training a copy that changing the
+    # viewed array afterwards does not reach.
+    p = problem(5)
+    wide_x = np.repeat(p["x"], 2, axis=2)  # [T,B,2I]: x in its even columns
+    wide_dy = np.concatenate([p["dy"], -p["dy"]], axis=2)  # [T,B,2H]
+    x_view, dy_view = wide_x[:, :, ::2], wide_dy[:, :, :H]
+    assert not x_view.flags.c_contiguous and not dy_view.flags.c_contiguous
+    want = lstm_ext.forward(p["x"], p["W"], p["R"], p["b"], training=training)
+    got = lstm_ext.forward(x_view, p["W"], p["R"], p["b"], training=training)
+    np.testing.assert_array_equal(got.y, want.y)
+    if training:
+        wide_x[...] = 7  # backward reads the copy forward kept
+        g_want = lstm_ext.backward(want.cache, p["dy"])
+        g_got = lstm_ext.backward(got.cache, dy_view)
+        for name, u, v in zip(lstm_ext.GradResult._fields, g_got, g_want, strict=True):
+            np.testing.assert_array_equal(u, v, err_msg=name)

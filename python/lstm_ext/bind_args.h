@@ -291,11 +291,36 @@ using carray = py::array_t<S, py::array::c_style | py::array::forcecast>;
 template <typename S>
 using opt_carray = std::optional<carray<S>>;
 
+template <typename S>
+carray<S> empty(const std::vector<int64_t>& shape);
+
+// A C-contiguous copy, in a buffer of the cache (buffers.h), of a NumPy array
+// (not a subclass) of S's dtype that is not C-contiguous, such as a slice of
+// a wider array (dy[:, :, :H]); nullopt for anything else. NumPy's own copy
+// takes memory from the C library, which may hand back fresh pages at every
+// call (a page fault each 4 KiB, 1-5 us each on the 2-core VM): a 2-layer
+// bidirectional forward+backward took 300-560 a call before its copies and
+// concatenations came from the cache, none after (dev/perf-notes.md, 76).
+template <typename S>
+std::optional<carray<S>> cached_copy(const py::handle& a) {
+  auto& api = py::detail::npy_api::get();
+  if (Py_TYPE(a.ptr()) != api.PyArray_Type_) return std::nullopt;
+  const auto view = py::reinterpret_borrow<py::array>(a);
+  if (!api.PyArray_EquivTypes_(view.dtype().ptr(), py::dtype::of<S>().ptr())) return std::nullopt;
+  if (view.flags() & py::array::c_style) return std::nullopt;
+  std::vector<int64_t> shape(view.shape(), view.shape() + view.ndim());
+  carray<S> copy = empty<S>(shape);
+  if (parked_if_ended([&] { return api.PyArray_CopyInto_(copy.ptr(), view.ptr()); }) < 0)
+    throw py::error_already_set();
+  return copy;
+}
+
 // C-contiguous, native byte order; a copy only where needed. NumPy copies
 // without the GIL (parked_if_ended). A copy too large for memory is NumPy's
 // MemoryError (py::array_t::ensure cleared it and returned no array).
 template <typename S>
 carray<S> contiguous(const py::handle& a) {
+  if (auto copy = cached_copy<S>(a)) return *std::move(copy);
   auto& api = py::detail::npy_api::get();
   PyObject* c = parked_if_ended([&] {
     return api.PyArray_FromAny_(a.ptr(), py::dtype::of<S>().release().ptr(), 0, 0,
@@ -325,6 +350,7 @@ carray<S> empty(const std::vector<int64_t>& shape) {
 // view, the array itself, what an __array__ method handed out) is copied.
 template <typename S>
 carray<S> private_copy(const py::array& view, const py::object& original) {
+  if (auto copy = cached_copy<S>(view)) return *std::move(copy);  // fresh
   carray<S> c = contiguous<S>(view);
   const bool fresh = py::isinstance<py::array>(original) && c.ptr() != original.ptr() &&
                      c.ptr() != view.ptr() && c.owndata();

@@ -482,6 +482,23 @@ PYBIND11_MODULE(_core, m) {
       },
       py::arg("data"), "Tests only: lstm_ext::Model::from_bytes, its config or a ValueError.");
   def_buffer_cache(m);
+  m.def(
+      "cached_empty",
+      [](const py::tuple& sizes, const py::dtype& dtype) -> py::array {
+        std::vector<int64_t> shape;
+        for (const py::handle d : sizes) {
+          shape.push_back(d.cast<int64_t>());
+          if (shape.back() < 0)
+            throw py::value_error("shape: expected sizes >= 0, got " + std::to_string(shape.back()));
+        }
+        if (dtype.equal(py::dtype::of<float>())) return empty<float>(shape);
+        if (dtype.equal(py::dtype::of<double>())) return empty<double>(shape);
+        throw py::type_error("dtype: expected float32 or float64, got " +
+                             py::str(dtype).cast<std::string>());
+      },
+      py::arg("shape"), py::arg("dtype"),
+      "An uninitialised C-contiguous array, a large one in a buffer of the cache (as the "
+      "arrays lstm_ext's calls return): lstm_ext.nn's own intermediate arrays.");
   m.def("blas_config", &lstm_ext::blas_config, "The BLAS's description of its build.");
   m.def("blas_num_threads", &lstm_ext::blas_num_threads,
         "Threads the BLAS uses: 1 once lstm_ext has run (it parallelises on its own).");
