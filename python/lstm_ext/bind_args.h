@@ -306,8 +306,8 @@ std::optional<carray<S>> cached_copy(const py::handle& a) {
   auto& api = py::detail::npy_api::get();
   if (Py_TYPE(a.ptr()) != api.PyArray_Type_) return std::nullopt;
   const auto view = py::reinterpret_borrow<py::array>(a);
+  if (view.flags() & py::array::c_style) return std::nullopt;  // the common case first
   if (!api.PyArray_EquivTypes_(view.dtype().ptr(), py::dtype::of<S>().ptr())) return std::nullopt;
-  if (view.flags() & py::array::c_style) return std::nullopt;
   std::vector<int64_t> shape(view.shape(), view.shape() + view.ndim());
   carray<S> copy = empty<S>(shape);
   if (parked_if_ended([&] { return api.PyArray_CopyInto_(copy.ptr(), view.ptr()); }) < 0)
