@@ -510,3 +510,129 @@ def test_lstm_ext_imports_without_threadpoolctl_or_with_a_broken_one():
         out = subprocess.run([sys.executable, "-c", code, how],
                              capture_output=True, text=True, timeout=60)  # fmt: skip
         assert (out.returncode, out.stdout, out.stderr) == (0, "False (5, 2, 8)\n", ""), how
+
+
+# ---- a bidirectional layer's directions side by side (nn._directions) -------
+
+
+def _bidirectional_run(lstm, packed, x, dy):
+    """Everything a forward, backward and packed forward give, as bytes."""
+    lstm.zero_grad()
+    out, (h, c) = lstm(x)
+    dx = lstm.backward(dy)
+    arrays = [out, h, c, dx, *lstm.grads.values(), packed(x)[0]]
+    return [a.tobytes() for a in arrays]
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 4])
+def test_directions_side_by_side_give_the_bits_of_one_after_the_other(monkeypatch, threads):
+    # Large enough for _directions to run the two directions on two threads
+    # of their own (B >= 4, 2^22 multiply-adds), each with a pool of half the
+    # threads (3: pools of 1 and 2); with _SIDES_MACS past any call, one after
+    # the other on the process's pool. Projection and ragged lengths too.
+    from lstm_ext import nn
+
+    rng = np.random.default_rng(5)
+    T, B, I, H = 40, 8, 48, 64
+    assert T * B * 4 * H * (I + H) >= nn._SIDES_MACS and B >= nn._SIDES_ROWS
+    x = rng.standard_normal((T, B, I), dtype=np.float32)
+    before = lstm_ext.get_num_threads()
+    try:
+        lstm_ext.set_num_threads(threads)
+        for kw in (dict(), dict(proj_size=24)):
+            lstm = nn.LSTM(I, H, 2, bidirectional=True, seed=1, **kw)
+            dy = rng.standard_normal((T, B, 2 * lstm.output_size), dtype=np.float32)
+            packed = lstm.packed()
+            side = _bidirectional_run(lstm, packed, x, dy)
+            monkeypatch.setattr(nn, "_SIDES_MACS", 1 << 62)
+            after = _bidirectional_run(lstm, packed, x, dy)
+            monkeypatch.undo()
+            assert side == after
+        lengths = rng.integers(0, T + 1, B)
+        lstm = nn.LSTM(I, H, 1, bidirectional=True, seed=2)
+        got = lstm(x, lengths=lengths)[0]
+        monkeypatch.setattr(nn, "_SIDES_MACS", 1 << 62)
+        np.testing.assert_array_equal(got, lstm(x, lengths=lengths)[0])
+    finally:
+        lstm_ext.set_num_threads(before)
+
+
+def test_an_error_in_one_direction_reaches_the_caller(monkeypatch):
+    from lstm_ext import nn
+
+    lstm = nn.LSTM(48, 64, 1, bidirectional=True, seed=1)
+    x = np.zeros((40, 8, 48), np.float32)
+    forward = lstm_ext.forward
+
+    def failing(*args, reverse=False, **kw):
+        if reverse:
+            raise ValueError("the reverse direction failed")
+        return forward(*args, reverse=reverse, **kw)
+
+    monkeypatch.setattr(lstm_ext, "forward", failing)
+    with pytest.raises(ValueError, match="the reverse direction failed"):
+        lstm(x)
+    monkeypatch.undo()
+    assert lstm(x)[0].shape == (40, 8, 128)  # and the next call runs
+
+
+def test_a_thread_s_own_pool():
+    # use_own_pool(n): the calling thread's calls run on n threads of its own
+    # (get_num_threads says so there), other threads' on the process's; 0 goes
+    # back; outside [0, 1024] a ValueError.
+    from lstm_ext import _core
+
+    seen = {}
+
+    def own(n):
+        _core.use_own_pool(n)
+        seen[n] = lstm_ext.get_num_threads()
+        p = make_problem(np.random.default_rng(3), 20, 8, 16, 32, np.float32)
+        seen[n, "bits"] = [a.tobytes() for a in forward_backward(p)]
+        _core.use_own_pool(0)
+        seen[n, "after"] = lstm_ext.get_num_threads()
+
+    for n in (1, 3):
+        t = threading.Thread(target=own, args=(n,))
+        t.start()
+        t.join()
+    p = make_problem(np.random.default_rng(3), 20, 8, 16, 32, np.float32)
+    want = [a.tobytes() for a in forward_backward(p)]
+    assert seen[1] == 1 and seen[3] == 3
+    assert seen[1, "after"] == seen[3, "after"] == lstm_ext.get_num_threads()
+    assert seen[1, "bits"] == seen[3, "bits"] == want
+    for n in (-1, 1025):
+        with pytest.raises(ValueError, match=rf"own pool must be in \[0, 1024\], got {n}"):
+            _core.use_own_pool(n)
+
+
+_FORKING_SIDES = """
+import multiprocessing
+import numpy as np
+from lstm_ext import nn
+
+rng = np.random.default_rng(6)
+x = rng.standard_normal((40, 8, 48)).astype(np.float32)
+lstm = nn.LSTM(48, 64, 2, bidirectional=True, seed=1)
+lstm.eval()
+
+def run(_):
+    return lstm(x)[0].tobytes()
+
+if __name__ == "__main__":
+    want = run(0)  # the directions' threads started before the fork
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        got = pool.map_async(run, range(4)).get(timeout=60)
+    assert all(g == want for g in got), "a child's results differ"
+    print("ok")
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no os.fork on this platform")
+def test_forked_children_run_directions_side_by_side():
+    """A child forked after the directions' threads started has none of them:
+    it makes its own (nn._sides_pool, by process id). Before, it would wait
+    for the parent's."""
+    out = subprocess.run([sys.executable, "-c", _FORKING_SIDES],
+                         capture_output=True, text=True, timeout=180)  # fmt: skip
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

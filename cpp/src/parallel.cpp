@@ -292,6 +292,9 @@ std::shared_ptr<Pool>& pool_slot() {
   return *pool;
 }
 
+// The calling thread's own pool (use_own_pool), if it has one.
+thread_local std::shared_ptr<Pool> own_pool;
+
 // fork() copies one thread, the caller, into the child: the pool's workers
 // are not there, and its first region would wait for them forever (Python's
 // multiprocessing forks by default on Linux). So the child sets the
@@ -302,12 +305,15 @@ std::shared_ptr<Pool>& pool_slot() {
 void pool_before_fork() { pool_m.lock(); }
 void pool_after_fork_in_parent() { pool_m.unlock(); }
 void pool_after_fork_in_child() {
+  static auto* set_aside = new std::vector<std::shared_ptr<Pool>>();  // reachable: no leak
   auto& p = pool_slot();
   if (p) {
-    static auto* set_aside = new std::vector<std::shared_ptr<Pool>>();  // reachable: no leak
     pool_threads = p->size();
     set_aside->push_back(std::move(p));
   }
+  // The forking thread's own pool is the parent's too: the child's calls from
+  // this thread go to the process's pool instead.
+  if (own_pool) set_aside->push_back(std::move(own_pool));
   pool_m.unlock();
 }
 
@@ -315,6 +321,7 @@ std::shared_ptr<Pool> pool() {
   static const int at_fork =
       pthread_atfork(pool_before_fork, pool_after_fork_in_parent, pool_after_fork_in_child);
   (void)at_fork;  // registered once, before the first pool (fails only without memory)
+  if (own_pool) return own_pool;
   std::lock_guard<std::mutex> lk(pool_m);
   auto& p = pool_slot();
   if (!p) p = std::make_shared<Pool>(threads_to_make());
@@ -536,6 +543,14 @@ void set_num_threads(int n) {
   auto fresh = std::make_shared<Pool>(n);
   std::lock_guard<std::mutex> lk(pool_m);
   pool_slot().swap(fresh);  // the old pool goes when its last region ends
+}
+
+void use_own_pool(int n) {
+  if (n < 0 || n > kMaxThreads)
+    throw std::invalid_argument("lstm_ext: the number of threads of a thread's own pool must be in "
+                                "[0, " + std::to_string(kMaxThreads) + "], got " +
+                                std::to_string(n));
+  own_pool = n == 0 ? nullptr : std::make_shared<Pool>(n);
 }
 
 void use_serial_blas() {

@@ -524,6 +524,9 @@ PYBIND11_MODULE(_core, m) {
         lstm_ext::set_num_threads(int(v));
       },
       py::arg("n"), "Set lstm_ext's threads (results are the same bits for any count).");
+  m.def("use_own_pool", &lstm_ext::use_own_pool, py::arg("n"),
+        "The calling thread's calls run on a pool of its own of n threads from now on (0: the "
+        "process's again); lstm_ext.nn's side-by-side directions.");
   m.def(
       "packed_recurrent_enabled", &lstm_ext::packed_recurrent_enabled,
       "Whether the recurrent product runs on R packed (AVX-512F or AVX2+FMA; else per step in the "

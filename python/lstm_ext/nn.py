@@ -16,8 +16,10 @@ last forward call needs for backward: do not share one between threads
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import inspect
+import os
 import threading
 import warnings
 from collections.abc import Iterator
@@ -282,6 +284,51 @@ class Embedding(Module):
         first = np.flatnonzero(np.concatenate(([True], tokens[1:] != tokens[:-1])))
         sums = np.add.reduceat(dy.reshape(-1, self.embedding_dim)[order], first, axis=0)
         self.grads["weight"][tokens[first]] += sums
+
+
+# A bidirectional layer's two directions run side by side, each on a pool of
+# its own of half lstm_ext's threads (use_own_pool), where there are at
+# least two threads, _SIDES_ROWS rows and _SIDES_MACS multiply-adds a
+# direction. On two Intel AVX-512 cores, against the directions one after
+# the other on both threads, 2-layer stacks (T,B,I,H): (100,32,256,256)
+# forward 0.94 of the time, forward+backward 0.98; (100,4,128,128) 0.90 and
+# 0.82; (50,8,128,128) 0.91 and 0.84; (100,64,512,512) 1.0; but
+# (100,1,128,128) forward 1.07 and (100,2,256,256) forward+backward 1.02:
+# a team of two on one direction's few rows reads each core's half of the
+# weights, where one thread alone reads all of them (dev/perf-notes.md, 76;
+# 48's try on two Zen 3 cores, B = 32: 1.03 and 0.99). The same bits
+# either way.
+_SIDES_ROWS, _SIDES_MACS = 4, 1 << 22
+_sides_lock = threading.Lock()
+_sides: dict = {}  # the executor: "key" (pid, threads), "pool"
+
+
+def _sides_pool(threads: int) -> concurrent.futures.ThreadPoolExecutor:
+    """Two threads, with pools of threads // 2 and the rest: made again in a
+    forked child (the parent's threads are not there) or after set_num_threads."""
+    key = (os.getpid(), threads)
+    with _sides_lock:
+        if _sides.get("key") != key:
+            old = _sides.get("pool")
+            if old is not None and _sides["key"][0] == key[0]:
+                old.shutdown(wait=False)
+            sizes = iter((threads // 2, threads - threads // 2))
+            _sides["pool"] = concurrent.futures.ThreadPoolExecutor(
+                2, "lstm_ext-direction", initializer=lambda: _core.use_own_pool(next(sizes))
+            )
+            _sides["key"] = key
+        return _sides["pool"]
+
+
+def _directions(calls: list, rows: int, macs: int, xp) -> list:
+    """Each of calls() (a layer's directions) run, each of batch rows and
+    macs multiply-adds; side by side where that pays (_SIDES_MACS)."""
+    threads = lstm_ext.get_num_threads() if xp is np else 1
+    if len(calls) < 2 or threads < 2 or rows < _SIDES_ROWS or macs < _SIDES_MACS:
+        return [call() for call in calls]
+    futures = [_sides_pool(threads).submit(call) for call in calls]
+    concurrent.futures.wait(futures)
+    return [f.result() for f in futures]
 
 
 def _side_by_side(outs: list, xp):
@@ -561,19 +608,24 @@ class LSTM(Module):
         caches, masks = [], []
         inp = x
         for layer in range(L):
-            outs, layer_caches = [], []
-            for d in range(D):
+
+            def direction(d, inp=inp, layer=layer):
                 k = layer * D + d
                 _, kw = self._weights(layer, d)
-                y, h, c, cache = lstm_ext.forward(
+                return lstm_ext.forward(
                     inp, kw["W"], kw["R"], kw["b"],
                     None if h0 is None else h0[k], None if c0 is None else c0[k],
                     training=keep, reverse=bool(d), lengths=lengths, W_hr=kw.get("W_hr"),
                     device=self.device, weight_dtype=weight_dtype,
                 )  # fmt: skip
+
+            macs = inp.shape[0] * B * 4 * H * (inp.shape[2] + O)
+            results = _directions([functools.partial(direction, d) for d in range(D)], B, macs, xp)
+            outs, layer_caches = [], []
+            for d, (y, h, c, cache) in enumerate(results):
                 outs.append(y)
                 layer_caches.append(cache)
-                h_n[k], c_n[k] = h, c
+                h_n[layer * D + d], c_n[layer * D + d] = h, c
             inp = _side_by_side(outs, xp)  # [T,B,D*O]
             caches.append(layer_caches)
             mask = None
@@ -642,15 +694,22 @@ class LSTM(Module):
             if masks[layer] is not None:
                 dy = dy * masks[layer]
             dinp = None
-            for d in range(D):
+
+            def direction(d, dy=dy, layer=layer):
                 k = layer * D + d
-                s, _ = self._weights(layer, d)
-                g = lstm_ext.backward(
+                return lstm_ext.backward(
                     caches[layer][d],
                     dy[:, :, d * O : (d + 1) * O],
                     None if dh_n is None else dh_n[k],
                     None if dc_n is None else dc_n[k],
                 )
+
+            cache = caches[layer][0]
+            macs = 2 * T * B * 4 * H * (cache.I + O)
+            grads = _directions([functools.partial(direction, d) for d in range(D)], B, macs, xp)
+            for d, g in enumerate(grads):
+                k = layer * D + d
+                s, _ = self._weights(layer, d)
                 dx, dh0[k], dc0[k], dW, dR, db = g[:6]
                 if dinp is None:
                     dinp = dx
@@ -730,16 +789,21 @@ class PackedLSTM(LSTM):
         h_n = np.empty((L * D, B, self.output_size), self.dtype)
         c_n = np.empty((L * D, B, self.hidden_size), self.dtype)
         inp = x
+        H, O = self.hidden_size, self.output_size
         for layer in range(L):
-            outs = []
-            for d in range(D):
+
+            def direction(d, inp=inp, layer=layer):
                 k = layer * D + d
-                y, h_n[k], c_n[k], _ = self._layers[k].forward(
+                return self._layers[k].forward(
                     inp, None if h0 is None else h0[k], None if c0 is None else c0[k],
                     reverse=bool(d), lengths=lengths,
                 )  # fmt: skip
-                outs.append(y)
-            inp = _side_by_side(outs, np)  # [T,B,D*O]
+
+            macs = inp.shape[0] * B * 4 * H * (inp.shape[2] + O)
+            results = _directions([functools.partial(direction, d) for d in range(D)], B, macs, np)
+            for d, r in enumerate(results):
+                h_n[layer * D + d], c_n[layer * D + d] = r.h, r.c
+            inp = _side_by_side([r.y for r in results], np)  # [T,B,D*O]
         out, h_n, c_n = self._as_given(inp, h_n, c_n, unbatched, host_io)
         return out, (h_n, c_n)
 

@@ -676,6 +676,38 @@ TEST(Threads, RegionsOfEverySizeRunEachTaskOnce) {
   }
 }
 
+// use_own_pool: two threads, each with a pool of its own of two, run teams
+// of two at once (on the process's pool one of them would run alone), and
+// each sees its own size; 0 goes back to the process's pool; the pools end
+// with their threads. Outside [0, kMaxThreads] it throws.
+TEST(Threads, AThreadsOwnPoolRunsItsTeams) {
+  PoolOf one(1);
+  std::array<int, 2> sizes{}, teams{}, after{};
+  std::atomic<int> inside{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 2; ++i)
+    threads.emplace_back([&, i] {
+      lstm_ext::use_own_pool(2);
+      sizes[size_t(i)] = lstm_ext::get_num_threads();
+      lstm_ext::parallel_team(2, 1e12, [&](int t, int n, lstm_ext::Barrier& barrier) {
+        if (t == 0) teams[size_t(i)] = n;
+        inside.fetch_add(1);
+        barrier.finished(t, 1);
+        barrier.wait_finished(1);
+      });
+      lstm_ext::use_own_pool(0);
+      after[size_t(i)] = lstm_ext::get_num_threads();
+    });
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(sizes, (std::array<int, 2>{2, 2}));
+  EXPECT_EQ(teams, (std::array<int, 2>{2, 2}));
+  EXPECT_EQ(inside, 4);
+  EXPECT_EQ(after, (std::array<int, 2>{1, 1}));
+  EXPECT_THROW(lstm_ext::use_own_pool(-1), std::invalid_argument);
+  EXPECT_THROW(lstm_ext::use_own_pool(lstm_ext::kMaxThreads + 1), std::invalid_argument);
+  std::thread([] { lstm_ext::use_own_pool(3); }).join();  // its pool ends with it
+}
+
 // A team of two in a pool of four wakes one worker: the other two stay
 // asleep while calls follow each other, instead of spinning between them on
 // cores the team or other programs need (perf-notes, 68). Teams of two are

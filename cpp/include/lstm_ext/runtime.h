@@ -27,6 +27,16 @@ int blas_num_threads();
 constexpr int kMaxThreads = 1024;
 int get_num_threads();
 void set_num_threads(int n);
+// The calling thread's calls from now on run on a pool of its own of n
+// threads (the thread itself and n - 1 more), not on the process's; n = 0
+// goes back to the process's. Two threads calling lstm_ext at once then
+// each get their own n threads, where on the process's pool one of them
+// would run alone on its own thread. get_num_threads, called from the
+// thread, says n (or the threads the system let it start). lstm_ext.nn runs
+// the two directions of a bidirectional layer so, each on half the threads.
+// The pool's threads end with the calling thread. Throws
+// std::invalid_argument outside [0, kMaxThreads].
+void use_own_pool(int n);
 // get_num_threads without starting the threads: the pool's size where it has
 // started, else the size it will try for (threads the system will refuse are
 // not known yet). For tools that only report the count (threadpoolctl).
