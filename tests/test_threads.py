@@ -527,26 +527,45 @@ def _bidirectional_run(lstm, packed, x, dy):
 @pytest.mark.parametrize("threads", [1, 2, 3, 4])
 def test_directions_side_by_side_give_the_bits_of_one_after_the_other(monkeypatch, threads):
     # Large enough for _directions to run the two directions on two threads
-    # of their own (B >= 4, 2^22 multiply-adds), each with a pool of half the
+    # of their own (B >= 4, 2^25 multiply-adds), each with a pool of half the
     # threads (3: pools of 1 and 2); with _SIDES_MACS past any call, one after
     # the other on the process's pool. Projection and ragged lengths too.
     from lstm_ext import nn
 
     rng = np.random.default_rng(5)
-    T, B, I, H = 40, 8, 48, 64
-    assert T * B * 4 * H * (I + H) >= nn._SIDES_MACS and B >= nn._SIDES_ROWS
+    T, B, I, H, P = 128, 8, 96, 128, 24
+    assert T * B * 4 * H * (2 * P + P) >= nn._SIDES_MACS and B >= nn._SIDES_ROWS  # the least
     x = rng.standard_normal((T, B, I), dtype=np.float32)
     before = lstm_ext.get_num_threads()
+    where = []  # the threads the core's calls ran on, and their pools' sizes
+    for name in ("forward", "forward_packed", "backward"):
+        core = getattr(lstm_ext._core, name)
+
+        def spy(*a, core=core, **kw):
+            where.append((threading.current_thread().name, lstm_ext.get_num_threads()))
+            return core(*a, **kw)
+
+        monkeypatch.setattr(lstm_ext._core, name, spy)
     try:
         lstm_ext.set_num_threads(threads)
-        for kw in (dict(), dict(proj_size=24)):
-            lstm = nn.LSTM(I, H, 2, bidirectional=True, seed=1, **kw)
+        for kw in (dict(), dict(proj_size=P)):
+            lstm = nn.LSTM(I, H, 2, bidirectional=True, seed=1, **kw)  # the second layer's I: 2H
             dy = rng.standard_normal((T, B, 2 * lstm.output_size), dtype=np.float32)
             packed = lstm.packed()
+            where.clear()
             side = _bidirectional_run(lstm, packed, x, dy)
+            halves = sorted({n for name, n in where if name.startswith("lstm_ext-direction")})
+            assert len(where) == 12  # 2 layers x 2 directions x (forward, backward, packed)
+            if threads == 1:
+                assert all(name == threading.current_thread().name for name, _ in where)
+            else:
+                assert halves == sorted({threads // 2, threads - threads // 2}), where
+                lanes = {name for name, _ in where}
+                assert lanes == {"lstm_ext-direction-0_0", "lstm_ext-direction-1_0"}, where
+            on = nn._SIDES_MACS
             monkeypatch.setattr(nn, "_SIDES_MACS", 1 << 62)
             after = _bidirectional_run(lstm, packed, x, dy)
-            monkeypatch.undo()
+            monkeypatch.setattr(nn, "_SIDES_MACS", on)
             assert side == after
         lengths = rng.integers(0, T + 1, B)
         lstm = nn.LSTM(I, H, 1, bidirectional=True, seed=2)
@@ -560,8 +579,8 @@ def test_directions_side_by_side_give_the_bits_of_one_after_the_other(monkeypatc
 def test_an_error_in_one_direction_reaches_the_caller(monkeypatch):
     from lstm_ext import nn
 
-    lstm = nn.LSTM(48, 64, 1, bidirectional=True, seed=1)
-    x = np.zeros((40, 8, 48), np.float32)
+    lstm = nn.LSTM(96, 128, 1, bidirectional=True, seed=1)
+    x = np.zeros((64, 8, 96), np.float32)
     forward = lstm_ext.forward
 
     def failing(*args, reverse=False, **kw):
@@ -569,11 +588,16 @@ def test_an_error_in_one_direction_reaches_the_caller(monkeypatch):
             raise ValueError("the reverse direction failed")
         return forward(*args, reverse=reverse, **kw)
 
-    monkeypatch.setattr(lstm_ext, "forward", failing)
-    with pytest.raises(ValueError, match="the reverse direction failed"):
-        lstm(x)
-    monkeypatch.undo()
-    assert lstm(x)[0].shape == (40, 8, 128)  # and the next call runs
+    before = lstm_ext.get_num_threads()
+    lstm_ext.set_num_threads(2)  # side by side
+    try:
+        monkeypatch.setattr(lstm_ext, "forward", failing)
+        with pytest.raises(ValueError, match="the reverse direction failed"):
+            lstm(x)
+        monkeypatch.undo()
+        assert lstm(x)[0].shape == (64, 8, 256)  # and the next call runs
+    finally:
+        lstm_ext.set_num_threads(before)
 
 
 def test_a_thread_s_own_pool():
@@ -609,11 +633,13 @@ def test_a_thread_s_own_pool():
 _FORKING_SIDES = """
 import multiprocessing
 import numpy as np
+import lstm_ext
 from lstm_ext import nn
 
+lstm_ext.set_num_threads(2)  # side by side
 rng = np.random.default_rng(6)
-x = rng.standard_normal((40, 8, 48)).astype(np.float32)
-lstm = nn.LSTM(48, 64, 2, bidirectional=True, seed=1)
+x = rng.standard_normal((64, 8, 96)).astype(np.float32)
+lstm = nn.LSTM(96, 128, 2, bidirectional=True, seed=1)
 lstm.eval()
 
 def run(_):
@@ -631,8 +657,53 @@ if __name__ == "__main__":
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no os.fork on this platform")
 def test_forked_children_run_directions_side_by_side():
     """A child forked after the directions' threads started has none of them:
-    it makes its own (nn._sides_pool, by process id). Before, it would wait
-    for the parent's."""
+    it makes its own (nn._forget_sides). Before, it would wait for the
+    parent's."""
     out = subprocess.run([sys.executable, "-c", _FORKING_SIDES],
                          capture_output=True, text=True, timeout=180)  # fmt: skip
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_two_threads_each_running_a_bidirectional_lstm():
+    # One runs its directions on the two direction threads, the other (finding
+    # them busy) one after the other on its own thread: both their own bits.
+    from lstm_ext import nn
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((64, 8, 96), dtype=np.float32)
+    lstms = [nn.LSTM(96, 128, 2, bidirectional=True, seed=s) for s in (1, 2)]
+    before = lstm_ext.get_num_threads()
+    lstm_ext.set_num_threads(2)
+    try:
+        alone = [lstm(x)[0].tobytes() for lstm in lstms]
+        for _ in range(5):
+            together = run_in_threads([lambda m=m: m(x)[0].tobytes() for m in lstms])
+            assert together == alone
+    finally:
+        lstm_ext.set_num_threads(before)
+
+
+_AT_EXIT_SIDES = """
+import atexit
+import numpy as np
+import lstm_ext
+from lstm_ext import nn
+
+lstm_ext.set_num_threads(2)
+x = np.random.default_rng(8).standard_normal((64, 8, 96)).astype(np.float32)
+lstm = nn.LSTM(96, 128, 1, bidirectional=True, seed=1)
+want = lstm(x)[0].tobytes()  # the direction threads started
+
+def last():  # after Python has shut the executors' threads down
+    print("ok" if lstm(x)[0].tobytes() == want else "differs")
+
+atexit.register(last)
+"""
+
+
+def test_a_bidirectional_lstm_runs_in_an_atexit_handler():
+    """Python shuts thread-pool executors down before the atexit handlers run:
+    the directions then run one after the other instead of failing."""
+    out = subprocess.run([sys.executable, "-c", _AT_EXIT_SIDES],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

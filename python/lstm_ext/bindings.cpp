@@ -489,7 +489,8 @@ PYBIND11_MODULE(_core, m) {
         for (const py::handle d : sizes) {
           shape.push_back(d.cast<int64_t>());
           if (shape.back() < 0)
-            throw py::value_error("shape: expected sizes >= 0, got " + std::to_string(shape.back()));
+            throw py::value_error("shape: expected sizes >= 0, got " +
+                                  std::to_string(shape.back()));
         }
         if (dtype.equal(py::dtype::of<float>())) return empty<float>(shape);
         if (dtype.equal(py::dtype::of<double>())) return empty<double>(shape);

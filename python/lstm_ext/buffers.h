@@ -58,6 +58,7 @@ class BufferCache {
   // on huge pages; forward+backward 0.97-0.98 of the time at B = 16-64,
   // dev/perf-notes.md 76).
   std::pair<void*, size_t> take(size_t bytes) {
+    if (bytes > size_t(PTRDIFF_MAX)) throw std::bad_alloc();  // and no rounding past SIZE_MAX
     const size_t align = bytes >= kHuge ? kHuge : kAlign;
     const size_t capacity = (bytes + align - 1) / align * align;
     {
@@ -150,26 +151,27 @@ py::array_t<S, py::array::c_style | py::array::forcecast> cached_empty(
     const std::vector<py::ssize_t>& shape) {
   using Array = py::array_t<S, py::array::c_style | py::array::forcecast>;
   size_t bytes = sizeof(S);
-  bool too_large = false;
+  bool too_large = false;  // past what an array may hold (NumPy's limit too)
   for (const py::ssize_t d : shape) {
-    too_large |= d < 0 || (d > 0 && bytes > SIZE_MAX / size_t(d));
+    too_large |= d < 0 || (d > 0 && bytes > size_t(PTRDIFF_MAX) / size_t(d));
     bytes = too_large ? 0 : bytes * size_t(d);
   }
   BufferCache& cache = BufferCache::instance();
   if (!too_large && (bytes < BufferCache::kMinBytes || cache.limit() == 0)) return Array(shape);
   using Block = std::pair<void*, size_t>;  // the buffer and its capacity
   Block* block = nullptr;
-  try {
-    if (too_large) throw std::bad_alloc();
-    block = new Block(cache.take(bytes));
-  } catch (const std::bad_alloc&) {  // NumPy's error, as NumPy's own allocation gives it
+  const auto what = [&] {  // for the errors, in NumPy's words
     std::string dims;
     for (const py::ssize_t d : shape) dims += (dims.empty() ? "" : ", ") + std::to_string(d);
-    const std::string what = "an array with shape (" + dims + (shape.size() == 1 ? ",)" : ")") +
-                             " and data type " + py::str(py::dtype::of<S>()).cast<std::string>();
-    const std::string message = too_large ? "Unable to allocate " + what + ": over 2^64 bytes"
-                                          : "Unable to allocate " + std::to_string(bytes) +
-                                                " bytes for " + what;
+    return "an array with shape (" + dims + (shape.size() == 1 ? ",)" : ")") + " and data type " +
+           py::str(py::dtype::of<S>()).cast<std::string>();
+  };
+  if (too_large) throw py::value_error("array is too big: " + what() + " would pass 2^63 bytes");
+  try {
+    block = new Block(cache.take(bytes));
+  } catch (const std::bad_alloc&) {
+    const std::string message =
+        "Unable to allocate " + std::to_string(bytes) + " bytes for " + what();
     PyErr_SetString(PyExc_MemoryError, message.c_str());
     throw py::error_already_set();
   }

@@ -289,46 +289,82 @@ class Embedding(Module):
 # A bidirectional layer's two directions run side by side, each on a pool of
 # its own of half lstm_ext's threads (use_own_pool), where there are at
 # least two threads, _SIDES_ROWS rows and _SIDES_MACS multiply-adds a
-# direction. On two Intel AVX-512 cores, against the directions one after
-# the other on both threads, 2-layer stacks (T,B,I,H): (100,32,256,256)
-# forward 0.94 of the time, forward+backward 0.98; (100,4,128,128) 0.90 and
-# 0.82; (50,8,128,128) 0.91 and 0.84; (100,64,512,512) 1.0; but
-# (100,1,128,128) forward 1.07 and (100,2,256,256) forward+backward 1.02:
-# a team of two on one direction's few rows reads each core's half of the
-# weights, where one thread alone reads all of them (dev/perf-notes.md, 76;
-# 48's try on two Zen 3 cores, B = 32: 1.03 and 0.99). The same bits
-# either way.
-_SIDES_ROWS, _SIDES_MACS = 4, 1 << 22
-_sides_lock = threading.Lock()
-_sides: dict = {}  # the executor: "key" (pid, threads), "pool"
+# direction and call (backward's count twice forward's). On two Intel
+# AVX-512 cores, against the directions one after the other on both
+# threads, 2-layer stacks (T,B,I,H): (100,32,256,256) forward 0.94 of the
+# time, forward+backward 0.99; (100,4,128,128) 0.90 and 0.82; (50,8,128,128)
+# 0.91 and 0.84; (100,64,512,512) 1.0. Below 4 rows a team of two on one
+# direction reads each core's half of the weights, where one thread alone
+# reads all of them: (100,1,128,128) forward 1.07, (100,2,256,256) forward+
+# backward 1.02. Below about 2^25 the handoff to the two threads shows: at
+# 4 rows, forward (40,8,128,128) 0.96 but (20,8,128,128) 1.01, (40,8,64,64)
+# 1.11, (20,8,64,64) 1.49 (dev/perf-notes.md, 76; 48's try on two Zen 3
+# cores, B = 32: 1.03 and 0.99). The same bits either way.
+_SIDES_ROWS, _SIDES_MACS = 4, 1 << 25
+# The two threads (named lstm_ext-direction-0 and -1: an executor of one
+# thread each, so that the directions never share one), made on first use
+# and again after set_num_threads; one layer's directions at a time: a call
+# that finds them busy (another thread's layer) runs its directions one
+# after the other on its own thread, as a call that finds lstm_ext's pool
+# busy does.
+_sides: dict = {}  # "threads": their pools' total, "lanes": the executors
+_sides_lock, _sides_busy = threading.Lock(), threading.Lock()
 
 
-def _sides_pool(threads: int) -> concurrent.futures.ThreadPoolExecutor:
-    """Two threads, with pools of threads // 2 and the rest: made again in a
-    forked child (the parent's threads are not there) or after set_num_threads."""
-    key = (os.getpid(), threads)
+def _forget_sides() -> None:
+    """In a forked child: the parent's threads are not there, nor its locks' holders."""
+    global _sides_lock, _sides_busy
+    _sides.clear()
+    _sides_lock, _sides_busy = threading.Lock(), threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_sides)
+
+
+def _sides_lanes(threads: int) -> list:
+    """Two one-thread executors whose threads have pools of threads // 2 and
+    the rest (a former pair, dropped, ends with its last reference)."""
     with _sides_lock:
-        if _sides.get("key") != key:
-            old = _sides.get("pool")
-            if old is not None and _sides["key"][0] == key[0]:
-                old.shutdown(wait=False)
-            sizes = iter((threads // 2, threads - threads // 2))
-            _sides["pool"] = concurrent.futures.ThreadPoolExecutor(
-                2, "lstm_ext-direction", initializer=lambda: _core.use_own_pool(next(sizes))
-            )
-            _sides["key"] = key
-        return _sides["pool"]
+        if _sides.get("threads") != threads:
+            _sides["lanes"] = [
+                concurrent.futures.ThreadPoolExecutor(
+                    1, f"lstm_ext-direction-{d}", initializer=_core.use_own_pool, initargs=(n,)
+                )
+                for d, n in enumerate((threads // 2, threads - threads // 2))
+            ]
+            _sides["threads"] = threads
+        return _sides["lanes"]
 
 
-def _directions(calls: list, rows: int, macs: int, xp) -> list:
-    """Each of calls() (a layer's directions) run, each of batch rows and
-    macs multiply-adds; side by side where that pays (_SIDES_MACS)."""
-    threads = lstm_ext.get_num_threads() if xp is np else 1
+def _directions(direction, D: int, rows: int, macs: int, on_cpu: bool) -> list:
+    """[direction(d) for d < D], a layer's directions, each of batch rows and
+    macs multiply-adds: side by side where that pays (_SIDES_MACS)."""
+    calls = [functools.partial(direction, d) for d in range(D)]
+    threads = lstm_ext.get_num_threads() if on_cpu else 1
+    if threads < 2 and _sides:  # after set_num_threads(1): the pair's threads end
+        with _sides_lock:
+            _sides.clear()
     if len(calls) < 2 or threads < 2 or rows < _SIDES_ROWS or macs < _SIDES_MACS:
         return [call() for call in calls]
-    futures = [_sides_pool(threads).submit(call) for call in calls]
-    concurrent.futures.wait(futures)
-    return [f.result() for f in futures]
+    if not _sides_busy.acquire(blocking=False):
+        _core.use_own_pool(1)  # this thread alone
+        try:
+            return [call() for call in calls]
+        finally:
+            _core.use_own_pool(0)
+    try:
+        futures = []
+        try:
+            for lane, call in zip(_sides_lanes(threads), calls, strict=True):
+                futures.append(lane.submit(call))
+        except RuntimeError:  # no new threads: Python is exiting (atexit, daemon threads)
+            concurrent.futures.wait(futures)
+            return [call() for call in calls]
+        concurrent.futures.wait(futures)
+        return [f.result() for f in futures]
+    finally:
+        _sides_busy.release()
 
 
 def _side_by_side(outs: list, xp):
@@ -620,7 +656,7 @@ class LSTM(Module):
                 )  # fmt: skip
 
             macs = inp.shape[0] * B * 4 * H * (inp.shape[2] + O)
-            results = _directions([functools.partial(direction, d) for d in range(D)], B, macs, xp)
+            results = _directions(direction, D, B, macs, self.device == "cpu")
             outs, layer_caches = [], []
             for d, (y, h, c, cache) in enumerate(results):
                 outs.append(y)
@@ -706,7 +742,7 @@ class LSTM(Module):
 
             cache = caches[layer][0]
             macs = 2 * T * B * 4 * H * (cache.I + O)
-            grads = _directions([functools.partial(direction, d) for d in range(D)], B, macs, xp)
+            grads = _directions(direction, D, B, macs, self.device == "cpu")
             for d, g in enumerate(grads):
                 k = layer * D + d
                 s, _ = self._weights(layer, d)
@@ -800,7 +836,7 @@ class PackedLSTM(LSTM):
                 )  # fmt: skip
 
             macs = inp.shape[0] * B * 4 * H * (inp.shape[2] + O)
-            results = _directions([functools.partial(direction, d) for d in range(D)], B, macs, np)
+            results = _directions(direction, D, B, macs, True)
             for d, r in enumerate(results):
                 h_n[layer * D + d], c_n[layer * D + d] = r.h, r.c
             inp = _side_by_side([r.y for r in results], np)  # [T,B,D*O]

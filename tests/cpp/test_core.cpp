@@ -708,6 +708,36 @@ TEST(Threads, AThreadsOwnPoolRunsItsTeams) {
   std::thread([] { lstm_ext::use_own_pool(3); }).join();  // its pool ends with it
 }
 
+// A child forked by a thread with a pool of its own: the child's calls from
+// that thread run on a pool the child makes (the parent's workers are not
+// there).
+TEST(Threads, AChildForkedFromAThreadWithItsOwnPoolRuns) {
+#if defined(__SANITIZE_THREAD__)
+  GTEST_SKIP() << "ThreadSanitizer does not support threads started in the child of a "
+                  "multi-threaded process's fork";
+#else
+  int status = -1;
+  std::thread([&] {
+    lstm_ext::use_own_pool(2);
+    std::atomic<int> team{0};
+    lstm_ext::parallel_team(2, 1e12, [&](int, int n, lstm_ext::Barrier&) { team = n; });
+    if (team != 2) return;
+    const pid_t child = fork();
+    if (child == 0) {
+      alarm(60);  // a child that hangs is killed by SIGALRM
+      std::atomic<int> ran{0};
+      lstm_ext::parallel_team(2, 1e12, [&](int, int, lstm_ext::Barrier&) { ran.fetch_add(1); });
+      std::vector<int64_t> v(8);
+      lstm_ext::parallel_for(8, [&](int64_t i) { v[size_t(i)] = i; });
+      _exit(ran >= 1 && v[7] == 7 ? 0 : 1);
+    }
+    if (child > 0) waitpid(child, &status, 0);
+  }).join();
+  ASSERT_TRUE(WIFEXITED(status)) << "the child hung or did not start: status " << status;
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+#endif
+}
+
 // A team of two in a pool of four wakes one worker: the other two stay
 // asleep while calls follow each other, instead of spinning between them on
 // cores the team or other programs need (perf-notes, 68). Teams of two are
