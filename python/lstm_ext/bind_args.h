@@ -315,12 +315,11 @@ std::optional<carray<S>> cached_copy(const py::handle& a) {
   return copy;
 }
 
-// C-contiguous, native byte order; a copy only where needed. NumPy copies
-// without the GIL (parked_if_ended). A copy too large for memory is NumPy's
-// MemoryError (py::array_t::ensure cleared it and returned no array).
+// NumPy's conversion: NumPy copies without the GIL (parked_if_ended). A copy
+// too large for memory is NumPy's MemoryError (py::array_t::ensure cleared it
+// and returned no array).
 template <typename S>
-carray<S> contiguous(const py::handle& a) {
-  if (auto copy = cached_copy<S>(a)) return *std::move(copy);
+carray<S> numpy_contiguous(const py::handle& a) {
   auto& api = py::detail::npy_api::get();
   PyObject* c = parked_if_ended([&] {
     return api.PyArray_FromAny_(a.ptr(), py::dtype::of<S>().release().ptr(), 0, 0,
@@ -330,6 +329,14 @@ carray<S> contiguous(const py::handle& a) {
   });
   if (c == nullptr) throw py::error_already_set();
   return py::reinterpret_steal<carray<S>>(c);
+}
+
+// C-contiguous, native byte order; a copy only where needed (cached_copy,
+// else NumPy's).
+template <typename S>
+carray<S> contiguous(const py::handle& a) {
+  if (auto copy = cached_copy<S>(a)) return *std::move(copy);
+  return numpy_contiguous<S>(a);
 }
 
 template <typename S>
@@ -351,7 +358,7 @@ carray<S> empty(const std::vector<int64_t>& shape) {
 template <typename S>
 carray<S> private_copy(const py::array& view, const py::object& original) {
   if (auto copy = cached_copy<S>(view)) return *std::move(copy);  // fresh
-  carray<S> c = contiguous<S>(view);
+  carray<S> c = numpy_contiguous<S>(view);
   const bool fresh = py::isinstance<py::array>(original) && c.ptr() != original.ptr() &&
                      c.ptr() != view.ptr() && c.owndata();
   if (fresh) return c;

@@ -337,10 +337,12 @@ def _sides_lanes(threads: int) -> list:
         return _sides["lanes"]
 
 
-def _directions(direction, D: int, rows: int, macs: int, on_cpu: bool) -> list:
-    """[direction(d) for d < D], a layer's directions, each of batch rows and
-    macs multiply-adds: side by side where that pays (_SIDES_MACS)."""
+def _directions(direction, D: int, x_shape: tuple, H: int, O: int, on_cpu: bool, passes=1) -> list:
+    """[direction(d) for d < D], a layer's directions over x [T,B,I] (passes:
+    1 forward, 2 backward, in multiply-adds): side by side where that pays."""
     calls = [functools.partial(direction, d) for d in range(D)]
+    T, rows, I = x_shape
+    macs = passes * T * rows * 4 * H * (I + O)
     threads = lstm_ext.get_num_threads() if on_cpu else 1
     if threads < 2 and _sides:  # after set_num_threads(1): the pair's threads end
         with _sides_lock:
@@ -655,8 +657,7 @@ class LSTM(Module):
                     device=self.device, weight_dtype=weight_dtype,
                 )  # fmt: skip
 
-            macs = inp.shape[0] * B * 4 * H * (inp.shape[2] + O)
-            results = _directions(direction, D, B, macs, self.device == "cpu")
+            results = _directions(direction, D, inp.shape, H, O, self.device == "cpu")
             outs, layer_caches = [], []
             for d, (y, h, c, cache) in enumerate(results):
                 outs.append(y)
@@ -740,9 +741,8 @@ class LSTM(Module):
                     None if dc_n is None else dc_n[k],
                 )
 
-            cache = caches[layer][0]
-            macs = 2 * T * B * 4 * H * (cache.I + O)
-            grads = _directions(direction, D, B, macs, self.device == "cpu")
+            x_shape = (T, B, caches[layer][0].I)
+            grads = _directions(direction, D, x_shape, H, O, self.device == "cpu", passes=2)
             for d, g in enumerate(grads):
                 k = layer * D + d
                 s, _ = self._weights(layer, d)
@@ -835,8 +835,7 @@ class PackedLSTM(LSTM):
                     reverse=bool(d), lengths=lengths,
                 )  # fmt: skip
 
-            macs = inp.shape[0] * B * 4 * H * (inp.shape[2] + O)
-            results = _directions(direction, D, B, macs, True)
+            results = _directions(direction, D, inp.shape, H, O, True)
             for d, r in enumerate(results):
                 h_n[layer * D + d], c_n[layer * D + d] = r.h, r.c
             inp = _side_by_side([r.y for r in results], np)  # [T,B,D*O]
