@@ -291,25 +291,51 @@ void copy_columns(S* dst, const S* src, int64_t n, int64_t width, int64_t c0, in
 
 // ---- the fused pointwise passes --------------------------------------------
 
-// The fused passes are compiled for AVX-512 and AVX2 besides the baseline,
-// and the best the CPU has runs. Without contraction into FMA (ISO C++ mode),
-// every version gives the same bits. GCC: target_clones, which the loader
-// resolves (not under ThreadSanitizer: the loader runs the clones' resolvers
-// before its runtime starts, and the instrumented resolvers crash). Clang
-// refuses target_clones on templates: there the pass is inlined into a
-// function of each target, and each call picks one (on_cpu; without them
-// Clang's build took 1.15-1.27x GCC's time, dev/perf-notes.md 61-62).
-// A call site names the pass as LSTM_EXT_ON_CPU(pass<...>)(arguments).
+// The fused passes are compiled for AVX-512 and AVX2+FMA besides the
+// baseline, and the best the CPU has runs. Their first template argument is
+// kFma (cell_math.h): true where the CPU has FMA (cpu_has_fma), so that the
+// exps' multiply-adds are one instruction each (the gate pass 1.3x faster
+// alone, a B = 32, H = 128 forward 5 %: dev/perf-notes.md, 77); CPUs without
+// (x86 before 2013, and virtual machines that hide it) take kFma = false, the
+// same operations rounded twice. Without contraction into FMA (ISO C++
+// mode), every version of one kFma gives the same bits. GCC: target_clones,
+// which the loader resolves (not under ThreadSanitizer: the loader runs the
+// clones' resolvers before its runtime starts, and the instrumented resolvers
+// crash; there, and off x86, the fused multiply-adds are the C library's
+// fma where the baseline has no instruction for them). Clang refuses
+// target_clones on templates: there the pass is inlined into a function of
+// each target, and each call picks one (on_cpu; without them Clang's build
+// took 1.15-1.27x GCC's time, dev/perf-notes.md 61-62). A call site names
+// the pass and its template arguments but kFma, as
+// LSTM_EXT_ON_CPU(pass, arguments...)(call arguments).
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+inline bool cpu_has_fma() {
+  static const bool fma = [] {
+    __builtin_cpu_init();  // where called before the runtime's constructor ran
+    return __builtin_cpu_supports("fma");
+  }();
+  return fma;
+}
+#else
+inline bool cpu_has_fma() { return true; }  // (or the C library's fma)
+#endif
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && \
     !defined(__SANITIZE_THREAD__)
-#define LSTM_EXT_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#define LSTM_EXT_ON_CPU(...) __VA_ARGS__
+// x86-64-v3: AVX2 and FMA (GCC 12 on; before it, a clone for FMA with AVX).
+#if __GNUC__ >= 12
+#define LSTM_EXT_CLONES __attribute__((target_clones("avx512f", "arch=x86-64-v3", "default")))
+#else
+#define LSTM_EXT_CLONES __attribute__((target_clones("avx512f", "fma", "default")))
+#endif
+#define LSTM_EXT_ON_CPU(pass, ...) \
+  (cpu_has_fma() ? pass<true, __VA_ARGS__> : pass<false, __VA_ARGS__>)
 #elif defined(__clang__) && defined(__x86_64__)
 #define LSTM_EXT_CLONES __attribute__((always_inline)) inline
-#define LSTM_EXT_ON_CPU(...) on_cpu<__VA_ARGS__>
+#define LSTM_EXT_ON_CPU(pass, ...) on_cpu<pass<true, __VA_ARGS__>, pass<false, __VA_ARGS__>>
 #else
 #define LSTM_EXT_CLONES
-#define LSTM_EXT_ON_CPU(...) __VA_ARGS__
+#define LSTM_EXT_ON_CPU(pass, ...) \
+  (cpu_has_fma() ? pass<true, __VA_ARGS__> : pass<false, __VA_ARGS__>)
 #endif
 // A loop's iterations are independent (GCC's ivdep, Clang's assume_safety).
 #if defined(__clang__)
@@ -324,24 +350,27 @@ void copy_columns(S* dst, const S* src, int64_t n, int64_t width, int64_t c0, in
 #define LSTM_EXT_RESTRICT __restrict
 
 #if defined(__clang__) && defined(__x86_64__)
-// Pass F (always inline) compiled for AVX-512F and for AVX2; on_cpu runs the
-// best the CPU has, else F for the baseline, inlined into it.
+// Pass F (always inline, kFma) compiled for AVX-512F and for AVX2+FMA;
+// on_cpu runs the best the CPU has, else Plain (kFma = false) or, with FMA
+// but neither, F for the baseline, inlined into it.
 template <auto F, typename... A>
 __attribute__((target("avx512f"))) void on_avx512f(A... a) {
   F(a...);
 }
 template <auto F, typename... A>
-__attribute__((target("avx2"))) void on_avx2(A... a) {
+__attribute__((target("avx2,fma"))) void on_avx2(A... a) {
   F(a...);
 }
-inline int pass_isa() {  // 2 AVX-512F, 1 AVX2, 0 neither
+inline int pass_isa() {  // 2 AVX-512F, 1 AVX2 and FMA, 0 neither
   static const int isa = [] {
     __builtin_cpu_init();  // where called before the runtime's constructor ran
-    return __builtin_cpu_supports("avx512f") ? 2 : __builtin_cpu_supports("avx2") ? 1 : 0;
+    return __builtin_cpu_supports("avx512f")                                 ? 2
+           : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1
+                                                                             : 0;
   }();
   return isa;
 }
-template <auto F, typename... A>
+template <auto F, auto Plain, typename... A>
 void on_cpu(A... a) {
   switch (pass_isa()) {
     case 2:
@@ -349,7 +378,7 @@ void on_cpu(A... a) {
     case 1:
       return on_avx2<F>(a...);
     default:
-      return F(a...);
+      return cpu_has_fma() ? F(a...) : Plain(a...);
   }
 }
 #endif
@@ -357,7 +386,7 @@ void on_cpu(A... a) {
 // Forward for one row's units [j0, j1), bias added when kBias: inlined into
 // each clone below, so that the loop has no branch on b (GCC turned that into
 // masked loads: 20% of a B = 1 forward on Zen 3).
-template <bool kBias, bool kSave, bool kPeep, bool kClip, bool kCoupled, typename S>
+template <bool kFma, bool kBias, bool kSave, bool kPeep, bool kClip, bool kCoupled, typename S>
 __attribute__((always_inline)) inline void cell_forward_row(
     S* LSTM_EXT_RESTRICT zn, S* LSTM_EXT_RESTRICT c, S* LSTM_EXT_RESTRICT m,
     const S* LSTM_EXT_RESTRICT c_prev, const S* LSTM_EXT_RESTRICT b,
@@ -368,7 +397,7 @@ __attribute__((always_inline)) inline void cell_forward_row(
   for (int64_t j = j0; j < j1; ++j) {
     cell::Gates<S> zz = cell::load_gates(zn, j, H);
     if (kBias) zz = {zz.i + b[j], zz.f + b[H + j], zz.g + b[2 * H + j], zz.o + b[3 * H + j]};
-    const auto a = cell::cell_forward<kPeep, kClip, kCoupled>(
+    const auto a = cell::cell_forward<kPeep, kClip, kCoupled, kFma>(
         &zz, c_prev[j], cell::peep_of<kPeep>(peep, j, H), clip, &c[j], &m[j]);
     if (kSave) cell::store_gates(zn, j, H, kClip ? zz : a);
   }
@@ -377,7 +406,7 @@ __attribute__((always_inline)) inline void cell_forward_row(
 // Forward for nb rows. z [nb,4H]: x W^T + h R^T on entry; with kSave the
 // activated gates (or, with kClip, the final pre-activations) on exit.
 // c [nb,H] out; m [nb,H] out; b [4H] or null. No buffer may overlap another.
-template <bool kSave, bool kPeep, bool kClip, bool kCoupled, typename S>
+template <bool kFma, bool kSave, bool kPeep, bool kClip, bool kCoupled, typename S>
 LSTM_EXT_CLONES void cell_forward_rows(S* LSTM_EXT_RESTRICT z, S* LSTM_EXT_RESTRICT c,
                                        S* LSTM_EXT_RESTRICT m, const S* LSTM_EXT_RESTRICT c_prev,
                                        const S* LSTM_EXT_RESTRICT b,
@@ -387,11 +416,11 @@ LSTM_EXT_CLONES void cell_forward_rows(S* LSTM_EXT_RESTRICT z, S* LSTM_EXT_RESTR
     S* zn = z + n * 4 * H;  // [4H]
     const int64_t k = n * H;
     if (b)
-      cell_forward_row<true, kSave, kPeep, kClip, kCoupled>(zn, c + k, m + k, c_prev + k, b, peep,
-                                                            clip, H, j0, j1);
+      cell_forward_row<kFma, true, kSave, kPeep, kClip, kCoupled>(zn, c + k, m + k, c_prev + k, b,
+                                                                  peep, clip, H, j0, j1);
     else
-      cell_forward_row<false, kSave, kPeep, kClip, kCoupled>(zn, c + k, m + k, c_prev + k, b, peep,
-                                                             clip, H, j0, j1);
+      cell_forward_row<kFma, false, kSave, kPeep, kClip, kCoupled>(zn, c + k, m + k, c_prev + k, b,
+                                                                   peep, clip, H, j0, j1);
   }
 }
 
@@ -399,7 +428,7 @@ LSTM_EXT_CLONES void cell_forward_rows(S* LSTM_EXT_RESTRICT z, S* LSTM_EXT_RESTR
 //   dz [nb,4H] out;  dc [nb,H] in/out (dL/dc_t -> dL/dc_{t-1})
 //   saved [nb,4H] what forward kept;  c_prev, c [nb,H];  dm [nb,H]
 //   db [4H] accumulated (+=);  dpeep [3H] accumulated (+=) when kPeep
-template <bool kPeep, bool kClip, bool kCoupled, typename S>
+template <bool kFma, bool kPeep, bool kClip, bool kCoupled, typename S>
 LSTM_EXT_CLONES void cell_backward_rows(S* LSTM_EXT_RESTRICT dz, S* LSTM_EXT_RESTRICT dc,
                                         S* LSTM_EXT_RESTRICT db, S* LSTM_EXT_RESTRICT dpeep,
                                         const S* LSTM_EXT_RESTRICT saved,
@@ -416,8 +445,8 @@ LSTM_EXT_CLONES void cell_backward_rows(S* LSTM_EXT_RESTRICT dz, S* LSTM_EXT_RES
     for (int64_t j = j0; j < j1; ++j) {
       const int64_t k = n * H + j;
       const cell::Gates<S> kept = cell::load_gates(sn, j, H);
-      const cell::Gates<S> a = kClip ? cell::activate<kClip, kCoupled>(kept, clip) : kept;
-      const auto d = cell::cell_backward<kPeep, kClip, kCoupled>(
+      const cell::Gates<S> a = kClip ? cell::activate<kClip, kCoupled, kFma>(kept, clip) : kept;
+      const auto d = cell::cell_backward<kPeep, kClip, kCoupled, kFma>(
           a, kept, c_prev[k], c[k], dm[k], cell::peep_of<kPeep>(peep, j, H), clip, &dc[k]);
       cell::store_gates(dzn, j, H, d);
       db[j] += d.i, db[H + j] += d.f, db[2 * H + j] += d.g, db[3 * H + j] += d.o;
@@ -657,10 +686,9 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
         [&](auto save, auto peep, auto clipped, auto coupled) {
           // The gate pass of step k for units [j0, j1): c_k, and m_k into m.
           auto cells = [&](int64_t k, S* m, int64_t j0, int64_t j1) {
-            LSTM_EXT_ON_CPU(
-                cell_forward_rows<decltype(save)::value, decltype(peep)::value,
-                                  decltype(clipped)::value, decltype(coupled)::value, S>)(
-                z_at(k), c_at(k), m, c_at(k - 1), w.b, w.peephole, clip, s.batch[k], H, j0, j1);
+            LSTM_EXT_ON_CPU(cell_forward_rows, decltype(save)::value, decltype(peep)::value,
+                            decltype(clipped)::value, decltype(coupled)::value, S)
+            (z_at(k), c_at(k), m, c_at(k - 1), w.b, w.peephole, clip, s.batch[k], H, j0, j1);
           };
           if (packed) {
             // Each thread owns a range of unit blocks for the whole chunk: it
@@ -804,10 +832,10 @@ void lstm_backward(S* dx, S* dh0, S* dc0, const Grads<S>& g, S* scr, In<S> ws, I
       [&](auto peep, auto clipped, auto coupled) {
         // The gate pass of step k for units [j0, j1): dz_k, and dc.
         auto cells = [&](int64_t k, const S* dmk, int64_t j0, int64_t j1) {
-          LSTM_EXT_ON_CPU(cell_backward_rows<decltype(peep)::value, decltype(clipped)::value,
-                                             decltype(coupled)::value, S>)(
-              dZ + s.offset[k] * G, dc, g.db, g.dpeephole, Z + s.offset[k] * G, c_at(k - 1),
-              c_at(k), dmk, w.peephole, clip, s.batch[k], H, j0, j1);
+          LSTM_EXT_ON_CPU(cell_backward_rows, decltype(peep)::value, decltype(clipped)::value,
+                          decltype(coupled)::value, S)
+          (dZ + s.offset[k] * G, dc, g.db, g.dpeephole, Z + s.offset[k] * G, c_at(k - 1), c_at(k),
+           dmk, w.peephole, clip, s.batch[k], H, j0, j1);
         };
         if (packed) {
           // Each thread owns a range of units and the same columns of dh
@@ -910,9 +938,9 @@ void lstm_step(S* h_out, S* c_out, S* scr, In<S> x, In<S> h, In<S> c, const Weig
   const auto cells = [&](int64_t j0, int64_t j1) {
     dispatch(
         [&](auto peep, auto clipped, auto coupled) {
-          LSTM_EXT_ON_CPU(cell_forward_rows<false, decltype(peep)::value, decltype(clipped)::value,
-                                            decltype(coupled)::value, S>)(
-              z, c_out, m, c_prev, w.b, w.peephole, S(cfg.clip), B, H, j0, j1);
+          LSTM_EXT_ON_CPU(cell_forward_rows, false, decltype(peep)::value, decltype(clipped)::value,
+                          decltype(coupled)::value, S)
+          (z, c_out, m, c_prev, w.b, w.peephole, S(cfg.clip), B, H, j0, j1);
         },
         w.peephole != nullptr, cfg.clip > 0, cfg.input_forget);
   };

@@ -1147,20 +1147,23 @@ TEST(Sizes, WorkspaceSizesPast2To31AreExact) {
 
 // cell_math.h's float exp: relative error below 8.4e-8 on [-86, ln(FLT_MAX)]
 // (every float there was checked once: 8.33e-8 at the worst, 7.0e-8 in (88,
-// ln(FLT_MAX)], dev/perf-notes.md 31 and 41), here every 61st and the last
-// floats below the bound; +inf from the first float past it, NaN for NaN, the
-// variant for x <= 0 the same bits there, and the sigmoid and tanh built on
-// it exact at their limits.
-TEST(CellMath, FloatExpWithinItsBound) {
-  using lstm_ext::cell::host_expf;
+// ln(FLT_MAX)], dev/perf-notes.md 31 and 41; with kFma 8.392e-8 at -38.47,
+// and 322,720 of the 2.2 billion floats other bits, perf-notes 77), here
+// every 61st and the last floats below the bound; +inf from the first float
+// past it, NaN for NaN, the variant for x <= 0 the same bits there, and the
+// sigmoid and tanh built on it exact at their limits. Both kFma.
+template <bool kFma>
+void float_exp_within_its_bound() {
+  const auto expf = [](float x) { return lstm_ext::cell::host_expf<false, kFma>(x); };
+  const auto expf_nonpositive = [](float x) { return lstm_ext::cell::host_expf<true, kFma>(x); };
   double worst = 0;
   const uint32_t top = 0x42B17217u, bottom = 0xC2AC0000u;  // ln(FLT_MAX) rounded down, -86.0f
   auto check = [&](uint32_t bits) {
     float x;
     std::memcpy(&x, &bits, 4);
     const double want = std::exp(double(x));
-    worst = std::max(worst, std::fabs(double(host_expf(x)) - want) / want);
-    if (x <= 0) EXPECT_EQ(host_expf<true>(x), host_expf(x)) << x;
+    worst = std::max(worst, std::fabs(double(expf(x)) - want) / want);
+    if (x <= 0) EXPECT_EQ(expf_nonpositive(x), expf(x)) << x;
   };
   for (uint32_t b = 0; b <= top; b += 61) {
     check(b);
@@ -1170,19 +1173,34 @@ TEST(CellMath, FloatExpWithinItsBound) {
   EXPECT_LT(worst, 8.4e-8);
   EXPECT_GT(worst, 5e-8);  // the sweep reached the polynomial's error
   const float inf = std::numeric_limits<float>::infinity();
-  EXPECT_EQ(host_expf(88.72284f), inf);  // 0x42B17218, the first float past ln(FLT_MAX)
-  EXPECT_LT(host_expf(88.72283f), inf);  // 0x42B17217, top
-  EXPECT_EQ(host_expf(88.8f), inf);
-  EXPECT_EQ(host_expf(inf), inf);
-  EXPECT_EQ(host_expf(1e30f), inf);
-  EXPECT_TRUE(std::isnan(host_expf(std::nanf(""))));
-  EXPECT_TRUE(std::isnan(host_expf<true>(std::nanf(""))));
-  EXPECT_EQ(lstm_ext::cell::sigmoid(-inf), 0.0f);
-  EXPECT_EQ(lstm_ext::cell::sigmoid(inf), 1.0f);
-  EXPECT_EQ(lstm_ext::cell::tanh_(inf), 1.0f);
-  EXPECT_EQ(lstm_ext::cell::tanh_(-inf), -1.0f);
-  EXPECT_TRUE(std::signbit(lstm_ext::cell::tanh_(-0.0f)));
-  EXPECT_TRUE(std::isnan(lstm_ext::cell::tanh_(std::nanf(""))));
+  EXPECT_EQ(expf(88.72284f), inf);  // 0x42B17218, the first float past ln(FLT_MAX)
+  EXPECT_LT(expf(88.72283f), inf);  // 0x42B17217, top
+  EXPECT_EQ(expf(88.8f), inf);
+  EXPECT_EQ(expf(inf), inf);
+  EXPECT_EQ(expf(1e30f), inf);
+  EXPECT_TRUE(std::isnan(expf(std::nanf(""))));
+  EXPECT_TRUE(std::isnan(expf_nonpositive(std::nanf(""))));
+  using lstm_ext::cell::sigmoid;
+  using lstm_ext::cell::tanh_;
+  EXPECT_EQ((sigmoid<float, kFma>(-inf)), 0.0f);
+  EXPECT_EQ((sigmoid<float, kFma>(inf)), 1.0f);
+  EXPECT_EQ(tanh_<kFma>(inf), 1.0f);
+  EXPECT_EQ(tanh_<kFma>(-inf), -1.0f);
+  EXPECT_TRUE(std::signbit(tanh_<kFma>(-0.0f)));
+  EXPECT_TRUE(std::isnan(tanh_<kFma>(std::nanf(""))));
+}
+TEST(CellMath, FloatExpWithinItsBound) { float_exp_within_its_bound<false>(); }
+TEST(CellMath, FusedFloatExpWithinItsBound) { float_exp_within_its_bound<true>(); }
+
+// kFma changes only the multiply-adds mul_add writes: fused, one rounding.
+TEST(CellMath, MulAddRoundsOnceWithKFma) {
+  using lstm_ext::cell::mul_add;
+  const float a = 1.0f + 0x1p-12f, c = -(1.0f + 0x1p-11f);  // a*a = 1 + 2^-11 + 2^-24
+  EXPECT_EQ((mul_add<true>(a, a, c)), 0x1p-24f);
+  EXPECT_EQ((mul_add<false>(a, a, c)), 0.0f);  // a*a rounds to 1 + 2^-11 first
+  const double d = 1.0 + 0x1p-27, e = -(1.0 + 0x1p-26);
+  EXPECT_EQ((mul_add<true>(d, d, e)), 0x1p-54);
+  EXPECT_EQ((mul_add<false>(d, d, e)), 0.0);
 }
 
 // cell_math.h's double exp and tanh against the C library's long double

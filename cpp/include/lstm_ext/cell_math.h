@@ -11,10 +11,12 @@
 //   kCoupled  coupled input-forget gate: f = 1 - i (z_f is ignored)
 // Derivatives are taken from outputs: dsigmoid(y) = y*(1-y), dtanh(y) = 1-y*y.
 //
-// The library compiles these without FMA contraction (-ffp-contract=off): the
-// same bits on every ISA. Code including this header gets the library's bits
-// where it does the same (GCC's default -std=gnu++17 and Clang's default
-// contract into FMA where the target has it).
+// The library compiles these without FMA contraction (-ffp-contract=off):
+// every multiply-add is written out, fused (kFma: one rounding, mul_add) or
+// not, so the same kFma gives the same bits on every ISA. The CPU passes take
+// kFma where the CPU has FMA (dev/perf-notes.md, 77). Code including this
+// header gets the library's bits where it does the same (GCC's default
+// -std=gnu++17 and Clang's default contract into FMA where the target has it).
 #pragma once
 
 #include <cmath>
@@ -37,6 +39,27 @@
 namespace lstm_ext {
 namespace cell {
 
+// a*b + c: with kFma in one rounding (a fused multiply-add: one instruction
+// where the code is compiled for a CPU with FMA, else the C library's fma,
+// exact and slow), without in two.
+template <bool kFma, typename S>
+LSTM_EXT_HD S mul_add(S a, S b, S c) {
+  if (!kFma) return a * b + c;
+#if defined(__CUDA_ARCH__)
+  if constexpr (sizeof(S) == sizeof(float))
+    return fmaf(a, b, c);
+  else
+    return ::fma(a, b, c);
+#elif defined(__GNUC__)
+  if constexpr (sizeof(S) == sizeof(float))
+    return __builtin_fmaf(a, b, c);
+  else
+    return __builtin_fma(a, b, c);
+#else
+  return std::fma(a, b, c);
+#endif
+}
+
 // float on the CPU: e^x by range reduction and a polynomial (Cephes's expf
 // coefficients), in plain arithmetic so that loops over it vectorise. Its
 // relative error is below 8.4e-8 (0.7 ulp) on [-86, ln(FLT_MAX)] (the
@@ -48,25 +71,26 @@ namespace cell {
 // at the end (dev/perf-notes.md, 41). kNonPositive: the caller promises x <=
 // 0 or NaN (tanh's e^{-2|x|}), so the upper clamp is left out. Every
 // operation is IEEE (no contraction), so scalar and vector code give the
-// same bits.
-template <bool kNonPositive = false>
+// same bits; kFma fuses eight of the multiply-adds (20 operations where 28:
+// the gate pass 1.3x faster alone), with the same error bound.
+template <bool kNonPositive = false, bool kFma = false>
 LSTM_EXT_INLINE float host_expf(float x) {
   float xc = x < -86.0f ? -86.0f : x;
   if (!kNonPositive) xc = xc > 89.0f ? 89.0f : xc;
   const float magic = 12582912.0f;  // 1.5*2^23: adding it rounds to an integer
-  const float t = xc * 1.44269504088896341f + magic;
+  const float t = mul_add<kFma>(xc, 1.44269504088896341f, magic);
   const float n = t - magic;  // round(x / ln 2)
-  float r = xc - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;  // r = x - n ln 2, |r| <= ln2 / 2
+  float r = mul_add<kFma>(n, -0.693359375f, xc);  // (n times it is exact)
+  r = mul_add<kFma>(n, 2.12194440e-4f, r);        // r = x - n ln 2, |r| <= ln2 / 2
   // e^r = 1 + r + r^2 q(r), q of degree 5, by Estrin's scheme: three pairs
   // a r + b joined by r^2 and r^4 (short chains instead of one of twelve
   // operations: the gate pass, five exps a unit, is bound by their latency;
   // dev/perf-notes.md, 31).
   const float r2 = r * r, r4 = r2 * r2;
-  const float q54 = 1.9875691500e-4f * r + 1.3981999507e-3f;
-  const float q32 = 8.3334519073e-3f * r + 4.1665795894e-2f;
-  const float q10 = 1.6666665459e-1f * r + 5.0000001201e-1f;
-  float p = (q54 * r2 + q32) * r4 + q10 * r2;  // r^2 q(r)
+  const float q54 = mul_add<kFma>(1.9875691500e-4f, r, 1.3981999507e-3f);
+  const float q32 = mul_add<kFma>(8.3334519073e-3f, r, 4.1665795894e-2f);
+  const float q10 = mul_add<kFma>(1.6666665459e-1f, r, 5.0000001201e-1f);
+  float p = mul_add<kFma>(mul_add<kFma>(q54, r2, q32), r4, q10 * r2);  // r^2 q(r)
   p = (p + r) + 1.0f;                          // e^r
   // 2^(n-1) from its exponent field n - 1 + 127; the low bits of t hold n.
   uint32_t tb;
@@ -134,30 +158,53 @@ LSTM_EXT_INLINE double host_tanh(double x) {
   return std::copysign(E / (E + 2.0), x);
 }
 
+// kFma: host_expf's (the GPU's and double's own functions are the same either way).
 #if defined(__CUDA_ARCH__)
-LSTM_EXT_HD float exp_(float x) { return ::expf(x); }
-LSTM_EXT_HD float tanh_(float x) { return ::tanhf(x); }
-LSTM_EXT_HD double exp_(double x) { return ::exp(x); }
-LSTM_EXT_HD double tanh_(double x) { return ::tanh(x); }
+template <bool kFma = false>
+LSTM_EXT_HD float exp_(float x) {
+  return ::expf(x);
+}
+template <bool kFma = false>
+LSTM_EXT_HD float tanh_(float x) {
+  return ::tanhf(x);
+}
+template <bool kFma = false>
+LSTM_EXT_HD double exp_(double x) {
+  return ::exp(x);
+}
+template <bool kFma = false>
+LSTM_EXT_HD double tanh_(double x) {
+  return ::tanh(x);
+}
 #else
-LSTM_EXT_INLINE float exp_(float x) { return host_expf(x); }
+template <bool kFma = false>
+LSTM_EXT_INLINE float exp_(float x) {
+  return host_expf<false, kFma>(x);
+}
 // tanh(x) = sign(x) (1 - e^{-2|x|}) / (1 + e^{-2|x|}): absolute error below
 // 2e-7 (relative error grows as |x| -> 0, where tanh(x) -> x). fabs and
 // copysign are bit operations, where x < 0 ? -t : t took a compare and a
 // blend (and gave tanh(-0) = +0).
+template <bool kFma = false>
 LSTM_EXT_INLINE float tanh_(float x) {
-  const float e = host_expf<true>(-2.0f * std::fabs(x));
+  const float e = host_expf<true, kFma>(-2.0f * std::fabs(x));
   return std::copysign((1.0f - e) / (1.0f + e), x);
 }
-LSTM_EXT_INLINE double exp_(double x) { return host_exp(x); }
-LSTM_EXT_INLINE double tanh_(double x) { return host_tanh(x); }
+template <bool kFma = false>
+LSTM_EXT_INLINE double exp_(double x) {
+  return host_exp(x);
+}
+template <bool kFma = false>
+LSTM_EXT_INLINE double tanh_(double x) {
+  return host_tanh(x);
+}
 #endif
 
 // 1/(1+e^-x). For x -> -inf, e^-x overflows to +inf and the quotient is an
 // exact 0: no NaN, no trap.
-template <typename S>
+template <typename S, bool kFma = false>
 LSTM_EXT_HD S sigmoid(S x) {
-  return S(1) / (S(1) + exp_(-x));
+  return S(1) / (S(1) + exp_<kFma>(-x));
 }
 template <typename S>
 LSTM_EXT_HD S dsigmoid(S y) {
@@ -217,13 +264,13 @@ LSTM_EXT_HD Peep<S> peep_of(const S* p, int64_t j, int64_t H) {
 }
 
 // Activations of the (final) pre-activations z.
-template <bool kClip, bool kCoupled, typename S>
+template <bool kClip, bool kCoupled, bool kFma = false, typename S>
 LSTM_EXT_HD Gates<S> activate(const Gates<S>& z, S clip) {
   Gates<S> a;
-  a.i = sigmoid(clamp<kClip>(z.i, clip));
-  a.f = kCoupled ? S(1) - a.i : sigmoid(clamp<kClip>(z.f, clip));
-  a.g = tanh_(clamp<kClip>(z.g, clip));
-  a.o = sigmoid(clamp<kClip>(z.o, clip));
+  a.i = sigmoid<S, kFma>(clamp<kClip>(z.i, clip));
+  a.f = kCoupled ? S(1) - a.i : sigmoid<S, kFma>(clamp<kClip>(z.f, clip));
+  a.g = tanh_<kFma>(clamp<kClip>(z.g, clip));
+  a.o = sigmoid<S, kFma>(clamp<kClip>(z.o, clip));
   return a;
 }
 
@@ -233,20 +280,21 @@ LSTM_EXT_HD Gates<S> activate(const Gates<S>& z, S clip) {
 //   c      out: c_t = f*c_{t-1} + i*g
 //   m      out: o*tanh(c_t), the cell output before any projection
 // Returns the activated gates.
-template <bool kPeep, bool kClip, bool kCoupled, typename S>
+// kFma: the exps' multiply-adds and c_t's first product fused (mul_add).
+template <bool kPeep, bool kClip, bool kCoupled, bool kFma = false, typename S>
 LSTM_EXT_HD Gates<S> cell_forward(Gates<S>* z, S c_prev, Peep<S> p, S clip, S* c, S* m) {
   if (kPeep) {
     z->i += p.i * c_prev;
     if (!kCoupled) z->f += p.f * c_prev;
   }
   Gates<S> a;
-  a.i = sigmoid(clamp<kClip>(z->i, clip));
-  a.f = kCoupled ? S(1) - a.i : sigmoid(clamp<kClip>(z->f, clip));
-  a.g = tanh_(clamp<kClip>(z->g, clip));
-  *c = a.f * c_prev + a.i * a.g;
+  a.i = sigmoid<S, kFma>(clamp<kClip>(z->i, clip));
+  a.f = kCoupled ? S(1) - a.i : sigmoid<S, kFma>(clamp<kClip>(z->f, clip));
+  a.g = tanh_<kFma>(clamp<kClip>(z->g, clip));
+  *c = mul_add<kFma>(a.f, c_prev, a.i * a.g);
   if (kPeep) z->o += p.o * *c;  // o sees the new cell
-  a.o = sigmoid(clamp<kClip>(z->o, clip));
-  *m = a.o * tanh_(*c);
+  a.o = sigmoid<S, kFma>(clamp<kClip>(z->o, clip));
+  *m = a.o * tanh_<kFma>(*c);
   return a;
 }
 
@@ -257,10 +305,11 @@ LSTM_EXT_HD Gates<S> cell_forward(Gates<S>* z, S c_prev, Peep<S> p, S clip, S* c
 //   dm     dL/dm_t (from y_t, from step t+1, through any projection)
 //   dc     in: dL/dc_t arriving from step t+1;  out: dL/dc_{t-1}
 // Returns dL/dz for the four pre-activations (dz_f = 0 when kCoupled).
-template <bool kPeep, bool kClip, bool kCoupled, typename S>
+// kFma: tanh(c_t) as the forward of the same kFma computed it.
+template <bool kPeep, bool kClip, bool kCoupled, bool kFma = false, typename S>
 LSTM_EXT_HD Gates<S> cell_backward(const Gates<S>& a, const Gates<S>& z, S c_prev, S c, S dm,
                                    Peep<S> p, S clip, S* dc) {
-  const S tc = tanh_(c);
+  const S tc = tanh_<kFma>(c);
   Gates<S> dz;
   dz.o = passes<kClip>(z.o, clip) ? dm * tc * dsigmoid(a.o) : S(0);
   S dct = *dc + dm * a.o * dtanh(tc);  // total dL/dc_t
