@@ -30,7 +30,8 @@ h = hashlib.sha256()
 rng = np.random.default_rng(0)
 for dt in (np.float32, np.float64):
     for T, B, I, H in [(50, 1, 64, 64), (20, 16, 96, 128), (7, 33, 5, 200),
-                       (1, 3, 2800, 175), (40, 3, 300, 700), (3, 1, 520, 520)]:
+                       (1, 3, 2800, 175), (40, 3, 300, 700), (3, 1, 520, 520),
+                       (6, 70, 8, 72)]:
         x = rng.standard_normal((T, B, I)).astype(dt)
         W = (0.1 * rng.standard_normal((4 * H, I))).astype(dt)
         R = (0.1 * rng.standard_normal((4 * H, H))).astype(dt)

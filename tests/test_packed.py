@@ -60,6 +60,7 @@ SHAPES = [  # (T, B, I, H)
     (3, 2, 40, 40),  # I = H: dW and dR side by side (blas.h's gemms)
     (3, 1, 520, 520),  # ... each cut in two blocks (4H > 2,048)
     (2, 14, 520, 520),  # past 2^21 with two groups of rows: panel by panel, fetching ahead
+    (3, 70, 6, 70),  # 64 rows or more: a step's gate pass over all of a thread's units
 ]
 
 
@@ -88,6 +89,21 @@ def test_path_features(rng, path, options, dtype):
     lengths = rng.integers(0, T + 1, B) if opts.pop("ragged", False) else None
     p, kw = features_problem(rng, T, B, I, H, dtype, lengths=lengths, **opts)
     check(*run_both(p, kw, dtype), dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_path_batch_shrinking_past_64_rows(rng, path, dtype):
+    # Steps of 64 rows or more run the gate pass once over a thread's units,
+    # fewer block by block (kWholePassRows): a ragged batch of 70 crosses it.
+    T, B = 6, 70
+    lengths = np.where(np.arange(B) < 60, T, rng.integers(0, T, B))
+    opts = dict(lengths=lengths, peephole=True, clip=0.7)
+    p, kw = features_problem(rng, T, B, 6, 70, dtype, reverse=True, **opts)
+    check(*run_both(p, kw, dtype), dtype)
+    args = [p[k] for k in ("x", "W", "R", "b", "h0", "c0")]
+    train, infer = (lstm_ext.forward(*args, training=t, **kw) for t in (True, False))
+    for a, b in zip(train[:3], infer[:3], strict=True):
+        np.testing.assert_array_equal(a, b)  # inference: chunks of 16 steps, the same bits
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -76,6 +76,14 @@ constexpr int64_t kTeamInputRows = 64, kTeamDxRows = 16, kTeamWeights = int64_t(
 // products cost what the wait did (+2 % at B = 16): they sum in column order
 // after the wait (dev/perf-notes.md, 42).
 constexpr int64_t kRotateRows = 4;
+// In the forward's team, a step of at least kWholePassRows rows runs the
+// gate pass once over all of a thread's units after all its blocks' products,
+// rather than block by block after each (rows of 4 x 32 units, each two
+// vectors long): inference 0.97-0.98 of the time at B = 64, H = 128 to 256
+// on the Intel AVX-512 VM; at B = 16 1.01, at B = 32 0.98-1.01
+// (dev/perf-notes.md, 77). The pass's cut depends on the shape alone, and
+// elementwise passes give the same bits for any cut.
+constexpr int64_t kWholePassRows = 64;
 // A forward of one step, in inference, of at most kUnpackedRows rows reads W
 // and R as they are, each tile transposed in registers, instead of packing
 // them first: one group of the kernel's rows, so each tile is transposed once.
@@ -722,13 +730,14 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
                               if (training) copy_columns(Hp + s.offset[k] * O, hin, nb, O, j0, j1);
                               // Block by block, each block's gate pass right after
                               // its product: the pass's chains of exp and division
-                              // then run while the next block's product does.
-                              // Rotated, the first block sums this thread's
-                              // columns [a, j1) before the wait, then [j1, O) and
-                              // [0, a); later blocks [a, O) and [0, a), the same
-                              // order in fewer calls (perf-notes, 60). hout (the
-                              // buffer the others read in step k - 1) is written
-                              // after the wait.
+                              // then run while the next block's product does. From
+                              // kWholePassRows rows, one pass over all the thread's
+                              // units after its products instead. Rotated, the
+                              // first block sums this thread's columns [a, j1)
+                              // before the wait, then [j1, O) and [0, a); later
+                              // blocks [a, O) and [0, a), the same order in fewer
+                              // calls (perf-notes, 60). hout (the buffer the others
+                              // read in step k - 1) is written after the wait.
                               for (int64_t u = u0; u < u1; ++u) {
                                 const int64_t a = u * kPanel<S>;
                                 if (rotate && u == u0) {
@@ -743,8 +752,10 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
                                   if (u == u0) barrier.wait_finished(k - k0);
                                   block_product(z_at(k), hin, nb, u, 0, O);
                                 }
-                                cells(k, hout, a, std::min(H, a + kPanel<S>));
+                                if (nb < kWholePassRows)
+                                  cells(k, hout, a, std::min(H, a + kPanel<S>));
                               }
+                              if (nb >= kWholePassRows) cells(k, hout, j0, j1);
                               scatter_step(y, hout, s, k, B, O, j0, j1);
                               if (cell_states)
                                 scatter_step(cell_states, c_at(k), s, k, B, H, j0, j1);
