@@ -107,6 +107,22 @@ def test_path_batch_shrinking_past_64_rows(rng, path, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("B, I, H, P", [(3, 5, 40, 0), (70, 6, 40, 0), (4, 5, 24, 7)])
+def test_inference_writes_each_step_s_h_into_y_and_reads_it_back(rng, path, B, I, H, P, dtype):
+    # In inference, without lengths or reverse, step k's h goes straight into
+    # y's rows of step k and step k + 1 reads it there (no ring of two
+    # buffers, no copy): over inference chunks, the bits of training, which
+    # keeps the ring.
+    T = _core.inference_chunk(B) + 3
+    p, kw = features_problem(rng, T, B, I, H, dtype, P=P)
+    args = [p[k] for k in ("x", "W", "R", "b", "h0", "c0")]
+    train, infer = (lstm_ext.forward(*args, training=t, **kw) for t in (True, False))
+    for a, b in zip(train[:3], infer[:3], strict=True):
+        np.testing.assert_array_equal(a, b)
+    check(*run_both(p, kw, dtype), dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_path_small_ragged_batch(rng, path, dtype):
     # x W^T in the team (22 steps at a time at B = 3), over inference chunks
     # of 86 steps, while the batch shrinks.

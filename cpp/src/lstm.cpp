@@ -591,8 +591,16 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
     if (training) return ws + L.c + (k < 0 ? 0 : B + s.offset[k]) * H;
     return ws + L.cs + ((k + 1) & 1) * B * H;  // two buffers, so c never aliases c_prev
   };
-  // h_{k-1}, the input of step k: two [B,O] buffers, step k writes the other.
-  auto h_at = [&](int64_t k) { return ws + L.h + (k & 1) * B * O; };
+  // h_{k-1}, the input of step k. In inference without gathers, step k's rows
+  // of y are [B,O] in order: each step writes its h there and the next reads
+  // it (no copy; 2 % of a B = 64 forward went to copying h into y: inference
+  // 0.96-1.00 of the time, training 0.97-1.03, so only inference;
+  // dev/perf-notes.md 77). Else two [B,O] buffers, step k writes the other,
+  // and y gets a copy.
+  const bool direct = !training && !gathers(cfg);
+  auto h_at = [&](int64_t k) {
+    return direct && k > 0 ? y + (k - 1) * B * O : ws + L.h + (k & 1) * B * O;
+  };
   gather_state(h_at(0), h0, s, B, O);
   gather_state(c_at(-1), c0, s, B, H);
   if (gathers(cfg)) {
@@ -736,8 +744,9 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
                               // first block sums this thread's columns [a, j1)
                               // before the wait, then [j1, O) and [0, a); later
                               // blocks [a, O) and [0, a), the same order in fewer
-                              // calls (perf-notes, 60). hout (the buffer the others
-                              // read in step k - 1) is written after the wait.
+                              // calls (perf-notes, 60). hout (without direct, the
+                              // buffer the others read in step k - 1) is written
+                              // after the wait.
                               for (int64_t u = u0; u < u1; ++u) {
                                 const int64_t a = u * kPanel<S>;
                                 if (rotate && u == u0) {
@@ -756,7 +765,7 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
                                   cells(k, hout, a, std::min(H, a + kPanel<S>));
                               }
                               if (nb >= kWholePassRows) cells(k, hout, j0, j1);
-                              scatter_step(y, hout, s, k, B, O, j0, j1);
+                              if (!direct) scatter_step(y, hout, s, k, B, O, j0, j1);
                               if (cell_states)
                                 scatter_step(cell_states, c_at(k), s, k, B, H, j0, j1);
                               barrier.finished(t, k - k0 + 1);
@@ -777,7 +786,7 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
             S* m = P > 0 ? M + (training ? s.offset[k] * H : 0) : hout;  // [nb,H]
             over_units(nb, H, [&](int64_t j0, int64_t j1) { cells(k, m, j0, j1); });
             if (P > 0) gemm(Op::N, Op::T, nb, P, H, S(1), m, H, wq.W_hr, H, S(0), hout, P);
-            scatter_step(y, hout, s, k, B, O);
+            if (!direct) scatter_step(y, hout, s, k, B, O);
             if (cell_states) scatter_step(cell_states, c_at(k), s, k, B, H);
           }
         },
