@@ -364,7 +364,8 @@ def test_info_and_module_entry_point():
                        text=True, timeout=120)  # fmt: skip
     assert r.returncode == 0, r.stderr
     for words in ("lstm_ext 0.", "core: ", "BLAS: OpenBLAS", "threads: ", "CUDA path compiled: ",
-                  "device='cuda' ", "recurrent product: ", "weight_dtype='bfloat16'"):  # fmt: skip
+                  "device='cuda' ", "recurrent product: ", "weight_dtype='bfloat16'",
+                  "gate pass: the exps' multiply-adds "):  # fmt: skip
         assert words in r.stdout
     assert lstm_ext.cuda_status() in r.stdout
     r = subprocess.run([sys.executable, "-m", "lstm_ext", "train", "--help"], capture_output=True,

@@ -103,7 +103,7 @@ def test_path_batch_shrinking_past_64_rows(rng, path, dtype):
     args = [p[k] for k in ("x", "W", "R", "b", "h0", "c0")]
     train, infer = (lstm_ext.forward(*args, training=t, **kw) for t in (True, False))
     for a, b in zip(train[:3], infer[:3], strict=True):
-        np.testing.assert_array_equal(a, b)  # inference: chunks of 16 steps, the same bits
+        np.testing.assert_array_equal(a, b)  # inference keeps no cache: the same bits
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

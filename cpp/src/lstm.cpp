@@ -2,8 +2,9 @@
 // with AVX-512F or AVX2+FMA, no projection), R is packed into panels once per
 // call (or read from w.packed) and a team of threads runs the steps, each
 // thread owning blocks of units for the whole call: per step, its blocks'
-// h R^T by the kernel, their gate pass (cell_math.h) right after, its part of
-// h, then a wait for the others' part. Where W and R are small, x W^T takes
+// h R^T by the kernel, their gate pass (cell_math.h) right after (from 64
+// rows, once over its units after all of them), its part of h, then a wait
+// for the others' part. Where W and R are small, x W^T takes
 // the same kernel on W packed the same way, each thread a few steps ahead of
 // its recurrence; else BLAS GEMMs project the inputs of all steps (of each
 // chunk of steps in inference). Elsewhere each step is a BLAS GEMM and a fused
@@ -36,6 +37,7 @@
 #include "blas.h"
 #include "common.h"
 #include "lstm_ext/cell_math.h"
+#include "lstm_ext/runtime.h"  // fused_gate_math
 #include "parallel.h"
 #include "recurrent.h"
 
@@ -301,49 +303,42 @@ void copy_columns(S* dst, const S* src, int64_t n, int64_t width, int64_t c0, in
 
 // The fused passes are compiled for AVX-512 and AVX2+FMA besides the
 // baseline, and the best the CPU has runs. Their first template argument is
-// kFma (cell_math.h): true where the CPU has FMA (cpu_has_fma), so that the
-// exps' multiply-adds are one instruction each (the gate pass 1.3x faster
-// alone, a B = 32, H = 128 forward 5 %: dev/perf-notes.md, 77); CPUs without
-// (x86 before 2013, and virtual machines that hide it) take kFma = false, the
-// same operations rounded twice. Without contraction into FMA (ISO C++
-// mode), every version of one kFma gives the same bits. GCC: target_clones,
-// which the loader resolves (not under ThreadSanitizer: the loader runs the
-// clones' resolvers before its runtime starts, and the instrumented resolvers
-// crash; there, and off x86, the fused multiply-adds are the C library's
-// fma where the baseline has no instruction for them). Clang refuses
-// target_clones on templates: there the pass is inlined into a function of
-// each target, and each call picks one (on_cpu; without them Clang's build
-// took 1.15-1.27x GCC's time, dev/perf-notes.md 61-62). A call site names
-// the pass and its template arguments but kFma, as
+// kFma (cell_math.h): true where the version that runs has FMA instructions
+// (fused_gate_math, runtime.h), so that the exps' multiply-adds are one
+// instruction each (the gate pass 1.3x faster alone, a B = 32, H = 128
+// forward 5 %: dev/perf-notes.md, 77); elsewhere (x86 CPUs before 2013,
+// virtual machines that hide FMA or, for GCC's x86-64-v3 clone, another of
+// its features, and a build for the baseline alone) kFma = false, the same
+// operations rounded twice: the C library's fma in each would take the pass
+// tens of times longer. Without contraction into FMA (ISO C++ mode), every
+// version of one kFma gives the same bits. GCC: target_clones, which the
+// loader resolves (not under ThreadSanitizer: the loader runs the clones'
+// resolvers before its runtime starts, and the instrumented resolvers
+// crash). Clang refuses target_clones on templates: there the pass is
+// inlined into a function of each target, and each call picks one (on_cpu;
+// without them Clang's build took 1.15-1.27x GCC's time, dev/perf-notes.md
+// 61-62). A call site names the pass and its template arguments but kFma, as
 // LSTM_EXT_ON_CPU(pass, arguments...)(call arguments).
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-inline bool cpu_has_fma() {
-  static const bool fma = [] {
-    __builtin_cpu_init();  // where called before the runtime's constructor ran
-    return __builtin_cpu_supports("fma");
-  }();
-  return fma;
-}
-#else
-inline bool cpu_has_fma() { return true; }  // (or the C library's fma)
-#endif
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && \
     !defined(__SANITIZE_THREAD__)
-// x86-64-v3: AVX2 and FMA (GCC 12 on; before it, a clone for FMA with AVX).
+#define LSTM_EXT_GCC_CLONES 1
+// x86-64-v3: AVX2 and FMA (GCC 12 on). Before GCC 12 the AVX2 clone has no
+// FMA instructions (and a clone for FMA alone would lose AVX2's integer
+// vectors): there only the AVX-512F one fuses.
 #if __GNUC__ >= 12
 #define LSTM_EXT_CLONES __attribute__((target_clones("avx512f", "arch=x86-64-v3", "default")))
 #else
-#define LSTM_EXT_CLONES __attribute__((target_clones("avx512f", "fma", "default")))
+#define LSTM_EXT_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #endif
 #define LSTM_EXT_ON_CPU(pass, ...) \
-  (cpu_has_fma() ? pass<true, __VA_ARGS__> : pass<false, __VA_ARGS__>)
+  (fused_gate_math() ? pass<true, __VA_ARGS__> : pass<false, __VA_ARGS__>)
 #elif defined(__clang__) && defined(__x86_64__)
 #define LSTM_EXT_CLONES __attribute__((always_inline)) inline
 #define LSTM_EXT_ON_CPU(pass, ...) on_cpu<pass<true, __VA_ARGS__>, pass<false, __VA_ARGS__>>
 #else
 #define LSTM_EXT_CLONES
 #define LSTM_EXT_ON_CPU(pass, ...) \
-  (cpu_has_fma() ? pass<true, __VA_ARGS__> : pass<false, __VA_ARGS__>)
+  (fused_gate_math() ? pass<true, __VA_ARGS__> : pass<false, __VA_ARGS__>)
 #endif
 // A loop's iterations are independent (GCC's ivdep, Clang's assume_safety).
 #if defined(__clang__)
@@ -359,8 +354,8 @@ inline bool cpu_has_fma() { return true; }  // (or the C library's fma)
 
 #if defined(__clang__) && defined(__x86_64__)
 // Pass F (always inline, kFma) compiled for AVX-512F and for AVX2+FMA;
-// on_cpu runs the best the CPU has, else Plain (kFma = false) or, with FMA
-// but neither, F for the baseline, inlined into it.
+// on_cpu runs the best the CPU has, else Plain (kFma = false) for the
+// baseline, inlined into it.
 template <auto F, typename... A>
 __attribute__((target("avx512f"))) void on_avx512f(A... a) {
   F(a...);
@@ -386,7 +381,7 @@ void on_cpu(A... a) {
     case 1:
       return on_avx2<F>(a...);
     default:
-      return cpu_has_fma() ? F(a...) : Plain(a...);
+      return Plain(a...);
   }
 }
 #endif
@@ -513,6 +508,26 @@ int team_size(int64_t nb, int64_t H, int64_t O) {
 }
 
 }  // namespace
+
+bool fused_gate_math() {
+  static const bool fused = [] {
+#if defined(LSTM_EXT_GCC_CLONES)
+    __builtin_cpu_init();  // where called before the runtime's constructor ran
+#if __GNUC__ >= 12
+    return __builtin_cpu_supports("avx512f") || __builtin_cpu_supports("x86-64-v3");
+#else
+    return __builtin_cpu_supports("avx512f") != 0;
+#endif
+#elif defined(__clang__) && defined(__x86_64__)
+    return pass_isa() > 0;
+#elif defined(__FP_FAST_FMAF)  // one build for one target: its fmaf an instruction
+    return true;
+#else
+    return false;
+#endif
+  }();
+  return fused;
+}
 
 bool training_keeps_weights(const Config& c) {
   check_config(c);

@@ -536,5 +536,8 @@ PYBIND11_MODULE(_core, m) {
         "The packed kernel this CPU runs: 'avx512f', 'avx2' (with FMA) or 'none'.");
   m.def("set_packed_recurrent", &lstm_ext::set_packed_recurrent, py::arg("on"),
         "Switch the packed recurrent product on or off; returns the previous setting.");
+  m.def("fused_gate_math", &lstm_ext::fused_gate_math,
+        "Whether the gate pass fuses its exps' multiply-adds (FMA instructions in the version this "
+        "CPU runs; else each rounds twice).");
   m.def("build_description", &lstm_ext::build_description, "Compiler and options of the core.");
 }

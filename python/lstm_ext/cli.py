@@ -740,6 +740,8 @@ def cmd_info(args) -> None:
     path = "R packed, hand-written kernel" if _core.packed_recurrent_enabled() else "BLAS per step"
     print(f"recurrent product: {path}; this CPU's kernel: {kernel} "
           "(LSTM_EXT_PACKED_RECURRENT=0: BLAS per step)")  # fmt: skip
+    fused = "fused (FMA)" if _core.fused_gate_math() else "each rounded twice (no FMA)"
+    print(f"gate pass: the exps' multiply-adds {fused}")
     fast = kernel != "none" and _core.packed_recurrent_enabled()
     bf16 = "R read as bfloat16 panels" if fast else "float32 products on the rounded weights"
     print(f"weight_dtype='bfloat16': {bf16} (the fast path needs the packed kernel)")

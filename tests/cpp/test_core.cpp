@@ -206,14 +206,18 @@ TEST(Core, BackwardWithLengthsNeedsNoX) {
   EXPECT_EQ(p.gradients(&no_x), p.gradients());
 }
 
-// Forward and backward, at 16 rows and at the few rows whose blocks each sum
-// from their own columns on (lstm.cpp's kRotateRows; 175 units: a partial
-// last block). Under ThreadSanitizer (.ci/run) this is also the check of the
-// team's synchronisation from step to step.
+// Forward (inference) and backward, at 16 rows, at the few rows whose blocks
+// each sum from their own columns on (lstm.cpp's kRotateRows; 175 units: a
+// partial last block), and at 70 (kWholePassRows: a step's gate pass over a
+// thread's units; inference's h read back from y). Under ThreadSanitizer
+// (.ci/run) this is also the check of the team's synchronisation from step
+// to step.
 TEST(Core, SameBitsAtAnyThreadCount) {
   const int before = lstm_ext::get_num_threads();
-  for (auto [T, B, I, H] :
-       {std::array<int64_t, 4>{20, 16, 64, 96}, {20, 1, 64, 128}, {9, 3, 30, 175}}) {
+  for (auto [T, B, I, H] : {std::array<int64_t, 4>{20, 16, 64, 96},
+                            {20, 1, 64, 128},
+                            {9, 3, 30, 175},
+                            {6, 70, 8, 72}}) {
     Problem<float> p(T, B, I, H, 3);
     lstm_ext::set_num_threads(1);
     const std::vector<float> one = p.forward(), one_g = p.gradients();
@@ -1191,6 +1195,36 @@ void float_exp_within_its_bound() {
 }
 TEST(CellMath, FloatExpWithinItsBound) { float_exp_within_its_bound<false>(); }
 TEST(CellMath, FusedFloatExpWithinItsBound) { float_exp_within_its_bound<true>(); }
+
+// The CPU's gate pass computes what cell_forward of fused_gate_math()'s kFma
+// does: a step of one unit (I = H = 1, x = 1, no h or c, no bias, so each
+// pre-activation is W's exactly) whose input gate differs between the two
+// (the first such from 0.5 on), its candidate at tanh's 1, so c = i.
+TEST(CellMath, TheGatePassFusesWhereFusedGateMathSays) {
+  float W[4] = {0.5f, 3.0f, 20.0f, 0.75f};
+  const auto want = [&](auto fma) {
+    lstm_ext::cell::Gates<float> z{W[0], W[1], W[2], W[3]};
+    float c = 0, m = 0;
+    lstm_ext::cell::cell_forward<false, false, false, decltype(fma)::value>(
+        &z, 0.0f, lstm_ext::cell::Peep<float>{0, 0, 0}, 0.0f, &c, &m);
+    return std::array<float, 2>{c, m};
+  };
+  while (want(std::true_type{})[0] == want(std::false_type{})[0] && W[0] < 1.0f)
+    W[0] = std::nextafter(W[0], 1.0f);
+  const auto fused = want(std::true_type{}), plain = want(std::false_type{});
+  ASSERT_NE(fused[0], plain[0]) << "no input gate in [0.5, 1) tells the two apart";
+  const float R[4] = {0, 0, 0, 0}, x = 1.0f;
+  lstm_ext::Config cfg;
+  cfg.T = 1, cfg.B = 1, cfg.I = 1, cfg.H = 1;
+  std::vector<float> scratch(size_t(lstm_ext::step_scratch_size(cfg)));
+  float h = 0, c = 0;
+  lstm_ext::Weights<float> w;
+  w.W = W, w.R = R;
+  lstm_ext::lstm_step(&h, &c, scratch.data(), &x, nullptr, nullptr, w, cfg);
+  const auto& expect = lstm_ext::fused_gate_math() ? fused : plain;
+  EXPECT_EQ(c, expect[0]) << W[0];
+  EXPECT_EQ(h, expect[1]) << W[0];
+}
 
 // kFma changes only the multiply-adds mul_add writes: fused, one rounding.
 TEST(CellMath, MulAddRoundsOnceWithKFma) {

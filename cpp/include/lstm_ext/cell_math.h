@@ -160,21 +160,14 @@ LSTM_EXT_INLINE double host_tanh(double x) {
 
 // kFma: host_expf's (the GPU's and double's own functions are the same either way).
 #if defined(__CUDA_ARCH__)
-template <bool kFma = false>
-LSTM_EXT_HD float exp_(float x) {
-  return ::expf(x);
+// (float's value converted to double and back: exact.)
+template <bool kFma = false, typename S>
+LSTM_EXT_HD S exp_(S x) {
+  return S(sizeof(S) == sizeof(float) ? ::expf(float(x)) : ::exp(double(x)));
 }
-template <bool kFma = false>
-LSTM_EXT_HD float tanh_(float x) {
-  return ::tanhf(x);
-}
-template <bool kFma = false>
-LSTM_EXT_HD double exp_(double x) {
-  return ::exp(x);
-}
-template <bool kFma = false>
-LSTM_EXT_HD double tanh_(double x) {
-  return ::tanh(x);
+template <bool kFma = false, typename S>
+LSTM_EXT_HD S tanh_(S x) {
+  return S(sizeof(S) == sizeof(float) ? ::tanhf(float(x)) : ::tanh(double(x)));
 }
 #else
 template <bool kFma = false>

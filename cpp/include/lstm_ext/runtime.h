@@ -69,6 +69,12 @@ bool set_packed_recurrent(bool on);
 // The packed kernel this CPU runs: "avx512f", "avx2" (with FMA) or "none".
 std::string packed_recurrent_kernel();
 
+// Whether the gate pass (cell_math.h's kFma) fuses the exps' multiply-adds
+// into FMA instructions: where the version of the pass this CPU runs has them
+// (AVX-512F, or AVX2 and FMA; with GCC 12 or later the whole of x86-64-v3).
+// Elsewhere each multiply-add rounds twice: other bits, a few ulps apart.
+bool fused_gate_math();
+
 // The compiler and options this library was built with, one line.
 std::string build_description();
 
