@@ -330,13 +330,13 @@ void copy_columns(S* dst, const S* src, int64_t n, int64_t width, int64_t c0, in
 #else
 #define LSTM_EXT_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #endif
-#define LSTM_EXT_ON_CPU(pass, ...) \
-  (fused_gate_math() ? pass<true, __VA_ARGS__> : pass<false, __VA_ARGS__>)
 #elif defined(__clang__) && defined(__x86_64__)
 #define LSTM_EXT_CLONES __attribute__((always_inline)) inline
 #define LSTM_EXT_ON_CPU(pass, ...) on_cpu<pass<true, __VA_ARGS__>, pass<false, __VA_ARGS__>>
 #else
 #define LSTM_EXT_CLONES
+#endif
+#if !defined(LSTM_EXT_ON_CPU)  // GCC's clones, or one build for one target
 #define LSTM_EXT_ON_CPU(pass, ...) \
   (fused_gate_math() ? pass<true, __VA_ARGS__> : pass<false, __VA_ARGS__>)
 #endif
