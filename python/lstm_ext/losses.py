@@ -123,15 +123,19 @@ def softmax_cross_entropy(logits: ArrayLike, targets: ArrayLike, mask: ArrayLike
     t = targets if m is None else np.where(m, targets, 0)  # safe indices everywhere
     count = targets.size if m is None else int(np.count_nonzero(m))
     one = logits.dtype.type(1)
+    # One array of the logits' size, z, then e, then the gradient, in place:
+    # a temporary each took fresh pages from the C library at every call
+    # (601 page faults a call at (64,32,103); dev/perf-notes.md, 78).
     with np.errstate(invalid="ignore"):  # Inf - Inf where a logit is Inf: NaN, as IEEE says
-        z = logits - logits.max(axis=-1, keepdims=True)  # [...,C], max 0
-        e = np.exp(z)  # in (0, 1]: no overflow, at least one term is 1
-        s = e.sum(axis=-1, keepdims=True)  # [...,1], in [1, C]
-        logp_t = np.take_along_axis(z, t[..., None], axis=-1)[..., 0] - np.log(s[..., 0])
+        grad = logits - logits.max(axis=-1, keepdims=True)  # z [...,C], max 0
+        z_t = np.take_along_axis(grad, t[..., None], axis=-1)[..., 0]
+        np.exp(grad, out=grad)  # e, in (0, 1]: no overflow, at least one term is 1
+        s = grad.sum(axis=-1, keepdims=True)  # [...,1], in [1, C]
+        logp_t = z_t - np.log(s[..., 0])
         if m is not None:
             logp_t = np.where(m, logp_t, 0)
         loss = float(-np.sum(logp_t) / logits.dtype.type(count))
-        grad = e / s  # softmax
+        grad /= s  # softmax
         np.put_along_axis(grad, t[..., None], np.take_along_axis(grad, t[..., None], -1) - one, -1)
     grad *= one / logits.dtype.type(count)
     if m is not None:

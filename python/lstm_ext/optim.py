@@ -460,10 +460,15 @@ def clip_grad_norm(model, max_norm: float) -> float:
     grads = list(model.grads.values())
     total = 0.0
     for g in grads:
-        g64 = g.astype(np.float64).ravel()  # NumPy or CuPy, where g lives
         # einsum, not a dot: NumPy's BLAS threads a long dot and leaves its
         # threads spinning, which slowed the LSTM's next call twofold (nn.Linear).
-        total += float(_device.array_module(g).einsum("i,i->", g64, g64))
+        xp = _device.array_module(g)  # NumPy or CuPy, where g lives
+        if xp is np:  # in float64 chunk by chunk: no float64 copy of g, whose
+            # fresh pages cost 467 faults a call (dev/perf-notes.md, 78)
+            total += float(np.einsum("i,i->", g.ravel(), g.ravel(), dtype=np.float64))
+        else:
+            g64 = g.astype(np.float64).ravel()
+            total += float(xp.einsum("i,i->", g64, g64))
     norm = math.sqrt(total)
     if not math.isfinite(norm):
         return norm
