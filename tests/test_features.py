@@ -136,6 +136,31 @@ def test_step_split_over_threads_matches_forward(rng, case, shape, dtype):
     assert_close("c", c, whole.c, RTOL[dtype])
 
 
+def _at_offset(a, floats):
+    """A copy of a whose data starts `floats` elements past a 64-byte line."""
+    buf = np.empty(a.size + 32, a.dtype)
+    start = (-buf.ctypes.data // a.itemsize) % (64 // a.itemsize) + floats
+    out = buf[start : start + a.size].reshape(a.shape)
+    out[...] = a
+    assert out.ctypes.data % 64 == floats * a.itemsize
+    return out
+
+
+@pytest.mark.parametrize("shape", [(128, 128), (33, 67), (16, 80)], ids=str)
+def test_step_gives_the_same_bits_wherever_its_arrays_lie(rng, shape):
+    # At one row step's products read W and R in whole 64-byte lines
+    # (cpp/src/recurrent.cpp, row_product_unpacked): the bits must not depend
+    # on where the arrays start.
+    I, H = shape
+    p = make_problem(rng, 1, 1, I, H, np.float32)
+    args = [p["x"][0], p["h0"], p["c0"], p["W"], p["R"], p["b"]]
+    want = lstm_ext.step(*[_at_offset(a, 0) for a in args])
+    for off in range(1, 16):
+        got = lstm_ext.step(*[_at_offset(a, (off * (k + 1)) % 16) for k, a in enumerate(args)])
+        for name, w, g in zip(("h", "c"), want, got, strict=True):
+            assert w.tobytes() == g.tobytes(), f"{name} at offset {off}"
+
+
 def test_inference_with_features_matches_training(rng):
     """training=False runs the same schedule in chunks; same answer."""
     p, kw = features_problem(

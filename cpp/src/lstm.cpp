@@ -988,7 +988,16 @@ void lstm_step(S* h_out, S* c_out, S* scr, In<S> x, In<S> h, In<S> c, const Weig
     // (dev/perf-notes.md, 13 and 18). The halves depend on the shape alone:
     // the same bits at any thread count.
     const int64_t cut[3] = {0, std::min(H, (H / 2 + 7) / 8 * 8), H};
+    // One row in float: both products in one pass of W's and R's rows, by
+    // our kernel where the AVX-512F one runs (row_product_unpacked: OpenBLAS's
+    // sgemv read them at 0.4 of the core's L2 rate; dev/perf-notes.md 79).
+    bool row = false;
+    if constexpr (std::is_same_v<S, float>) row = B == 1 && unpacked_product_enabled();
     const auto products = [&](int64_t q0, int64_t q1) {  // z[:, q0 .. q1)
+      if constexpr (std::is_same_v<S, float>)
+        if (row)
+          return row_product_unpacked(z + q0, w.W + q0 * I, I, x, I, h ? w.R + q0 * O : nullptr, O,
+                                      h, O, q1 - q0);
       gemm(Op::N, Op::T, B, q1 - q0, I, S(1), x, I, w.W + q0 * I, I, S(0), z + q0, G);
       if (h) gemm(Op::N, Op::T, B, q1 - q0, O, S(1), h, O, w.R + q0 * O, O, S(1), z + q0, G);
     };

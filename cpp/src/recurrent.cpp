@@ -584,6 +584,92 @@ LSTM_EXT_AVX512_FN void rows_unpacked(float* z, int64_t ldz, const float* a, int
   for (int r = 0; r < NR; ++r) _mm512_mask_storeu_ps(z + r * ldz, lanes, acc[r]);
 }
 
+// Blocks 0 and 1 of a and of b added to their blocks 2 and 3: (a0 + a2,
+// a1 + a3, b0 + b2, b1 + b3), blocks of 128 bits.
+LSTM_EXT_AVX512 __m512 add_halves(__m512 a, __m512 b) {
+  return _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(1, 0, 1, 0)),
+                       _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
+}
+
+// The sums of v[r]'s 16 lanes, in lane r (r < 16): pairs of rows
+// interleaved and added within 128-bit blocks, then pairs of pairs, then the
+// blocks (each lane's sum in a fixed order).
+LSTM_EXT_AVX512 __m512 lane_sums16(const __m512 (&v)[16]) {
+  __m512 s8[8], s4[4];
+  for (int i = 0; i < 8; ++i)  // block b of s8[i]: rows 2i, 2i+1 (lanes 0+2, 1+3 of b)
+    s8[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]),
+                          _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+  for (int i = 0; i < 4; ++i) {  // block b of s4[i]: rows 4i .. 4i+3, block b's sums
+    const __m512d p = _mm512_castps_pd(s8[2 * i]), q = _mm512_castps_pd(s8[2 * i + 1]);
+    s4[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(p, q)),
+                          _mm512_castpd_ps(_mm512_unpackhi_pd(p, q)));
+  }
+  const __m512 t01 = add_halves(s4[0], s4[1]), t23 = add_halves(s4[2], s4[3]);
+  return _mm512_add_ps(_mm512_shuffle_f32x4(t01, t23, _MM_SHUFFLE(2, 0, 2, 0)),
+                       _mm512_shuffle_f32x4(t01, t23, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+// acc[r]'s lanes moved by s: lane l gets lane (l + s) % 16 (s in [0, 16)).
+LSTM_EXT_AVX512 void rotate_lanes16(__m512 (&acc)[16], int64_t s) {
+  const __m512i idx = _mm512_and_si512(
+      _mm512_add_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                       _mm512_set1_epi32(int(s))),
+      _mm512_set1_epi32(15));
+  for (int r = 0; r < 16; ++r) acc[r] = _mm512_permutexvar_ps(idx, acc[r]);
+}
+
+// acc[r] += row[r][k + j] v[k + j] in lane j, for the lanes of m.
+LSTM_EXT_AVX512 void dot_line16(__m512 (&acc)[16], const float* const (&row)[16], const float* v,
+                                int64_t k, __mmask16 m) {
+  const __m512 vk = m == 0xFFFF ? _mm512_loadu_ps(v + k) : _mm512_maskz_loadu_ps(m, v + k);
+#pragma GCC unroll 16
+  for (int r = 0; r < 16; ++r) {
+    const __m512 a =
+        m == 0xFFFF ? _mm512_loadu_ps(row[r] + k) : _mm512_maskz_loadu_ps(m, row[r] + k);
+    acc[r] = _mm512_fmadd_ps(a, vk, acc[r]);
+  }
+}
+
+// acc[r] += a's row r times v over k < K (rows ld apart; past nr, row nr - 1
+// again, read and unused): element k of a row in lane k % 16, the lane's
+// elements in the order of k. Where a's rows start o elements past a
+// 64-byte line (the same o for all: ld a multiple of 16), each row is read
+// in whole aligned lines (a load across two lines took the product from
+// 134 to 83 GB/s), element k in lane (k + o) % 16 while summing: the lanes
+// are moved there first and back after, so each lane sums the same
+// elements in the same order (leading and trailing lanes outside the row
+// add 0 * 0): the same bits wherever the rows lie.
+LSTM_EXT_AVX512 void dot_rows16(__m512 (&acc)[16], const float* a, int64_t ld, int nr,
+                                const float* v, int64_t K) {
+  const int64_t o = ld % 16 == 0 ? int64_t(reinterpret_cast<uintptr_t>(a) % 64) / 4 : 0;
+  const float* row[16];
+  for (int r = 0; r < 16; ++r) row[r] = a + std::min(r, nr - 1) * ld - o;  // o before the row
+  // (v - o and row[r] point up to 15 elements before their arrays; the masked
+  // loads read nothing there)
+  if (o) rotate_lanes16(acc, 16 - o);  // lane k % 16 -> (k + o) % 16
+  const int64_t lines = (K + o + 15) / 16;
+  const auto partial = [&](int64_t c) {  // the lanes of line c in [0, K)
+    return __mmask16(first_lanes(K + o - 16 * c) & ~first_lanes(c == 0 ? o : 0));
+  };
+  if (lines > 0) dot_line16(acc, row, v - o, 0, partial(0));
+  for (int64_t c = 1; c + 1 < lines; ++c) dot_line16(acc, row, v - o, 16 * c, 0xFFFF);
+  if (lines > 1) dot_line16(acc, row, v - o, 16 * (lines - 1), partial(lines - 1));
+  if (o) rotate_lanes16(acc, o);
+}
+
+LSTM_EXT_AVX512_FN void row_product16(float* z, const float* W, int64_t ldw, const float* x,
+                                      int64_t I, const float* R, int64_t ldr, const float* h,
+                                      int64_t O, int64_t n) {
+  for (int64_t j = 0; j < n; j += 16) {
+    const int nr = int(std::min<int64_t>(16, n - j));
+    __m512 acc[16];
+    for (int r = 0; r < 16; ++r) acc[r] = _mm512_setzero_ps();
+    dot_rows16(acc, W + j * ldw, ldw, nr, x, I);
+    if (R) dot_rows16(acc, R + j * ldr, ldr, nr, h, O);
+    _mm512_mask_storeu_ps(z + j, first_lanes(nr), lane_sums16(acc));
+  }
+}
+
 // transpose_tile with 256-bit vectors: n <= 8 rows and m <= 8 columns.
 LSTM_EXT_AVX2_FN void transpose_tile8(float* dst, int64_t P, const float* src, int64_t ld,
                                       int64_t n, int64_t m) {
@@ -933,6 +1019,18 @@ void recurrent_block_unpacked(float* z, int64_t ldz, const float* h, int64_t ldh
 #else
   (void)z, (void)ldz, (void)h, (void)ldh, (void)R, (void)nb, (void)H, (void)O, (void)u, (void)k0,
       (void)k1, (void)overwrite;
+  throw std::logic_error("lstm_ext: the packed recurrent kernel is not compiled in");
+#endif
+}
+
+void row_product_unpacked(float* z, const float* W, int64_t ldw, const float* x, int64_t I,
+                          const float* R, int64_t ldr, const float* h, int64_t O, int64_t n) {
+#ifdef LSTM_EXT_HAVE_X86_KERNELS
+  if (cpu_isa() != Isa::kAvx512)  // the CPU, not the on switch (as recurrent_block_unpacked)
+    throw std::logic_error("lstm_ext: row_product_unpacked needs the AVX-512F kernel");
+  row_product16(z, W, ldw, x, I, R, ldr, h, O, n);
+#else
+  (void)z, (void)W, (void)ldw, (void)x, (void)I, (void)R, (void)ldr, (void)h, (void)O, (void)n;
   throw std::logic_error("lstm_ext: the packed recurrent kernel is not compiled in");
 #endif
 }

@@ -80,6 +80,18 @@ void recurrent_block_unpacked(float* z, int64_t ldz, const float* h, int64_t ldh
                               int64_t nb, int64_t H, int64_t O, int64_t u, int64_t k0, int64_t k1,
                               bool overwrite);
 
+// One row of z from W and R as they are, for `step` at one row:
+//   z[j] = sum_k W[j][k] x[k] + sum_k R[j][k] h[k]     (j < n; R and h may be null)
+// W [n,ldw], R [n,ldr] row-major, x [I], h [O]. Sixteen rows at a time,
+// each row's products summed in the 16 lanes of one vector (k in order, 16
+// apart, W's then R's), then the 16 lanes by one tree of shuffles: the same
+// bits at any thread count. OpenBLAS's sgemv read the weights from L2 at
+// about 71 GB/s where a core reads 182 (dev/perf-notes.md, 79). float only;
+// needs an AVX-512F CPU (std::logic_error otherwise), chosen where
+// unpacked_product_enabled().
+void row_product_unpacked(float* z, const float* W, int64_t ldw, const float* x, int64_t I,
+                          const float* R, int64_t ldr, const float* h, int64_t O, int64_t n);
+
 // The same kernel for a product with a long inner dimension, as backward's
 // dL/dh = dz R ([nb,4H] x [4H,O]): B [K,N] packed in panels of kPanel columns,
 // in parts of Q = packed_row<S>() as Rp's,

@@ -1118,6 +1118,67 @@ TEST(Packing, UnpackedProductGivesThePackedBits) {
       }
 }
 
+// row_product_unpacked (step's products at one row): within float32's
+// rounding of the sums in double, and the same bits wherever W, R, x and h
+// start (each at every float offset from a 64-byte line: the kernel reads
+// aligned lines and moves v's lanes instead, then back); rows past n untouched;
+// R null adds nothing; row counts not of 16, K not of 16, K = 0.
+TEST(Packing, RowProductWithinRoundingAndTheSameBitsAtAnyAlignment) {
+  using namespace lstm_ext::detail;
+  if (!unpacked_product_enabled())
+    GTEST_SKIP() << "this CPU has no AVX-512F kernel, which the row product needs";
+  std::mt19937 gen(12);
+  std::uniform_real_distribution<float> dist(-1, 1);
+  for (const auto& [n, I, O] : {std::array<int64_t, 3>{512, 128, 128},
+                                {1, 1, 1},
+                                {17, 16, 0},
+                                {40, 33, 7},
+                                {100, 48, 32},
+                                {134, 37, 67},
+                                {16, 0, 20}}) {
+    std::vector<float> W0(static_cast<size_t>(n * I)), R0(static_cast<size_t>(n * O)),
+        x0(static_cast<size_t>(I)), h0(static_cast<size_t>(O));
+    for (auto* v : {&W0, &R0, &x0, &h0})
+      for (float& e : *v) e = dist(gen);
+    std::vector<uint32_t> first;
+    for (int64_t off = 0; off < 16; ++off) {
+      // Each array at `off` floats past a 64-byte line, R and h elsewhere.
+      const auto placed = [&](const std::vector<float>& v, int64_t at) {
+        std::vector<float> buf(v.size() + 32);
+        float* p = buf.data();
+        while (reinterpret_cast<uintptr_t>(p) % 64) ++p;
+        std::copy(v.begin(), v.end(), p + at);
+        return std::make_pair(std::move(buf), (p - buf.data()) + at);
+      };
+      auto [Wb, wo] = placed(W0, off);
+      auto [Rb, ro] = placed(R0, (off * 7) % 16);
+      auto [xb, xo] = placed(x0, (off * 3) % 16);
+      auto [hb, ho] = placed(h0, (off * 5) % 16);
+      std::vector<float> z(static_cast<size_t>(n) + 1, -7.0f);
+      row_product_unpacked(z.data(), Wb.data() + wo, I, xb.data() + xo, I,
+                           O ? Rb.data() + ro : nullptr, O, hb.data() + ho, O, n);
+      EXPECT_EQ(z[size_t(n)], -7.0f) << "past n";
+      std::vector<uint32_t> bits(static_cast<size_t>(n));
+      std::memcpy(bits.data(), z.data(), size_t(n) * 4);
+      if (off == 0) {
+        first = bits;
+        for (int64_t j = 0; j < n; ++j) {
+          double s = 0, a = 0;
+          for (int64_t k = 0; k < I; ++k)
+            s += double(W0[j * I + k]) * x0[k], a += std::fabs(double(W0[j * I + k]) * x0[k]);
+          for (int64_t k = 0; k < O; ++k)
+            s += double(R0[j * O + k]) * h0[k], a += std::fabs(double(R0[j * O + k]) * h0[k]);
+          // float32 sums of I + O products: (I + O) * 2^-24 of sum |p| at worst
+          EXPECT_LE(std::fabs(z[size_t(j)] - s), (double(I + O) + 1) * 0x1p-24 * a + 1e-30)
+              << "n " << n << " I " << I << " O " << O << " row " << j;
+        }
+      } else {
+        EXPECT_EQ(bits, first) << "n " << n << " I " << I << " O " << O << " offset " << off;
+      }
+    }
+  }
+}
+
 TEST(Sizes, WorkspaceSizesPast2To31AreExact) {
   const int64_t T = int64_t(1) << 16, B = 1024, I = 8, H = 1024, P = 256;
   const Config c = sizes(T, B, I, H), next = sizes(T + 1, B, I, H);  // T*B*H = 2^36
