@@ -991,8 +991,8 @@ void lstm_step(S* h_out, S* c_out, S* scr, In<S> x, In<S> h, In<S> c, const Weig
     // One row in float: both products in one pass of W's and R's rows, by
     // our kernel where the AVX-512F one runs (row_product_unpacked: OpenBLAS's
     // sgemv read them at 0.4 of the core's L2 rate; dev/perf-notes.md 79).
-    bool row = false;
-    if constexpr (std::is_same_v<S, float>) row = B == 1 && unpacked_product_enabled();
+    [[maybe_unused]] const bool row =
+        std::is_same_v<S, float> && B == 1 && unpacked_product_enabled();
     const auto products = [&](int64_t q0, int64_t q1) {  // z[:, q0 .. q1)
       if constexpr (std::is_same_v<S, float>)
         if (row)

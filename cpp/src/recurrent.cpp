@@ -609,52 +609,58 @@ LSTM_EXT_AVX512 __m512 lane_sums16(const __m512 (&v)[16]) {
                        _mm512_shuffle_f32x4(t01, t23, _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
-// acc[r]'s lanes moved by s: lane l gets lane (l + s) % 16 (s in [0, 16)).
-LSTM_EXT_AVX512 void rotate_lanes16(__m512 (&acc)[16], int64_t s) {
-  const __m512i idx = _mm512_and_si512(
-      _mm512_add_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                       _mm512_set1_epi32(int(s))),
-      _mm512_set1_epi32(15));
-  for (int r = 0; r < 16; ++r) acc[r] = _mm512_permutexvar_ps(idx, acc[r]);
+// acc[r]'s lanes moved from frame f to frame o, where frame f holds element
+// k of a row in lane (k + f) % 16: lane l gets lane (l + f - o) % 16. f = -1:
+// acc is all zero, in any frame.
+LSTM_EXT_AVX512 void to_frame(__m512 (&acc)[16], int64_t& f, int64_t o) {
+  if (f >= 0 && f != o) {
+    const __m512i idx = _mm512_and_si512(
+        _mm512_add_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                         _mm512_set1_epi32(int(16 + f - o))),
+        _mm512_set1_epi32(15));
+    for (int r = 0; r < 16; ++r) acc[r] = _mm512_permutexvar_ps(idx, acc[r]);
+  }
+  f = o;
 }
 
-// acc[r] += row[r][k + j] v[k + j] in lane j, for the lanes of m.
+// acc[r] += row[r][k + j] v[k + j] in lane j, for the lanes of m (the other
+// lanes left as they are).
 LSTM_EXT_AVX512 void dot_line16(__m512 (&acc)[16], const float* const (&row)[16], const float* v,
                                 int64_t k, __mmask16 m) {
-  const __m512 vk = m == 0xFFFF ? _mm512_loadu_ps(v + k) : _mm512_maskz_loadu_ps(m, v + k);
+  const bool whole = m == 0xFFFF;
+  const __m512 vk = whole ? _mm512_loadu_ps(v + k) : _mm512_maskz_loadu_ps(m, v + k);
 #pragma GCC unroll 16
-  for (int r = 0; r < 16; ++r) {
-    const __m512 a =
-        m == 0xFFFF ? _mm512_loadu_ps(row[r] + k) : _mm512_maskz_loadu_ps(m, row[r] + k);
-    acc[r] = _mm512_fmadd_ps(a, vk, acc[r]);
-  }
+  for (int r = 0; r < 16; ++r)
+    acc[r] = whole ? _mm512_fmadd_ps(_mm512_loadu_ps(row[r] + k), vk, acc[r])
+                   : _mm512_mask3_fmadd_ps(_mm512_maskz_loadu_ps(m, row[r] + k), vk, acc[r], m);
+}
+
+// p moved back by n floats, as an address (p - n may lie before p's array).
+inline const float* floats_before(const float* p, int64_t n) {
+  return reinterpret_cast<const float*>(reinterpret_cast<uintptr_t>(p) - uintptr_t(n) * 4);
 }
 
 // acc[r] += a's row r times v over k < K (rows ld apart; past nr, row nr - 1
-// again, read and unused): element k of a row in lane k % 16, the lane's
-// elements in the order of k. Where a's rows start o elements past a
-// 64-byte line (the same o for all: ld a multiple of 16), each row is read
-// in whole aligned lines (a load across two lines took the product from
-// 134 to 83 GB/s), element k in lane (k + o) % 16 while summing: the lanes
-// are moved there first and back after, so each lane sums the same
-// elements in the same order (leading and trailing lanes outside the row
-// add 0 * 0): the same bits wherever the rows lie.
-LSTM_EXT_AVX512 void dot_rows16(__m512 (&acc)[16], const float* a, int64_t ld, int nr,
+// again, read and unused), in frame f (to_frame): each lane sums its
+// elements in the order of k. Where the rows start o floats past a 64-byte
+// line (the same o for all: ld a multiple of 16), they are read in whole
+// aligned lines, so in frame o, with v's lanes read to match; the lines'
+// lanes outside the row are left alone: the same bits wherever the arrays
+// lie (dev/perf-notes.md, 79).
+LSTM_EXT_AVX512 void dot_rows16(__m512 (&acc)[16], int64_t& f, const float* a, int64_t ld, int nr,
                                 const float* v, int64_t K) {
   const int64_t o = ld % 16 == 0 ? int64_t(reinterpret_cast<uintptr_t>(a) % 64) / 4 : 0;
-  const float* row[16];
-  for (int r = 0; r < 16; ++r) row[r] = a + std::min(r, nr - 1) * ld - o;  // o before the row
-  // (v - o and row[r] point up to 15 elements before their arrays; the masked
-  // loads read nothing there)
-  if (o) rotate_lanes16(acc, 16 - o);  // lane k % 16 -> (k + o) % 16
+  const float* row[16];  // each o floats before its row: the line it starts in
+  for (int r = 0; r < 16; ++r) row[r] = floats_before(a + std::min(r, nr - 1) * ld, o);
+  const float* const vo = floats_before(v, o);
+  to_frame(acc, f, o);
   const int64_t lines = (K + o + 15) / 16;
   const auto partial = [&](int64_t c) {  // the lanes of line c in [0, K)
     return __mmask16(first_lanes(K + o - 16 * c) & ~first_lanes(c == 0 ? o : 0));
   };
-  if (lines > 0) dot_line16(acc, row, v - o, 0, partial(0));
-  for (int64_t c = 1; c + 1 < lines; ++c) dot_line16(acc, row, v - o, 16 * c, 0xFFFF);
-  if (lines > 1) dot_line16(acc, row, v - o, 16 * (lines - 1), partial(lines - 1));
-  if (o) rotate_lanes16(acc, o);
+  if (lines > 0) dot_line16(acc, row, vo, 0, partial(0));
+  for (int64_t c = 1; c + 1 < lines; ++c) dot_line16(acc, row, vo, 16 * c, 0xFFFF);
+  if (lines > 1) dot_line16(acc, row, vo, 16 * (lines - 1), partial(lines - 1));
 }
 
 LSTM_EXT_AVX512_FN void row_product16(float* z, const float* W, int64_t ldw, const float* x,
@@ -664,8 +670,10 @@ LSTM_EXT_AVX512_FN void row_product16(float* z, const float* W, int64_t ldw, con
     const int nr = int(std::min<int64_t>(16, n - j));
     __m512 acc[16];
     for (int r = 0; r < 16; ++r) acc[r] = _mm512_setzero_ps();
-    dot_rows16(acc, W + j * ldw, ldw, nr, x, I);
-    if (R) dot_rows16(acc, R + j * ldr, ldr, nr, h, O);
+    int64_t f = -1;
+    dot_rows16(acc, f, W + j * ldw, ldw, nr, x, I);
+    if (R) dot_rows16(acc, f, R + j * ldr, ldr, nr, h, O);
+    to_frame(acc, f, 0);
     _mm512_mask_storeu_ps(z + j, first_lanes(nr), lane_sums16(acc));
   }
 }

@@ -85,8 +85,9 @@ void recurrent_block_unpacked(float* z, int64_t ldz, const float* h, int64_t ldh
 // W [n,ldw], R [n,ldr] row-major, x [I], h [O]. Sixteen rows at a time,
 // each row's products summed in the 16 lanes of one vector (k in order, 16
 // apart, W's then R's), then the 16 lanes by one tree of shuffles: the same
-// bits at any thread count. OpenBLAS's sgemv read the weights from L2 at
-// about 71 GB/s where a core reads 182 (dev/perf-notes.md, 79). float only;
+// bits at any thread count and wherever W, R, x and h lie (other bits than
+// the BLAS's). OpenBLAS's sgemv read the weights from L2 at about 71-83 GB/s
+// where a core reads 182 (dev/perf-notes.md, 79). float only;
 // needs an AVX-512F CPU (std::logic_error otherwise), chosen where
 // unpacked_product_enabled().
 void row_product_unpacked(float* z, const float* W, int64_t ldw, const float* x, int64_t I,

@@ -463,9 +463,11 @@ def clip_grad_norm(model, max_norm: float) -> float:
         # einsum, not a dot: NumPy's BLAS threads a long dot and leaves its
         # threads spinning, which slowed the LSTM's next call twofold (nn.Linear).
         xp = _device.array_module(g)  # NumPy or CuPy, where g lives
-        if xp is np:  # in float64 chunk by chunk: no float64 copy of g, whose
-            # fresh pages cost 467 faults a call (dev/perf-notes.md, 78)
-            total += float(np.einsum("i,i->", g.ravel(), g.ravel(), dtype=np.float64))
+        if xp is np:  # in float64 chunk by chunk (the norm the same to rounding,
+            # its order of sums einsum's): no float64 copy of g, whose fresh
+            # pages cost 467 faults a call (dev/perf-notes.md, 78)
+            flat = g.ravel()
+            total += float(np.einsum("i,i->", flat, flat, dtype=np.float64))
         else:
             g64 = g.astype(np.float64).ravel()
             total += float(xp.einsum("i,i->", g64, g64))

@@ -1122,7 +1122,7 @@ TEST(Packing, UnpackedProductGivesThePackedBits) {
 // rounding of the sums in double, and the same bits wherever W, R, x and h
 // start (each at every float offset from a 64-byte line: the kernel reads
 // aligned lines and moves v's lanes instead, then back); rows past n untouched;
-// R null adds nothing; row counts not of 16, K not of 16, K = 0.
+// R null adds nothing (with O > 0 too); row counts not of 16, K not of 16, K = 0.
 TEST(Packing, RowProductWithinRoundingAndTheSameBitsAtAnyAlignment) {
   using namespace lstm_ext::detail;
   if (!unpacked_product_enabled())
@@ -1162,6 +1162,16 @@ TEST(Packing, RowProductWithinRoundingAndTheSameBitsAtAnyAlignment) {
       std::memcpy(bits.data(), z.data(), size_t(n) * 4);
       if (off == 0) {
         first = bits;
+        std::vector<float> zw(static_cast<size_t>(n));  // R null: W's products alone
+        row_product_unpacked(zw.data(), Wb.data() + wo, I, xb.data() + xo, I, nullptr, O,
+                             hb.data() + ho, O, n);
+        for (int64_t j = 0; j < n; ++j) {
+          double s = 0, a = 0;
+          for (int64_t k = 0; k < I; ++k)
+            s += double(W0[j * I + k]) * x0[k], a += std::fabs(double(W0[j * I + k]) * x0[k]);
+          EXPECT_LE(std::fabs(zw[size_t(j)] - s), (double(I) + 1) * 0x1p-24 * a + 1e-30)
+              << "R null: n " << n << " I " << I << " row " << j;
+        }
         for (int64_t j = 0; j < n; ++j) {
           double s = 0, a = 0;
           for (int64_t k = 0; k < I; ++k)
