@@ -54,6 +54,14 @@ Isa cpu_isa() {
   return isa;
 }
 
+// An AVX-512F CPU, which `what` needs: std::logic_error where it is not. The
+// CPU, not the on switch: another thread may turn the kernels off while a
+// call that chose `what` runs (as need_kernel).
+[[maybe_unused]] void need_avx512(const char* what) {
+  if (cpu_isa() != Isa::kAvx512)
+    throw std::logic_error(std::string("lstm_ext: ") + what + " needs the AVX-512F kernel");
+}
+
 // On where the CPU can, unless LSTM_EXT_PACKED_RECURRENT=0.
 std::atomic<bool>& packed_on() {
   static std::atomic<bool> on{[] {
@@ -1001,10 +1009,7 @@ void recurrent_block_unpacked(float* z, int64_t ldz, const float* h, int64_t ldh
                               int64_t nb, int64_t H, int64_t O, int64_t u, int64_t k0, int64_t k1,
                               bool overwrite) {
 #ifdef LSTM_EXT_HAVE_X86_KERNELS
-  // The CPU, not the on switch: another thread may turn it off while a call
-  // that chose this product runs (as need_kernel).
-  if (cpu_isa() != Isa::kAvx512)
-    throw std::logic_error("lstm_ext: recurrent_block_unpacked needs the AVX-512F kernel");
+  need_avx512("recurrent_block_unpacked");
   using Fn = void (*)(float*, int64_t, const float*, int64_t, const float*, int64_t, int64_t,
                       int64_t, int64_t, bool);
   static constexpr Fn kRows[] = {nullptr,           rows_unpacked<1>,  rows_unpacked<2>,
@@ -1034,8 +1039,7 @@ void recurrent_block_unpacked(float* z, int64_t ldz, const float* h, int64_t ldh
 void row_product_unpacked(float* z, const float* W, int64_t ldw, const float* x, int64_t I,
                           const float* R, int64_t ldr, const float* h, int64_t O, int64_t n) {
 #ifdef LSTM_EXT_HAVE_X86_KERNELS
-  if (cpu_isa() != Isa::kAvx512)  // the CPU, not the on switch (as recurrent_block_unpacked)
-    throw std::logic_error("lstm_ext: row_product_unpacked needs the AVX-512F kernel");
+  need_avx512("row_product_unpacked");
   row_product16(z, W, ldw, x, I, R, ldr, h, O, n);
 #else
   (void)z, (void)W, (void)ldw, (void)x, (void)I, (void)R, (void)ldr, (void)h, (void)O, (void)n;
