@@ -26,6 +26,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <limits>
 #include <numeric>
@@ -970,38 +971,61 @@ void lstm_step(S* h_out, S* c_out, S* scr, In<S> x, In<S> h, In<S> c, const Weig
   else
     std::fill(c_prev, c_prev + B * H, S(0));
   S* m = P > 0 ? c_prev + B * H : h_out;  // [B,H]
-  const auto cells = [&](int64_t j0, int64_t j1) {
+  // By value: a team's worker takes its own copy (parallel_team_by_value).
+  const S *b = w.b, *peephole = w.peephole;
+  const S clip = S(cfg.clip);
+  const bool coupled = cfg.input_forget;
+  const auto cells = [=](int64_t j0, int64_t j1) {
     dispatch(
-        [&](auto peep, auto clipped, auto coupled) {
+        [&](auto peep, auto clipped, auto coupled_) {
           LSTM_EXT_ON_CPU(cell_forward_rows, false, decltype(peep)::value, decltype(clipped)::value,
-                          decltype(coupled)::value, S)
-          (z, c_out, m, c_prev, w.b, w.peephole, S(cfg.clip), B, H, j0, j1);
+                          decltype(coupled_)::value, S)
+          (z, c_out, m, c_prev, b, peephole, clip, B, H, j0, j1);
         },
-        w.peephole != nullptr, cfg.clip > 0, cfg.input_forget);
+        peephole != nullptr, clip > 0, coupled);
   };
   if (B <= kStepSplitRows && H >= kStepSplitUnits && P == 0) {
-    // Streaming: the products in two halves of the gate rows (i and f, g
-    // and o: two GEMV calls each, where halves of the units took eight),
-    // then the gate pass in two halves of the units, each one thread's where
-    // there are two. A thread's rows of W and R (256 KiB at H = 128) then
-    // stay in its core's L2 from call to call instead of coming from L3
-    // (dev/perf-notes.md, 13 and 18). The halves depend on the shape alone:
-    // the same bits at any thread count.
+    // Streaming: two halves of the units, each one thread's where there are
+    // two. A thread's rows of W and R (256 KiB at H = 128) then stay in its
+    // core's L2 from call to call instead of coming from L3 (dev/perf-notes.md,
+    // 13 and 18). The halves depend on the shape alone: the same bits at any
+    // thread count.
     const int64_t cut[3] = {0, std::min(H, (H / 2 + 7) / 8 * 8), H};
-    // One row in float: both products in one pass of W's and R's rows, by
-    // our kernel where the AVX-512F one runs (row_product_unpacked: OpenBLAS's
-    // sgemv read them at 0.4 of the core's L2 rate; dev/perf-notes.md 79).
-    [[maybe_unused]] const bool row =
-        std::is_same_v<S, float> && B == 1 && unpacked_product_enabled();
+    const double work = double(B) * double(G) * double(I + O);
+    if constexpr (std::is_same_v<S, float>) {
+      if (B == 1 && unpacked_product_enabled()) {
+        // One row in float where the AVX-512F kernel runs: each thread the
+        // four gates' rows of its units, W's and R's in one pass, by our
+        // kernel (row_product_unpacked: OpenBLAS's sgemv read them at 0.4 of
+        // the core's L2 rate; dev/perf-notes.md 79), then their cells, with
+        // no wait between (80), unless h_out is h: then all of h is read
+        // before any of it is written.
+        const S *W = w.W, *R = h ? w.R : nullptr;
+        const auto at = [](const S* p) { return reinterpret_cast<uintptr_t>(p); };
+        const bool in_place =
+            h && at(h_out) < at(h + B * O) && at(h) < at(h_out + B * O);  // overlapping
+        parallel_team_by_value(2, work, [=](int t, int n, Barrier& barrier) {
+          for (int p = t; p < 2; p += n)
+            for (int64_t q = cut[p]; q < G; q += H)  // gate rows q .. q + units
+              row_product_unpacked(z + q, W + q * I, I, x, I, R ? R + q * O : nullptr, O, h, O,
+                                   cut[p + 1] - cut[p]);
+          if (in_place) {
+            barrier.finished(t, 1);
+            barrier.wait_finished(1);
+          }
+          for (int p = t; p < 2; p += n) cells(cut[p], cut[p + 1]);
+        });
+        return;
+      }
+    }
+    // Elsewhere the products in two halves of the gate rows (i and f, g and
+    // o: two GEMV calls each, where halves of the units took eight), then
+    // the gate pass in two halves of the units.
     const auto products = [&](int64_t q0, int64_t q1) {  // z[:, q0 .. q1)
-      if constexpr (std::is_same_v<S, float>)
-        if (row)
-          return row_product_unpacked(z + q0, w.W + q0 * I, I, x, I, h ? w.R + q0 * O : nullptr, O,
-                                      h, O, q1 - q0);
       gemm(Op::N, Op::T, B, q1 - q0, I, S(1), x, I, w.W + q0 * I, I, S(0), z + q0, G);
       if (h) gemm(Op::N, Op::T, B, q1 - q0, O, S(1), h, O, w.R + q0 * O, O, S(1), z + q0, G);
     };
-    parallel_team(2, double(B) * double(G) * double(I + O), [&](int t, int n, Barrier& barrier) {
+    parallel_team(2, work, [&](int t, int n, Barrier& barrier) {
       for (int p = t; p < 2; p += n) products(p * 2 * H, (p + 1) * 2 * H);
       barrier.finished(t, 1);  // all of h read before h_out, which may alias it, is written
       barrier.wait_finished(1);

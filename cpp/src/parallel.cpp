@@ -11,6 +11,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
+#include <cstring>
 #include <exception>
 #include <fstream>
 #include <memory>
@@ -123,18 +124,28 @@ class Pool {
 
   // fn(t) for t < n on n different threads at once; false (nothing run) if
   // the pool is busy or too small.
-  bool team(int n, const std::function<void(int64_t)>& fn) {
+  bool team(int n, const TeamTask& task, Barrier& barrier) {
     std::unique_lock<std::mutex> region(region_, std::try_to_lock);
     if (n > size() || n <= 1 || !region) return false;
-    region_run(n, fn, true);
+    team_run(n, task, barrier);
     return true;
   }
 
  private:
   struct alignas(64) Slot {
+    // Written by the caller, read by this worker.
     std::atomic<uint64_t> invite{0};  // the region this worker is asked to join
+    std::atomic<uint64_t> team{0};    // the team call whose task is below
+    void (*team_run)(const void*, int, int, Barrier&) = nullptr;
+    const void* team_fn = nullptr;  // team_arg, or the caller's object
+    Barrier* team_barrier = nullptr;
+    int team_t = 0, team_n = 0;
     std::atomic<bool> asleep{false};
+    alignas(64) unsigned char team_arg[kTeamTaskBytes];  // TeamTask's fn, copied
     std::condition_variable wake;
+    // Written by this worker, read by the caller: a line of its own.
+    alignas(64) std::atomic<uint64_t> team_done{0};  // the team call whose task it finished
+    std::exception_ptr team_error;                   // what that task threw
   };
 
   // The workers a region of n tasks wakes: the caller takes a task too.
@@ -167,6 +178,75 @@ class Pool {
     if (error_) std::rethrow_exception(error_);
   }
 
+  // A team hands each worker its task in the worker's own slot and waits on
+  // each worker's own line, without the pool's mutex: region_run's handshake
+  // under m_ (the invitation, joining, counting done and active) cost a call
+  // of a team of two 1.9 us on the Intel VM, its lines crossing between the
+  // cores some ten times at 140 ns each (dev/perf-notes.md, 80). A team's
+  // task is never dropped: the caller waits for every member's before it
+  // returns. The seq_cst stores and loads of team and asleep (and of
+  // team_done and caller_asleep_) are each a pair of flags: of a worker going
+  // to sleep and a caller inviting it, one sees the other's.
+  void team_run(int n, const TeamTask& task, Barrier& barrier) {
+    const int k = n - 1;  // worker w runs task w + 1
+    const uint64_t id = ++team_id_;
+    for (int w = 0; w < k; ++w) {
+      Slot& slot = slots_[size_t(w)];
+      slot.team_run = task.run;
+      slot.team_fn = task.fn;
+      if (task.bytes > 0) {
+        std::memcpy(slot.team_arg, task.fn, task.bytes);
+        slot.team_fn = slot.team_arg;
+      }
+      slot.team_barrier = &barrier;
+      slot.team_t = w + 1;
+      slot.team_n = n;
+      slot.team.store(id, std::memory_order_seq_cst);
+      if (slot.asleep.load(std::memory_order_seq_cst)) wake(slot);
+    }
+    std::exception_ptr error;
+    try {
+      task.run(task.fn, 0, n, barrier);
+    } catch (...) {
+      error = std::current_exception();
+    }
+    for (int w = 0; w < k; ++w) {
+      Slot& slot = slots_[size_t(w)];
+      const auto done = [&] { return slot.team_done.load(std::memory_order_seq_cst) == id; };
+      if (!spin_until(done)) {
+        std::unique_lock<std::mutex> lk(m_);
+        caller_asleep_.store(true, std::memory_order_seq_cst);
+        finished_.wait(lk, done);
+        caller_asleep_.store(false, std::memory_order_relaxed);
+      }
+      if (!error) error = slot.team_error;
+      slot.team_error = nullptr;
+    }
+    call_ended();
+    if (error) std::rethrow_exception(error);
+  }
+
+  // Wakes a worker that has gone to sleep, or is going to (it sets asleep
+  // under m_, then reads team and invite before it waits on wake).
+  void wake(Slot& slot) {
+    { std::lock_guard<std::mutex> lk(m_); }  // it waits on wake now, or has seen its invitation
+    slot.wake.notify_one();
+  }
+
+  // This worker's task of team call t (team_run).
+  void team_task(Slot& slot, uint64_t t) {
+    try {
+      slot.team_run(slot.team_fn, slot.team_t, slot.team_n, *slot.team_barrier);
+    } catch (...) {
+      slot.team_error = std::current_exception();
+    }
+    slot.team_done.store(t, std::memory_order_seq_cst);
+    if (caller_asleep_.load(std::memory_order_seq_cst)) {
+      { std::lock_guard<std::mutex> lk(m_); }  // the caller waits on finished_ now, or sees it
+      finished_.notify_all();
+    }
+  }
+
   // Tasks until none is left; with once, at most one (a team member).
   void work(const std::function<void(int64_t)>& fn, int64_t n, bool once) {
     for (int64_t i; (i = next_.fetch_add(1)) < n;) {
@@ -183,25 +263,33 @@ class Pool {
   }
 
   // Joins each region it is invited to while that region runs (an invitation
-  // seen after its region ended is dropped).
+  // seen after its region ended is dropped), and runs its task of each team.
   void worker(Slot& slot) {
-    uint64_t seen = 0;
+    uint64_t seen = 0, team_seen = 0;
     for (;;) {
       const std::function<void(int64_t)>* fn;
       int64_t n;
       bool once;
-      spin_until([&] { return slot.invite.load(std::memory_order_acquire) != seen; });
+      const auto teamed = [&] { return slot.team.load(std::memory_order_seq_cst) != team_seen; };
+      spin_until([&] { return slot.invite.load(std::memory_order_acquire) != seen || teamed(); });
+      if (teamed()) {
+        team_seen = slot.team.load(std::memory_order_acquire);
+        team_task(slot, team_seen);
+        continue;
+      }
       {
         std::unique_lock<std::mutex> lk(m_);
-        const auto ready = [&] {
-          return stop_ || (slot.invite != seen && slot.invite == region_id_ && fn_ != nullptr);
+        const auto region = [&] {
+          return slot.invite != seen && slot.invite == region_id_ && fn_ != nullptr;
         };
+        const auto ready = [&] { return stop_ || region() || teamed(); };
         if (!ready()) {
-          slot.asleep = true;
+          slot.asleep.store(true, std::memory_order_seq_cst);
           slot.wake.wait(lk, ready);
           slot.asleep = false;
         }
         if (stop_) return;
+        if (!region()) continue;  // a team's task: taken above
         seen = region_id_;
         fn = fn_;
         n = n_;
@@ -225,6 +313,8 @@ class Pool {
   std::atomic<int> active_{0};
   std::atomic<int64_t> next_{0};
   uint64_t region_id_ = 0;               // under m_
+  uint64_t team_id_ = 0;                 // the last team call's (under region_)
+  std::atomic<bool> caller_asleep_{false};  // team_run waits on finished_
   std::atomic<int64_t> last_end_ns_{0};  // now_ns() at the last region's end
   bool stop_ = false, once_ = false;
   std::exception_ptr error_;
@@ -507,21 +597,28 @@ int64_t TeamBackoff::backoffs() {
   return backoffs_;
 }
 
-void parallel_team(int want, double work, const std::function<void(int, int, Barrier&)>& fn) {
+void parallel_team(int want, double work, const TeamTask& task) {
   auto p = pool();
   const int n = p->backoff().team(std::min(want, p->size()), now_ns());
   if (n > 1 && !(work < kWakeWork && p->idle(n))) {
     Barrier barrier(n);
     const int64_t start = now_ns();
-    if (p->team(n, [&](int64_t t) { fn(int(t), n, barrier); })) {
+    if (p->team(n, task, barrier)) {
       const int64_t end = now_ns();
       p->backoff().record(n, barrier.off_core_ns(), end - start, end);
       return;
     }
   }
   Barrier alone(1);
-  fn(0, 1, alone);
+  task.run(task.fn, 0, 1, alone);
   p->call_ended();
+}
+
+void parallel_team(int want, double work, const std::function<void(int, int, Barrier&)>& fn) {
+  const auto run = [](const void* f, int t, int n, Barrier& barrier) {
+    (*static_cast<const std::function<void(int, int, Barrier&)>*>(f))(t, n, barrier);
+  };
+  parallel_team(want, work, TeamTask{run, &fn, 0});
 }
 
 int64_t team_backoffs() { return pool()->backoff().backoffs(); }

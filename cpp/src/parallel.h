@@ -6,11 +6,13 @@
 #pragma once
 
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <type_traits>
 
 namespace lstm_ext {
 
@@ -97,6 +99,34 @@ class TeamBackoff {
 // leave the others waiting at the barrier.
 constexpr double kWakeWork = 1 << 20;
 void parallel_team(int want, double work, const std::function<void(int, int, Barrier&)>& fn);
+
+// A team's task as the pool hands it to each thread: run(fn, t, n, barrier),
+// where fn points at `bytes` bytes that the pool copies into each worker's
+// own slot (at most kTeamTaskBytes), or at the caller's object where bytes is
+// 0 (read through the pointer, from the caller's stack).
+constexpr size_t kTeamTaskBytes = 256;
+struct TeamTask {
+  void (*run)(const void* fn, int t, int n, Barrier& barrier);
+  const void* fn;
+  size_t bytes;
+};
+void parallel_team(int want, double work, const TeamTask& task);
+
+// parallel_team for a function object that travels by value: each worker
+// runs its own copy, made in its slot with its invitation, so it starts
+// without reading the caller's stack line by line through references (each
+// line a crossing between cores: 140 ns on the Intel VM, where a call's
+// worker started 0.6-0.8 us late that way; dev/perf-notes.md, 80). fn's
+// captures must be by value, and few (kTeamTaskBytes).
+template <typename F>
+void parallel_team_by_value(int want, double work, const F& fn) {
+  static_assert(std::is_trivially_copyable_v<F> && sizeof(F) <= kTeamTaskBytes && alignof(F) <= 64,
+                "parallel_team_by_value: a small function object, its captures by value");
+  const auto run = [](const void* f, int t, int n, Barrier& barrier) {
+    (*static_cast<const F*>(f))(t, n, barrier);
+  };
+  parallel_team(want, work, TeamTask{run, &fn, sizeof(F)});
+}
 
 // cpu_quota_cores (runtime.h): cgroup v2's cpu.max, or v1's cpu.cfs_quota_us
 // over cpu.cfs_period_us, of the process's cgroup and each ancestor up to the

@@ -39,6 +39,13 @@ namespace {
 
 using lstm_ext::Config;
 
+// A pool of `threads` for one test, and the old size back afterwards.
+struct PoolOf {
+  int before = lstm_ext::get_num_threads();
+  explicit PoolOf(int threads) { lstm_ext::set_num_threads(threads); }
+  ~PoolOf() { lstm_ext::set_num_threads(before); }
+};
+
 template <typename S>
 struct Problem {
   Config cfg;
@@ -104,6 +111,49 @@ void steps_agree_with_forward(double tol) {
 
 TEST(Core, StepsAgreeWithForwardFloat) { steps_agree_with_forward<float>(1e-6); }
 TEST(Core, StepsAgreeWithForwardDouble) { steps_agree_with_forward<double>(1e-13); }
+
+// Steps that split over two threads (B <= 8, H >= 64), in place (h and c the
+// outputs) and into other buffers, on one thread and on two: the same bits.
+// In place, each thread's units are written only once both have read all of
+// h (lstm_step's in_place).
+template <typename S>
+void steps_in_place_give_the_same_bits(int64_t B) {
+  Problem<S> p(6, B, 24, 64);
+  Config one = p.cfg;
+  one.T = 1;
+  const size_t n = size_t(B * 64);
+  std::vector<S> scratch(size_t(lstm_ext::step_scratch_size(one)));
+  std::vector<std::vector<S>> runs;
+  for (int threads : {1, 2})
+    for (bool in_place : {false, true}) {
+      PoolOf pool(threads);
+      std::vector<S> h(n, S(0)), c(n, S(0)), h_out(n), c_out(n), all;
+      for (int64_t t = 0; t < 6; ++t) {
+        const S* x = p.x.data() + t * B * 24;
+        if (in_place) {
+          lstm_ext::lstm_step(h.data(), c.data(), scratch.data(), x, h.data(), c.data(),
+                              p.weights(), one);
+        } else {
+          lstm_ext::lstm_step(h_out.data(), c_out.data(), scratch.data(), x, h.data(), c.data(),
+                              p.weights(), one);
+          h = h_out, c = c_out;
+        }
+        all.insert(all.end(), h.begin(), h.end());
+        all.insert(all.end(), c.begin(), c.end());
+      }
+      runs.push_back(all);
+    }
+  for (size_t r = 1; r < runs.size(); ++r)
+    EXPECT_EQ(std::memcmp(runs[r].data(), runs[0].data(), runs[0].size() * sizeof(S)), 0)
+        << "run " << r << " (threads " << 1 + r / 2 << ", in place " << r % 2 << ")";
+}
+
+TEST(Core, StepsInPlaceGiveTheSameBits) {
+  for (int64_t B : {1, 3}) {
+    steps_in_place_give_the_same_bits<float>(B);
+    steps_in_place_give_the_same_bits<double>(B);
+  }
+}
 
 TEST(Core, GradientMatchesFiniteDifferences) {
   Problem<double> p(5, 2, 3, 4, 7);
@@ -631,13 +681,6 @@ TEST(Threads, TeamsOnOneCpuBackOff) {
   EXPECT_EQ(steps, want);
 }
 
-// A pool of `threads` for one test, and the old size back afterwards.
-struct PoolOf {
-  int before = lstm_ext::get_num_threads();
-  explicit PoolOf(int threads) { lstm_ext::set_num_threads(threads); }
-  ~PoolOf() { lstm_ext::set_num_threads(before); }
-};
-
 // Nanoseconds each of this process's threads has run, by thread id, from
 // /proc/self/task/<tid>/schedstat (empty where it cannot be read).
 std::map<std::string, int64_t> threads_cpu_ns() {
@@ -676,6 +719,51 @@ TEST(Threads, RegionsOfEverySizeRunEachTaskOnce) {
     std::sort(ids.begin(), ids.begin() + size);
     ASSERT_EQ(std::unique(ids.begin(), ids.begin() + size) - ids.begin(), size)
         << "team of " << size;
+    if (it % 50 == 49) std::this_thread::sleep_for(std::chrono::milliseconds(2));  // asleep
+  }
+}
+
+// A team task that travels by value (parallel_team_by_value): each member
+// runs a copy of its own (the caller the original) on a thread of its own,
+// whether the workers were awake or asleep; what a member throws, the caller
+// gets, once every member has finished.
+struct Member {
+  std::atomic<int>* runs;
+  const void** copies;
+  std::thread::id* ids;
+  int throws;  // 0: none; 1: the caller (member 0); 2: the last member
+  void operator()(int t, int n, lstm_ext::Barrier&) const {
+    runs[t].fetch_add(1);
+    copies[t] = this;
+    ids[t] = std::this_thread::get_id();
+    if ((throws == 1 && t == 0) || (throws == 2 && t == n - 1))
+      throw std::runtime_error("member " + std::to_string(t));
+  }
+};
+
+TEST(Threads, TeamTasksByValueRunOnEveryMemberAndRethrow) {
+  PoolOf four(4);
+  for (int it = 0; it < 300; ++it) {
+    const int want = 1 + it % 4;
+    std::array<std::atomic<int>, 4> runs{};
+    std::array<const void*, 4> copies{};
+    std::array<std::thread::id, 4> ids{};
+    const int throws = (it / 4) % 3;
+    const Member member{runs.data(), copies.data(), ids.data(), throws};
+    if (throws > 0)
+      EXPECT_THROW(lstm_ext::parallel_team_by_value(want, 1e12, member), std::runtime_error);
+    else
+      lstm_ext::parallel_team_by_value(want, 1e12, member);
+    int size = 0;
+    while (size < 4 && runs[size_t(size)] > 0) ++size;
+    ASSERT_GE(size, 1);
+    ASSERT_LE(size, want);
+    for (int t = 0; t < 4; ++t) ASSERT_EQ(runs[size_t(t)], t < size ? 1 : 0) << "team of " << size;
+    EXPECT_EQ(copies[0], &member);
+    std::sort(copies.begin(), copies.begin() + size);
+    std::sort(ids.begin(), ids.begin() + size);
+    ASSERT_EQ(std::unique(copies.begin(), copies.begin() + size) - copies.begin(), size);
+    ASSERT_EQ(std::unique(ids.begin(), ids.begin() + size) - ids.begin(), size);
     if (it % 50 == 49) std::this_thread::sleep_for(std::chrono::milliseconds(2));  // asleep
   }
 }
