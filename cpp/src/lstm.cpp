@@ -998,12 +998,15 @@ void lstm_step(S* h_out, S* c_out, S* scr, In<S> x, In<S> h, In<S> c, const Weig
         // four gates' rows of its units, W's and R's in one pass, by our
         // kernel (row_product_unpacked: OpenBLAS's sgemv read them at 0.4 of
         // the core's L2 rate; dev/perf-notes.md 79), then their cells, with
-        // no wait between (80), unless h_out is h: then all of h is read
-        // before any of it is written.
+        // no wait between (80), unless an output overlaps x or h (h_out may
+        // be h): then all of x and h are read before any output is written.
         const S *W = w.W, *R = h ? w.R : nullptr;
-        const auto at = [](const S* p) { return reinterpret_cast<uintptr_t>(p); };
-        const bool in_place =
-            h && at(h_out) < at(h + B * O) && at(h) < at(h_out + B * O);  // overlapping
+        const auto overlap = [](const S* a, int64_t na, const S* b, int64_t nb) {
+          const auto at = [](const S* p) { return reinterpret_cast<uintptr_t>(p); };
+          return b && at(a) < at(b + nb) && at(b) < at(a + na);
+        };
+        const bool in_place = overlap(h_out, B * O, x, B * I) || overlap(h_out, B * O, h, B * O) ||
+                              overlap(c_out, B * H, x, B * I) || overlap(c_out, B * H, h, B * O);
         parallel_team_by_value(2, work, [=](int t, int n, Barrier& barrier) {
           for (int p = t; p < 2; p += n)
             for (int64_t q = cut[p]; q < G; q += H)  // gate rows q .. q + units

@@ -100,9 +100,9 @@ class Pool {
   }
   int size() const { return int(workers_.size()) + 1; }
 
-  // Whether a worker a region of n tasks would wake has gone to sleep, and
-  // the last region (or team call run without them: call_ended) ended over
-  // kSpinTime ago.
+  // Whether a worker a region or team of n would wake has gone to sleep,
+  // and the last region or team call (with the workers or without them:
+  // call_ended) ended over kSpinTime ago.
   bool idle(int64_t n) const {
     const int64_t since = now_ns() - last_end_ns_.load(std::memory_order_relaxed);
     if (since <= std::chrono::nanoseconds(kSpinTime).count()) return false;
@@ -111,6 +111,7 @@ class Pool {
     return false;
   }
   void call_ended() { last_end_ns_.store(now_ns(), std::memory_order_relaxed); }
+  int64_t wakes() const { return wakes_.load(std::memory_order_relaxed); }
   TeamBackoff& backoff() { return backoff_; }
 
   void run(int64_t n, const std::function<void(int64_t)>& fn) {
@@ -119,11 +120,11 @@ class Pool {
       for (int64_t i = 0; i < n; ++i) fn(i);
       return;
     }
-    region_run(n, fn, false);
+    region_run(n, fn);
   }
 
-  // fn(t) for t < n on n different threads at once; false (nothing run) if
-  // the pool is busy or too small.
+  // task.run(.., t, n, barrier) for t < n on n different threads at once;
+  // false (nothing run) if the pool is busy or too small.
   bool team(int n, const TeamTask& task, Barrier& barrier) {
     std::unique_lock<std::mutex> region(region_, std::try_to_lock);
     if (n > size() || n <= 1 || !region) return false;
@@ -133,14 +134,14 @@ class Pool {
 
  private:
   struct alignas(64) Slot {
-    // Written by the caller, read by this worker.
+    // Written by the caller, read by this worker (but asleep).
     std::atomic<uint64_t> invite{0};  // the region this worker is asked to join
     std::atomic<uint64_t> team{0};    // the team call whose task is below
     void (*team_run)(const void*, int, int, Barrier&) = nullptr;
     const void* team_fn = nullptr;  // team_arg, or the caller's object
     Barrier* team_barrier = nullptr;
     int team_t = 0, team_n = 0;
-    std::atomic<bool> asleep{false};
+    std::atomic<bool> asleep{false};                     // the worker's
     alignas(64) unsigned char team_arg[kTeamTaskBytes];  // TeamTask's fn, copied
     std::condition_variable wake;
     // Written by this worker, read by the caller: a line of its own.
@@ -151,13 +152,12 @@ class Pool {
   // The workers a region of n tasks wakes: the caller takes a task too.
   int64_t invited(int64_t n) const { return std::min<int64_t>(n - 1, int64_t(workers_.size())); }
 
-  void region_run(int64_t n, const std::function<void(int64_t)>& fn, bool once) {
+  void region_run(int64_t n, const std::function<void(int64_t)>& fn) {
     const int64_t k = invited(n);
     {
       std::lock_guard<std::mutex> lk(m_);
       fn_ = &fn;
       n_ = n;
-      once_ = once;
       next_ = 0;
       done_ = 0;
       error_ = nullptr;
@@ -168,7 +168,7 @@ class Pool {
     for (int64_t w = 0; w < k; ++w)
       if (slots_[size_t(w)].asleep.load(std::memory_order_relaxed))
         slots_[size_t(w)].wake.notify_one();
-    work(fn, n, once);
+    work(fn, n);
     auto finished = [&] { return done_ == n && active_ == 0; };
     spin_until(finished);
     std::unique_lock<std::mutex> lk(m_);
@@ -184,9 +184,9 @@ class Pool {
   // of a team of two 1.9 us on the Intel VM, its lines crossing between the
   // cores some ten times at 140 ns each (dev/perf-notes.md, 80). A team's
   // task is never dropped: the caller waits for every member's before it
-  // returns. The seq_cst stores and loads of team and asleep (and of
-  // team_done and caller_asleep_) are each a pair of flags: of a worker going
-  // to sleep and a caller inviting it, one sees the other's.
+  // returns. The seq_cst stores and loads of team and asleep are a pair of
+  // flags: of a worker going to sleep and a caller inviting it, one sees the
+  // other's.
   void team_run(int n, const TeamTask& task, Barrier& barrier) {
     const int k = n - 1;  // worker w runs task w + 1
     const uint64_t id = ++team_id_;
@@ -202,23 +202,26 @@ class Pool {
       slot.team_t = w + 1;
       slot.team_n = n;
       slot.team.store(id, std::memory_order_seq_cst);
-      if (slot.asleep.load(std::memory_order_seq_cst)) wake(slot);
     }
+    for (int w = 0; w < k; ++w)  // all invited first, then the sleepers woken
+      if (slots_[size_t(w)].asleep.load(std::memory_order_seq_cst)) wake(slots_[size_t(w)]);
     std::exception_ptr error;
     try {
       task.run(task.fn, 0, n, barrier);
     } catch (...) {
       error = std::current_exception();
     }
+    // Past the spin the caller yields its core between looks, as a wait at
+    // the team's barrier does, and never sleeps: a caller asleep past the
+    // spin woke tens to hundreds of microseconds after its worker's task
+    // ended, when the worker, its own spin over, had gone to sleep too, so
+    // the next call had to wake it, and so on, each call paying both
+    // wake-ups (seen in a loop of team calls, after one slow wake-up).
     for (int w = 0; w < k; ++w) {
       Slot& slot = slots_[size_t(w)];
-      const auto done = [&] { return slot.team_done.load(std::memory_order_seq_cst) == id; };
-      if (!spin_until(done)) {
-        std::unique_lock<std::mutex> lk(m_);
-        caller_asleep_.store(true, std::memory_order_seq_cst);
-        finished_.wait(lk, done);
-        caller_asleep_.store(false, std::memory_order_relaxed);
-      }
+      const auto done = [&] { return slot.team_done.load(std::memory_order_acquire) == id; };
+      if (!spin_until(done))
+        while (!done()) std::this_thread::yield();
       if (!error) error = slot.team_error;
       slot.team_error = nullptr;
     }
@@ -231,6 +234,7 @@ class Pool {
   void wake(Slot& slot) {
     { std::lock_guard<std::mutex> lk(m_); }  // it waits on wake now, or has seen its invitation
     slot.wake.notify_one();
+    wakes_.fetch_add(1, std::memory_order_relaxed);
   }
 
   // This worker's task of team call t (team_run).
@@ -240,15 +244,11 @@ class Pool {
     } catch (...) {
       slot.team_error = std::current_exception();
     }
-    slot.team_done.store(t, std::memory_order_seq_cst);
-    if (caller_asleep_.load(std::memory_order_seq_cst)) {
-      { std::lock_guard<std::mutex> lk(m_); }  // the caller waits on finished_ now, or sees it
-      finished_.notify_all();
-    }
+    slot.team_done.store(t, std::memory_order_release);
   }
 
-  // Tasks until none is left; with once, at most one (a team member).
-  void work(const std::function<void(int64_t)>& fn, int64_t n, bool once) {
+  // Tasks until none is left.
+  void work(const std::function<void(int64_t)>& fn, int64_t n) {
     for (int64_t i; (i = next_.fetch_add(1)) < n;) {
       try {
         fn(i);
@@ -258,20 +258,31 @@ class Pool {
       }
       std::lock_guard<std::mutex> lk(m_);
       if (++done_ == n_) finished_.notify_all();
-      if (once) break;
     }
   }
 
   // Joins each region it is invited to while that region runs (an invitation
-  // seen after its region ended is dropped), and runs its task of each team.
+  // seen after its region ended is dropped: seen, and back to the spin), and
+  // runs its task of each team.
   void worker(Slot& slot) {
     uint64_t seen = 0, team_seen = 0;
     for (;;) {
       const std::function<void(int64_t)>* fn;
       int64_t n;
-      bool once;
       const auto teamed = [&] { return slot.team.load(std::memory_order_seq_cst) != team_seen; };
-      spin_until([&] { return slot.invite.load(std::memory_order_acquire) != seen || teamed(); });
+      // Spinning, then yielding the core between looks, then asleep: a
+      // worker woken onto its caller's core (as the scheduler places a woken
+      // thread) and spinning there kept the caller off it for the whole
+      // spin, after which the worker slept and the caller's next call had
+      // to wake it again, call after call; yielding lets the caller run
+      // (and the scheduler part the two).
+      const auto invited = [&] {
+        return slot.invite.load(std::memory_order_acquire) != seen || teamed();
+      };
+      if (!spin_until(invited, kTeamSpinNs)) {
+        const int64_t until = now_ns() + std::chrono::nanoseconds(kSpinTime).count();
+        while (!invited() && now_ns() < until) std::this_thread::yield();
+      }
       if (teamed()) {
         team_seen = slot.team.load(std::memory_order_acquire);
         team_task(slot, team_seen);
@@ -283,6 +294,14 @@ class Pool {
           return slot.invite != seen && slot.invite == region_id_ && fn_ != nullptr;
         };
         const auto ready = [&] { return stop_ || region() || teamed(); };
+        // A region this worker was invited to but came too late for never
+        // becomes live (invite, region_id_ and fn_ change together under
+        // m_): dropped here, or the worker would sleep again on it after each
+        // team's task, and each team call would have to wake it.
+        if (slot.invite != seen && !region() && !stop_) {
+          seen = slot.invite;
+          continue;
+        }
         if (!ready()) {
           slot.asleep.store(true, std::memory_order_seq_cst);
           slot.wake.wait(lk, ready);
@@ -293,10 +312,9 @@ class Pool {
         seen = region_id_;
         fn = fn_;
         n = n_;
-        once = once_;
         ++active_;  // the region does not end while this worker is inside it
       }
-      work(*fn, n, once);
+      work(*fn, n);
       std::lock_guard<std::mutex> lk(m_);
       if (--active_ == 0) finished_.notify_all();
     }
@@ -314,9 +332,9 @@ class Pool {
   std::atomic<int64_t> next_{0};
   uint64_t region_id_ = 0;               // under m_
   uint64_t team_id_ = 0;                 // the last team call's (under region_)
-  std::atomic<bool> caller_asleep_{false};  // team_run waits on finished_
+  std::atomic<int64_t> wakes_{0};        // wake()'s calls
   std::atomic<int64_t> last_end_ns_{0};  // now_ns() at the last region's end
-  bool stop_ = false, once_ = false;
+  bool stop_ = false;
   std::exception_ptr error_;
   TeamBackoff backoff_;
 };
@@ -598,6 +616,10 @@ int64_t TeamBackoff::backoffs() {
 }
 
 void parallel_team(int want, double work, const TeamTask& task) {
+  if (task.bytes > kTeamTaskBytes)
+    throw std::invalid_argument("lstm_ext: a team's task by value takes at most " +
+                                std::to_string(kTeamTaskBytes) + " bytes, got " +
+                                std::to_string(task.bytes));
   auto p = pool();
   const int n = p->backoff().team(std::min(want, p->size()), now_ns());
   if (n > 1 && !(work < kWakeWork && p->idle(n))) {
@@ -622,6 +644,8 @@ void parallel_team(int want, double work, const std::function<void(int, int, Bar
 }
 
 int64_t team_backoffs() { return pool()->backoff().backoffs(); }
+
+int64_t team_wakes() { return pool()->wakes(); }
 
 int get_num_threads() { return pool()->size(); }
 

@@ -11,6 +11,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <string>
 #include <type_traits>
 
@@ -95,15 +96,18 @@ class TeamBackoff {
 // virtual machine, more than such a call takes alone (calls spaced out, as
 // when a model generates text between them; in a loop of calls close
 // together they stay awake, and a loop that resumes after a pause wakes them
-// on its second call). fn must not throw: a thread that left early would
-// leave the others waiting at the barrier.
+// on its second call). What a member throws is rethrown once every member
+// has finished (the caller's own first, then the lowest worker's); but a
+// member that throws before a wait at the barrier leaves the others waiting
+// there, so fn should check what it can before it starts.
 constexpr double kWakeWork = 1 << 20;
 void parallel_team(int want, double work, const std::function<void(int, int, Barrier&)>& fn);
 
 // A team's task as the pool hands it to each thread: run(fn, t, n, barrier),
 // where fn points at `bytes` bytes that the pool copies into each worker's
-// own slot (at most kTeamTaskBytes), or at the caller's object where bytes is
-// 0 (read through the pointer, from the caller's stack).
+// own slot (at most kTeamTaskBytes, 64-byte aligned; more is an
+// invalid_argument), or at the caller's object where bytes is 0 (read
+// through the pointer, from the caller's stack).
 constexpr size_t kTeamTaskBytes = 256;
 struct TeamTask {
   void (*run)(const void* fn, int t, int n, Barrier& barrier);
@@ -123,10 +127,14 @@ void parallel_team_by_value(int want, double work, const F& fn) {
   static_assert(std::is_trivially_copyable_v<F> && sizeof(F) <= kTeamTaskBytes && alignof(F) <= 64,
                 "parallel_team_by_value: a small function object, its captures by value");
   const auto run = [](const void* f, int t, int n, Barrier& barrier) {
-    (*static_cast<const F*>(f))(t, n, barrier);
+    (*std::launder(static_cast<const F*>(f)))(t, n, barrier);  // a worker's: bytes copied
   };
   parallel_team(want, work, TeamTask{run, &fn, sizeof(F)});
 }
+
+// How often a team call has had to wake a sleeping worker since the pool was
+// made (set_num_threads). For tests.
+int64_t team_wakes();
 
 // cpu_quota_cores (runtime.h): cgroup v2's cpu.max, or v1's cpu.cfs_quota_us
 // over cpu.cfs_period_us, of the process's cgroup and each ancestor up to the

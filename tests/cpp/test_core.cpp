@@ -112,16 +112,20 @@ void steps_agree_with_forward(double tol) {
 TEST(Core, StepsAgreeWithForwardFloat) { steps_agree_with_forward<float>(1e-6); }
 TEST(Core, StepsAgreeWithForwardDouble) { steps_agree_with_forward<double>(1e-13); }
 
-// Steps that split over two threads (B <= 8, H >= 64), in place (h and c the
-// outputs) and into other buffers, on one thread and on two: the same bits.
-// In place, each thread's units are written only once both have read all of
-// h (lstm_step's in_place).
+// Steps that split over two threads (B <= 8, H >= 64; work enough that the
+// pool's worker is woken, kWakeWork), in place (h and c the outputs) and into
+// other buffers, on one thread and on two: the same bits. In place, each
+// thread's units are written only once both have read all of h (lstm_step's
+// in_place): a test with force on the row path (float, B = 1, the AVX-512F
+// kernel), where the threads' products and gate passes do not otherwise wait
+// for each other.
 template <typename S>
 void steps_in_place_give_the_same_bits(int64_t B) {
-  Problem<S> p(6, B, 24, 64);
+  constexpr int64_t I = 768, H = 256;
+  Problem<S> p(6, B, I, H);
   Config one = p.cfg;
   one.T = 1;
-  const size_t n = size_t(B * 64);
+  const size_t n = size_t(B * H);
   std::vector<S> scratch(size_t(lstm_ext::step_scratch_size(one)));
   std::vector<std::vector<S>> runs;
   for (int threads : {1, 2})
@@ -129,7 +133,7 @@ void steps_in_place_give_the_same_bits(int64_t B) {
       PoolOf pool(threads);
       std::vector<S> h(n, S(0)), c(n, S(0)), h_out(n), c_out(n), all;
       for (int64_t t = 0; t < 6; ++t) {
-        const S* x = p.x.data() + t * B * 24;
+        const S* x = p.x.data() + t * B * I;
         if (in_place) {
           lstm_ext::lstm_step(h.data(), c.data(), scratch.data(), x, h.data(), c.data(),
                               p.weights(), one);
@@ -149,6 +153,8 @@ void steps_in_place_give_the_same_bits(int64_t B) {
 }
 
 TEST(Core, StepsInPlaceGiveTheSameBits) {
+  SCOPED_TRACE(lstm_ext::detail::unpacked_product_enabled() ? "B = 1 float: the row path"
+                                                            : "no AVX-512F: the BLAS's path");
   for (int64_t B : {1, 3}) {
     steps_in_place_give_the_same_bits<float>(B);
     steps_in_place_give_the_same_bits<double>(B);
@@ -756,16 +762,33 @@ TEST(Threads, TeamTasksByValueRunOnEveryMemberAndRethrow) {
       lstm_ext::parallel_team_by_value(want, 1e12, member);
     int size = 0;
     while (size < 4 && runs[size_t(size)] > 0) ++size;
-    ASSERT_GE(size, 1);
-    ASSERT_LE(size, want);
+    // No member waits at the barrier, so nothing backs the team off.
+    ASSERT_EQ(size, std::min(want, lstm_ext::get_num_threads()));
     for (int t = 0; t < 4; ++t) ASSERT_EQ(runs[size_t(t)], t < size ? 1 : 0) << "team of " << size;
     EXPECT_EQ(copies[0], &member);
     std::sort(copies.begin(), copies.begin() + size);
     std::sort(ids.begin(), ids.begin() + size);
     ASSERT_EQ(std::unique(copies.begin(), copies.begin() + size) - copies.begin(), size);
     ASSERT_EQ(std::unique(ids.begin(), ids.begin() + size) - ids.begin(), size);
-    if (it % 50 == 49) std::this_thread::sleep_for(std::chrono::milliseconds(2));  // asleep
+    if (it % 7 == 6) std::this_thread::sleep_for(std::chrono::milliseconds(2));  // asleep
   }
+}
+
+// A worker invited to a region it came too late for (asleep when invited,
+// the caller running every task before it woke) drops that invitation and
+// spins between the team calls that follow, instead of going back to sleep
+// after each one's task, which each call would then have to wake it from.
+TEST(Threads, AWorkerThatMissedARegionStaysAwakeForTeams) {
+  PoolOf two(2);
+  if (lstm_ext::get_num_threads() < 2) GTEST_SKIP() << "the system refused the pool's thread";
+  const auto nothing = [](int, int, lstm_ext::Barrier&) {};
+  lstm_ext::parallel_team(2, 1e12, nothing);                  // the worker started
+  std::this_thread::sleep_for(std::chrono::milliseconds(2));  // and asleep (kSpinTime: 0.1 ms)
+  lstm_ext::parallel_for(2, [](int64_t) {});  // done before a woken worker gets there
+  const int64_t before = lstm_ext::team_wakes();
+  for (int i = 0; i < 200; ++i) lstm_ext::parallel_team(2, 1e12, nothing);
+  EXPECT_LE(lstm_ext::team_wakes() - before, 20)
+      << "team calls that had to wake the worker, of 200";
 }
 
 // use_own_pool: two threads, each with a pool of its own of two, run teams
