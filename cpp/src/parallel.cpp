@@ -44,9 +44,10 @@ inline void cpu_relax() {
 }
 
 // Spins until pred() holds or about `limit` ns have passed (kSpinTime by
-// default); says which. Workers and callers spin before they sleep: waking a
-// sleeping thread costs tens to hundreds of microseconds on a virtual machine
-// whose idle CPU has halted, more than a whole step of a small LSTM. The
+// default); says which. Workers and a region's caller spin before they sleep
+// (a team's caller spins, then yields; it never sleeps): waking a sleeping
+// thread costs tens to hundreds of microseconds on a virtual machine whose
+// idle CPU has halted, more than a whole step of a small LSTM. The
 // clock is read from the 64th pause on (about 2 us on Zen 3, where a pause
 // takes ~27 ns): most spins end before.
 constexpr std::chrono::microseconds kSpinTime(100);
@@ -68,8 +69,9 @@ bool spin_until(Pred pred, int64_t limit = std::chrono::nanoseconds(kSpinTime).c
 
 // A fixed set of worker threads that join the caller on one region of tasks
 // at a time. A region of n tasks wakes only the first n - 1 workers (each
-// has its own invitation, a cache line of its own): woken, a worker spins for
-// kSpinTime after its task before it sleeps, so waking all of them for a
+// has its own invitation, a cache line of its own): woken, a worker waits
+// awake after its task (spinning kTeamSpinNs, then yielding its core between
+// looks for kSpinTime) before it sleeps, so waking all of them for a
 // team of two on a many-core machine kept every spare core busy spinning
 // while small calls followed each other (perf-notes, 68). The same workers
 // are asked first every time, so the ones a loop of calls uses stay awake.
@@ -293,11 +295,12 @@ class Pool {
         const auto region = [&] {
           return slot.invite != seen && slot.invite == region_id_ && fn_ != nullptr;
         };
-        const auto ready = [&] { return stop_ || region() || teamed(); };
-        // A region this worker was invited to but came too late for never
-        // becomes live (invite, region_id_ and fn_ change together under
-        // m_): dropped here, or the worker would sleep again on it after each
-        // team's task, and each team call would have to wake it.
+        // Any invitation ends the sleep: a team's, a live region's, or one
+        // this worker came too late for, which never becomes live (invite,
+        // region_id_ and fn_ change together under m_) and is dropped here,
+        // or the worker would sleep again on it after each team's task, and
+        // each team call would have to wake it.
+        const auto ready = [&] { return stop_ || slot.invite != seen || teamed(); };
         if (slot.invite != seen && !region() && !stop_) {
           seen = slot.invite;
           continue;
@@ -308,7 +311,7 @@ class Pool {
           slot.asleep = false;
         }
         if (stop_) return;
-        if (!region()) continue;  // a team's task: taken above
+        if (!region()) continue;  // a team's task, or a region come too late for: above
         seen = region_id_;
         fn = fn_;
         n = n_;
@@ -333,7 +336,7 @@ class Pool {
   uint64_t region_id_ = 0;               // under m_
   uint64_t team_id_ = 0;                 // the last team call's (under region_)
   std::atomic<int64_t> wakes_{0};        // wake()'s calls
-  std::atomic<int64_t> last_end_ns_{0};  // now_ns() at the last region's end
+  std::atomic<int64_t> last_end_ns_{0};  // now_ns() at the last call's end (call_ended)
   bool stop_ = false;
   std::exception_ptr error_;
   TeamBackoff backoff_;

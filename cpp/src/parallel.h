@@ -30,7 +30,8 @@ void parallel_for(int64_t n, const std::function<void(int64_t)>& fn);
 // reads the others' part of a step, not at the step's end. finished(t, 1)
 // then wait_finished(1) is a plain barrier. off_core_ns: the time the team's
 // threads spent off their cores while they yielded, summed (other threads
-// ran there; TeamBackoff reads it).
+// ran there; TeamBackoff reads it). A pool's idle worker spins as long
+// before it yields between looks for a next call.
 constexpr int64_t kTeamSpinNs = 10'000;
 class Barrier {
  public:

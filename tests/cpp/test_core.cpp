@@ -121,7 +121,7 @@ TEST(Core, StepsAgreeWithForwardDouble) { steps_agree_with_forward<double>(1e-13
 // for each other.
 template <typename S>
 void steps_in_place_give_the_same_bits(int64_t B) {
-  constexpr int64_t I = 768, H = 256;
+  constexpr int64_t I = 800, H = 256;  // B = 1: 1024 (I + H) multiply-adds, past kWakeWork
   Problem<S> p(6, B, I, H);
   Config one = p.cfg;
   one.T = 1;
@@ -150,6 +150,15 @@ void steps_in_place_give_the_same_bits(int64_t B) {
   for (size_t r = 1; r < runs.size(); ++r)
     EXPECT_EQ(std::memcmp(runs[r].data(), runs[0].data(), runs[0].size() * sizeof(S)), 0)
         << "run " << r << " (threads " << 1 + r / 2 << ", in place " << r % 2 << ")";
+  // h_out over x's first elements (I > H): x read in full by both threads
+  // before either writes there.
+  PoolOf pool(2);
+  std::vector<S> xs(p.x.begin(), p.x.begin() + B * I), h(n), c(n), over(xs), c2(n);
+  lstm_ext::lstm_step(h.data(), c.data(), scratch.data(), xs.data(), nullptr, nullptr, p.weights(),
+                      one);
+  lstm_ext::lstm_step(over.data(), c2.data(), scratch.data(), over.data(), nullptr, nullptr,
+                      p.weights(), one);
+  EXPECT_EQ(std::memcmp(over.data(), h.data(), n * sizeof(S)), 0) << "h_out over x";
 }
 
 TEST(Core, StepsInPlaceGiveTheSameBits) {
@@ -778,17 +787,23 @@ TEST(Threads, TeamTasksByValueRunOnEveryMemberAndRethrow) {
 // the caller running every task before it woke) drops that invitation and
 // spins between the team calls that follow, instead of going back to sleep
 // after each one's task, which each call would then have to wake it from.
+// On a busy machine a caller taken off its core for over 0.1 ms lets the
+// worker sleep too: the fewest wakes of three tries (the fault woke it at
+// every call: 200).
 TEST(Threads, AWorkerThatMissedARegionStaysAwakeForTeams) {
   PoolOf two(2);
   if (lstm_ext::get_num_threads() < 2) GTEST_SKIP() << "the system refused the pool's thread";
   const auto nothing = [](int, int, lstm_ext::Barrier&) {};
-  lstm_ext::parallel_team(2, 1e12, nothing);                  // the worker started
-  std::this_thread::sleep_for(std::chrono::milliseconds(2));  // and asleep (kSpinTime: 0.1 ms)
-  lstm_ext::parallel_for(2, [](int64_t) {});  // done before a woken worker gets there
-  const int64_t before = lstm_ext::team_wakes();
-  for (int i = 0; i < 200; ++i) lstm_ext::parallel_team(2, 1e12, nothing);
-  EXPECT_LE(lstm_ext::team_wakes() - before, 20)
-      << "team calls that had to wake the worker, of 200";
+  int64_t fewest = INT64_MAX;
+  for (int attempt = 0; attempt < 3 && fewest > 20; ++attempt) {
+    lstm_ext::parallel_team(2, 1e12, nothing);                  // the worker started
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));  // and asleep (kSpinTime: 0.1 ms)
+    lstm_ext::parallel_for(2, [](int64_t) {});  // done before a woken worker gets there
+    const int64_t before = lstm_ext::team_wakes();
+    for (int i = 0; i < 200; ++i) lstm_ext::parallel_team(2, 1e12, nothing);
+    fewest = std::min(fewest, lstm_ext::team_wakes() - before);
+  }
+  EXPECT_LE(fewest, 20) << "team calls that had to wake the worker, of 200";
 }
 
 // use_own_pool: two threads, each with a pool of its own of two, run teams
