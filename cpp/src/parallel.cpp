@@ -295,23 +295,23 @@ class Pool {
         const auto region = [&] {
           return slot.invite != seen && slot.invite == region_id_ && fn_ != nullptr;
         };
-        // Any invitation ends the sleep: a team's, a live region's, or one
-        // this worker came too late for, which never becomes live (invite,
-        // region_id_ and fn_ change together under m_) and is dropped here,
-        // or the worker would sleep again on it after each team's task, and
-        // each team call would have to wake it.
-        const auto ready = [&] { return stop_ || slot.invite != seen || teamed(); };
-        if (slot.invite != seen && !region() && !stop_) {
-          seen = slot.invite;
+        if (stop_) return;
+        if (!region()) {
+          // A region this worker came too late for never becomes live
+          // (invite, region_id_ and fn_ change together under m_): dropped,
+          // or the worker would sleep on it again after each team's task,
+          // and each team call would have to wake it. With nothing to do,
+          // it sleeps until any invitation (or stop_), then looks again.
+          if (slot.invite != seen) {
+            seen = slot.invite;
+          } else if (!teamed()) {
+            slot.asleep.store(true, std::memory_order_seq_cst);
+            slot.wake.wait(lk, [&] { return stop_ || slot.invite != seen || teamed(); });
+            slot.asleep = false;
+            if (stop_) return;
+          }
           continue;
         }
-        if (!ready()) {
-          slot.asleep.store(true, std::memory_order_seq_cst);
-          slot.wake.wait(lk, ready);
-          slot.asleep = false;
-        }
-        if (stop_) return;
-        if (!region()) continue;  // a team's task, or a region come too late for: above
         seen = region_id_;
         fn = fn_;
         n = n_;
