@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -79,6 +80,20 @@ constexpr int64_t kTeamInputRows = 64, kTeamDxRows = 16, kTeamWeights = int64_t(
 // products cost what the wait did (+2 % at B = 16): they sum in column order
 // after the wait (dev/perf-notes.md, 42).
 constexpr int64_t kRotateRows = 4;
+// Backward where the units' split would take at most kChainTeam threads
+// (team_size: at most 3 * 32768 - 1 multiply-adds in a step's dz R, e.g.
+// B = 1 at H = O = 128), under team_products: one thread runs the recurrence
+// alone (each step's gate pass and all of dz R, with R in its core's L2), the
+// other the products that follow it, chunk by chunk behind it: dx = dz W and
+// dR += dz^T h of each chunk of kTeamDxRows rows, in order from the last;
+// then both take dW's blocks of kChainWeightBlock rows. Split by units, the
+// recurrence's halves saved what their wait at every step cost
+// ((100,1,128,128): 192 us alone, 209 on two threads), while dW and dR took
+// 95 us each after the loop. Forward+backward 0.88-0.89 of the time at
+// (100,1,128,128), 0.76 at (100,4,64,64) (dev/perf-notes.md, 81). Chunks and
+// blocks depend on the shape alone: the same bits on one thread (all in
+// turn) or two.
+constexpr int64_t kChainTeam = 2, kChainWeightBlock = 64;
 // In the forward's team, a step of at least kWholePassRows rows runs the
 // gate pass once over all of a thread's units after all its blocks' products,
 // rather than block by block after each (rows of 4 x 32 units, each two
@@ -855,6 +870,7 @@ void lstm_backward(S* dx, S* dh0, S* dc0, const Grads<S>& g, S* scr, In<S> ws, I
   // dR, which the last products overwrite.
   const bool keep = training_keeps_weights(cfg);
   const bool team_dx = packed && keep;  // dx by the kernel on W kept packed, not the BLAS
+  const bool chain = team_dx && team_size(B, H, O) <= kChainTeam;  // dR and dW in the team too
   const S* Rb = keep ? ws + L.rb : scr + BL.rb;
   const S *Wr = w.W, *Rr = w.R;
   if (keep && !packed) {
@@ -873,11 +889,56 @@ void lstm_backward(S* dx, S* dh0, S* dc0, const Grads<S>& g, S* scr, In<S> ws, I
           (dZ + s.offset[k] * G, dc, g.db, g.dpeephole, Z + s.offset[k] * G, c_at(k - 1), c_at(k),
            dmk, w.peephole, clip, s.batch[k], H, j0, j1);
         };
+        const int64_t K = s.K;
+        if (chain) {
+          // kChainTeam: thread 0 the recurrence; thread 1 chunk i after
+          // thread 0's step K - (i + 1) dsub (one thread: each chunk once its
+          // steps are done); then each thread takes dW's next row block.
+          const int64_t chunks = (K + dsub - 1) / dsub,
+                        blocks = (G + kChainWeightBlock - 1) / kChainWeightBlock;
+          std::atomic<int64_t> next_block{0};
+          // Chunk i, steps [k, ke) with ke = K - i dsub: their dx [n,I] =
+          // dz W, and dR [4H,O] += dz^T h, the chunks in order.
+          auto chunk = [&](int64_t i) {
+            const int64_t ke = K - i * dsub, k = std::max<int64_t>(0, ke - dsub);
+            const int64_t r0 = s.offset[k], rows = s.offset[ke] - r0;
+            column_product(dXp + r0 * I, I, dZ + r0 * G, G, ws + L.wb, rows, G, 0, G, 0, I, far,
+                           true);
+            gemm(Op::T, Op::N, G, O, rows, S(1), dZ + r0 * G, G, Hp + r0 * O, O, S(i > 0), g.dR, O);
+          };
+          parallel_team(
+              int(kChainTeam),
+              2.0 * double(s.offset[K]) * double(G) * double(I + O),  // dz R, dz W, dR, dW
+              [&](int t, int n, Barrier& barrier) {
+                if (t == 0) {
+                  for (int64_t k = K - 1; k >= 0; --k) {
+                    add_dy(k, 0, O);
+                    cells(k, dh, 0, H);
+                    column_product(dh, O, dZ + s.offset[k] * G, G, Rb, s.batch[k], G, 0, G, 0, H,
+                                   far, true);
+                    barrier.finished(0, K - k);
+                    if (n == 1 && ((K - k) % dsub == 0 || k == 0)) chunk((K - k - 1) / dsub);
+                  }
+                } else {
+                  barrier.finished(t, K);  // its waits are for thread 0's steps
+                  for (int64_t i = 0; i < chunks; ++i) {
+                    barrier.wait_finished(std::min(K, (i + 1) * dsub));
+                    chunk(i);
+                  }
+                }
+                for (int64_t b; (b = next_block.fetch_add(1)) < blocks;) {  // dW [4H,I] = dz^T x
+                  const int64_t q0 = b * kChainWeightBlock, q = std::min(G - q0, kChainWeightBlock);
+                  gemm(Op::T, Op::N, q, I, s.offset[K], S(1), dZ + q0, G, Xp, I, S(0),
+                       g.dW + q0 * I, I);
+                }
+              });
+          return;
+        }
         if (packed) {
           // Each thread owns a range of units and the same columns of dh
           // (O = H): its gate pass, then its columns of dz R once the others
           // have finished theirs (all of dz is there).
-          const int64_t blocks = recurrent_blocks<S>(H), K = s.K;
+          const int64_t blocks = recurrent_blocks<S>(H);
           parallel_team(
               int(std::min<int64_t>(blocks, team_size(s.batch[0], H, O))),
               2.0 * double(s.offset[K]) * double(G) * double(I + O),  // dz R, dz W, dR, dW
@@ -938,10 +999,13 @@ void lstm_backward(S* dx, S* dh0, S* dc0, const Grads<S>& g, S* scr, In<S> ws, I
   }
   const Gemm<S> dW{Op::T, Op::N, G, I, N, S(1), dZ, G, Xp, I, S(0), g.dW, I};  // [4H,I]
   const Gemm<S> dR{Op::T, Op::N, G, O, N, S(1), dZ, G, Hp, O, S(0), g.dR, O};  // [4H,O]
-  if (I == O)  // the same cost: side by side (blas.h)
+  if (chain) {
+    // dW and dR: computed in the team
+  } else if (I == O) {  // the same cost: side by side (blas.h)
     gemms({dW, dR});
-  else
+  } else {
     gemm(dW), gemm(dR);
+  }
   if (P > 0) gemm(Op::T, Op::N, P, H, N, S(1), DH, P, M, H, S(0), g.dW_hr, H);  // [P,H]
   scatter_state(dh0, dh, s, B, O);
   scatter_state(dc0, dc, s, B, H);

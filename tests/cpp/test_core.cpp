@@ -279,8 +279,12 @@ TEST(Core, BackwardWithLengthsNeedsNoX) {
 // to step.
 TEST(Core, SameBitsAtAnyThreadCount) {
   const int before = lstm_ext::get_num_threads();
+  // {20,1,64,128}, {37,1,16,32} and {40,4,30,64}: backward's recurrence on
+  // one thread, its chunks (the last a part) and dW's blocks on the other.
   for (auto [T, B, I, H] : {std::array<int64_t, 4>{20, 16, 64, 96},
                             {20, 1, 64, 128},
+                            {37, 1, 16, 32},
+                            {40, 4, 30, 64},
                             {9, 3, 30, 175},
                             {6, 70, 8, 72}}) {
     Problem<float> p(T, B, I, H, 3);
