@@ -89,7 +89,7 @@ constexpr int64_t kRotateRows = 4;
 // then both take dW's blocks of kChainWeightBlock rows. Split by units, the
 // recurrence's halves saved what their wait at every step cost
 // ((100,1,128,128): 192 us alone, 209 on two threads), while dW and dR took
-// 95 us each after the loop. Forward+backward 0.88-0.89 of the time at
+// 95 us each after the loop. Forward+backward 0.89-0.92 of the time at
 // (100,1,128,128), 0.76 at (100,4,64,64) (dev/perf-notes.md, 81). Chunks and
 // blocks depend on the shape alone: the same bits on one thread (all in
 // turn) or two.
