@@ -458,7 +458,7 @@ LSTM_EXT_CLONES void cell_backward_rows(S* LSTM_EXT_RESTRICT dz, S* LSTM_EXT_RES
   for (int64_t n = 0; n < nb; ++n) {
     const S* sn = saved + n * 4 * H;
     S* dzn = dz + n * 4 * H;
-    // Unit j reads and writes saved, dzn, db and dpeep at j, H+j, 2H+j (and
+    // Unit j reads and writes saved, dzn and dpeep at j, H+j, 2H+j (and
     // 3H+j) only: no dependence between units (as in cell_forward_row).
     LSTM_EXT_IVDEP
     for (int64_t j = j0; j < j1; ++j) {
@@ -468,12 +468,22 @@ LSTM_EXT_CLONES void cell_backward_rows(S* LSTM_EXT_RESTRICT dz, S* LSTM_EXT_RES
       const auto d = cell::cell_backward<kPeep, kClip, kCoupled, kFma>(
           a, kept, c_prev[k], c[k], dm[k], cell::peep_of<kPeep>(peep, j, H), clip, &dc[k]);
       cell::store_gates(dzn, j, H, d);
-      db[j] += d.i, db[H + j] += d.f, db[2 * H + j] += d.g, db[3 * H + j] += d.o;
       if (kPeep) {  // ONNX order i, o, f
         dpeep[j] += d.i * c_prev[k];
         dpeep[H + j] += d.o * c[k];
         dpeep[2 * H + j] += d.f * c_prev[k];
       }
+    }
+  }
+  // db += each row's dz in row order: the additions, so the bits, of adding
+  // d to db in the pass above, where db's load right after dz's four stores
+  // (rows of 4H) mostly matched a store's address in its low 12 bits and
+  // waited for it (4K aliasing; dev/perf-notes.md, 81).
+  for (int64_t n = 0; n < nb; ++n) {
+    const S* dzn = dz + n * 4 * H;
+    for (int64_t g = 0; g < 4; ++g) {
+      LSTM_EXT_IVDEP
+      for (int64_t j = j0; j < j1; ++j) db[g * H + j] += dzn[g * H + j];
     }
   }
 }
