@@ -80,16 +80,16 @@ constexpr int64_t kTeamInputRows = 64, kTeamDxRows = 16, kTeamWeights = int64_t(
 // products cost what the wait did (+2 % at B = 16): they sum in column order
 // after the wait (dev/perf-notes.md, 42).
 constexpr int64_t kRotateRows = 4;
-// Backward where the units' split would take at most kChainTeam threads
-// (team_size: at most 3 * 32768 - 1 multiply-adds in a step's dz R, e.g.
-// B = 1 at H = O = 128), under team_products: one thread runs the recurrence
+// Backward where team_size(B, H, O) <= kChainTeam (at most 3 * 32768 - 1
+// multiply-adds in a step's dz R, e.g. B = 1 at H = O = 128: the units'
+// split would take at most two threads), under team_products: one thread runs the recurrence
 // alone (each step's gate pass and all of dz R, with R in its core's L2), the
 // other the products that follow it, chunk by chunk behind it: dx = dz W and
 // dR += dz^T h of each chunk of kTeamDxRows rows, in order from the last;
 // then both take dW's blocks of kChainWeightBlock rows. Split by units, the
 // recurrence's halves saved what their wait at every step cost
 // ((100,1,128,128): 192 us alone, 209 on two threads), while dW and dR took
-// 95 us each after the loop. Forward+backward 0.89-0.92 of the time at
+// 95 us each after the loop. Forward+backward 0.88-0.92 of the time at
 // (100,1,128,128), 0.76 at (100,4,64,64) (dev/perf-notes.md, 81). Chunks and
 // blocks depend on the shape alone: the same bits on one thread (all in
 // turn) or two.

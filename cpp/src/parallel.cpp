@@ -67,6 +67,18 @@ bool spin_until(Pred pred, int64_t limit = std::chrono::nanoseconds(kSpinTime).c
   }
 }
 
+// Whether this thread holds a pool's region_ (runs a region or a team as its
+// caller): a parallel_for or team it starts from inside (a BLAS product a
+// member cuts into blocks) runs on this thread alone, rather than try_lock
+// the mutex it already holds (undefined for std::mutex).
+thread_local bool holding_region = false;
+struct HoldingRegion {
+  HoldingRegion() { holding_region = true; }
+  ~HoldingRegion() { holding_region = false; }
+  HoldingRegion(const HoldingRegion&) = delete;
+  HoldingRegion& operator=(const HoldingRegion&) = delete;
+};
+
 // A fixed set of worker threads that join the caller on one region of tasks
 // at a time. A region of n tasks wakes only the first n - 1 workers (each
 // has its own invitation, a cache line of its own): woken, a worker waits
@@ -117,19 +129,23 @@ class Pool {
   TeamBackoff& backoff() { return backoff_; }
 
   void run(int64_t n, const std::function<void(int64_t)>& fn) {
-    std::unique_lock<std::mutex> region(region_, std::try_to_lock);
-    if (workers_.empty() || n <= 1 || !region) {  // busy with another caller's region: inline
+    std::unique_lock<std::mutex> region(region_, std::defer_lock);
+    if (!holding_region && !workers_.empty() && n > 1) region.try_lock();
+    if (!region) {  // one task, or busy with a region (another caller's, or this one's): inline
       for (int64_t i = 0; i < n; ++i) fn(i);
       return;
     }
+    const HoldingRegion holding;
     region_run(n, fn);
   }
 
   // task.run(.., t, n, barrier) for t < n on n different threads at once;
   // false (nothing run) if the pool is busy or too small.
   bool team(int n, const TeamTask& task, Barrier& barrier) {
+    if (holding_region || n > size() || n <= 1) return false;
     std::unique_lock<std::mutex> region(region_, std::try_to_lock);
-    if (n > size() || n <= 1 || !region) return false;
+    if (!region) return false;
+    const HoldingRegion holding;
     team_run(n, task, barrier);
     return true;
   }

@@ -279,12 +279,14 @@ TEST(Core, BackwardWithLengthsNeedsNoX) {
 // to step.
 TEST(Core, SameBitsAtAnyThreadCount) {
   const int before = lstm_ext::get_num_threads();
-  // {20,1,64,128}, {37,1,16,32} and {40,4,30,64}: backward's recurrence on
-  // one thread, its chunks (the last a part) and dW's blocks on the other.
+  // {20,1,64,128}, {37,1,16,32}, {40,4,30,64} and {40,4,30,30}: backward's
+  // recurrence on one thread, its chunks (the last a part) and dW's blocks
+  // (at G = 120 the last a part) on the other.
   for (auto [T, B, I, H] : {std::array<int64_t, 4>{20, 16, 64, 96},
                             {20, 1, 64, 128},
                             {37, 1, 16, 32},
                             {40, 4, 30, 64},
+                            {40, 4, 30, 30},
                             {9, 3, 30, 175},
                             {6, 70, 8, 72}}) {
     Problem<float> p(T, B, I, H, 3);
@@ -784,6 +786,33 @@ TEST(Threads, TeamTasksByValueRunOnEveryMemberAndRethrow) {
     ASSERT_EQ(std::unique(copies.begin(), copies.begin() + size) - copies.begin(), size);
     ASSERT_EQ(std::unique(ids.begin(), ids.begin() + size) - ids.begin(), size);
     if (it % 7 == 6) std::this_thread::sleep_for(std::chrono::milliseconds(2));  // asleep
+  }
+}
+
+// A parallel_for or team from inside a team's member (a BLAS product that
+// backward's dW blocks cut, lstm.cpp) runs on that member's thread alone:
+// every task once, none elsewhere; the caller's member, which holds the
+// pool's region, never tries the lock again.
+TEST(Threads, RegionsInsideATeamRunOnTheMembersThread) {
+  PoolOf two(2);
+  if (lstm_ext::get_num_threads() < 2) GTEST_SKIP() << "the system refused the pool's thread";
+  for (int it = 0; it < 50; ++it) {
+    std::array<std::array<std::thread::id, 8>, 2> ran{};
+    std::array<std::thread::id, 2> member{};
+    std::array<int, 2> inner{};
+    lstm_ext::parallel_team(2, 1e12, [&](int t, int n, lstm_ext::Barrier&) {
+      ASSERT_EQ(n, 2);
+      member[size_t(t)] = std::this_thread::get_id();
+      lstm_ext::parallel_for(
+          8, [&](int64_t i) { ran[size_t(t)][size_t(i)] = std::this_thread::get_id(); });
+      lstm_ext::parallel_team(2, 1e12,
+                              [&](int, int m, lstm_ext::Barrier&) { inner[size_t(t)] = m; });
+    });
+    for (int t = 0; t < 2; ++t) {
+      for (const std::thread::id& id : ran[size_t(t)]) ASSERT_EQ(id, member[size_t(t)]) << t;
+      ASSERT_EQ(inner[size_t(t)], 1) << t;
+    }
+    ASSERT_NE(member[0], member[1]);
   }
 }
 
