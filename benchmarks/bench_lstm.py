@@ -403,18 +403,18 @@ def w_packed(I, H):
 
 def workspace_bytes(rng, case):
     """The training cache's workspace in bytes, and lstm.h's formula for it
-    (no lengths, no projection, float32): 4·(6·T·B·H + 7·B·H + 4·H·32⌈H/32⌉),
+    (no lengths, no projection, float32): 4·(T·B·I + 6·T·B·H + 7·B·H + 4·H·32⌈H/32⌉),
     plus 4·(4·I·32⌈H/32⌉ + 4·H·32(⌈H/32⌉ + ⌈I/32⌉)) where W is packed too
     (and R and W packed by columns for backward, which then needs no copy of
     them)."""
     T, B, I, H = case
     p = problem(rng, T, B, I, H)
     cache = lstm_ext.forward(p["x"], p["W"], p["R"], p["b"]).cache
-    copied = ("x", "b") if w_packed(I, H) else ("x", "W", "R", "b")
+    copied = ("b",) if w_packed(I, H) else ("W", "R", "b")
     copies = sum(p[k].nbytes for k in copied)  # the cache's private copies
     packed = 4 * 32 * -(-H // 32)  # R (and W where w_packed) packed in blocks of 32 units
     kept = packed * I + 4 * H * 32 * (-(-H // 32) + -(-I // 32)) if w_packed(I, H) else 0
-    return cache.nbytes - copies, 4 * (6 * T * B * H + 7 * B * H + packed * H + kept)
+    return cache.nbytes - copies, 4 * (T * B * I + 6 * T * B * H + 7 * B * H + packed * H + kept)
 
 
 def optional_import(name):
@@ -585,7 +585,7 @@ def main():
             _, _, i, h = (int(v) for v in case.split(","))
             kept = " + 4I·32⌈H/32⌉ + 4H·32(⌈H/32⌉ + ⌈I/32⌉)" if w_packed(i, h) else ""
             print(f"training workspace ({case}): {got:,} bytes; "
-                  f"formula 4·(6TBH + 7BH + 4H·32⌈H/32⌉{kept}) = {formula:,}")  # fmt: skip
+                  f"formula 4·(TBI + 6TBH + 7BH + 4H·32⌈H/32⌉{kept}) = {formula:,}")  # fmt: skip
 
     if args.json:
         with open(args.json, "w") as f:

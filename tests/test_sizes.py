@@ -33,13 +33,13 @@ def w_packed(I, H):
     return 4 * H * (I + H) <= 2**21
 
 
-def documented_training_workspace(T, B, H, I=0):
+def documented_training_workspace(T, B, H, I):
     """lstm.h: training without lengths or projection takes
-    6TBH + 7BH + 4H*32*ceil(H/32) elements; where 4H(I+H) <= 2^21,
+    TBI + 6TBH + 7BH + 4H*32*ceil(H/32) elements; where 4H(I+H) <= 2^21,
     4I*32*ceil(H/32) more (W packed) and 4H*32*(ceil(H/32) + ceil(I/32)) (R and
     W packed by columns for backward: training_keeps_weights)."""
     packed = 4 * 32 * -(-H // 32)
-    base = 6 * T * B * H + 7 * B * H + packed * H
+    base = T * B * I + 6 * T * B * H + 7 * B * H + packed * H
     if not w_packed(I, H):
         return base
     return base + packed * I + 4 * H * 32 * (-(-H // 32) + -(-I // 32))
@@ -61,7 +61,8 @@ def test_workspace_holds_w_packed_where_the_weights_are_small(B, I, H):
     # (64,512,512) is at the bound 4H(I+H) = 2^21, (513,512) and (1024,1024) past it.
     got = _core.forward_workspace_size(7, B, I, H)
     assert got == documented_training_workspace(7, B, H, I)
-    assert (got > 6 * 7 * B * H + 7 * B * H + 4 * 32 * -(-H // 32) * H) == w_packed(I, H)
+    base = 7 * B * I + 6 * 7 * B * H + 7 * B * H + 4 * 32 * -(-H // 32) * H
+    assert (got > base) == w_packed(I, H)
 
 
 @pytest.mark.parametrize("B, I, H", SMALL_AND_LARGE)
@@ -75,20 +76,19 @@ T, B, I, H, P = 2**16, 1024, 8, 1024, 256  # T*B*H = 2^36, T*B = 2^26 (BLAS take
 def test_training_workspace_past_2_31_is_lstm_h_formula():
     got = _core.forward_workspace_size(T, B, I, H)
     assert type(got) is int
-    assert got == documented_training_workspace(T, B, H) == 412_328_394_752
+    assert got == documented_training_workspace(T, B, H, I) == 412_865_265_664
 
 
 def test_workspace_grows_per_step_by_what_a_step_keeps():
-    # Each step keeps gates 4BH, c_t BH and h_{t-1} BH (BP with a projection,
-    # plus m_t BH); with lengths or in reverse the gathered x_t BI too.
+    # Each step keeps x_t BI (copied, or with lengths or in reverse gathered),
+    # gates 4BH, c_t BH and h_{t-1} BH (BP with a projection, plus m_t BH).
     # Backward's scratch: dz 4BH (and dL/dh_t BP) a step, dx_t BI gathered.
     def grow(f, *args, **kw):
         return f(T + 1, B, I, H, *args, **kw) - f(T, B, I, H, *args, **kw)
 
     fws, bss = _core.forward_workspace_size, _core.backward_scratch_size
-    assert grow(fws) == 6 * B * H
-    assert grow(fws, P) == B * (6 * H + P)
-    assert grow(fws, ragged=True) == grow(fws, reverse=True) == B * (6 * H + I)
+    assert grow(fws) == grow(fws, ragged=True) == grow(fws, reverse=True) == B * (6 * H + I)
+    assert grow(fws, P) == B * (6 * H + P + I)
     assert grow(bss) == 4 * B * H
     assert grow(bss, P) == B * (4 * H + P)
     assert grow(bss, ragged=True) == B * (4 * H + I)

@@ -150,7 +150,7 @@ ForwardLayout forward_layout(const Config& c, bool training) {
   const int64_t rows = mul(training ? c.T : std::min(c.T, inference_chunk(c.B)), c.B);
   ForwardLayout L{};
   Carve take;
-  L.xp = take(gathers(c) ? mul(rows, c.I) : 0);               // [rows,I] gathered inputs
+  L.xp = take(training || gathers(c) ? mul(rows, c.I) : 0);   // [rows,I] x, kept or gathered
   L.z = take(mul(rows, 4 * c.H));                             // [rows,4H] gates
   L.c = take(training ? mul(add(rows, c.B), c.H) : 0);        // [B+rows,H] c0, then c_t
   L.hp = take(training ? mul(rows, c.O()) : 0);               // [rows,O] h_{t-1}
@@ -516,6 +516,15 @@ void over_units(int64_t rows, int64_t H, F&& fn) {
   parallel_for(blocks, [&](int64_t k) { fn(k * kUnits, std::min(H, (k + 1) * kUnits)); });
 }
 
+// dst[i] = src[i], i < n, in pieces over the threads.
+template <typename S>
+void copy_parallel(S* dst, const S* src, int64_t n) {
+  constexpr int64_t kPiece = 32768;
+  parallel_for((n + kPiece - 1) / kPiece, [&](int64_t p) {
+    copy_elements(dst + p * kPiece, src + p * kPiece, std::min(kPiece, n - p * kPiece));
+  });
+}
+
 // dst[i] = src[i] rounded to bfloat16, i < n, in pieces over the threads
 // (serial, W's rounding took 5 % of a B = 1, H = 256 forward).
 void round_weights(float* dst, const float* src, int64_t n) {
@@ -639,12 +648,22 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
   // dev/perf-notes.md 77). Else two [B,O] buffers, step k writes the other,
   // and y gets a copy.
   const bool direct = !training && !gathers(cfg);
+  // Training with every row at every step: step k writes h_k straight into
+  // the rows of h_{t-1} that backward reads for step k + 1 (Hp), and step
+  // k + 1 reads it there: no copy into Hp (dev/perf-notes.md, 84). With
+  // lengths a step's rows there are fewer than the step before's.
+  const bool into_hp = training && !cfg.lengths;
+  // Training keeps x for backward in Xp, as gathers keep the rows they use:
+  // copied there by the threads of the input products (no private copy of x
+  // by the caller, made on one thread; dev/perf-notes.md, 84).
+  const bool keeps_x = training && !gathers(cfg);
   auto h_at = [&](int64_t k) {
+    if (into_hp && k < s.K) return Hp + s.offset[k] * O;
     return direct && k > 0 ? y + (k - 1) * B * O : ws + L.h + (k & 1) * B * O;
   };
   gather_state(h_at(0), h0, s, B, O);
   gather_state(c_at(-1), c0, s, B, H);
-  if (gathers(cfg)) {
+  if (cfg.lengths) {  // zeros past each sequence's end (in reverse every row is written)
     std::fill(y, y + T * B * O, S(0));
     if (cell_states) std::fill(cell_states, cell_states + T * B * H, S(0));
   }
@@ -730,13 +749,21 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
       gather_steps(Xp + at * I, x, s, k0, k1, B, I);
       xin = Xp + at * I;
     }
-    if (!team_input) gemm(Op::N, Op::T, rows, G, I, S(1), xin, I, wq.W, I, S(0), Z + at * G, G);
+    if (!team_input) {
+      gemm(Op::N, Op::T, rows, G, I, S(1), xin, I, wq.W, I, S(0), Z + at * G, G);
+      if (keeps_x) copy_parallel(Xp + at * I, xin, rows * I);
+    }
     auto z_at = [&](int64_t k) { return Z + (at + s.offset[k] - r0) * G; };  // [batch[k],4H]
     // team_input: x W^T [n,4H] of steps [k, ke), the units of blocks [u0, u1).
-    auto input_products = [&](int64_t k, int64_t ke, int64_t u0, int64_t u1) {
-      const int64_t n = s.offset[ke] - s.offset[k];
-      for (int64_t u = u0; u < u1; ++u)
-        block_product(z_at(k), xin + (s.offset[k] - r0) * I, n, u, 0, I, true);
+    // With keeps_x, thread t of n then copies its share of those rows of x
+    // into Xp, while they are in its cache.
+    auto input_products = [&](int64_t k, int64_t ke, int64_t u0, int64_t u1, int t, int n) {
+      const int64_t a = s.offset[k] - r0, e = s.offset[ke] - r0;  // rows [a, e) of the chunk
+      for (int64_t u = u0; u < u1; ++u) block_product(z_at(k), xin + a * I, e - a, u, 0, I, true);
+      if (keeps_x) {
+        const int64_t q0 = a + (e - a) * t / n, q1 = a + (e - a) * (t + 1) / n;
+        copy_elements(Xp + (at + q0) * I, xin + q0 * I, (q1 - q0) * I);
+      }
     };
 
     dispatch(
@@ -771,12 +798,14 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
                                 for (int64_t u = u0; u < u1; ++u) pack_block(u);
                               if (keep) keep_panels(t, n);
                             }
-                            if (team_input) input_products(k0, std::min(k1, k0 + sub), u0, u1);
+                            if (team_input)
+                              input_products(k0, std::min(k1, k0 + sub), u0, u1, t, n);
                             for (int64_t k = k0; k < k1; ++k) {
                               const int64_t nb = s.batch[k];
                               const S* hin = h_at(k);
                               S* hout = h_at(k + 1);
-                              if (training) copy_columns(Hp + s.offset[k] * O, hin, nb, O, j0, j1);
+                              if (training && !into_hp)
+                                copy_columns(Hp + s.offset[k] * O, hin, nb, O, j0, j1);
                               // Block by block, each block's gate pass right after
                               // its product: the pass's chains of exp and division
                               // then run while the next block's product does. From
@@ -813,7 +842,7 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
                               // The next steps' input products need nothing
                               // the other threads write.
                               if (team_input && (k + 1 - k0) % sub == 0 && k + 1 < k1)
-                                input_products(k + 1, std::min(k1, k + 1 + sub), u0, u1);
+                                input_products(k + 1, std::min(k1, k + 1 + sub), u0, u1, t, n);
                             }
                           });
             return;
@@ -822,7 +851,7 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
             const int64_t nb = s.batch[k];
             const S* hin = h_at(k);
             S* hout = h_at(k + 1);
-            if (training) copy_elements(Hp + s.offset[k] * O, hin, nb * O);
+            if (training && !into_hp) copy_elements(Hp + s.offset[k] * O, hin, nb * O);
             recurrent_product(z_at(k), ws + L.zt, hin, wq.R, nb, G, O);
             S* m = P > 0 ? M + (training ? s.offset[k] * H : 0) : hout;  // [nb,H]
             over_units(nb, H, [&](int64_t j0, int64_t j1) { cells(k, m, j0, j1); });
@@ -851,11 +880,11 @@ void lstm_backward(S* dx, S* dh0, S* dc0, const Grads<S>& g, S* scr, In<S> ws, I
   const ForwardLayout L = forward_layout(cfg, true);
   const BackwardLayout BL = backward_layout(cfg);
   require_backward<S>(dx, dh0, dc0, g, scr, BL.total, ws, L.total, x, w, cfg,
-                      training_keeps_weights(cfg), !gathers(cfg));
+                      training_keeps_weights(cfg), false);  // x: the workspace holds it
   const Schedule s = make_schedule(cfg);
   const S clip = S(cfg.clip);
 
-  const S *Xp = gathers(cfg) ? ws + L.xp : x, *Z = ws + L.z, *Hp = ws + L.hp, *M = ws + L.m;
+  const S *Xp = ws + L.xp, *Z = ws + L.z, *Hp = ws + L.hp, *M = ws + L.m;
   auto c_at = [&](int64_t k) { return ws + L.c + (k < 0 ? 0 : B + s.offset[k]) * H; };
   S *dZ = scr + BL.dz, *DH = scr + BL.dh_all, *dm = scr + BL.dm, *dh = scr + BL.dh,
     *dc = scr + BL.dc, *dXp = gathers(cfg) ? scr + BL.dxp : dx;
@@ -890,6 +919,10 @@ void lstm_backward(S* dx, S* dh0, S* dc0, const Grads<S>& g, S* scr, In<S> ws, I
   }
   const bool far = large_weights(cfg);  // the kernel's fetch_ahead
   const int64_t dsub = steps_for_rows(kTeamDxRows, B);
+  // In reverse without lengths, where the team's dx products are a step each
+  // (dsub = 1), each step's dx goes straight to its rows of dx: no scatter
+  // after (dev/perf-notes.md, 84). Without reverse dXp is dx.
+  const bool dx_in_place = team_dx && !chain && !cfg.lengths && dsub == 1;
   dispatch(
       [&](auto peep, auto clipped, auto coupled) {
         // The gate pass of step k for units [j0, j1): dz_k, and dc.
@@ -964,8 +997,9 @@ void lstm_backward(S* dx, S* dh0, S* dc0, const Grads<S>& g, S* scr, In<S> ws, I
                 // dx [n,I] = dz W of steps [k, ke), columns [i0, i1).
                 auto dx_rows = [&](int64_t k, int64_t ke) {
                   const int64_t r0 = s.offset[k], rows = s.offset[ke] - r0;
-                  column_product(dXp + r0 * I, I, dZ + r0 * G, G, ws + L.wb, rows, G, 0, G, i0, i1,
-                                 far, true);
+                  S* to = dx_in_place ? dx + s.row(k, 0, B) * I : dXp + r0 * I;
+                  column_product(to, I, dZ + r0 * G, G, ws + L.wb, rows, G, 0, G, i0, i1, far,
+                                 true);
                 };
                 for (int64_t k = K - 1; k >= 0; --k) {
                   const int64_t nb = s.batch[k];
@@ -1003,8 +1037,8 @@ void lstm_backward(S* dx, S* dh0, S* dc0, const Grads<S>& g, S* scr, In<S> ws, I
 
   const int64_t N = s.N();
   if (!team_dx) gemm(Op::N, Op::N, N, I, G, S(1), dZ, G, Wr, I, S(0), dXp, I);  // [N,I]
-  if (gathers(cfg)) {
-    std::fill(dx, dx + T * B * I, S(0));
+  if (gathers(cfg) && !dx_in_place) {
+    if (cfg.lengths) std::fill(dx, dx + T * B * I, S(0));  // as y in forward
     for (int64_t k = 0; k < s.K; ++k) scatter_step(dx, dXp + s.offset[k] * I, s, k, B, I);
   }
   const Gemm<S> dW{Op::T, Op::N, G, I, N, S(1), dZ, G, Xp, I, S(0), g.dW, I};  // [4H,I]

@@ -247,8 +247,8 @@ def forward(
       result is in benchmarks/README.md.
 
     Returns ``ForwardResult(y, h, c, cache)``, or ``ForwardResultWithCells(y,
-    h, c, cache, cell_states)``. The cache holds private copies of x and the
-    weights (W and R as backward's products read them, packed in the
+    h, c, cache, cell_states)``. The cache holds private copies of x (in its
+    workspace) and the weights (W and R as backward's products read them, packed in the
     workspace, where 4H(I+H) <= 2^21), so changing those arrays afterwards
     does not change what backward computes. Non-contiguous inputs are copied once. Raises
     TypeError for a wrong dtype, ValueError for a wrong shape or value.

@@ -16,12 +16,11 @@ using namespace lstm_ext_bind;  // NOLINT: the shared argument checks
 // ---- the cache ------------------------------------------------------------------
 
 // What forward keeps for backward: its configuration, private copies of its
-// inputs and weights, and the workspace lstm_forward filled. Type-erased over
-// the dtype (the arrays carry it).
+// weights, and the workspace lstm_forward filled (it holds x's rows).
+// Type-erased over the dtype (the arrays carry it).
 struct Cache {
   Config cfg;  // cfg.lengths is re-pointed at `lengths` for each call
   bool batch_first;
-  py::array x;                   // [T,B,I]
   py::object W, R;               // None where the workspace keeps them
   py::object b, W_hr, peephole;  // arrays, or None where forward had none
   py::array workspace;
@@ -38,14 +37,11 @@ py::tuple forward_impl(ForwardArgs& f, bool batch_first, bool training, bool ret
   const int64_t ws_size = lstm_ext::forward_workspace_size(cfg, training);  // throws on overflow
   const py::array& x_tb = f.x_tb;
   const LayerArgs& l = f.l;
-  const Arg &x_arg = f.x, &h0_arg = f.h0, &c0_arg = f.c0;
+  const Arg &h0_arg = f.h0, &c0_arg = f.c0;
 
-  // Backward reads x itself only on the plain schedule: with lengths or
-  // reverse it reads the rows forward gathered into the workspace, so x
-  // needs no private copy there (13 MB of a 155 ms ragged fwd+bwd).
-  const bool gathers = cfg.lengths != nullptr || cfg.reverse;
-  const carray<S> x =
-      training && !gathers ? private_copy<S>(x_tb, x_arg.original) : contiguous<S>(x_tb);
+  // Backward reads no x: training keeps the rows it used in the workspace
+  // (so x needs no private copy: changing it after forward changes nothing).
+  const carray<S> x = contiguous<S>(x_tb);
   const LayerArrays<S> w = layer_arrays<S>(l, training);
   const opt_carray<S> h0 = opt_contiguous<S>(h0_arg), c0 = opt_contiguous<S>(c0_arg);
   carray<S> y = empty<S>({cfg.T, cfg.B, cfg.O()}), hT = empty<S>({cfg.B, cfg.O()}),
@@ -64,7 +60,7 @@ py::tuple forward_impl(ForwardArgs& f, bool batch_first, bool training, bool ret
   py::object cache = py::none();
   if (training) {
     const bool kept = lstm_ext::training_keeps_weights(cfg);
-    cache = py::cast(Cache{cfg, batch_first, x, kept ? py::object(py::none()) : py::object(w.W),
+    cache = py::cast(Cache{cfg, batch_first, kept ? py::object(py::none()) : py::object(w.W),
                            kept ? py::object(py::none()) : py::object(w.R), or_none_arr(w.b),
                            or_none_arr(w.W_hr), or_none_arr(w.peephole), ws, lengths});
   }
@@ -166,8 +162,8 @@ py::tuple backward_impl(const Cache& cache, const Arg& dy_arg, const Arg& dh_arg
   auto get = [](const py::object& a) {
     return a.is_none() ? opt_carray<S>() : opt_carray<S>(contiguous<S>(a));
   };
-  const opt_carray<S> x = get(cache.x), W = get(cache.W), R = get(cache.R), b = get(cache.b),
-                      W_hr = get(cache.W_hr), peep = get(cache.peephole), ws = get(cache.workspace);
+  const opt_carray<S> W = get(cache.W), R = get(cache.R), b = get(cache.b), W_hr = get(cache.W_hr),
+                      peep = get(cache.peephole), ws = get(cache.workspace);
   carray<S> dx = empty<S>({T, B, I}), dh0 = empty<S>({B, O}), dc0 = empty<S>({B, H}),
             dW = empty<S>({4 * H, I}), dR = empty<S>({4 * H, O}), db = empty<S>({4 * H});
   opt_carray<S> dW_hr, dpeep;
@@ -181,10 +177,10 @@ py::tuple backward_impl(const Cache& cache, const Arg& dy_arg, const Arg& dh_arg
                                  ptr_or_null(peep)};
     S *pdx = dx.mutable_data(), *pdh0 = dh0.mutable_data(), *pdc0 = dc0.mutable_data(),
       *pscr = scratch.mutable_data();
-    const S *pws = ptr_or_null(ws), *px = ptr_or_null(x), *pdy = ptr_or_null(dy),
-            *pdh = ptr_or_null(dh), *pdc = ptr_or_null(dc);
-    WithoutGil nogil;
-    lstm_ext::lstm_backward(pdx, pdh0, pdc0, g, pscr, pws, px, pdy, pdh, pdc, w, cfg);
+    const S *pws = ptr_or_null(ws), *pdy = ptr_or_null(dy), *pdh = ptr_or_null(dh),
+            *pdc = ptr_or_null(dc);
+    WithoutGil nogil;  // x: the workspace holds the rows forward used
+    lstm_ext::lstm_backward(pdx, pdh0, pdc0, g, pscr, pws, nullptr, pdy, pdh, pdc, w, cfg);
   }
   return py::make_tuple(cache.batch_first ? swap01(dx) : py::array(dx), dh0, dc0, dW, dR, db,
                         or_none_arr(dW_hr), or_none_arr(dpeep));
@@ -431,7 +427,7 @@ PYBIND11_MODULE(_core, m) {
                                py::ssize_t n = 0;
                                for (const py::object* a : {&c.W, &c.R, &c.b, &c.W_hr, &c.peephole})
                                  if (!a->is_none()) n += a->cast<py::array>().nbytes();
-                               return n + c.x.nbytes() + c.workspace.nbytes();
+                               return n + c.workspace.nbytes();
                              })
       .def("__repr__", [](const Cache& c) {
         return "<lstm_ext Cache T=" + std::to_string(c.cfg.T) + " B=" + std::to_string(c.cfg.B) +

@@ -369,19 +369,19 @@ def _directions(direction, D: int, x_shape: tuple, H: int, O: int, on_cpu: bool,
         _sides_busy.release()
 
 
+def _both_sides(D: int, T: int, B: int, O: int, dtype, xp):
+    """The buffer [T,B,D*O] into which each direction's thread copies its out
+    [T,B,O] (dev/perf-notes.md, 84): on the host, where D = 2, one of
+    lstm_ext's cache, as its calls' results (NumPy's new array took fresh
+    pages at every call: np.concatenate 2.5 ms of a 2-layer bidirectional
+    (100,32,256,256) forward's 83, this 1.3 of 81; perf-notes, 76); else
+    None (_side_by_side joins them)."""
+    return _core.cached_empty((T, B, D * O), dtype) if D == 2 and xp is np else None
+
+
 def _side_by_side(outs: list, xp):
-    """Each direction's out [T,B,O] side by side, [T,B,D*O]. On the host in a
-    buffer of lstm_ext's cache, as its calls' results: NumPy's new array took
-    fresh pages at every call (np.concatenate 2.5 ms of a 2-layer
-    bidirectional (100,32,256,256) forward's 83, this 1.3 of 81;
-    dev/perf-notes.md, 76)."""
-    if len(outs) == 1:
-        return outs[0]
-    if xp is not np:
-        return xp.concatenate(outs, axis=2)
-    T, B, _ = outs[0].shape
-    out = _core.cached_empty((T, B, sum(o.shape[2] for o in outs)), outs[0].dtype)
-    return np.concatenate(outs, axis=2, out=out)
+    """Each direction's out [T,B,O] side by side, [T,B,D*O]."""
+    return outs[0] if len(outs) == 1 else xp.concatenate(outs, axis=2)
 
 
 class LSTM(Module):
@@ -646,16 +646,20 @@ class LSTM(Module):
         caches, masks = [], []
         inp = x
         for layer in range(L):
+            both = _both_sides(D, *inp.shape[:2], O, self.dtype, xp)
 
-            def direction(d, inp=inp, layer=layer):
+            def direction(d, inp=inp, layer=layer, both=both):
                 k = layer * D + d
                 _, kw = self._weights(layer, d)
-                return lstm_ext.forward(
+                r = lstm_ext.forward(
                     inp, kw["W"], kw["R"], kw["b"],
                     None if h0 is None else h0[k], None if c0 is None else c0[k],
                     training=keep, reverse=bool(d), lengths=lengths, W_hr=kw.get("W_hr"),
                     device=self.device, weight_dtype=weight_dtype,
                 )  # fmt: skip
+                if both is not None:
+                    both[:, :, d * O : (d + 1) * O] = r.y
+                return r
 
             results = _directions(direction, D, inp.shape, H, O, self.device == "cpu")
             outs, layer_caches = [], []
@@ -663,7 +667,7 @@ class LSTM(Module):
                 outs.append(y)
                 layer_caches.append(cache)
                 h_n[layer * D + d], c_n[layer * D + d] = h, c
-            inp = _side_by_side(outs, xp)  # [T,B,D*O]
+            inp = _side_by_side(outs, xp) if both is None else both  # [T,B,D*O]
             caches.append(layer_caches)
             mask = None
             if self.training and self.dropout > 0 and layer < L - 1:
@@ -730,35 +734,33 @@ class LSTM(Module):
         for layer in reversed(range(L)):
             if masks[layer] is not None:
                 dy = dy * masks[layer]
-            dinp = None
 
+            # Each direction's parameter gradients are added on its own thread.
             def direction(d, dy=dy, layer=layer):
                 k = layer * D + d
-                return lstm_ext.backward(
+                g = lstm_ext.backward(
                     caches[layer][d],
                     dy[:, :, d * O : (d + 1) * O],
                     None if dh_n is None else dh_n[k],
                     None if dc_n is None else dc_n[k],
                 )
+                s, _ = self._weights(layer, d)
+                self.grads["weight_ih" + s] += g[3]
+                self.grads["weight_hh" + s] += g[4]
+                if self.bias:
+                    for name in _BIAS_NAMES:
+                        self.grads[name + s] += g[5]
+                if self.proj_size:
+                    self.grads["weight_hr" + s] += g.dW_hr
+                return g
 
             x_shape = (T, B, caches[layer][0].I)
             grads = _directions(direction, D, x_shape, H, O, self.device == "cpu", passes=2)
             for d, g in enumerate(grads):
-                k = layer * D + d
-                s, _ = self._weights(layer, d)
-                dx, dh0[k], dc0[k], dW, dR, db = g[:6]
-                if dinp is None:
-                    dinp = dx
-                else:
-                    dinp += dx  # dx: backward's own new array
-                self.grads["weight_ih" + s] += dW
-                self.grads["weight_hh" + s] += dR
-                if self.bias:
-                    for name in _BIAS_NAMES:
-                        self.grads[name + s] += db
-                if self.proj_size:
-                    self.grads["weight_hr" + s] += g.dW_hr
-            dy = dinp
+                dh0[layer * D + d], dc0[layer * D + d] = g[1], g[2]
+            dy = grads[0][0]
+            for g in grads[1:]:
+                dy += g[0]  # dx: backward's own new arrays
         dx, dh0, dc0 = self._as_given(dy, dh0, dc0, unbatched, host_io)
         return (dx, (dh0, dc0)) if had_state else dx
 
@@ -827,18 +829,22 @@ class PackedLSTM(LSTM):
         inp = x
         H, O = self.hidden_size, self.output_size
         for layer in range(L):
+            both = _both_sides(D, *inp.shape[:2], O, self.dtype, np)
 
-            def direction(d, inp=inp, layer=layer):
+            def direction(d, inp=inp, layer=layer, both=both):
                 k = layer * D + d
-                return self._layers[k].forward(
+                r = self._layers[k].forward(
                     inp, None if h0 is None else h0[k], None if c0 is None else c0[k],
                     reverse=bool(d), lengths=lengths,
                 )  # fmt: skip
+                if both is not None:
+                    both[:, :, d * O : (d + 1) * O] = r.y
+                return r
 
             results = _directions(direction, D, inp.shape, H, O, True)
             for d, r in enumerate(results):
                 h_n[layer * D + d], c_n[layer * D + d] = r.h, r.c
-            inp = _side_by_side([r.y for r in results], np)  # [T,B,D*O]
+            inp = _side_by_side([r.y for r in results], np) if both is None else both
         out, h_n, c_n = self._as_given(inp, h_n, c_n, unbatched, host_io)
         return out, (h_n, c_n)
 

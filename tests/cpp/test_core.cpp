@@ -261,13 +261,21 @@ TEST(Core, OutputOverlappingTheInputIsRefused) {
   for (const ptrdiff_t shift : {n, -n}) EXPECT_NO_THROW(forward(xin + shift)) << shift;
 }
 
-// With lengths (or reverse) forward keeps the rows of x it used: backward
-// does not read x, which may be null, and gives the same bits.
-TEST(Core, BackwardWithLengthsNeedsNoX) {
-  Problem<double> p(4, 3, 2, 5);
+// Training forward keeps the rows of x it used (copied, or with lengths or
+// reverse gathered): backward does not read x, which may be null or change
+// after forward, and gives the same bits.
+TEST(Core, BackwardNeedsNoX) {
   const int64_t lengths[3] = {4, 1, 3};
-  p.cfg.lengths = lengths;
-  const double* no_x = nullptr;
+  for (int shape = 0; shape < 3; ++shape) {
+    Problem<double> p(4, 3, 2, 5);
+    if (shape == 1) p.cfg.lengths = lengths;
+    if (shape == 2) p.cfg.reverse = true;
+    const double* no_x = nullptr;
+    EXPECT_EQ(p.gradients(&no_x), p.gradients()) << shape;
+  }
+  // x copied by the team that computes its products (float, 4H(I+H) <= 2^21).
+  Problem<float> p(9, 16, 64, 64);
+  const float* no_x = nullptr;
   EXPECT_EQ(p.gradients(&no_x), p.gradients());
 }
 
@@ -1105,7 +1113,7 @@ Config sizes(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P = 0) {
 }
 
 // What lstm.h states for training without lengths or projection:
-// 6TBH + 7BH + 4H*32*ceil(H/32) elements; where 4H(I+H) <= 2^21,
+// TBI + 6TBH + 7BH + 4H*32*ceil(H/32) elements; where 4H(I+H) <= 2^21,
 // 4I*32*ceil(H/32) more (W packed) and 4H*32*(ceil(H/32) + ceil(I/32)) (R and
 // W packed by columns: training_keeps_weights).
 int64_t documented_training_workspace(const Config& c) {
@@ -1113,7 +1121,7 @@ int64_t documented_training_workspace(const Config& c) {
   const int64_t by_columns = 4 * c.H * 32 * ((c.H + 31) / 32 + (c.I + 31) / 32);
   const bool small = 4 * c.H * (c.I + c.H) <= (int64_t(1) << 21);
   EXPECT_EQ(lstm_ext::training_keeps_weights(c), small) << c.I << " " << c.H;
-  return 6 * c.T * c.B * c.H + 7 * c.B * c.H + packed * c.H +
+  return c.T * c.B * c.I + 6 * c.T * c.B * c.H + 7 * c.B * c.H + packed * c.H +
          (small ? packed * c.I + by_columns : 0);
 }
 

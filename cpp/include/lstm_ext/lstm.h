@@ -110,9 +110,10 @@ struct Grads {
 // and where 4H(I+O) <= 2^21 W packed the same way (the input products use it,
 // but for the forward only up to 2^20 where a core's L2 is under 1 MiB: the
 // room is there either way).
-// Training without lengths or projection takes 6TBH + 7BH + 4H*32*ceil(H/32)
-// elements: gates [T,B,4H], cell states [T+1,B,H], h_{t-1} [T,B,H], h
-// [2,B,H], the gate-major product [4H,B] and the packed R; where 4H(I+O) <=
+// Training without lengths or projection takes TBI + 6TBH + 7BH +
+// 4H*32*ceil(H/32) elements: x [T,B,I] (backward reads it there), gates
+// [T,B,4H], cell states [T+1,B,H], h_{t-1} [T,B,H], h [2,B,H], the
+// gate-major product [4H,B] and the packed R; where 4H(I+O) <=
 // 2^21 add 4I*32*ceil(H/32), the packed W, and in training
 // 4H*32*(ceil(H/32) + ceil(I/32)), R and W packed by columns for backward
 // (training_keeps_weights). With bf16_weights inference adds the
@@ -181,17 +182,16 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* workspace,  //
                   const Weights<S>& w, const Config& cfg, bool training);
 
 // Backward through time, from the workspace of lstm_forward(training=true)
-// with the same x, w and cfg (where training_keeps_weights(cfg), w.W and w.R
-// are not read: the workspace holds them). The workspace is only read, so one
-// forward can serve several backward calls.
+// with the same w and cfg (where training_keeps_weights(cfg), w.W and w.R
+// are not read: the workspace holds them, as it holds x). The workspace is
+// only read, so one forward can serve several backward calls.
 //   dx        out [T,B,I]   (0 at steps past a sequence's end)
 //   dh0       out [B,O]
 //   dc0       out [B,H]
 //   g         out the parameter gradients
 //   scratch   out [backward_scratch_size(cfg)]
 //   workspace in
-//   x         in  [T,B,I]   read only without lengths and reverse (with
-//                           them, forward kept the rows it used: may be null)
+//   x         not read: forward kept the rows of x it used (may be null)
 //   dy        in  [T,B,O]   dL/dy; nullptr: zeros. Ignored past a sequence's end.
 //   dhT       in  [B,O]     dL/dh_T; nullptr: zeros
 //   dcT       in  [B,H]     dL/dc_T; nullptr: zeros

@@ -115,7 +115,9 @@ template <typename S>
 int64_t backward_scratch_size(const Config& cfg);
 int64_t step_scratch_size(const Config& cfg);
 
-// As lstm.h's functions of the same names, on ctx's device and stream.
+// As lstm.h's functions of the same names, on ctx's device and stream;
+// lstm_backward here reads x [T,B,I] without lengths and reverse (with them
+// forward kept the rows it used, and x may be null).
 template <typename S>
 void lstm_forward(Context& ctx, S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* workspace,  //
                   In<S> x, In<S> h0, In<S> c0,                                              //
