@@ -600,6 +600,38 @@ def test_an_error_in_one_direction_reaches_the_caller(monkeypatch):
         lstm_ext.set_num_threads(before)
 
 
+def test_a_backward_error_in_one_direction_leaves_the_gradients(monkeypatch):
+    # The gradients are added once both directions have succeeded: a failed
+    # backward leaves them as they were, and the next one adds them once.
+    from lstm_ext import nn
+
+    lstm = nn.LSTM(96, 128, 1, bidirectional=True, seed=1)
+    x = np.ones((64, 8, 96), np.float32)
+    backward = lstm_ext.backward
+
+    def failing(cache, *args, **kw):
+        if cache.reverse:
+            raise ValueError("the reverse direction failed")
+        return backward(cache, *args, **kw)
+
+    before = lstm_ext.get_num_threads()
+    lstm_ext.set_num_threads(2)  # side by side
+    try:
+        out, _ = lstm(x)
+        monkeypatch.setattr(lstm_ext, "backward", failing)
+        with pytest.raises(ValueError, match="the reverse direction failed"):
+            lstm.backward(out)
+        assert all(not g.any() for g in lstm.grads.values())
+        monkeypatch.undo()
+        lstm.backward(out)
+        once = {k: g.copy() for k, g in lstm.grads.items()}
+        lstm.zero_grad()
+        lstm.backward(out)
+        assert all(np.array_equal(once[k], g) for k, g in lstm.grads.items())
+    finally:
+        lstm_ext.set_num_threads(before)
+
+
 def test_a_thread_s_own_pool():
     # use_own_pool(n): the calling thread's calls run on n threads of its own
     # (get_num_threads says so there), other threads' on the process's; 0 goes

@@ -814,9 +814,9 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
                               // first block sums this thread's columns [a, j1)
                               // before the wait, then [j1, O) and [0, a); later
                               // blocks [a, O) and [0, a), the same order in fewer
-                              // calls (perf-notes, 60). hout (without direct, the
-                              // buffer the others read in step k - 1) is written
-                              // after the wait.
+                              // calls (perf-notes, 60). hout (without direct and
+                              // into_hp, the buffer the others read in step k - 1)
+                              // is written after the wait.
                               for (int64_t u = u0; u < u1; ++u) {
                                 const int64_t a = u * kPanel<S>;
                                 if (rotate && u == u0) {
@@ -919,9 +919,9 @@ void lstm_backward(S* dx, S* dh0, S* dc0, const Grads<S>& g, S* scr, In<S> ws, I
   }
   const bool far = large_weights(cfg);  // the kernel's fetch_ahead
   const int64_t dsub = steps_for_rows(kTeamDxRows, B);
-  // In reverse without lengths, where the team's dx products are a step each
-  // (dsub = 1), each step's dx goes straight to its rows of dx: no scatter
-  // after (dev/perf-notes.md, 84). Without reverse dXp is dx.
+  // Without lengths, where the team's dx products are a step each (dsub =
+  // 1), each step's dx goes straight to its rows of dx: in reverse no
+  // scatter after (dev/perf-notes.md, 84); forwards they are dXp's anyway.
   const bool dx_in_place = team_dx && !chain && !cfg.lengths && dsub == 1;
   dispatch(
       [&](auto peep, auto clipped, auto coupled) {

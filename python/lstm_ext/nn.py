@@ -734,33 +734,36 @@ class LSTM(Module):
         for layer in reversed(range(L)):
             if masks[layer] is not None:
                 dy = dy * masks[layer]
+            dinp = None
 
-            # Each direction's parameter gradients are added on its own thread.
             def direction(d, dy=dy, layer=layer):
                 k = layer * D + d
-                g = lstm_ext.backward(
+                return lstm_ext.backward(
                     caches[layer][d],
                     dy[:, :, d * O : (d + 1) * O],
                     None if dh_n is None else dh_n[k],
                     None if dc_n is None else dc_n[k],
                 )
-                s, _ = self._weights(layer, d)
-                self.grads["weight_ih" + s] += g[3]
-                self.grads["weight_hh" + s] += g[4]
-                if self.bias:
-                    for name in _BIAS_NAMES:
-                        self.grads[name + s] += g[5]
-                if self.proj_size:
-                    self.grads["weight_hr" + s] += g.dW_hr
-                return g
 
             x_shape = (T, B, caches[layer][0].I)
             grads = _directions(direction, D, x_shape, H, O, self.device == "cpu", passes=2)
+            # The gradients are added once every direction has succeeded.
             for d, g in enumerate(grads):
-                dh0[layer * D + d], dc0[layer * D + d] = g[1], g[2]
-            dy = grads[0][0]
-            for g in grads[1:]:
-                dy += g[0]  # dx: backward's own new arrays
+                k = layer * D + d
+                s, _ = self._weights(layer, d)
+                dx, dh0[k], dc0[k], dW, dR, db = g[:6]
+                if dinp is None:
+                    dinp = dx
+                else:
+                    dinp += dx  # dx: backward's own new array
+                self.grads["weight_ih" + s] += dW
+                self.grads["weight_hh" + s] += dR
+                if self.bias:
+                    for name in _BIAS_NAMES:
+                        self.grads[name + s] += db
+                if self.proj_size:
+                    self.grads["weight_hr" + s] += g.dW_hr
+            dy = dinp
         dx, dh0, dc0 = self._as_given(dy, dh0, dc0, unbatched, host_io)
         return (dx, (dh0, dc0)) if had_state else dx
 
