@@ -516,22 +516,18 @@ void over_units(int64_t rows, int64_t H, F&& fn) {
   parallel_for(blocks, [&](int64_t k) { fn(k * kUnits, std::min(H, (k + 1) * kUnits)); });
 }
 
-// dst[i] = src[i], i < n, in pieces over the threads.
-template <typename S>
-void copy_parallel(S* dst, const S* src, int64_t n) {
+// fn(i, m) for the pieces [i, i + m) of [0, n), over the threads.
+template <typename F>
+void in_pieces(int64_t n, F&& fn) {
   constexpr int64_t kPiece = 32768;
-  parallel_for((n + kPiece - 1) / kPiece, [&](int64_t p) {
-    copy_elements(dst + p * kPiece, src + p * kPiece, std::min(kPiece, n - p * kPiece));
-  });
+  parallel_for((n + kPiece - 1) / kPiece,
+               [&](int64_t p) { fn(p * kPiece, std::min(kPiece, n - p * kPiece)); });
 }
 
 // dst[i] = src[i] rounded to bfloat16, i < n, in pieces over the threads
 // (serial, W's rounding took 5 % of a B = 1, H = 256 forward).
 void round_weights(float* dst, const float* src, int64_t n) {
-  constexpr int64_t kPiece = 32768;
-  parallel_for((n + kPiece - 1) / kPiece, [&](int64_t p) {
-    round_to_bf16(dst + p * kPiece, src + p * kPiece, std::min(kPiece, n - p * kPiece));
-  });
+  in_pieces(n, [&](int64_t i, int64_t m) { round_to_bf16(dst + i, src + i, m); });
 }
 
 // Threads for a step of nb rows: one per 32K multiply-adds of the recurrent
@@ -751,7 +747,9 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
     }
     if (!team_input) {
       gemm(Op::N, Op::T, rows, G, I, S(1), xin, I, wq.W, I, S(0), Z + at * G, G);
-      if (keeps_x) copy_parallel(Xp + at * I, xin, rows * I);
+      if (keeps_x)
+        in_pieces(rows * I,
+                  [&](int64_t i, int64_t m) { copy_elements(Xp + at * I + i, xin + i, m); });
     }
     auto z_at = [&](int64_t k) { return Z + (at + s.offset[k] - r0) * G; };  // [batch[k],4H]
     // team_input: x W^T [n,4H] of steps [k, ke), the units of blocks [u0, u1).
@@ -919,10 +917,10 @@ void lstm_backward(S* dx, S* dh0, S* dc0, const Grads<S>& g, S* scr, In<S> ws, I
   }
   const bool far = large_weights(cfg);  // the kernel's fetch_ahead
   const int64_t dsub = steps_for_rows(kTeamDxRows, B);
-  // Without lengths, where the team's dx products are a step each (dsub =
-  // 1), each step's dx goes straight to its rows of dx: in reverse no
-  // scatter after (dev/perf-notes.md, 84); forwards they are dXp's anyway.
-  const bool dx_in_place = team_dx && !chain && !cfg.lengths && dsub == 1;
+  // In reverse without lengths, where the team's dx products are a step each
+  // (dsub = 1), each step's dx goes straight to its rows of dx: no scatter
+  // after (dev/perf-notes.md, 84). Without gathers dXp is dx.
+  const bool dx_in_place = team_dx && !chain && cfg.reverse && !cfg.lengths && dsub == 1;
   dispatch(
       [&](auto peep, auto clipped, auto coupled) {
         // The gate pass of step k for units [j0, j1): dz_k, and dc.

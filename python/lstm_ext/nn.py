@@ -337,10 +337,16 @@ def _sides_lanes(threads: int) -> list:
         return _sides["lanes"]
 
 
-def _directions(direction, D: int, x_shape: tuple, H: int, O: int, on_cpu: bool, passes=1) -> list:
+def _directions(
+    direction, D: int, x_shape: tuple, H: int, O: int, on_cpu: bool, passes=1, out=None
+) -> list:
     """[direction(d) for d < D], a layer's directions over x [T,B,I] (passes:
-    1 forward, 2 backward, in multiply-adds): side by side where that pays."""
+    1 forward, 2 backward, in multiply-adds): side by side where that pays.
+    out: a [T,B,D*O] buffer (_both_sides) into whose columns each direction's
+    thread copies its result's y [T,B,O]."""
     calls = [functools.partial(direction, d) for d in range(D)]
+    if out is not None:
+        calls = [functools.partial(_into_columns, call, out, d) for d, call in enumerate(calls)]
     T, rows, I = x_shape
     macs = passes * T * rows * 4 * H * (I + O)
     threads = lstm_ext.get_num_threads() if on_cpu else 1
@@ -377,6 +383,14 @@ def _both_sides(D: int, T: int, B: int, O: int, dtype, xp):
     (100,32,256,256) forward's 83, this 1.3 of 81; perf-notes, 76); else
     None (_side_by_side joins them)."""
     return _core.cached_empty((T, B, D * O), dtype) if D == 2 and xp is np else None
+
+
+def _into_columns(call, out, d: int):
+    """call()'s result, its y [T,B,O] copied into out's columns [d*O, (d+1)*O)."""
+    r = call()
+    O = r.y.shape[2]
+    out[:, :, d * O : (d + 1) * O] = r.y
+    return r
 
 
 def _side_by_side(outs: list, xp):
@@ -648,20 +662,17 @@ class LSTM(Module):
         for layer in range(L):
             both = _both_sides(D, *inp.shape[:2], O, self.dtype, xp)
 
-            def direction(d, inp=inp, layer=layer, both=both):
+            def direction(d, inp=inp, layer=layer):
                 k = layer * D + d
                 _, kw = self._weights(layer, d)
-                r = lstm_ext.forward(
+                return lstm_ext.forward(
                     inp, kw["W"], kw["R"], kw["b"],
                     None if h0 is None else h0[k], None if c0 is None else c0[k],
                     training=keep, reverse=bool(d), lengths=lengths, W_hr=kw.get("W_hr"),
                     device=self.device, weight_dtype=weight_dtype,
                 )  # fmt: skip
-                if both is not None:
-                    both[:, :, d * O : (d + 1) * O] = r.y
-                return r
 
-            results = _directions(direction, D, inp.shape, H, O, self.device == "cpu")
+            results = _directions(direction, D, inp.shape, H, O, self.device == "cpu", out=both)
             outs, layer_caches = [], []
             for d, (y, h, c, cache) in enumerate(results):
                 outs.append(y)
@@ -834,17 +845,14 @@ class PackedLSTM(LSTM):
         for layer in range(L):
             both = _both_sides(D, *inp.shape[:2], O, self.dtype, np)
 
-            def direction(d, inp=inp, layer=layer, both=both):
+            def direction(d, inp=inp, layer=layer):
                 k = layer * D + d
-                r = self._layers[k].forward(
+                return self._layers[k].forward(
                     inp, None if h0 is None else h0[k], None if c0 is None else c0[k],
                     reverse=bool(d), lengths=lengths,
                 )  # fmt: skip
-                if both is not None:
-                    both[:, :, d * O : (d + 1) * O] = r.y
-                return r
 
-            results = _directions(direction, D, inp.shape, H, O, True)
+            results = _directions(direction, D, inp.shape, H, O, True, out=both)
             for d, r in enumerate(results):
                 h_n[layer * D + d], c_n[layer * D + d] = r.h, r.c
             inp = _side_by_side([r.y for r in results], np) if both is None else both
