@@ -412,14 +412,18 @@ def test_gemm_dimensions_past_32_bits_are_refused_before_writing():
 def test_a_copy_too_large_for_memory_is_a_memory_error():
     """A view whose contiguous copy cannot be allocated (a pebibyte, past any
     address space): NumPy's MemoryError. Before, the failed copy came back as
-    no array, and reading it crashed the interpreter."""
-    x = np.broadcast_to(np.float32(0), (2**10, 2**10, 2**28))
+    no array, and reading it crashed the interpreter. Every x here is a
+    pebibyte: a tebibyte can be mapped where the kernel overcommits always
+    (vm.overcommit_memory=1, as on a GPU machine this ran on), and filling it
+    brings the out-of-memory killer instead of an error."""
+    x = np.broadcast_to(np.float32(0), (2**10, 2**10, 2**28))  # [T, B, I], 2^50 bytes
+    x_step = np.broadcast_to(np.float32(0), (2**20, 2**28))  # [B, I], 2^50 bytes
     W = np.broadcast_to(np.float32(0), (4, 2**28))
-    R, h = np.zeros((4, 1), np.float32), np.zeros((2**10, 1), np.float32)
+    R, h = np.zeros((4, 1), np.float32), np.zeros((2**20, 1), np.float32)
     for call in (
         lambda: lstm_ext.forward(x, W, R, training=False),
         lambda: lstm_ext.forward(x, W, R),
-        lambda: lstm_ext.step(x[0], h, h, W, R),
+        lambda: lstm_ext.step(x_step, h, h, W, R),
     ):
         with pytest.raises(MemoryError, match="Unable to allocate"):
             call()
