@@ -33,3 +33,19 @@ function(lstm_ext_openblas_target)
   set_target_properties(OpenBLAS::OpenBLAS PROPERTIES IMPORTED_LOCATION "${_lib}"
                         INTERFACE_INCLUDE_DIRECTORIES "${_inc}" INTERFACE_LINK_LIBRARIES "${_libs}")
 endfunction()
+
+# lstm_ext_openblas_prefix(<var>): "scipy_" where the OpenBLAS package found is
+# a scipy-openblas wheel's (its folder or its library's name says so), whose
+# symbols carry that prefix; else "". Read before or after
+# lstm_ext_openblas_target().
+function(lstm_ext_openblas_prefix out)
+  set(_file "${OpenBLAS_LIBRARIES}")
+  if(TARGET OpenBLAS::OpenBLAS)
+    get_target_property(_file OpenBLAS::OpenBLAS LOCATION)
+  endif()
+  if(OpenBLAS_DIR MATCHES "scipy_openblas" OR _file MATCHES "libscipy_openblas")
+    set(${out} "scipy_" PARENT_SCOPE)
+  else()
+    set(${out} "" PARENT_SCOPE)
+  endif()
+endfunction()

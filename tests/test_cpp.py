@@ -81,12 +81,45 @@ def test_readme_example_where_openblas_is_installed_elsewhere(tools, tmp_path):
     with pytest.raises(AssertionError) as e:
         build_readme_example(app, f"-Dlstm_ext_DIR={copy / 'share' / 'cmake' / 'lstm_ext'}")
     said = " ".join(str(e.value).split())  # CMake wraps the message's lines
-    assert "which is not beside it. Where pip put scipy-openblas32 in another folder" in said
+    # Where the system has an OpenBLAS package (libopenblas-dev), the message
+    # names it between the two parts.
+    assert "the OpenBLAS CMake package it was built against, which is not beside it" in said
+    assert ". Where pip put scipy-openblas32 in another folder" in said
     assert '-DCMAKE_PREFIX_PATH="$(python -m lstm_ext --cmake-prefix-path)"' in said
     shutil.rmtree(app)
     openblas_prefix = lstm_ext.get_cmake_prefix_path().split(";")[1]
     printed = build_readme_example(app, f"-DCMAKE_PREFIX_PATH={copy};{openblas_prefix}")
     assert abs(printed - python_h00()) < 1e-6
+
+
+def test_an_openblas_without_the_wheels_prefix_is_refused_at_configure(tools, tmp_path):
+    """The pip-installed core calls scipy_cblas_sgemm: an OpenBLAS package
+    whose symbols have no prefix (a system libopenblas-dev, here one made over
+    a library named libopenblas.so) is refused by find_package with a message
+    that names it, not taken to fail at the link with undefined symbols (as
+    on a machine with libopenblas-dev where the wheel was not beside lstm_ext)."""
+    root = tmp_path / "openblas"
+    (root / "lib").mkdir(parents=True)
+    library = Path(scipy_openblas32.get_lib_dir()) / f"lib{scipy_openblas32.get_library()}.so"
+    (root / "lib" / "libopenblas.so").symlink_to(library)
+    config = root / "lib" / "cmake" / "openblas"
+    config.mkdir(parents=True)
+    (config / "OpenBLASConfig.cmake").write_text(
+        f'SET(OpenBLAS_VERSION "0.3.21")\n'
+        f"SET(OpenBLAS_INCLUDE_DIRS {scipy_openblas32.get_include_dir()})\n"
+        f"SET(OpenBLAS_LIBRARIES {root / 'lib' / 'libopenblas.so'})\n"
+    )
+    copy = tmp_path / "prefix" / "lstm_ext"  # the package without the wheel beside it
+    shutil.copytree(Path(lstm_ext.get_cmake_dir()).parents[2], copy, symlinks=True)
+    with pytest.raises(AssertionError) as e:
+        build_readme_example(
+            tmp_path / "app", f"-Dlstm_ext_DIR={copy / 'share' / 'cmake' / 'lstm_ext'}",
+            f"-DOpenBLAS_DIR={config}",
+        )  # fmt: skip
+    said = " ".join(str(e.value).split())
+    assert f"it found only '{config}', whose symbols have the prefix '', not 'scipy_'" in said
+    assert "Where pip put scipy-openblas32 in another folder" in said
+    assert "undefined reference" not in said
 
 
 def openblas_with_variables_only(root: Path, layout: str) -> Path:

@@ -96,8 +96,9 @@ def ort_lstm(ort, f, **attrs):
     outputs = [helper.make_tensor_value_info(k, onnx.TensorProto.FLOAT, s) for k, s in out.items()]
     node = helper.make_node("LSTM", names, list(out), hidden_size=H, **attrs)
     graph = helper.make_graph([node], "lstm", inputs, outputs)
-    # IR version 8 is the one of opset 14; make_model's default follows the
-    # installed onnx, which can be newer than what onnxruntime reads.
+    # IR version 8 (onnx 1.10's) reads opset 14; make_model's default follows
+    # the installed onnx, which can be newer than what onnxruntime reads (onnx
+    # 1.23 writes IR 14, onnxruntime 1.30 reads up to 13).
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)], ir_version=8)
     onnx.checker.check_model(model)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])

@@ -119,8 +119,12 @@ inline Schedule make_schedule(const Config& c) {
         throw std::invalid_argument("lstm_ext: lengths[" + std::to_string(b) +
                                     "] = " + std::to_string(c.lengths[b]) + " is outside [0, " +
                                     std::to_string(c.T) + "]");
-    std::stable_sort(s.perm.begin(), s.perm.end(),
-                     [&](int64_t a, int64_t b) { return c.lengths[a] > c.lengths[b]; });
+    // Longest first, ties in batch order: std::stable_sort's order, without
+    // its temporary buffer (deprecated in C++17, which Clang 19 warns about
+    // inside libstdc++ 12's stable_sort).
+    std::sort(s.perm.begin(), s.perm.end(), [&](int64_t a, int64_t b) {
+      return c.lengths[a] != c.lengths[b] ? c.lengths[a] > c.lengths[b] : a < b;
+    });
     for (int64_t j = 0; j < c.B; ++j) s.len[j] = c.lengths[s.perm[j]];
   }
   s.K = c.B > 0 ? s.len[0] : 0;
