@@ -98,17 +98,7 @@ def test_an_openblas_without_the_wheels_prefix_is_refused_at_configure(tools, tm
     a library named libopenblas.so) is refused by find_package with a message
     that names it, not taken to fail at the link with undefined symbols (as
     on a machine with libopenblas-dev where the wheel was not beside lstm_ext)."""
-    root = tmp_path / "openblas"
-    (root / "lib").mkdir(parents=True)
-    library = Path(scipy_openblas32.get_lib_dir()) / f"lib{scipy_openblas32.get_library()}.so"
-    (root / "lib" / "libopenblas.so").symlink_to(library)
-    config = root / "lib" / "cmake" / "openblas"
-    config.mkdir(parents=True)
-    (config / "OpenBLASConfig.cmake").write_text(
-        f'SET(OpenBLAS_VERSION "0.3.21")\n'
-        f"SET(OpenBLAS_INCLUDE_DIRS {scipy_openblas32.get_include_dir()})\n"
-        f"SET(OpenBLAS_LIBRARIES {root / 'lib' / 'libopenblas.so'})\n"
-    )
+    config = openblas_with_variables_only(tmp_path / "openblas", "system")
     copy = tmp_path / "prefix" / "lstm_ext"  # the package without the wheel beside it
     shutil.copytree(Path(lstm_ext.get_cmake_dir()).parents[2], copy, symlinks=True)
     with pytest.raises(AssertionError) as e:
@@ -128,14 +118,19 @@ def openblas_with_variables_only(root: Path, layout: str) -> Path:
     target, as OpenBLAS's `make install`, Debian's libopenblas-dev and the
     scipy-openblas32 wheels before 0.3.34 write it. "make-install": the
     variables name the files; "wheel-0.3.28": they name /usr/local, where the
-    wheels before 0.3.29 have no files. Returns its OpenBLAS_DIR."""
+    wheels before 0.3.29 have no files; "system": they name libopenblas.so
+    (the wheel's library under a system OpenBLAS's name, whose symbols would
+    carry no prefix). Returns its OpenBLAS_DIR."""
     name = f"lib{scipy_openblas32.get_library()}.so"
     (root / "lib").mkdir(parents=True)
     for file in Path(scipy_openblas32.get_lib_dir()).iterdir():  # older wheels: libgfortran too
         if file.is_file():
             (root / "lib" / file.name).symlink_to(file)
+    if layout == "system":
+        (root / "lib" / "libopenblas.so").symlink_to(root / "lib" / name)
+        name = "libopenblas.so"
     (root / "include").symlink_to(scipy_openblas32.get_include_dir())
-    named = root if layout == "make-install" else Path("/usr/local")
+    named = Path("/usr/local") if layout == "wheel-0.3.28" else root
     config = root / "lib" / "cmake" / "openblas"
     config.mkdir(parents=True)
     (config / "OpenBLASConfig.cmake").write_text(
