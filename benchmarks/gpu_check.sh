@@ -39,10 +39,12 @@ $PY -m lstm_ext info
 
 # The files that use the GPU first, then the benchmark, then the rest of the
 # suite: on a machine lent for minutes, what only it can check comes first.
+# The logs name each test as it ends (-v), so a run cut short still says
+# which failed; the console shows their tails.
 gpu_tests=(tests/test_cuda.py tests/test_cuda_build.py tests/test_bf16.py tests/test_buffers.py
   tests/test_readme.py)
 step "tests that use the GPU"
-$PY -m pytest -q -rs --tb=short -p no:cacheprovider "${gpu_tests[@]}" 2>&1 |
+$PY -m pytest -v -rs --tb=short -p no:cacheprovider "${gpu_tests[@]}" 2>&1 |
   tee "$OUT/tests_gpu.log" | tail -40
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
@@ -52,6 +54,7 @@ $PY benchmarks/bench_gpu.py --json "$OUT/bench_gpu.json" ${BENCH_ARGS:-} 2>&1 | 
 step "the rest of the suite"
 ignore=()
 for f in "${gpu_tests[@]}"; do ignore+=(--ignore "$f"); done
-$PY -m pytest -q -rs --tb=short -p no:cacheprovider "${ignore[@]}" 2>&1 | tee "$OUT/tests.log" | tail -60
+$PY -m pytest -v -rs --tb=short -p no:cacheprovider --durations=20 "${ignore[@]}" 2>&1 |
+  tee "$OUT/tests.log" | tail -60
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 exit $status
