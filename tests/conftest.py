@@ -53,7 +53,7 @@ def path(request):
     before = _core.set_packed_recurrent(request.param)
     try:
         if _core.packed_recurrent_enabled() != request.param:
-            pytest.skip("this CPU has neither AVX-512F nor AVX2+FMA: no packed kernel here")
+            pytest.skip(reason="this CPU has neither AVX-512F nor AVX2+FMA: no packed kernel here")
         yield request.param
     finally:
         _core.set_packed_recurrent(before)

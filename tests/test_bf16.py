@@ -226,7 +226,7 @@ def test_refused_where_it_does_not_apply(rng):
 
 def test_cuda_refuses(rng):
     if not lstm_ext.cuda_available():
-        pytest.skip(f"no CUDA device: {lstm_ext.cuda_status()}")
+        pytest.skip(reason=f"no CUDA device: {lstm_ext.cuda_status()}")
     p, _ = features_problem(rng, 3, 2, 4, 5, np.float32)
     with pytest.raises(ValueError, match="device='cpu'"):
         lstm_ext.forward(

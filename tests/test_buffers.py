@@ -156,7 +156,7 @@ def test_the_cuda_module_shares_the_cache():
     try:
         from lstm_ext import _cuda
     except ImportError:
-        pytest.skip("the CUDA module is not compiled into this install")
+        pytest.skip(reason="the CUDA module is not compiled into this install")
     run(problem(4))
     assert _cuda.buffer_cache() == _core.buffer_cache()
     assert _core.buffer_cache()[0] > 0

@@ -219,7 +219,7 @@ def test_one_step_inference_runs_while_another_thread_turns_the_kernel_off(rng):
 
 def test_paths_agree(rng):
     if not HAS_PACKED:
-        pytest.skip("this CPU has neither AVX-512F nor AVX2+FMA: only the BLAS path runs here")
+        pytest.skip(reason="this CPU has neither AVX-512F nor AVX2+FMA: only the BLAS path here")
     p, _ = features_problem(rng, 20, 9, 24, 96, np.float64)
     args = [p[k] for k in ("x", "W", "R", "b", "h0", "c0")]
     outs = {}
@@ -240,7 +240,7 @@ def test_backward_on_the_other_path(rng, I, H):
     training_keeps_weights), the BLAS path's backward reads them unpacked: the
     path may change between forward and backward (set_packed_recurrent)."""
     if not HAS_PACKED:
-        pytest.skip("this CPU has neither AVX-512F nor AVX2+FMA: only the BLAS path runs here")
+        pytest.skip(reason="this CPU has neither AVX-512F nor AVX2+FMA: only the BLAS path here")
     p, _ = features_problem(rng, 3, 2, I, H, np.float64)
     args = [p[k] for k in ("x", "W", "R", "b", "h0", "c0")]
     grads = {}
@@ -296,7 +296,7 @@ print(_core.packed_recurrent_kernel(), h.hexdigest())
 
 def test_avx2_kernel_gives_the_avx512_bits():
     if _core.packed_recurrent_kernel() != "avx512f":
-        pytest.skip("this CPU has no AVX-512F: the two kernels cannot be compared on it")
+        pytest.skip(reason="this CPU has no AVX-512F: the two kernels cannot be compared on it")
 
     def run(**env):
         out = subprocess.run(

@@ -150,7 +150,7 @@ def _in_v1_cgroup(controller: str, limits: dict, code: str, env: dict):
     the completed process; the test skips where no such cgroup can be made."""
     base = f"/sys/fs/cgroup/{controller}"
     if not (os.path.isdir(base) and os.access(base, os.W_OK)):
-        pytest.skip(f"needs a writable cgroup v1 {controller} hierarchy (root on a v1 host)")
+        pytest.skip(reason=f"needs a writable cgroup v1 {controller} hierarchy (root on a v1 host)")
     group = f"{base}/lstm_ext_test_{os.getpid()}"
     os.mkdir(group)
     try:
@@ -204,7 +204,7 @@ def test_calls_on_threads_sharing_one_cpu_back_off_with_the_same_bits(tmp_path):
     1.2-1.4 times (dev/perf-notes.md, 66). Results are the
     same bits as on one thread."""
     if lstm_ext._core.packed_recurrent_kernel() == "none":
-        pytest.skip("the team runs the packed kernel: this CPU has no AVX2+FMA or AVX-512F")
+        pytest.skip(reason="the team runs the packed kernel: this CPU has no AVX2+FMA or AVX-512F")
     env = dict(os.environ, LSTM_EXT_PACKED_RECURRENT="1")
     env.pop("LSTM_EXT_NUM_THREADS", None)
     out = subprocess.run([sys.executable, "-c", _ONE_CPU, str(tmp_path / "y.npy")],
