@@ -2,8 +2,8 @@
 # Everything a GPU machine checks, in one go: build and install lstm_ext with
 # the CUDA path (required: LSTM_EXT_CUDA=ON), run the test files that use the
 # GPU (tests/test_cuda.py and the GPU cases of four others), the GPU benchmark
-# against torch.nn.LSTM (cuDNN), then the rest of the suite. Logs and JSON go to $OUT (default
-# ./gpu-check-out).
+# against torch.nn.LSTM (cuDNN), then the rest of the suite. Logs and JSON go
+# to $OUT (default ./gpu-check-out).
 #
 #   bash benchmarks/gpu_check.sh
 #
