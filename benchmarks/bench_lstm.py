@@ -404,12 +404,19 @@ def w_packed(I, H):
     return 4 * H * (I + H) <= 2**21
 
 
+def x_and_h_packed(B, I, H):
+    """Whether the training workspace holds x and h_{t-1} packed by columns for
+    backward's dW and dR too (lstm.h: where W is packed and 4BHH >= 3·32768)."""
+    return w_packed(I, H) and 4 * B * H * H >= 3 * 32768
+
+
 def workspace_bytes(rng, case):
     """The training cache's workspace in bytes, and lstm.h's formula for it
     (no lengths, no projection, float32): 4·(T·B·I + 6·T·B·H + 7·B·H + 4·H·32⌈H/32⌉),
     plus 4·(4·I·32⌈H/32⌉ + 4·H·32(⌈H/32⌉ + ⌈I/32⌉)) where W is packed too
     (and R and W packed by columns for backward, which then needs no copy of
-    them)."""
+    them), plus 4·(T·B·32(⌈I/32⌉ + ⌈H/32⌉) + 1) where x and h_{t-1} are
+    packed by columns too (x_and_h_packed)."""
     T, B, I, H = case
     p = problem(rng, T, B, I, H)
     cache = lstm_ext.forward(p["x"], p["W"], p["R"], p["b"]).cache
@@ -417,6 +424,8 @@ def workspace_bytes(rng, case):
     copies = sum(p[k].nbytes for k in copied)  # the cache's private copies
     packed = 4 * 32 * -(-H // 32)  # R (and W where w_packed) packed in blocks of 32 units
     kept = packed * I + 4 * H * 32 * (-(-H // 32) + -(-I // 32)) if w_packed(I, H) else 0
+    if x_and_h_packed(B, I, H):
+        kept += T * B * 32 * (-(-I // 32) + -(-H // 32)) + 1
     return cache.nbytes - copies, 4 * (T * B * I + 6 * T * B * H + 7 * B * H + packed * H + kept)
 
 
@@ -585,8 +594,9 @@ def main():
                   f"{r['packed_ms']:.3f} ms ({r['packed_ms'] / r['fwd_ms']:.2f}x)"
                   + (ort_cells if r["ort_ms"] else ""))  # fmt: skip
         for case, (got, formula) in extra["workspace"].items():
-            _, _, i, h = (int(v) for v in case.split(","))
+            _, b, i, h = (int(v) for v in case.split(","))
             kept = " + 4I·32⌈H/32⌉ + 4H·32(⌈H/32⌉ + ⌈I/32⌉)" if w_packed(i, h) else ""
+            kept += " + TB·32(⌈I/32⌉ + ⌈H/32⌉) + 1" if x_and_h_packed(b, i, h) else ""
             print(f"training workspace ({case}): {got:,} bytes; "
                   f"formula 4·(TBI + 6TBH + 7BH + 4H·32⌈H/32⌉{kept}) = {formula:,}")  # fmt: skip
 

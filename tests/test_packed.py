@@ -7,7 +7,10 @@ bits); elsewhere, and with set_packed_recurrent(False), each step calls the
 BLAS. Where W and R are small (4H(I+H) <= 2^21) the input products x W^T
 take the same kernel on W packed the same way, a few steps at a time (at
 least 64 rows); larger weights take them from the BLAS, and the kernel then
-fetches each next panel of R into L2 ahead (the same bits). The rest of the
+fetches each next panel of R into L2 ahead (the same bits). Where also
+4BHH >= 3 * 32768, a float32 training forward on an AVX-512F CPU packs x and
+h_{t-1} by columns and backward computes dW and dR from them by the kernel
+(other bits than the BLAS's, within rounding). The rest of the
 suite runs whichever this machine uses; this file runs both on the same
 problems. The shapes cover every row
 count the kernels have their own code for (1 to 12 rows at a time and the rest),
@@ -61,6 +64,11 @@ SHAPES = [  # (T, B, I, H)
     (3, 1, 520, 520),  # ... each cut in two blocks (4H > 2,048)
     (2, 14, 520, 520),  # past 2^21 with two groups of rows: panel by panel, fetching ahead
     (3, 70, 6, 70),  # 64 rows or more: a step's gate pass over all of a thread's units
+    # 4BHH >= 3 * 32768: backward's dW and dR by the kernel on x and h_{t-1}
+    # packed by the forward (float32, AVX-512F), over dz^T's chunks of 256
+    # rows (a partial one last); H and I not of 32 (masked panels), and B = 1.
+    (40, 16, 20, 40),
+    (4, 1, 30, 160),
 ]
 
 
@@ -215,6 +223,27 @@ def test_one_step_inference_runs_while_another_thread_turns_the_kernel_off(rng):
         stop.set()
         flipper.join()
         _core.set_packed_recurrent(before)
+
+
+@pytest.mark.parametrize("forward_on, backward_on", [(True, False), (False, True)])
+def test_the_kernel_switched_between_forward_and_backward(rng, forward_on, backward_on):
+    # Where backward computes dW and dR by the kernel, it reads x and h_{t-1}
+    # packed by the forward, which says in the workspace whether it packed
+    # them: a forward on one path and a backward on the other give the
+    # reference's gradients either way (the module's float32 tolerance).
+    if not HAS_PACKED:
+        pytest.skip(reason="this CPU has neither AVX-512F nor AVX2+FMA: only the BLAS path here")
+    p, kw = features_problem(rng, 9, 16, 20, 40, np.float32, lengths=[9, 3] * 8)
+    names, _, want = run_both(p, kw, np.float32)
+    args = [p[k] for k in ("x", "W", "R", "b", "h0", "c0")]
+    before = _core.set_packed_recurrent(forward_on)
+    try:
+        f = lstm_ext.forward(*args, return_cell_states=True, **kw)
+        _core.set_packed_recurrent(backward_on)
+        g = lstm_ext.backward(f.cache, p["dy"], p["dh"], p["dc"])
+    finally:
+        _core.set_packed_recurrent(before)
+    check(names, [f.y, f.h, f.c, f.cell_states, *g[:6]], want, np.float32)
 
 
 def test_paths_agree(rng):

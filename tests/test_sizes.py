@@ -33,27 +33,43 @@ def w_packed(I, H):
     return 4 * H * (I + H) <= 2**21
 
 
+def weight_grads_packed(B, I, H):
+    """lstm.h: where also 4BHO >= 3 * 32768, backward's dW and dR read x and
+    h_{t-1} packed by columns in the workspace."""
+    return w_packed(I, H) and 4 * B * H * H >= 3 * 32768
+
+
 def documented_training_workspace(T, B, H, I):
     """lstm.h: training without lengths or projection takes
     TBI + 6TBH + 7BH + 4H*32*ceil(H/32) elements; where 4H(I+H) <= 2^21,
     4I*32*ceil(H/32) more (W packed) and 4H*32*(ceil(H/32) + ceil(I/32)) (R and
-    W packed by columns for backward: training_keeps_weights)."""
+    W packed by columns for backward: training_keeps_weights); where also
+    4BHH >= 3 * 32768, TB*32*(ceil(I/32) + ceil(H/32)) + 1 (x and h_{t-1}
+    packed by columns, and a flag)."""
     packed = 4 * 32 * -(-H // 32)
     base = T * B * I + 6 * T * B * H + 7 * B * H + packed * H
     if not w_packed(I, H):
         return base
-    return base + packed * I + 4 * H * 32 * (-(-H // 32) + -(-I // 32))
+    base += packed * I + 4 * H * 32 * (-(-H // 32) + -(-I // 32))
+    if weight_grads_packed(B, I, H):
+        base += T * B * 32 * (-(-I // 32) + -(-H // 32)) + 1
+    return base
 
 
 def documented_backward_scratch(T, B, H, I):
     """lstm.h: backward without lengths or projection takes 4TBH + 2BH
     elements, and 4H*32*ceil(H/32) more (R packed by columns) where
-    4H(I+H) > 2^21 (smaller weights come packed in the workspace)."""
-    return 4 * T * B * H + 2 * B * H + (0 if w_packed(I, H) else 4 * H * 32 * -(-H // 32))
+    4H(I+H) > 2^21 (smaller weights come packed in the workspace); 4H*272
+    more (the gates' gradients transposed, 256 rows at a time) where the
+    workspace holds x and h_{t-1} packed."""
+    extra = 0 if w_packed(I, H) else 4 * H * 32 * -(-H // 32)
+    if weight_grads_packed(B, I, H):
+        extra += 4 * H * 272
+    return 4 * T * B * H + 2 * B * H + extra
 
 
-SMALL_AND_LARGE = [(1, 9, 40), (5, 9, 40), (64, 9, 40), (64, 512, 512), (2, 513, 512),
-                   (64, 1024, 1024)]  # fmt: skip
+SMALL_AND_LARGE = [(1, 9, 40), (5, 9, 40), (64, 9, 40), (16, 9, 40), (15, 9, 40),
+                   (64, 512, 512), (2, 513, 512), (64, 1024, 1024)]  # fmt: skip
 
 
 @pytest.mark.parametrize("B, I, H", SMALL_AND_LARGE)

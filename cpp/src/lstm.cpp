@@ -11,7 +11,8 @@
 // pass over the units. Backward runs the gate pass and dz R per step on the
 // team and the kernel, or the BLAS, as the forward does, then dx, dW, dR
 // (and dW_hr) as whole-sequence products (dx by the kernel where the forward
-// kept W packed); db is summed in the gate pass.
+// kept W packed, dW and dR too where it packed x and h_{t-1}: kWeightChunk);
+// db is summed in the gate pass.
 //
 // Ragged batches and the reverse direction run on a packed schedule: rows
 // are ordered by decreasing length, so the sequences still running at
@@ -94,6 +95,17 @@ constexpr int64_t kRotateRows = 4;
 // blocks depend on the shape alone: the same bits on one thread (all in
 // turn) or two.
 constexpr int64_t kChainTeam = 2, kChainWeightBlock = 64;
+// Backward past kChainTeam, under team_products, in float where the AVX-512F
+// kernel runs (team_weight_grads): dW = dz^T x and dR = dz^T h by the kernel
+// in the team too, after the loop, each thread for the rows of its own units'
+// gates, in chunks of kWeightChunk rows of dz: its columns transposed into the
+// scratch (transpose_columns), then column_product on x and h_{t-1} packed by
+// columns, which the training forward's team wrote beside them (each thread
+// its share of x's rows with the input products, and its columns of h after
+// each step). The BLAS packed all of dz on each thread (dW on one, dR on the
+// other) at 0.85 of the GEMM rate at (100,16,256,256), where the kernel runs
+// at about 1.0 (dev/perf-notes.md, 86).
+constexpr int64_t kWeightChunk = 256;
 // In the forward's team, a step of at least kWholePassRows rows runs the
 // gate pass once over all of a thread's units after all its blocks' products,
 // rather than block by block after each (rows of 4 x 32 units, each two
@@ -142,8 +154,10 @@ int64_t steps_for_rows(int64_t rows, int64_t B) {
   return B >= rows ? 1 : B <= 0 ? rows : (rows + B - 1) / B;
 }
 
+bool team_weight_grads(const Config& c);
+
 struct ForwardLayout {
-  int64_t xp, z, c, hp, m, h, cs, zt, rp, wp, wq, rb, wb, total;
+  int64_t xp, z, c, hp, m, h, cs, zt, rp, wp, wq, rb, wb, xb, hb, panels, total;
 };
 
 ForwardLayout forward_layout(const Config& c, bool training) {
@@ -169,6 +183,13 @@ ForwardLayout forward_layout(const Config& c, bool training) {
   const bool keep = training && training_keeps_weights(c);
   L.rb = take(keep ? packed_size(c) : 0);
   L.wb = take(keep ? packed_recurrent_size<float>(c.I, c.H) : 0);
+  // team_weight_grads: x [rows,I] and h_{t-1} [rows,O] packed by columns
+  // (recurrent.h's pack_columns layout, K = rows) for backward's dW and dR,
+  // and one element that says whether the forward wrote them (1) or not (0).
+  const bool panels = training && team_weight_grads(c);
+  L.xb = take(panels ? mul(rows, mul(recurrent_blocks<float>(c.I), kPanel<float>)) : 0);
+  L.hb = take(panels ? mul(rows, mul(recurrent_blocks<float>(c.O()), kPanel<float>)) : 0);
+  L.panels = take(panels ? 1 : 0);
   L.total = take.used;
   return L;
 }
@@ -245,7 +266,7 @@ void pack_weight_block(S* Rp, S* Wp, const S* R, const S* W, int64_t H, int64_t 
 }
 
 struct BackwardLayout {
-  int64_t dz, dh_all, dm, dh, dc, dxp, rb, total;
+  int64_t dz, dh_all, dm, dh, dc, dxp, rb, dzt, total;
 };
 
 BackwardLayout backward_layout(const Config& c) {
@@ -260,6 +281,10 @@ BackwardLayout backward_layout(const Config& c) {
   L.dxp = take(gathers(c) ? mul(rows, c.I) : 0);  // [rows,I]
   // R packed by columns (recurrent.h), unless the workspace keeps it.
   L.rb = take(c.P == 0 && !training_keeps_weights(c) ? packed_size(c) : 0);
+  // team_weight_grads: a chunk of dz^T [4H,kWeightChunk + 16], each thread's
+  // rows for its units (16 more columns: rows of 1,088 bytes, not 1,024, so
+  // that the kernel's rows fall in different sets of L1).
+  L.dzt = take(team_weight_grads(c) ? mul(kWeightChunk + 16, 4 * c.H) : 0);
   L.total = take.used;
   return L;
 }
@@ -306,6 +331,29 @@ void scatter_step(S* dst, const S* src, const Schedule& s, int64_t k, int64_t B,
   const int64_t n = (c1 < 0 ? width : c1) - c0;
   for (int64_t j = 0; j < s.batch[k]; ++j)
     copy_elements(dst + s.row(k, j, B) * width + c0, src + j * width + c0, n);
+}
+
+// Columns [c0, c1) of rows [0, n) of src [n,lds] into rows [r, r + n) of
+// Bp, packed by columns as recurrent.h's pack_columns packs a matrix of K rows
+// (panels of kPanel columns, in parts of Q; zeros past c1 in its last panel).
+// c0 a multiple of kPanel.
+template <typename S>
+void pack_rows(S* Bp, int64_t K, int64_t r, const S* src, int64_t lds, int64_t n, int64_t c0,
+               int64_t c1) {
+  constexpr int64_t P = kPanel<S>;
+  const int64_t Q = packed_row<S>();
+  for (int64_t c = c0; c < c1; c += P)
+    for (int64_t h = 0; h < P; h += Q) {
+      const int64_t w = std::clamp<int64_t>(c1 - c - h, 0, Q);
+      S* part = Bp + (c / P) * K * P + h * K + r * Q;  // [n,Q] of panel c / P
+      for (int64_t j = 0; j < n; ++j) {
+        const S* from = src + j * lds + c + h;
+        if (w == Q)
+          for (int64_t q = 0; q < Q; ++q) part[j * Q + q] = from[q];
+        else
+          for (int64_t q = 0; q < Q; ++q) part[j * Q + q] = q < w ? from[q] : S(0);
+      }
+    }
 }
 
 // Columns [c0, c1) of rows [0, n) of src [n,width] into dst [n,width].
@@ -538,6 +586,12 @@ int team_size(int64_t nb, int64_t H, int64_t O) {
   return int(std::clamp(double(nb) * 4 * double(H) * double(O) / 32768, 1.0, 1024.0));
 }
 
+// Whether backward's scratch holds room for kWeightChunk's dz^T: the shapes
+// where a CPU with the AVX-512F kernel computes dW and dR in the team.
+bool team_weight_grads(const Config& c) {
+  return team_products(c) && team_size(c.B, c.H, c.O()) > kChainTeam;
+}
+
 }  // namespace
 
 bool fused_gate_math() {
@@ -669,6 +723,13 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
   const bool packed = P == 0 && packed_recurrent_enabled();
   const bool bf16_panels = packed && bf16 && packed_bf16_enabled();
   const bool team_input = packed && team_inputs(cfg);  // x W^T by the kernel, not the BLAS
+  // team_weight_grads: the team packs x and h_{t-1} by columns for backward's
+  // dW and dR (where backward's kernel can read them), and says so in the
+  // workspace.
+  bool panels = false;
+  if constexpr (std::is_same_v<S, float>)
+    panels = training && team_input && team_weight_grads(cfg) && unpacked_product_enabled();
+  if (training && team_weight_grads(cfg)) ws[L.panels] = S(panels);
   // Where the products read R and W packed: w.packed's panels (only ever
   // given where the packing is this call's: packed_panels), or the
   // workspace's, which the team fills in its first chunk.
@@ -758,10 +819,9 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
     auto input_products = [&](int64_t k, int64_t ke, int64_t u0, int64_t u1, int t, int n) {
       const int64_t a = s.offset[k] - r0, e = s.offset[ke] - r0;  // rows [a, e) of the chunk
       for (int64_t u = u0; u < u1; ++u) block_product(z_at(k), xin + a * I, e - a, u, 0, I, true);
-      if (keeps_x) {
-        const int64_t q0 = a + (e - a) * t / n, q1 = a + (e - a) * (t + 1) / n;
-        copy_elements(Xp + (at + q0) * I, xin + q0 * I, (q1 - q0) * I);
-      }
+      const int64_t q0 = a + (e - a) * t / n, q1 = a + (e - a) * (t + 1) / n;
+      if (keeps_x) copy_elements(Xp + (at + q0) * I, xin + q0 * I, (q1 - q0) * I);
+      if (panels) pack_rows(ws + L.xb, s.N(), at + q0, xin + q0 * I, I, q1 - q0, 0, I);
     };
 
     dispatch(
@@ -795,6 +855,8 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
                               if (pack)
                                 for (int64_t u = u0; u < u1; ++u) pack_block(u);
                               if (keep) keep_panels(t, n);
+                              if (panels)  // this thread's columns of h_0
+                                pack_rows(ws + L.hb, s.N(), 0, h_at(0), O, s.batch[0], j0, j1);
                             }
                             if (team_input)
                               input_products(k0, std::min(k1, k0 + sub), u0, u1, t, n);
@@ -837,6 +899,9 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
                               if (cell_states)
                                 scatter_step(cell_states, c_at(k), s, k, B, H, j0, j1);
                               barrier.finished(t, k - k0 + 1);
+                              if (panels && k + 1 < s.K)  // its columns of h_k
+                                pack_rows(ws + L.hb, s.N(), s.offset[k + 1], hout, O,
+                                          s.batch[k + 1], j0, j1);
                               // The next steps' input products need nothing
                               // the other threads write.
                               if (team_input && (k + 1 - k0) % sub == 0 && k + 1 < k1)
@@ -908,6 +973,10 @@ void lstm_backward(S* dx, S* dh0, S* dc0, const Grads<S>& g, S* scr, In<S> ws, I
   const bool keep = training_keeps_weights(cfg);
   const bool team_dx = packed && keep;  // dx by the kernel on W kept packed, not the BLAS
   const bool chain = team_dx && team_size(B, H, O) <= kChainTeam;  // dR and dW in the team too
+  bool team_dw = false;  // kWeightChunk: dW and dR in the team, after the loop
+  if constexpr (std::is_same_v<S, float>)
+    team_dw = team_dx && !chain && team_weight_grads(cfg) && unpacked_product_enabled() &&
+              ws[L.panels] == S(1);  // the forward packed x and h_{t-1}
   const S* Rb = keep ? ws + L.rb : scr + BL.rb;
   const S *Wr = w.W, *Rr = w.R;
   if (keep && !packed) {
@@ -975,6 +1044,27 @@ void lstm_backward(S* dx, S* dh0, S* dc0, const Grads<S>& g, S* scr, In<S> ws, I
               });
           return;
         }
+        // team_dw: dW [4H,I] = dz^T x and dR [4H,O] = dz^T h, rows g H + [j0, j1)
+        // of each gate g, the rows of dz in chunks of kWeightChunk.
+        auto weight_grads = [&](int64_t j0, int64_t j1) {
+          if constexpr (std::is_same_v<S, float>) {
+            const int64_t w = j1 - j0, ld = kWeightChunk + 16, N = s.offset[K],
+                          Q = packed_row<S>();
+            S* dzt = scr + BL.dzt + 4 * j0 * ld;  // [4][w,ld] this thread's
+            for (int64_t r0 = 0; r0 < N; r0 += kWeightChunk) {
+              const int64_t kc = std::min(kWeightChunk, N - r0);
+              for (int64_t q = 0; q < 4; ++q)
+                transpose_columns(dzt + q * w * ld, ld, dZ + r0 * G + q * H + j0, G, kc, w);
+              for (int64_t q = 0; q < 4; ++q) {  // from row r0 of x's and h's panels
+                const S* a = dzt + q * w * ld;    // [w,kc]
+                column_product(g.dW + (q * H + j0) * I, I, a, ld, ws + L.xb + r0 * Q, w, N, 0, kc,
+                               0, I, false, r0 == 0);
+                column_product(g.dR + (q * H + j0) * O, O, a, ld, ws + L.hb + r0 * Q, w, N, 0, kc,
+                               0, O, false, r0 == 0);
+              }
+            }
+          }
+        };
         if (packed) {
           // Each thread owns a range of units and the same columns of dh
           // (O = H): its gate pass, then its columns of dz R once the others
@@ -1014,6 +1104,7 @@ void lstm_backward(S* dx, S* dh0, S* dc0, const Grads<S>& g, S* scr, In<S> ws, I
                                  true);
                 }
                 if (team_dx) dx_rows(0, K - (K - 1) / dsub * dsub);
+                if (team_dw) weight_grads(j0, j1);
               });
           return;
         }
@@ -1041,7 +1132,7 @@ void lstm_backward(S* dx, S* dh0, S* dc0, const Grads<S>& g, S* scr, In<S> ws, I
   }
   const Gemm<S> dW{Op::T, Op::N, G, I, N, S(1), dZ, G, Xp, I, S(0), g.dW, I};  // [4H,I]
   const Gemm<S> dR{Op::T, Op::N, G, O, N, S(1), dZ, G, Hp, O, S(0), g.dR, O};  // [4H,O]
-  if (chain) {
+  if (chain || team_dw) {
     // dW and dR: computed in the team
   } else if (I == O) {  // the same cost: side by side (blas.h)
     gemms({dW, dR});

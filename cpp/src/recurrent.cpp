@@ -1039,6 +1039,20 @@ void recurrent_block_unpacked(float* z, int64_t ldz, const float* h, int64_t ldh
 #endif
 }
 
+void transpose_columns(float* dst, int64_t ldd, const float* src, int64_t lds, int64_t rows,
+                       int64_t cols) {
+#ifdef LSTM_EXT_HAVE_X86_KERNELS
+  need_avx512("transpose_columns");
+  for (int64_t r = 0; r < rows; r += 16)
+    for (int64_t c = 0; c < cols; c += 16)
+      transpose_tile(dst + c * ldd + r, ldd, src + r * lds + c, lds,
+                     std::min<int64_t>(16, rows - r), std::min<int64_t>(16, cols - c));
+#else
+  (void)dst, (void)ldd, (void)src, (void)lds, (void)rows, (void)cols;
+  throw std::logic_error("lstm_ext: the packed recurrent kernel is not compiled in");
+#endif
+}
+
 void row_product_unpacked(float* z, const float* W, int64_t ldw, const float* x, int64_t I,
                           const float* R, int64_t ldr, const float* h, int64_t O, int64_t n) {
 #ifdef LSTM_EXT_HAVE_X86_KERNELS

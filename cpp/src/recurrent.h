@@ -80,6 +80,15 @@ void recurrent_block_unpacked(float* z, int64_t ldz, const float* h, int64_t ldh
                               int64_t nb, int64_t H, int64_t O, int64_t u, int64_t k0, int64_t k1,
                               bool overwrite);
 
+// dst[c][r] = src[r][c] for r < rows, c < cols: dst [cols,ldd], src
+// [rows,lds], by 16x16 tiles transposed in registers (as
+// recurrent_block_unpacked's). Each row of dst is written in whole tiles:
+// rows rounded up to 16, zeros past rows (ldd at least that). float only;
+// needs an AVX-512F CPU (std::logic_error otherwise), chosen where
+// unpacked_product_enabled(). For backward's dz^T (lstm.cpp, kWeightChunk).
+void transpose_columns(float* dst, int64_t ldd, const float* src, int64_t lds, int64_t rows,
+                       int64_t cols);
+
 // One row of z from W and R as they are, for `step` at one row:
 //   z[j] = sum_k W[j][k] x[k] + sum_k R[j][k] h[k]     (j < n; R and h may be null)
 // W [n,ldw], R [n,ldr] row-major, x [I], h [O]. Sixteen rows at a time,

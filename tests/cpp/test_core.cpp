@@ -1143,8 +1143,11 @@ int64_t documented_training_workspace(const Config& c) {
   const int64_t by_columns = 4 * c.H * 32 * ((c.H + 31) / 32 + (c.I + 31) / 32);
   const bool small = 4 * c.H * (c.I + c.H) <= (int64_t(1) << 21);
   EXPECT_EQ(lstm_ext::training_keeps_weights(c), small) << c.I << " " << c.H;
+  // Where also 4BHH >= 3 * 32768: x and h_{t-1} packed by columns, and a flag.
+  const bool x_and_h = small && 4 * c.B * c.H * c.H >= 3 * 32768;
+  const int64_t panels = c.T * c.B * 32 * ((c.I + 31) / 32 + (c.H + 31) / 32) + 1;
   return c.T * c.B * c.I + 6 * c.T * c.B * c.H + 7 * c.B * c.H + packed * c.H +
-         (small ? packed * c.I + by_columns : 0);
+         (small ? packed * c.I + by_columns : 0) + (x_and_h ? panels : 0);
 }
 
 // recurrent.h's layout, Rp[u][g][c/Q][k][c%Q] = R[g*H + u*P + c][k] and 0
@@ -1307,6 +1310,33 @@ TEST(Packing, UnpackedProductGivesThePackedBits) {
       }
 }
 
+// transpose_columns (backward's dz^T, 256 rows at a time): dst[c][r] =
+// src[r][c] for every partial tile of rows and columns, zeros in each row of
+// dst up to rows rounded to 16, and nothing written past that.
+TEST(Packing, TransposeColumnsHoldsTheLayout) {
+  using namespace lstm_ext::detail;
+  if (!unpacked_product_enabled())
+    GTEST_SKIP() << "this CPU has no AVX-512F kernel, which transpose_columns needs";
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  for (int64_t rows : {1, 5, 16, 17, 40})
+    for (int64_t cols : {1, 15, 16, 33}) {
+      const int64_t lds = cols + 3, tiled = (rows + 15) / 16 * 16, ldd = tiled + 5;
+      std::vector<float> src(size_t(rows * lds)), dst(size_t(cols * ldd), nan);
+      for (size_t i = 0; i < src.size(); ++i) src[i] = float(i + 1);
+      transpose_columns(dst.data(), ldd, src.data(), lds, rows, cols);
+      for (int64_t c = 0; c < cols; ++c)
+        for (int64_t r = 0; r < ldd; ++r) {
+          const float got = dst[size_t(c * ldd + r)];
+          if (r < rows)
+            ASSERT_EQ(got, src[size_t(r * lds + c)]) << rows << "x" << cols << " " << r << "," << c;
+          else if (r < tiled)
+            ASSERT_EQ(got, 0.0f) << rows << "x" << cols << " " << r << "," << c;
+          else
+            ASSERT_TRUE(std::isnan(got)) << rows << "x" << cols << " " << r << "," << c;
+        }
+    }
+}
+
 // row_product_unpacked (step's products at one row): within float32's
 // rounding of the sums in double, and the same bits wherever W, R, x and h
 // start (each at every float offset from a 64-byte line: the kernel reads
@@ -1384,7 +1414,8 @@ TEST(Sizes, WorkspaceSizesPast2To31AreExact) {
   EXPECT_EQ(forward_workspace_size(c, true), documented_training_workspace(c));
   EXPECT_EQ(forward_workspace_size(c, true), int64_t(412865265664));  // by hand
   for (const Config& small :
-       {sizes(7, 1, 9, 40), sizes(7, 64, 9, 40), sizes(7, 64, 512, 512), sizes(7, 2, 513, 512)})
+       {sizes(7, 1, 9, 40), sizes(7, 15, 9, 40), sizes(7, 16, 9, 40), sizes(7, 64, 9, 40),
+        sizes(7, 64, 512, 512), sizes(7, 2, 513, 512)})
     EXPECT_EQ(forward_workspace_size(small, true), documented_training_workspace(small))
         << small.B << " " << small.I << " " << small.H;
   // Each step more keeps B(6H + I) in training: x_t BI (copied, or with

@@ -116,7 +116,12 @@ struct Grads {
 // gate-major product [4H,B] and the packed R; where 4H(I+O) <=
 // 2^21 add 4I*32*ceil(H/32), the packed W, and in training
 // 4H*32*(ceil(H/32) + ceil(I/32)), R and W packed by columns for backward
-// (training_keeps_weights). With bf16_weights inference adds the
+// (training_keeps_weights). Where also 4BHO >= 3 * 32768 (the multiply-adds
+// of a step's recurrent product), training adds TB*32*(ceil(I/32) +
+// ceil(O/32)) + 1: x and h_{t-1} packed by columns, from which backward
+// computes dW and dR by the packed kernel (float on a CPU with AVX-512F; the
+// room is there for any type and CPU), and a flag that says whether the
+// forward wrote them. With bf16_weights inference adds the
 // rounded W, R and W_hr (4H(I+O) + PH elements); where the CPU has AVX-512F
 // the packed R and W hold bfloat16 panels (in the first half of their room).
 // Throws std::length_error, naming T, B, I, H and P, where a count's byte
@@ -132,7 +137,9 @@ int64_t forward_workspace_size(const Config& cfg, bool training);
 // Elements of the scratch backward needs. Without lengths or projection,
 // 4TBH + 2BH: the gates' gradients [T,B,4H], dL/dh and dL/dc [B,H]; where
 // 4H(I+O) > 2^21 add 4H*32*ceil(H/32), R packed by columns (smaller weights
-// come packed in the workspace).
+// come packed in the workspace); where the workspace has room for x and
+// h_{t-1} packed (forward_workspace_size) add 4H*272, the gradients of the
+// gates transposed, 256 rows at a time.
 int64_t backward_scratch_size(const Config& cfg);
 
 // Whether a training forward keeps R and W in its workspace, packed by
