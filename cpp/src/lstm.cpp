@@ -157,7 +157,7 @@ int64_t steps_for_rows(int64_t rows, int64_t B) {
 bool team_weight_grads(const Config& c);
 
 struct ForwardLayout {
-  int64_t xp, z, c, hp, m, h, cs, zt, rp, wp, wq, rb, wb, xb, hb, panels, total;
+  int64_t xp, z, c, hp, m, h, cs, zt, rp, wp, wq, rb, wb, xb, hb, xh_flag, total;
 };
 
 ForwardLayout forward_layout(const Config& c, bool training) {
@@ -186,10 +186,10 @@ ForwardLayout forward_layout(const Config& c, bool training) {
   // team_weight_grads: x [rows,I] and h_{t-1} [rows,O] packed by columns
   // (recurrent.h's pack_columns layout, K = rows) for backward's dW and dR,
   // and one element that says whether the forward wrote them (1) or not (0).
-  const bool panels = training && team_weight_grads(c);
-  L.xb = take(panels ? mul(rows, mul(recurrent_blocks<float>(c.I), kPanel<float>)) : 0);
-  L.hb = take(panels ? mul(rows, mul(recurrent_blocks<float>(c.O()), kPanel<float>)) : 0);
-  L.panels = take(panels ? 1 : 0);
+  const bool xh = training && team_weight_grads(c);
+  L.xb = take(xh ? mul(rows, mul(recurrent_blocks<float>(c.I), kPanel<float>)) : 0);
+  L.hb = take(xh ? mul(rows, mul(recurrent_blocks<float>(c.O()), kPanel<float>)) : 0);
+  L.xh_flag = take(xh ? 1 : 0);
   L.total = take.used;
   return L;
 }
@@ -586,8 +586,9 @@ int team_size(int64_t nb, int64_t H, int64_t O) {
   return int(std::clamp(double(nb) * 4 * double(H) * double(O) / 32768, 1.0, 1024.0));
 }
 
-// Whether backward's scratch holds room for kWeightChunk's dz^T: the shapes
-// where a CPU with the AVX-512F kernel computes dW and dR in the team.
+// The shapes where backward computes dW and dR in the team (float, where the
+// AVX-512F kernel runs): the training workspace has room for x and h_{t-1}
+// packed, backward's scratch for kWeightChunk rows of dz^T.
 bool team_weight_grads(const Config& c) {
   return team_products(c) && team_size(c.B, c.H, c.O()) > kChainTeam;
 }
@@ -726,10 +727,10 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
   // team_weight_grads: the team packs x and h_{t-1} by columns for backward's
   // dW and dR (where backward's kernel can read them), and says so in the
   // workspace.
-  bool panels = false;
+  bool packs_xh = false;
   if constexpr (std::is_same_v<S, float>)
-    panels = training && team_input && team_weight_grads(cfg) && unpacked_product_enabled();
-  if (training && team_weight_grads(cfg)) ws[L.panels] = S(panels);
+    packs_xh = training && team_input && team_weight_grads(cfg) && unpacked_product_enabled();
+  if (training && team_weight_grads(cfg)) ws[L.xh_flag] = S(packs_xh);
   // Where the products read R and W packed: w.packed's panels (only ever
   // given where the packing is this call's: packed_panels), or the
   // workspace's, which the team fills in its first chunk.
@@ -821,7 +822,7 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
       for (int64_t u = u0; u < u1; ++u) block_product(z_at(k), xin + a * I, e - a, u, 0, I, true);
       const int64_t q0 = a + (e - a) * t / n, q1 = a + (e - a) * (t + 1) / n;
       if (keeps_x) copy_elements(Xp + (at + q0) * I, xin + q0 * I, (q1 - q0) * I);
-      if (panels) pack_rows(ws + L.xb, s.N(), at + q0, xin + q0 * I, I, q1 - q0, 0, I);
+      if (packs_xh) pack_rows(ws + L.xb, s.N(), at + q0, xin + q0 * I, I, q1 - q0, 0, I);
     };
 
     dispatch(
@@ -855,7 +856,7 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
                               if (pack)
                                 for (int64_t u = u0; u < u1; ++u) pack_block(u);
                               if (keep) keep_panels(t, n);
-                              if (panels)  // this thread's columns of h_0
+                              if (packs_xh)  // this thread's columns of h_0
                                 pack_rows(ws + L.hb, s.N(), 0, h_at(0), O, s.batch[0], j0, j1);
                             }
                             if (team_input)
@@ -899,7 +900,7 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
                               if (cell_states)
                                 scatter_step(cell_states, c_at(k), s, k, B, H, j0, j1);
                               barrier.finished(t, k - k0 + 1);
-                              if (panels && k + 1 < s.K)  // its columns of h_k
+                              if (packs_xh && k + 1 < s.K)  // its columns of h_k
                                 pack_rows(ws + L.hb, s.N(), s.offset[k + 1], hout, O,
                                           s.batch[k + 1], j0, j1);
                               // The next steps' input products need nothing
@@ -976,7 +977,7 @@ void lstm_backward(S* dx, S* dh0, S* dc0, const Grads<S>& g, S* scr, In<S> ws, I
   bool team_dw = false;  // kWeightChunk: dW and dR in the team, after the loop
   if constexpr (std::is_same_v<S, float>)
     team_dw = team_dx && !chain && team_weight_grads(cfg) && unpacked_product_enabled() &&
-              ws[L.panels] == S(1);  // the forward packed x and h_{t-1}
+              ws[L.xh_flag] == S(1);  // the forward packed x and h_{t-1}
   const S* Rb = keep ? ws + L.rb : scr + BL.rb;
   const S *Wr = w.W, *Rr = w.R;
   if (keep && !packed) {
