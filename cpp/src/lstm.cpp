@@ -692,22 +692,37 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
     if (training) return ws + L.c + (k < 0 ? 0 : B + s.offset[k]) * H;
     return ws + L.cs + ((k + 1) & 1) * B * H;  // two buffers, so c never aliases c_prev
   };
+  // R packed (recurrent.h), with bf16_weights as bfloat16 panels where the
+  // CPU has AVX-512F (else as floats, rounded first: the same bits).
+  const bool bf16 = cfg.bf16_weights;
+  const bool packed = P == 0 && packed_recurrent_enabled();
+  const bool bf16_panels = packed && bf16 && packed_bf16_enabled();
+  const bool team_input = packed && team_inputs(cfg);  // x W^T by the kernel, not the BLAS
+  // team_weight_grads: the team packs x and h_{t-1} by columns for backward's
+  // dW and dR (where backward's kernel can read them), and says so in the
+  // workspace; backward then reads x and h_{t-1} nowhere else, so the
+  // forward keeps no other copy of them (Xp and Hp's room stays unused).
+  bool packs_xh = false;
+  if constexpr (std::is_same_v<S, float>)
+    packs_xh = training && team_input && team_weight_grads(cfg) && unpacked_product_enabled();
+  if (training && team_weight_grads(cfg)) ws[L.xh_flag] = S(packs_xh);
   // h_{k-1}, the input of step k. In inference without gathers, step k's rows
   // of y are [B,O] in order: each step writes its h there and the next reads
   // it (no copy; 2 % of a B = 64 forward went to copying h into y: inference
   // 0.96-1.00 of the time, training 0.97-1.03, so only inference;
-  // dev/perf-notes.md 77). Else two [B,O] buffers, step k writes the other,
+  // dev/perf-notes.md 77), and so does training where it packs h_{t-1} for
+  // backward (packs_xh). Else two [B,O] buffers, step k writes the other,
   // and y gets a copy.
-  const bool direct = !training && !gathers(cfg);
+  const bool direct = (!training || packs_xh) && !gathers(cfg);
   // Training with every row at every step: step k writes h_k straight into
   // the rows of h_{t-1} that backward reads for step k + 1 (Hp), and step
   // k + 1 reads it there: no copy into Hp (dev/perf-notes.md, 84). With
   // lengths a step's rows there are fewer than the step before's.
-  const bool into_hp = training && !cfg.lengths;
+  const bool into_hp = training && !cfg.lengths && !packs_xh;
   // Training keeps x for backward in Xp, as gathers keep the rows they use:
   // copied there by the threads of the input products (no private copy of x
   // by the caller, made on one thread; dev/perf-notes.md, 84).
-  const bool keeps_x = training && !gathers(cfg);
+  const bool keeps_x = training && !gathers(cfg) && !packs_xh;
   auto h_at = [&](int64_t k) {
     if (into_hp && k < s.K) return Hp + s.offset[k] * O;
     return direct && k > 0 ? y + (k - 1) * B * O : ws + L.h + (k & 1) * B * O;
@@ -718,19 +733,6 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
     std::fill(y, y + T * B * O, S(0));
     if (cell_states) std::fill(cell_states, cell_states + T * B * H, S(0));
   }
-  // R packed (recurrent.h), with bf16_weights as bfloat16 panels where the
-  // CPU has AVX-512F (else as floats, rounded first: the same bits).
-  const bool bf16 = cfg.bf16_weights;
-  const bool packed = P == 0 && packed_recurrent_enabled();
-  const bool bf16_panels = packed && bf16 && packed_bf16_enabled();
-  const bool team_input = packed && team_inputs(cfg);  // x W^T by the kernel, not the BLAS
-  // team_weight_grads: the team packs x and h_{t-1} by columns for backward's
-  // dW and dR (where backward's kernel can read them), and says so in the
-  // workspace.
-  bool packs_xh = false;
-  if constexpr (std::is_same_v<S, float>)
-    packs_xh = training && team_input && team_weight_grads(cfg) && unpacked_product_enabled();
-  if (training && team_weight_grads(cfg)) ws[L.xh_flag] = S(packs_xh);
   // Where the products read R and W packed: w.packed's panels (only ever
   // given where the packing is this call's: packed_panels), or the
   // workspace's, which the team fills in its first chunk.
@@ -865,7 +867,7 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
                               const int64_t nb = s.batch[k];
                               const S* hin = h_at(k);
                               S* hout = h_at(k + 1);
-                              if (training && !into_hp)
+                              if (training && !into_hp && !packs_xh)
                                 copy_columns(Hp + s.offset[k] * O, hin, nb, O, j0, j1);
                               // Block by block, each block's gate pass right after
                               // its product: the pass's chains of exp and division
@@ -974,10 +976,14 @@ void lstm_backward(S* dx, S* dh0, S* dc0, const Grads<S>& g, S* scr, In<S> ws, I
   const bool keep = training_keeps_weights(cfg);
   const bool team_dx = packed && keep;  // dx by the kernel on W kept packed, not the BLAS
   const bool chain = team_dx && team_size(B, H, O) <= kChainTeam;  // dR and dW in the team too
-  bool team_dw = false;  // kWeightChunk: dW and dR in the team, after the loop
+  // The forward packed x and h_{t-1} (its packs_xh) and kept no other copy:
+  // dW and dR from them by weight_grads, in the team after its loop
+  // (team_dw), or where this call's products take the BLAS (the kernel
+  // switched off since the forward) in a team of their own.
+  bool xh = false;
   if constexpr (std::is_same_v<S, float>)
-    team_dw = team_dx && !chain && team_weight_grads(cfg) && unpacked_product_enabled() &&
-              ws[L.xh_flag] == S(1);  // the forward packed x and h_{t-1}
+    xh = team_weight_grads(cfg) && s.K > 0 && ws[L.xh_flag] == S(1);
+  const bool team_dw = xh && team_dx && !chain;
   const S* Rb = keep ? ws + L.rb : scr + BL.rb;
   const S *Wr = w.W, *Rr = w.R;
   if (keep && !packed) {
@@ -986,6 +992,27 @@ void lstm_backward(S* dx, S* dh0, S* dc0, const Grads<S>& g, S* scr, In<S> ws, I
     Wr = g.dW, Rr = g.dR;
   }
   const bool far = large_weights(cfg);  // the kernel's fetch_ahead
+  // xh: dW [4H,I] = dz^T x and dR [4H,O] = dz^T h, rows g H + [j0, j1)
+  // of each gate g, the rows of dz in chunks of kWeightChunk.
+  auto weight_grads = [&](int64_t j0, int64_t j1) {
+    if constexpr (std::is_same_v<S, float>) {
+      const int64_t w = j1 - j0, ld = kWeightChunk + 16, N = s.N(),
+                    Q = packed_row<S>();
+      S* dzt = scr + BL.dzt + 4 * j0 * ld;  // [4][w,ld] this thread's
+      for (int64_t r0 = 0; r0 < N; r0 += kWeightChunk) {
+        const int64_t kc = std::min(kWeightChunk, N - r0);
+        for (int64_t q = 0; q < 4; ++q)
+          transpose_columns(dzt + q * w * ld, ld, dZ + r0 * G + q * H + j0, G, kc, w);
+        for (int64_t q = 0; q < 4; ++q) {  // from row r0 of x's and h's panels
+          const S* a = dzt + q * w * ld;    // [w,kc]
+          column_product(g.dW + (q * H + j0) * I, I, a, ld, ws + L.xb + r0 * Q, w, N, 0, kc,
+                         0, I, false, r0 == 0);
+          column_product(g.dR + (q * H + j0) * O, O, a, ld, ws + L.hb + r0 * Q, w, N, 0, kc,
+                         0, O, false, r0 == 0);
+        }
+      }
+    }
+  };
   const int64_t dsub = steps_for_rows(kTeamDxRows, B);
   // In reverse without lengths, where the team's dx products are a step each
   // (dsub = 1), each step's dx goes straight to its rows of dx: no scatter
@@ -1045,27 +1072,6 @@ void lstm_backward(S* dx, S* dh0, S* dc0, const Grads<S>& g, S* scr, In<S> ws, I
               });
           return;
         }
-        // team_dw: dW [4H,I] = dz^T x and dR [4H,O] = dz^T h, rows g H + [j0, j1)
-        // of each gate g, the rows of dz in chunks of kWeightChunk.
-        auto weight_grads = [&](int64_t j0, int64_t j1) {
-          if constexpr (std::is_same_v<S, float>) {
-            const int64_t w = j1 - j0, ld = kWeightChunk + 16, N = s.offset[K],
-                          Q = packed_row<S>();
-            S* dzt = scr + BL.dzt + 4 * j0 * ld;  // [4][w,ld] this thread's
-            for (int64_t r0 = 0; r0 < N; r0 += kWeightChunk) {
-              const int64_t kc = std::min(kWeightChunk, N - r0);
-              for (int64_t q = 0; q < 4; ++q)
-                transpose_columns(dzt + q * w * ld, ld, dZ + r0 * G + q * H + j0, G, kc, w);
-              for (int64_t q = 0; q < 4; ++q) {  // from row r0 of x's and h's panels
-                const S* a = dzt + q * w * ld;    // [w,kc]
-                column_product(g.dW + (q * H + j0) * I, I, a, ld, ws + L.xb + r0 * Q, w, N, 0, kc,
-                               0, I, false, r0 == 0);
-                column_product(g.dR + (q * H + j0) * O, O, a, ld, ws + L.hb + r0 * Q, w, N, 0, kc,
-                               0, O, false, r0 == 0);
-              }
-            }
-          }
-        };
         if (packed) {
           // Each thread owns a range of units and the same columns of dh
           // (O = H): its gate pass, then its columns of dz R once the others
@@ -1135,6 +1141,13 @@ void lstm_backward(S* dx, S* dh0, S* dc0, const Grads<S>& g, S* scr, In<S> ws, I
   const Gemm<S> dR{Op::T, Op::N, G, O, N, S(1), dZ, G, Hp, O, S(0), g.dR, O};  // [4H,O]
   if (chain || team_dw) {
     // dW and dR: computed in the team
+  } else if (xh) {  // the kernel switched off since the forward: a team of their own
+    const int64_t blocks = recurrent_blocks<S>(H);
+    parallel_team(int(std::min<int64_t>(blocks, team_size(B, H, O))),
+                  2.0 * double(N) * double(G) * double(I + O), [&](int t, int n, Barrier&) {
+                    weight_grads(std::min(H, blocks * t / n * kPanel<S>),
+                                 std::min(H, blocks * (t + 1) / n * kPanel<S>));
+                  });
   } else if (I == O) {  // the same cost: side by side (blas.h)
     gemms({dW, dR});
   } else {

@@ -121,7 +121,8 @@ struct Grads {
 // ceil(O/32)) + 1: x and h_{t-1} packed by columns, from which backward
 // computes dW and dR by the packed kernel (float on a CPU with AVX-512F; the
 // room is there for any type and CPU), and a flag that says whether the
-// forward wrote them. With bf16_weights inference adds the
+// forward wrote them; where it did, it wrote no other copy of x or h_{t-1}
+// (their room above stays, unused). With bf16_weights inference adds the
 // rounded W, R and W_hr (4H(I+O) + PH elements); where the CPU has AVX-512F
 // the packed R and W hold bfloat16 panels (in the first half of their room).
 // Throws std::length_error, naming T, B, I, H and P, where a count's byte
