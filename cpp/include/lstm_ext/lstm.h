@@ -192,7 +192,10 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* workspace,  //
 // Backward through time, from the workspace of lstm_forward(training=true)
 // with the same w and cfg (where training_keeps_weights(cfg), w.W and w.R
 // are not read: the workspace holds them, as it holds x). The workspace is
-// only read, so one forward can serve several backward calls.
+// only read, so one forward can serve several backward calls. It is for
+// this process: where the forward packed x and h_{t-1} for the AVX-512F
+// kernel (forward_workspace_size), backward on a CPU without AVX-512F throws
+// std::logic_error.
 //   dx        out [T,B,I]   (0 at steps past a sequence's end)
 //   dh0       out [B,O]
 //   dc0       out [B,H]
