@@ -333,29 +333,6 @@ void scatter_step(S* dst, const S* src, const Schedule& s, int64_t k, int64_t B,
     copy_elements(dst + s.row(k, j, B) * width + c0, src + j * width + c0, n);
 }
 
-// Columns [c0, c1) of rows [0, n) of src [n,lds] into rows [r, r + n) of
-// Bp, packed by columns as recurrent.h's pack_columns packs a matrix of K rows
-// (panels of kPanel columns, in parts of Q; zeros past c1 in its last panel).
-// c0 a multiple of kPanel.
-template <typename S>
-void pack_rows(S* Bp, int64_t K, int64_t r, const S* src, int64_t lds, int64_t n, int64_t c0,
-               int64_t c1) {
-  constexpr int64_t P = kPanel<S>;
-  const int64_t Q = packed_row<S>();
-  for (int64_t c = c0; c < c1; c += P)
-    for (int64_t h = 0; h < P; h += Q) {
-      const int64_t w = std::clamp<int64_t>(c1 - c - h, 0, Q);
-      S* part = Bp + (c / P) * K * P + h * K + r * Q;  // [n,Q] of panel c / P
-      for (int64_t j = 0; j < n; ++j) {
-        const S* from = src + j * lds + c + h;
-        if (w == Q)
-          for (int64_t q = 0; q < Q; ++q) part[j * Q + q] = from[q];
-        else
-          for (int64_t q = 0; q < Q; ++q) part[j * Q + q] = q < w ? from[q] : S(0);
-      }
-    }
-}
-
 // Columns [c0, c1) of rows [0, n) of src [n,width] into dst [n,width].
 template <typename S>
 void copy_columns(S* dst, const S* src, int64_t n, int64_t width, int64_t c0, int64_t c1) {
@@ -824,7 +801,7 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
       for (int64_t u = u0; u < u1; ++u) block_product(z_at(k), xin + a * I, e - a, u, 0, I, true);
       const int64_t q0 = a + (e - a) * t / n, q1 = a + (e - a) * (t + 1) / n;
       if (keeps_x) copy_elements(Xp + (at + q0) * I, xin + q0 * I, (q1 - q0) * I);
-      if (packs_xh) pack_rows(ws + L.xb, s.N(), at + q0, xin + q0 * I, I, q1 - q0, 0, I);
+      if (packs_xh) pack_column_rows(ws + L.xb, s.N(), at + q0, xin + q0 * I, I, q1 - q0, 0, I);
     };
 
     dispatch(
@@ -859,7 +836,8 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
                                 for (int64_t u = u0; u < u1; ++u) pack_block(u);
                               if (keep) keep_panels(t, n);
                               if (packs_xh)  // this thread's columns of h_0
-                                pack_rows(ws + L.hb, s.N(), 0, h_at(0), O, s.batch[0], j0, j1);
+                                pack_column_rows(ws + L.hb, s.N(), 0, h_at(0), O, s.batch[0], j0,
+                                                 j1);
                             }
                             if (team_input)
                               input_products(k0, std::min(k1, k0 + sub), u0, u1, t, n);
@@ -903,8 +881,8 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
                                 scatter_step(cell_states, c_at(k), s, k, B, H, j0, j1);
                               barrier.finished(t, k - k0 + 1);
                               if (packs_xh && k + 1 < s.K)  // its columns of h_k
-                                pack_rows(ws + L.hb, s.N(), s.offset[k + 1], hout, O,
-                                          s.batch[k + 1], j0, j1);
+                                pack_column_rows(ws + L.hb, s.N(), s.offset[k + 1], hout, O,
+                                                 s.batch[k + 1], j0, j1);
                               // The next steps' input products need nothing
                               // the other threads write.
                               if (team_input && (k + 1 - k0) % sub == 0 && k + 1 < k1)

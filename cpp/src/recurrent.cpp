@@ -850,20 +850,29 @@ void pack_recurrent_block(S* Rp, const S* R, int64_t H, int64_t O, int64_t u) {
 template <typename S>
 void pack_columns(S* Bp, const S* B, int64_t K, int64_t N, int64_t p) {
   constexpr int64_t P = kPanel<S>;
+  pack_column_rows(Bp, K, 0, B, N, K, p * P, std::min(N, (p + 1) * P));
+}
+
+template <typename S>
+void pack_column_rows(S* Bp, int64_t K, int64_t r, const S* src, int64_t lds, int64_t n,
+                      int64_t c0, int64_t c1) {
+  constexpr int64_t P = kPanel<S>;
   const int64_t Q = packed_row<S>();
-  S* panel = Bp + p * K * P;
-  const int64_t c0 = p * P;
-  for (int64_t h = 0; h < P; h += Q) {
-    const int64_t w = std::clamp<int64_t>(N - c0 - h, 0, Q);
-    for (int64_t k = 0; k < K; ++k) {
+  for (int64_t c = c0; c < c1; c += P)
+    for (int64_t h = 0; h < P; h += Q) {
+      const int64_t w = std::clamp<int64_t>(c1 - c - h, 0, Q);
+      S* part = Bp + (c / P) * K * P + h * K + r * Q;  // [n,Q] of panel c / P
       // Element by element: std::copy and std::fill called memmove and
       // memset for every row of Q, 1.5 % of a training forward's time
       // (dev/perf-notes.md, 84).
-      S* row = panel + h * K + k * Q;
-      const S* src = B + k * N + c0 + h;  // w elements, then zeros
-      for (int64_t q = 0; q < Q; ++q) row[q] = q < w ? src[q] : S(0);
+      for (int64_t j = 0; j < n; ++j) {
+        const S* from = src + j * lds + c + h;  // w elements, then zeros
+        if (w == Q)
+          for (int64_t q = 0; q < Q; ++q) part[j * Q + q] = from[q];
+        else
+          for (int64_t q = 0; q < Q; ++q) part[j * Q + q] = q < w ? from[q] : S(0);
+      }
     }
-  }
 }
 
 template <typename S>
@@ -1071,6 +1080,8 @@ void row_product_unpacked(float* z, const float* W, int64_t ldw, const float* x,
   template void recurrent_block<S>(S*, int64_t, const S*, int64_t, const S*, int64_t, int64_t, \
                                    int64_t, int64_t, int64_t, int64_t, bool, bool);            \
   template void pack_columns<S>(S*, const S*, int64_t, int64_t, int64_t);                      \
+  template void pack_column_rows<S>(S*, int64_t, int64_t, const S*, int64_t, int64_t, int64_t,  \
+                                    int64_t);                                                  \
   template void unpack_columns<S>(S*, const S*, int64_t, int64_t);                             \
   template void column_product<S>(S*, int64_t, const S*, int64_t, const S*, int64_t, int64_t,  \
                                   int64_t, int64_t, int64_t, int64_t, bool, bool);

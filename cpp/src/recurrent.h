@@ -106,12 +106,19 @@ void row_product_unpacked(float* z, const float* W, int64_t ldw, const float* x,
 // dL/dh = dz R ([nb,4H] x [4H,O]): B [K,N] packed in panels of kPanel columns,
 // in parts of Q = packed_row<S>() as Rp's,
 //   Bp [ceil(N/kPanel),kPanel/Q,K,Q],  Bp[p][c/Q][k][c%Q] = B[k][p*kPanel + c]  (0 past N)
-// pack_columns fills panel p. column_product computes columns [c0, c1) of
+// pack_columns fills panel p (p < ceil(N/kPanel)). column_product computes columns [c0, c1) of
 //   z[nb,ldz] += a[:, k0:k1] B[k0:k1, :],   c0 a multiple of kPanel,
 // summing over k = k0, ..., k1 - 1 in order (fetch_ahead and overwrite as
 // for recurrent_block).
 template <typename S>
 void pack_columns(S* Bp, const S* B, int64_t K, int64_t N, int64_t p);
+// Rows [r, r + n) of Bp's panels from the columns [c0, c1) of src [n,lds]
+// (c0 a multiple of kPanel; zeros past c1 in its last panel): B's rows as
+// they come, a few at a time (the training forward's x and h_{t-1},
+// lstm.cpp). pack_columns is this for all K rows of one panel.
+template <typename S>
+void pack_column_rows(S* Bp, int64_t K, int64_t r, const S* src, int64_t lds, int64_t n,
+                      int64_t c0, int64_t c1);
 // B [K,N] back from all its panels.
 template <typename S>
 void unpack_columns(S* B, const S* Bp, int64_t K, int64_t N);
