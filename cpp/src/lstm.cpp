@@ -679,10 +679,11 @@ void lstm_forward(S* y, S* hT, S* cT, MaybeOut<S> cell_states, S* ws, In<S> x, I
   // dW and dR (where backward's kernel can read them), and says so in the
   // workspace; backward then reads x and h_{t-1} nowhere else, so the
   // forward keeps no other copy of them (Xp and Hp's room stays unused).
+  const bool xh_room = training && team_weight_grads(cfg);  // L.xb, L.hb and L.xh_flag
   bool packs_xh = false;
   if constexpr (std::is_same_v<S, float>)
-    packs_xh = training && team_input && team_weight_grads(cfg) && unpacked_product_enabled();
-  if (training && team_weight_grads(cfg)) ws[L.xh_flag] = S(packs_xh);
+    packs_xh = xh_room && team_input && unpacked_product_enabled();
+  if (xh_room) ws[L.xh_flag] = S(packs_xh);
   // h_{k-1}, the input of step k. In inference without gathers, step k's rows
   // of y are [B,O] in order: each step writes its h there and the next reads
   // it (no copy; 2 % of a B = 64 forward went to copying h into y: inference
