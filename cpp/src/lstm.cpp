@@ -471,6 +471,8 @@ LSTM_EXT_CLONES void cell_forward_rows(S* LSTM_EXT_RESTRICT z, S* LSTM_EXT_RESTR
 // Backward for nb rows.
 //   dz [nb,4H] out;  dc [nb,H] in/out (dL/dc_t -> dL/dc_{t-1})
 //   saved [nb,4H] what forward kept;  c_prev, c [nb,H];  dm [nb,H]
+//   dy [nb,ldy] or null: added to dm as it is read (dm + dy, the bits of
+//   adding it to dm first)
 //   db [4H] accumulated (+=);  dpeep [3H] accumulated (+=) when kPeep
 template <bool kFma, bool kPeep, bool kClip, bool kCoupled, typename S>
 LSTM_EXT_CLONES void cell_backward_rows(S* LSTM_EXT_RESTRICT dz, S* LSTM_EXT_RESTRICT dc,
@@ -479,9 +481,11 @@ LSTM_EXT_CLONES void cell_backward_rows(S* LSTM_EXT_RESTRICT dz, S* LSTM_EXT_RES
                                         const S* LSTM_EXT_RESTRICT c_prev,
                                         const S* LSTM_EXT_RESTRICT c, const S* LSTM_EXT_RESTRICT dm,
                                         const S* LSTM_EXT_RESTRICT peep, S clip, int64_t nb,
-                                        int64_t H, int64_t j0, int64_t j1) {
+                                        int64_t H, int64_t j0, int64_t j1,
+                                        const S* LSTM_EXT_RESTRICT dy, int64_t ldy) {
   for (int64_t n = 0; n < nb; ++n) {
     const S* sn = saved + n * 4 * H;
+    const S* dyn = dy ? dy + n * ldy : nullptr;
     S* dzn = dz + n * 4 * H;
     // Unit j reads and writes saved, dzn and dpeep at j, H+j, 2H+j (and
     // 3H+j) only: no dependence between units (as in cell_forward_row).
@@ -491,7 +495,8 @@ LSTM_EXT_CLONES void cell_backward_rows(S* LSTM_EXT_RESTRICT dz, S* LSTM_EXT_RES
       const cell::Gates<S> kept = cell::load_gates(sn, j, H);
       const cell::Gates<S> a = kClip ? cell::activate<kClip, kCoupled, kFma>(kept, clip) : kept;
       const auto d = cell::cell_backward<kPeep, kClip, kCoupled, kFma>(
-          a, kept, c_prev[k], c[k], dm[k], cell::peep_of<kPeep>(peep, j, H), clip, &dc[k]);
+          a, kept, c_prev[k], c[k], dyn ? dm[k] + dyn[j] : dm[k], cell::peep_of<kPeep>(peep, j, H),
+          clip, &dc[k]);
       cell::store_gates(dzn, j, H, d);
       if (kPeep) {  // ONNX order i, o, f
         dpeep[j] += d.i * c_prev[k];
@@ -940,9 +945,13 @@ void lstm_backward(S* dx, S* dh0, S* dc0, const Grads<S>& g, S* scr, In<S> ws, I
   std::fill(g.db, g.db + G, S(0));
   if (w.peephole) std::fill(g.dpeephole, g.dpeephole + 3 * H, S(0));
 
-  // dh[j][u] += dy at step k, for rows j < batch[k] and columns [u0, u1).
+  // dy at step k joins dh in the gate pass where the step's rows of dy are O
+  // apart (no lengths) and dh is what the pass reads (P = 0): no pass of its
+  // own, and its loads beside the saved gates' (perf-notes, 89). Else
+  // dh[j][u] += dy first, for rows j < batch[k] and columns [u0, u1).
+  const bool dy_in_pass = dy && !cfg.lengths && P == 0;
   auto add_dy = [&](int64_t k, int64_t u0, int64_t u1) {
-    if (dy)
+    if (dy && !dy_in_pass)
       for (int64_t j = 0; j < s.batch[k]; ++j) {
         const S* dyj = dy + s.row(k, j, B) * O;
         for (int64_t u = u0; u < u1; ++u) dh[j * O + u] += dyj[u];
@@ -1004,7 +1013,8 @@ void lstm_backward(S* dx, S* dh0, S* dc0, const Grads<S>& g, S* scr, In<S> ws, I
           LSTM_EXT_ON_CPU(cell_backward_rows, decltype(peep)::value, decltype(clipped)::value,
                           decltype(coupled)::value, S)
           (dZ + s.offset[k] * G, dc, g.db, g.dpeephole, Z + s.offset[k] * G, c_at(k - 1), c_at(k),
-           dmk, w.peephole, clip, s.batch[k], H, j0, j1);
+           dmk, w.peephole, clip, s.batch[k], H, j0, j1,
+           dy_in_pass ? dy + s.row(k, 0, B) * O : nullptr, O);
         };
         const int64_t K = s.K;
         if (chain) {
@@ -1096,7 +1106,7 @@ void lstm_backward(S* dx, S* dh0, S* dc0, const Grads<S>& g, S* scr, In<S> ws, I
         }
         for (int64_t k = s.K - 1; k >= 0; --k) {
           const int64_t nb = s.batch[k];
-          add_dy(k, 0, O);  // dh = dL/dh_k in total
+          add_dy(k, 0, O);  // dh = dL/dh_k in total (or with dy in the gate pass)
           const S* dmk = dh;
           if (P > 0) {
             copy_elements(DH + s.offset[k] * P, dh, nb * P);
