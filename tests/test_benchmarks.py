@@ -20,6 +20,13 @@ def installed(name):
     return importlib.util.find_spec(name) is not None
 
 
+def bench_module():
+    spec = importlib.util.spec_from_file_location("bench_lstm", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
 def test_the_smoke_run_measures_every_cell(tmp_path):
     out = tmp_path / "run.json"
     done = subprocess.run(
@@ -50,15 +57,48 @@ def test_the_smoke_run_measures_every_cell(tmp_path):
         assert len(r["rounds"]) == 1
     has_ort = installed("onnxruntime") and installed("onnx")
     assert (rows[0]["ort_ms"] is not None) == has_ort and rows[1]["ort_ms"] is None
+    # The smoke size measures the B=1 rows alone: of the targets, only those
+    # against a peer that is installed.
+    assert "targets (issue 5), at full precision" in done.stdout
+    assert len(result["targets"]) == 11
+    measured = [t["target"] for t in result["targets"] if t["met"] is not None]
+    peers = [("fwd 100,1,128,128 / onnxruntime", has_ort),
+             ("fwd+bwd 100,1,128,128 / torch", installed("torch"))]  # fmt: skip
+    assert measured == [name for name, there in peers if there]
+
+
+def test_the_targets_are_read_at_full_precision():
+    # The table prints two decimals: 0.8496 shows as 0.85 but misses 0.85,
+    # and 0.503 shows as 0.50 but misses 0.5.
+    bench = bench_module()
+    ratios = {(100, 64, 512, 512): (0.95, 0.92), (50, 128, 1024, 1024): (0.9492, 0.93),
+              (100, 16, 256, 256): (0.85, 0.8496)}  # fmt: skip
+    rows = [{"case": list(c), "pass": p, "gemm_ratio": r[k], "ort_ratio": None, "speedup": None}
+            for c, r in ratios.items() for k, p in enumerate(("fwd", "fwd+bwd"))]  # fmt: skip
+    rows += [{"case": [100, 1, 128, 128], "pass": "fwd", "ort_ratio": 0.503},
+             {"case": [100, 1, 128, 128], "pass": "fwd+bwd", "speedup": 1 / 0.34}]  # fmt: skip
+    stack = [{"speedup": 1.3}, {"speedup": 1 / 0.81}]
+    got = bench.targets(rows, stack, {"ratio": 0.6}, {"step_us": 6.0, "lstmcell_us": None})
+    assert [(t["target"], t["met"]) for t in got] == [
+        ("fwd /GEMM 100,64,512,512", True),
+        ("fwd /GEMM 50,128,1024,1024", False),
+        ("fwd+bwd /GEMM 100,64,512,512", True),
+        ("fwd+bwd /GEMM 50,128,1024,1024", True),
+        ("fwd /GEMM 100,16,256,256", True),
+        ("fwd+bwd /GEMM 100,16,256,256", False),
+        ("fwd 100,1,128,128 / onnxruntime", False),
+        ("fwd+bwd 100,1,128,128 / torch", True),
+        ("step / LSTMCell", None),  # no torch, so no LSTMCell time
+        ("stack fwd+bwd / torch", False),
+        ("ragged / padded", True),
+    ]
 
 
 def test_the_products_alone_take_the_counted_flop():
     # time_numpy_products' calls run on arrays of exactly the case's shapes
     # (matmul's out= refuses any other), and as many as the FLOP count says:
     # forward 8*T*B*H*(I+H), backward twice that.
-    spec = importlib.util.spec_from_file_location("bench_lstm", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = bench_module()
     import numpy as np
 
     T, B, I, H = 3, 2, 5, 4
@@ -81,9 +121,7 @@ def test_the_training_step_is_the_command_line_s_and_the_same_in_torch():
     and the text's characters, 103 distinct on Python 3.11.7 and 104 on
     3.10.13, 3.12.1 and 3.13.0, whose pydoc topics differ): ours, and torch's where torch
     is installed, each timed call one whole step that runs."""
-    spec = importlib.util.spec_from_file_location("bench_lstm", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = bench_module()
     calls = []
     bench.median_ms = lambda fn, repeat: (calls.append(fn), fn(), 1.0)[2]
     torch = bench.optional_import("torch")
